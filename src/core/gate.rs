@@ -1,0 +1,308 @@
+//! The gate: builds the input document for a call, evaluates the current
+//! policy, and returns a [`Decision`]. Holds the policy behind a lock so
+//! `reload()` swaps it atomically.
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use regorus::Value;
+
+use super::error::{CoreError, Result};
+use super::policy::{FailureKind, Policy, PolicyOptions, PolicySet};
+
+/// Whether a deny blocks the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Denied calls are blocked.
+    Enforce,
+    /// Every call proceeds; denials are recorded as "would deny" (for rolling
+    /// out a policy).
+    Audit,
+}
+
+impl Mode {
+    /// `"enforce"` or `"audit"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "enforce" => Ok(Self::Enforce),
+            "audit" => Ok(Self::Audit),
+            other => Err(CoreError::InvalidArgument(format!(
+                "mode must be \"enforce\" or \"audit\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One call to authorize. `principal` and `context` are objects (possibly
+/// empty); `args` is an object of argument name to value.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The action name, e.g. `fs.read`.
+    pub action: String,
+    /// The call's arguments bound to parameter names.
+    pub args: Value,
+    /// Who is acting.
+    pub principal: Value,
+    /// Why and where (purpose, session, tool_call_id, ...).
+    pub context: Value,
+    /// The gate clock's reading to use instead of the system clock, as
+    /// RFC 3339 UTC with a `Z` (for gates with an injected clock).
+    pub time: Option<String>,
+}
+
+/// The outcome of one check. Immutable.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// What the policy decided (in audit mode, a deny here does not block).
+    pub allowed: bool,
+    /// The gate's mode when deciding.
+    pub mode: Mode,
+    /// Reasons from the policy, or the cause of a fail-closed deny.
+    pub reasons: Vec<String>,
+    /// Obligations from the policy (an object; empty on failure).
+    pub obligations: Value,
+    /// The exact input document the policy saw.
+    pub input: Value,
+    /// Digest of the policy set that decided.
+    pub policy_digest: Arc<str>,
+    /// Entry point that was queried.
+    pub entrypoint: Arc<str>,
+    /// Time spent building the input and evaluating, in nanoseconds.
+    pub duration_ns: u64,
+    /// Set when the deny is fail-closed rather than the policy's verdict.
+    pub error: Option<FailureKind>,
+}
+
+impl Decision {
+    /// Whether the call must be stopped: denied and the gate enforces.
+    pub fn blocks(&self) -> bool {
+        !self.allowed && self.mode == Mode::Enforce
+    }
+}
+
+struct Current {
+    policy: Arc<Policy>,
+    digest: Arc<str>,
+    entrypoint: Arc<str>,
+}
+
+/// A policy, its sources, and a mode. Thread-safe; share it freely.
+pub struct Gate {
+    current: RwLock<Current>,
+    sources: Mutex<PolicySet>,
+    options: PolicyOptions,
+    mode: Mode,
+}
+
+impl Gate {
+    /// Compiles `set` and builds a gate. Fails with a policy error if the set
+    /// does not load.
+    pub fn new(set: PolicySet, options: PolicyOptions, mode: Mode) -> Result<Self> {
+        let policy = set.compile(&options)?;
+        Ok(Self {
+            current: RwLock::new(Current::from(policy)),
+            sources: Mutex::new(set),
+            options,
+            mode,
+        })
+    }
+
+    /// The policy now in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.current.read().policy.clone()
+    }
+
+    /// The gate's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The evaluation options.
+    pub fn options(&self) -> &PolicyOptions {
+        &self.options
+    }
+
+    /// Recompiles (from `set`, or by re-reading the current sources) and swaps
+    /// the new policy in. Checks already running finish on the old policy; on
+    /// any load error the old policy stays in force. Returns the new digest.
+    pub fn reload(&self, set: Option<PolicySet>) -> Result<String> {
+        // One reload at a time, so two reloads cannot publish out of order.
+        let mut sources = self.sources.lock();
+        let set = set.unwrap_or_else(|| sources.clone());
+        let policy = set.compile(&self.options)?;
+        let digest = policy.digest().to_string();
+        *self.current.write() = Current::from(policy);
+        *sources = set;
+        Ok(digest)
+    }
+
+    /// Builds the input document and evaluates it. Never fails for a deny:
+    /// every evaluation failure is a deny whose reason names the cause.
+    pub fn check(&self, request: Request) -> Result<Decision> {
+        let start = std::time::Instant::now();
+        let input = input_document(request)?;
+        let (policy, digest, entrypoint) = {
+            let c = self.current.read();
+            (c.policy.clone(), c.digest.clone(), c.entrypoint.clone())
+        };
+        let evaluation = policy.evaluate(input.clone());
+        let (allowed, reasons, obligations, error) = match evaluation.outcome {
+            Ok(v) => (v.allow, v.reasons, v.obligations, None),
+            Err(f) => (false, vec![f.message], Value::new_object(), Some(f.kind)),
+        };
+        Ok(Decision {
+            allowed,
+            mode: self.mode,
+            reasons,
+            obligations,
+            input,
+            policy_digest: digest,
+            entrypoint,
+            duration_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            error,
+        })
+    }
+}
+
+impl From<Policy> for Current {
+    fn from(policy: Policy) -> Self {
+        Self {
+            digest: policy.digest().into(),
+            entrypoint: policy.options().entrypoint.as_str().into(),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+/// The gate's clock: now, as RFC 3339 UTC with microseconds and a `Z`.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Assembles `{action: {name, args}, principal, context}` per DESIGN.md §2.
+/// `principal.id` (null when unknown) and `principal.roles` (empty when
+/// unknown) are always present; `context.time` is always the gate's clock,
+/// whatever the caller passed.
+fn input_document(request: Request) -> Result<Value> {
+    let Request {
+        action,
+        args,
+        mut principal,
+        mut context,
+        time,
+    } = request;
+    if action.is_empty() {
+        return Err(CoreError::InvalidArgument("action name is empty".into()));
+    }
+    for (what, v) in [
+        ("args", &args),
+        ("principal", &principal),
+        ("context", &context),
+    ] {
+        if !matches!(v, Value::Object(_)) {
+            return Err(CoreError::InvalidArgument(format!(
+                "{what} must be an object"
+            )));
+        }
+    }
+    let p = principal.as_object_mut().map_err(invalid)?;
+    for (key, default) in [
+        ("id", Value::Null),
+        ("roles", Value::from(Vec::<Value>::new())),
+    ] {
+        let key = Value::from(key);
+        if !p.contains_key(&key) {
+            p.insert(key, default);
+        }
+    }
+    context.as_object_mut().map_err(invalid)?.insert(
+        Value::from("time"),
+        Value::from(time.unwrap_or_else(now_rfc3339)),
+    );
+    let mut doc = Value::new_object();
+    let root = doc.as_object_mut().map_err(invalid)?;
+    let mut act = Value::new_object();
+    let a = act.as_object_mut().map_err(invalid)?;
+    a.insert(Value::from("name"), Value::from(action));
+    a.insert(Value::from("args"), args);
+    root.insert(Value::from("action"), act);
+    root.insert(Value::from("principal"), principal);
+    root.insert(Value::from("context"), context);
+    Ok(doc)
+}
+
+fn invalid(e: anyhow::Error) -> CoreError {
+    CoreError::InvalidArgument(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"package execgate
+default decision := {"allow": false, "reasons": ["default deny"]}
+decision := {"allow": true} if input.action.name == "ok"
+"#;
+
+    fn gate(mode: Mode) -> Gate {
+        let mut set = PolicySet::new();
+        set.add_source("p.rego", POLICY);
+        Gate::new(set, PolicyOptions::default(), mode).unwrap()
+    }
+
+    fn request(action: &str) -> Request {
+        Request {
+            action: action.into(),
+            args: Value::new_object(),
+            principal: Value::new_object(),
+            context: Value::from_json_str(r#"{"time": "spoofed"}"#).unwrap(),
+            time: None,
+        }
+    }
+
+    #[test]
+    fn input_document_shape_and_clock() {
+        let d = gate(Mode::Enforce).check(request("ok")).unwrap();
+        assert!(d.allowed);
+        let time = d.input["context"]["time"].as_string().unwrap().to_string();
+        assert_ne!(time, "spoofed");
+        assert!(time.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(&time).is_ok());
+        assert_eq!(d.input["principal"]["id"], Value::Null);
+        assert_eq!(d.input["action"]["name"], Value::from("ok"));
+    }
+
+    #[test]
+    fn audit_mode_records_but_does_not_block() {
+        let d = gate(Mode::Audit).check(request("nope")).unwrap();
+        assert!(!d.allowed && !d.blocks());
+        assert_eq!(d.reasons, vec!["default deny"]);
+        assert!(gate(Mode::Enforce).check(request("nope")).unwrap().blocks());
+    }
+
+    #[test]
+    fn failed_reload_keeps_old_policy() {
+        let g = gate(Mode::Enforce);
+        let before = g.policy().digest().to_string();
+        let mut bad = PolicySet::new();
+        bad.add_source("bad.rego", "package execgate\ndecision if {");
+        assert!(g.reload(Some(bad)).is_err());
+        assert_eq!(g.policy().digest(), before);
+        assert!(g.check(request("ok")).unwrap().allowed);
+    }
+
+    #[test]
+    fn gate_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Gate>();
+    }
+}

@@ -1,0 +1,6 @@
+//! The pure Rust core of execgate. Nothing under this module imports pyo3:
+//! it is usable and tested from Rust alone (`cargo test`).
+
+pub mod error;
+pub mod gate;
+pub mod policy;

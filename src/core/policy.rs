@@ -1,0 +1,643 @@
+//! Rego policies: load sources and data, compile once to a regorus RVM program,
+//! evaluate an input document to a [`Verdict`] or an [`EvalFailure`].
+//!
+//! Evaluation never returns an error to the caller: every failure (undefined
+//! result, wrong type, conflicting rules, runtime error, exhausted limit) is an
+//! [`EvalFailure`] that the gate turns into a deny naming the cause.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::RegoVM;
+use regorus::rvm::Program;
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::{PolicyLoadError, Result};
+
+/// The rule queried when none is configured.
+pub const DEFAULT_ENTRYPOINT: &str = "data.execgate.decision";
+
+/// Default bound on RVM instructions per evaluation.
+///
+/// regorus defaults to 25,000, which a policy that scans a 10,000-entry
+/// allowlist exceeds. A million instructions is still well under a
+/// millisecond of work for the RVM, and the wall-clock bound below catches
+/// anything slower.
+pub const DEFAULT_MAX_INSTRUCTIONS: usize = 1_000_000;
+
+/// Default wall-clock bound per evaluation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How many idle VMs a policy keeps for reuse (one per concurrently evaluating
+/// thread is enough; more would only hold memory).
+const VM_POOL_MAX: usize = 64;
+
+/// How a policy is evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOptions {
+    /// Rule path queried for the decision, e.g. `data.execgate.decision`.
+    pub entrypoint: String,
+    /// Instruction budget of one evaluation; exceeding it denies.
+    pub max_instructions: usize,
+    /// Wall-clock budget of one evaluation; exceeding it denies.
+    pub timeout: Duration,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        Self {
+            entrypoint: DEFAULT_ENTRYPOINT.to_string(),
+            max_instructions: DEFAULT_MAX_INSTRUCTIONS,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// One thing to load into a policy, recorded as given so `reload()` can read
+/// files again.
+#[derive(Debug, Clone)]
+enum Input {
+    Source { name: String, rego: String },
+    Path(PathBuf),
+    Data { name: String, data: Value },
+    DataFile(PathBuf),
+}
+
+/// Rego modules and data documents, not yet compiled.
+///
+/// Files are read when [`PolicySet::compile`] runs, not when they are added, so
+/// compiling the same set again picks up edits (that is what `reload()` does),
+/// and the policy digest covers exactly what was read.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    inputs: Vec<Input>,
+}
+
+/// What a [`PolicySet`] read from its inputs.
+#[derive(Default)]
+struct Loaded {
+    modules: Vec<(String, String)>,
+    data: Vec<(String, Value)>,
+}
+
+impl PolicySet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds Rego source text under a display name used in error locations.
+    pub fn add_source(&mut self, name: impl Into<String>, rego: impl Into<String>) -> &mut Self {
+        self.inputs.push(Input::Source {
+            name: name.into(),
+            rego: rego.into(),
+        });
+        self
+    }
+
+    /// Adds a `.rego` file, or every `*.rego` file below a directory (sorted,
+    /// recursive). Files ending in `_test.rego` hold policy unit tests, not
+    /// policy, and are skipped.
+    pub fn add_path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.inputs.push(Input::Path(path.into()));
+        self
+    }
+
+    /// Adds a data document (an object); documents are merged, and a key
+    /// defined twice with different values is a load error.
+    pub fn add_data(&mut self, name: impl Into<String>, data: Value) -> &mut Self {
+        self.inputs.push(Input::Data {
+            name: name.into(),
+            data,
+        });
+        self
+    }
+
+    /// Adds a JSON (`.json`) or YAML (`.yaml`/`.yml`) data file.
+    pub fn add_data_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.inputs.push(Input::DataFile(path.into()));
+        self
+    }
+
+    fn load(&self) -> Result<Loaded> {
+        let mut loaded = Loaded::default();
+        for input in &self.inputs {
+            match input {
+                Input::Source { name, rego } => loaded.modules.push((name.clone(), rego.clone())),
+                Input::Path(path) => load_rego_path(path, &mut loaded.modules)?,
+                Input::Data { name, data } => loaded.data.push((name.clone(), data.clone())),
+                Input::DataFile(path) => loaded.data.push(load_data_file(path)?),
+            }
+        }
+        if loaded.modules.is_empty() {
+            return Err(PolicyLoadError::new("no policy given").into());
+        }
+        if let Some((name, _)) = loaded
+            .data
+            .iter()
+            .find(|(_, d)| !matches!(d, Value::Object(_)))
+        {
+            return Err(PolicyLoadError::in_file(name, "data must be a JSON object").into());
+        }
+        Ok(loaded)
+    }
+
+    /// Parses and compiles everything into an evaluable [`Policy`].
+    pub fn compile(&self, options: &PolicyOptions) -> Result<Policy> {
+        if options.max_instructions == 0 || options.timeout.is_zero() {
+            return Err(
+                PolicyLoadError::new("max_instructions and timeout must be positive").into(),
+            );
+        }
+        let loaded = self.load()?;
+        let mut engine = Engine::new();
+        engine.set_strict_builtin_errors(true);
+        engine.set_execution_timer_config(timer(options.timeout));
+        for (name, text) in &loaded.modules {
+            engine
+                .add_policy(name.clone(), text.clone())
+                .map_err(|e| load_error(name, &e))?;
+        }
+        for (name, data) in &loaded.data {
+            engine
+                .add_data(data.clone())
+                .map_err(|e| PolicyLoadError::in_file(name.as_str(), format!("{e:#}")))?;
+        }
+        let entry: regorus::Rc<str> = options.entrypoint.as_str().into();
+        let compiled = engine
+            .compile_with_entrypoint(&entry)
+            .map_err(|e| entrypoint_error(&options.entrypoint, &e))?;
+        let program = Compiler::compile_from_policy(&compiled, &[options.entrypoint.as_str()])
+            .map_err(|e| entrypoint_error(&options.entrypoint, &e))?;
+        let data = engine.get_data();
+        let policy = Policy {
+            digest: digest(&loaded.modules, &data, &options.entrypoint),
+            program,
+            data,
+            options: options.clone(),
+            interpreter: Mutex::new(engine),
+            pool: Mutex::new(Vec::new()),
+        };
+        // Build one VM now so rule/data conflicts surface at load, not first call.
+        let vm = policy.new_vm().map_err(PolicyLoadError::new)?;
+        policy.pool.lock().push(vm);
+        Ok(policy)
+    }
+}
+
+/// SHA-256 over the modules (sorted by name), the merged data and the entry point.
+fn digest(modules: &[(String, String)], data: &Value, entrypoint: &str) -> String {
+    let mut modules: Vec<&(String, String)> = modules.iter().collect();
+    modules.sort();
+    let mut h = Sha256::new();
+    for (name, text) in modules {
+        for part in [b"module".as_slice(), name.as_bytes(), text.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    for part in [
+        b"data".as_slice(),
+        data.to_string().as_bytes(),
+        entrypoint.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+fn load_rego_path(path: &Path, modules: &mut Vec<(String, String)>) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| PolicyLoadError::in_file(path, format!("cannot read policy: {e}")))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    if meta.is_dir() {
+        for entry in walkdir::WalkDir::new(path).follow_links(true) {
+            let entry = entry.map_err(|e| {
+                PolicyLoadError::in_file(path, format!("cannot list policy directory: {e}"))
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file()
+                && name.ends_with(".rego")
+                && !name.ends_with("_test.rego")
+            {
+                files.push(entry.into_path());
+            }
+        }
+        if files.is_empty() {
+            return Err(PolicyLoadError::in_file(path, "no .rego files in directory").into());
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| PolicyLoadError::in_file(&file, format!("cannot read policy: {e}")))?;
+        modules.push((file.display().to_string(), text));
+    }
+    Ok(())
+}
+
+fn load_data_file(path: &Path) -> Result<(String, Value)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PolicyLoadError::in_file(path, format!("cannot read data: {e}")))?;
+    let parsed = match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => Value::from_yaml_str(&text),
+        _ => Value::from_json_str(&text),
+    }
+    .map_err(|e| PolicyLoadError::in_file(path, format!("invalid data: {e}")))?;
+    Ok((path.display().to_string(), parsed))
+}
+
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::MIN,
+    }
+}
+
+/// regorus renders parse errors as `--> file:line:col` followed by the source
+/// line and `kind: message`; keep the location as fields and the last line as text.
+fn load_error(name: &str, err: &dyn std::fmt::Display) -> PolicyLoadError {
+    static LOCATION: OnceLock<regex::Regex> = OnceLock::new();
+    let text = format!("{err:#}");
+    let re = LOCATION.get_or_init(|| {
+        regex::Regex::new(r"--> (.+?):(\d+):(\d+)").expect("location pattern is valid")
+    });
+    let message = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid policy")
+        .trim()
+        .to_string();
+    match re.captures(&text) {
+        Some(c) => PolicyLoadError {
+            message,
+            file: Some(c[1].to_string()),
+            line: c[2].parse().ok(),
+            column: c[3].parse().ok(),
+        },
+        None => PolicyLoadError {
+            message,
+            file: Some(name.to_string()),
+            line: None,
+            column: None,
+        },
+    }
+}
+
+fn entrypoint_error(entrypoint: &str, err: &dyn std::fmt::Display) -> PolicyLoadError {
+    let mut e = load_error(entrypoint, err);
+    if e.line.is_none() {
+        e.file = None;
+        e.message = format!("cannot compile entrypoint {entrypoint}: {}", e.message);
+    }
+    e
+}
+
+/// What a policy said, when it said something well-formed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Whether the action may proceed.
+    pub allow: bool,
+    /// Human-readable reasons, in the order the policy gave them.
+    pub reasons: Vec<String>,
+    /// Instructions for enforcement (sandbox limits, redactions, ...); an object.
+    pub obligations: Value,
+}
+
+/// Why an evaluation produced no usable verdict. Each one denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The entry point was undefined for this input.
+    Undefined,
+    /// The entry point yielded something other than a bool or a decision object.
+    Type,
+    /// Complete rules or functions produced conflicting values.
+    Conflict,
+    /// The instruction or time budget ran out.
+    Limit,
+    /// Any other error raised while evaluating (builtin error, ...).
+    Runtime,
+}
+
+impl FailureKind {
+    /// Stable lowercase name, used in `Decision.error` and receipts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undefined => "undefined",
+            Self::Type => "type",
+            Self::Conflict => "conflict",
+            Self::Limit => "limit",
+            Self::Runtime => "runtime",
+        }
+    }
+}
+
+/// A failed evaluation: the kind and a reason fit to show a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalFailure {
+    /// Which fail-closed case this is.
+    pub kind: FailureKind,
+    /// A sentence naming the cause.
+    pub message: String,
+}
+
+/// The result of one evaluation and how long it took.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The verdict, or why there is none.
+    pub outcome: std::result::Result<Verdict, EvalFailure>,
+    /// Time spent evaluating.
+    pub duration: Duration,
+}
+
+/// A compiled, immutable policy. Safe to share between threads; each
+/// evaluation borrows a VM from a small pool so threads never contend on one.
+pub struct Policy {
+    program: Arc<Program>,
+    data: Value,
+    options: PolicyOptions,
+    digest: String,
+    /// The tree-walking interpreter over the same modules, kept as a reference
+    /// implementation for differential testing of the RVM.
+    interpreter: Mutex<Engine>,
+    pool: Mutex<Vec<RegoVM>>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("entrypoint", &self.options.entrypoint)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Lowercase hex SHA-256 of the modules, data and entry point.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The options this policy was compiled with.
+    pub fn options(&self) -> &PolicyOptions {
+        &self.options
+    }
+
+    fn new_vm(&self) -> std::result::Result<RegoVM, String> {
+        let mut vm = RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_data(self.data.clone())
+            .map_err(|e| format!("policy data conflicts with rules: {e}"))?;
+        vm.set_max_instructions(self.options.max_instructions);
+        vm.set_execution_timer_config(Some(timer(self.options.timeout)));
+        vm.set_strict_builtin_errors(true);
+        Ok(vm)
+    }
+
+    /// Evaluates `input` with the compiled RVM program (the hot path).
+    pub fn evaluate(&self, input: Value) -> Evaluation {
+        let start = Instant::now();
+        let pooled = self.pool.lock().pop();
+        let outcome = match pooled.map_or_else(|| self.new_vm(), Ok) {
+            Err(message) => Err(EvalFailure {
+                kind: FailureKind::Runtime,
+                message,
+            }),
+            Ok(mut vm) => {
+                vm.set_input(input);
+                let result = vm
+                    .execute()
+                    .map_err(|e| classify(&e.to_string(), &self.options));
+                // Drop the input's memory now rather than holding it in the pool.
+                vm.set_input(Value::Null);
+                let mut pool = self.pool.lock();
+                if pool.len() < VM_POOL_MAX {
+                    pool.push(vm);
+                }
+                drop(pool);
+                result.and_then(|v| interpret(v, &self.options.entrypoint))
+            }
+        };
+        Evaluation {
+            outcome,
+            duration: start.elapsed(),
+        }
+    }
+
+    /// Evaluates `input` with regorus's tree-walking interpreter.
+    ///
+    /// Slower than [`Policy::evaluate`]; it exists as the reference the RVM is
+    /// checked against (`tests/differential.rs`) and for debugging a policy.
+    pub fn evaluate_interpreted(&self, input: Value) -> Evaluation {
+        let start = Instant::now();
+        let mut engine = self.interpreter.lock();
+        engine.set_input(input);
+        let result = engine
+            .eval_rule(self.options.entrypoint.clone())
+            .map_err(|e| classify(&format!("{e:#}"), &self.options));
+        drop(engine);
+        Evaluation {
+            outcome: result.and_then(|v| interpret(v, &self.options.entrypoint)),
+            duration: start.elapsed(),
+        }
+    }
+}
+
+/// Maps an engine error to the fail-closed case it represents.
+fn classify(message: &str, options: &PolicyOptions) -> EvalFailure {
+    let lower = message.to_ascii_lowercase();
+    let (kind, message) = if lower.contains("instruction limit") {
+        (
+            FailureKind::Limit,
+            format!(
+                "policy evaluation exceeded the instruction limit (max_instructions={})",
+                options.max_instructions
+            ),
+        )
+    } else if lower.contains("time limit") {
+        (
+            FailureKind::Limit,
+            format!(
+                "policy evaluation exceeded the time limit (timeout={}ms)",
+                options.timeout.as_millis()
+            ),
+        )
+    } else if lower.contains("conflict") || lower.contains("multiple outputs") {
+        (
+            FailureKind::Conflict,
+            format!("policy error: conflicting rule values: {message}"),
+        )
+    } else {
+        (
+            FailureKind::Runtime,
+            format!("policy error during evaluation: {message}"),
+        )
+    };
+    EvalFailure { kind, message }
+}
+
+/// Reads the entry point's value per the contract: a boolean, or an object
+/// `{allow: bool, reasons: [string], obligations: {...}}`.
+fn interpret(value: Value, entrypoint: &str) -> std::result::Result<Verdict, EvalFailure> {
+    let type_error = |what: &str| EvalFailure {
+        kind: FailureKind::Type,
+        message: format!("policy error: {entrypoint} {what}"),
+    };
+    match value {
+        Value::Undefined => Err(EvalFailure {
+            kind: FailureKind::Undefined,
+            message: format!("policy error: {entrypoint} is undefined for this input"),
+        }),
+        Value::Bool(allow) => Ok(Verdict {
+            allow,
+            reasons: if allow {
+                Vec::new()
+            } else {
+                vec![format!("denied by {entrypoint}")]
+            },
+            obligations: Value::new_object(),
+        }),
+        Value::Object(fields) => {
+            let allow = match fields.get(&Value::from("allow")) {
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(type_error("has a non-boolean \"allow\"")),
+                None => return Err(type_error("has no \"allow\" field")),
+            };
+            let reasons = match fields.get(&Value::from("reasons")) {
+                None => Vec::new(),
+                Some(Value::Array(items)) => {
+                    strings(items.iter()).ok_or_else(|| type_error("has non-string \"reasons\""))?
+                }
+                Some(Value::Set(items)) => {
+                    strings(items.iter()).ok_or_else(|| type_error("has non-string \"reasons\""))?
+                }
+                Some(_) => return Err(type_error("has \"reasons\" that is not an array or set")),
+            };
+            let obligations = match fields.get(&Value::from("obligations")) {
+                None => Value::new_object(),
+                Some(v @ Value::Object(_)) => v.clone(),
+                Some(_) => return Err(type_error("has \"obligations\" that is not an object")),
+            };
+            let reasons = if !allow && reasons.is_empty() {
+                vec![format!("denied by {entrypoint}")]
+            } else {
+                reasons
+            };
+            Ok(Verdict {
+                allow,
+                reasons,
+                obligations,
+            })
+        }
+        other => Err(type_error(&format!(
+            "must be a boolean or a decision object, got {}",
+            type_name(&other)
+        ))),
+    }
+}
+
+fn strings<'a>(items: impl Iterator<Item = &'a Value>) -> Option<Vec<String>> {
+    items
+        .map(|v| match v {
+            Value::String(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Set(_) => "set",
+        Value::Object(_) => "object",
+        Value::Undefined => "undefined",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(rego: &str) -> Policy {
+        let mut set = PolicySet::new();
+        set.add_source("p.rego", rego);
+        set.compile(&PolicyOptions::default()).expect("compiles")
+    }
+
+    fn eval(p: &Policy, input: &str) -> std::result::Result<Verdict, EvalFailure> {
+        p.evaluate(Value::from_json_str(input).expect("json"))
+            .outcome
+    }
+
+    #[test]
+    fn boolean_decision() {
+        let p = compile("package execgate\ndefault decision := false\ndecision if input.ok\n");
+        assert!(eval(&p, r#"{"ok": true}"#).unwrap().allow);
+        let deny = eval(&p, r#"{"ok": false}"#).unwrap();
+        assert!(!deny.allow);
+        assert_eq!(deny.reasons, vec!["denied by data.execgate.decision"]);
+    }
+
+    #[test]
+    fn object_decision_keeps_reasons_and_obligations() {
+        let p = compile(
+            r#"package execgate
+decision := {"allow": false, "reasons": ["a", "b"], "obligations": {"x": 1}}"#,
+        );
+        let v = eval(&p, "{}").unwrap();
+        assert_eq!(v.reasons, vec!["a", "b"]);
+        assert_eq!(v.obligations, Value::from_json_str(r#"{"x":1}"#).unwrap());
+    }
+
+    #[test]
+    fn undefined_and_type_errors_fail() {
+        let p = compile("package execgate\ndecision if input.ok\n");
+        assert_eq!(eval(&p, "{}").unwrap_err().kind, FailureKind::Undefined);
+        let p = compile("package execgate\ndecision := 3\n");
+        assert_eq!(eval(&p, "{}").unwrap_err().kind, FailureKind::Type);
+        let p = compile("package execgate\ndecision := {\"allow\": \"yes\"}\n");
+        assert_eq!(eval(&p, "{}").unwrap_err().kind, FailureKind::Type);
+    }
+
+    #[test]
+    fn parse_error_has_location() {
+        let mut set = PolicySet::new();
+        set.add_source(
+            "bad.rego",
+            "package execgate\n\ndecision if {\n  input.x ==\n}\n",
+        );
+        let err = set.compile(&PolicyOptions::default()).unwrap_err();
+        let super::super::error::CoreError::Policy(e) = err else {
+            panic!("wrong error")
+        };
+        assert_eq!(e.file.as_deref(), Some("bad.rego"));
+        assert!(e.line.is_some() && e.column.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn digest_changes_with_data() {
+        let mut a = PolicySet::new();
+        a.add_source("p.rego", "package execgate\ndecision := true\n");
+        let mut b = a.clone();
+        b.add_data("d", Value::from_json_str(r#"{"k": 1}"#).unwrap());
+        let o = PolicyOptions::default();
+        assert_ne!(
+            a.compile(&o).unwrap().digest(),
+            b.compile(&o).unwrap().digest()
+        );
+    }
+}
