@@ -1,0 +1,5 @@
+"""``python -m execgate``: the command-line interface."""
+
+from execgate.cli import main
+
+raise SystemExit(main())

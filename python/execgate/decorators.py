@@ -1,0 +1,125 @@
+"""``@gate.guard``: authorize every call of a function before its body runs."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from execgate.gate import Gate
+
+__all__ = ["guard"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_FAST_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+class _Binder:
+    """Binds call arguments to parameter names, defaults applied.
+
+    The signature is inspected once, at decoration. Plain signatures (no
+    ``*args``, ``**kwargs`` or positional-only parameters) take a fast path;
+    anything else, and any call that does not fit, goes through
+    :meth:`inspect.Signature.bind`, which raises the usual ``TypeError``.
+    A leading ``self``/``cls`` parameter is not passed to the policy.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())
+        self.skip = (
+            params[0].name if params and params[0].name in ("self", "cls") else None
+        )
+        self.fast = all(p.kind in _FAST_KINDS for p in params)
+        self.positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        self.names = frozenset(p.name for p in params)
+        self.defaults = [(p.name, p.default) for p in params if p.default is not p.empty]
+        self.var_keyword = next(
+            (p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None
+        )
+
+    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        bound = self._fast(args, kwargs) if self.fast else None
+        if bound is None:
+            b = self.signature.bind(*args, **kwargs)
+            b.apply_defaults()
+            bound = dict(b.arguments)
+            if self.var_keyword is not None:
+                bound.update(bound.pop(self.var_keyword))
+        if self.skip is not None:
+            bound.pop(self.skip, None)
+        return bound
+
+    def _fast(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        if len(args) > len(self.positional):
+            return None
+        bound = dict(zip(self.positional, args))
+        for key, value in kwargs.items():
+            if key in bound or key not in self.names:
+                return None
+            bound[key] = value
+        if len(bound) < len(self.names):
+            for name, default in self.defaults:
+                if name not in bound:
+                    bound[name] = default
+            if len(bound) < len(self.names):
+                return None  # a required argument is missing: let bind() raise
+        return bound
+
+
+def guard(
+    gate: Gate,
+    fn: Callable[P, R],
+    *,
+    action: str | None = None,
+    principal: Mapping[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> Callable[P, R]:
+    """Wraps ``fn`` so each call is authorized by ``gate`` first.
+
+    Sync and async functions are checked when called; generators and async
+    generators when iteration starts. A blocked call raises
+    :class:`~execgate.errors.ActionDenied` and the body never runs.
+    """
+    name = action or fn.__qualname__
+    bind = _Binder(fn)
+    authorize = gate._authorize
+    principal = dict(principal) if principal else None
+    context = dict(context) if context else None
+    wrapper: Callable[..., Any]
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authorize(name, bind(args, kwargs), principal, context)
+            return await fn(*args, **kwargs)  # type: ignore[misc]
+
+    elif inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authorize(name, bind(args, kwargs), principal, context)
+            async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
+                yield item
+
+    elif inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authorize(name, bind(args, kwargs), principal, context)
+            return (yield from fn(*args, **kwargs))  # type: ignore[misc]
+
+    else:
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authorize(name, bind(args, kwargs), principal, context)
+            return fn(*args, **kwargs)
+
+    wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
+    return wrapper

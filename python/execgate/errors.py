@@ -1,0 +1,87 @@
+"""The execgate exception hierarchy.
+
+Every exception carries structured facts (the decision, the file and line, the
+argument at fault) as attributes, not only a message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from execgate._core import Decision
+
+__all__ = [
+    "ActionDenied",
+    "ApprovalRequired",
+    "ArgumentError",
+    "AuditLogError",
+    "ExecgateError",
+    "PolicyError",
+    "SandboxError",
+    "SignatureError",
+]
+
+
+class ExecgateError(Exception):
+    """Base class of every execgate error."""
+
+
+class ActionDenied(ExecgateError, PermissionError):
+    """The gate denied an action. ``decision`` holds the full Decision."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.action = decision.action
+        self.reasons: tuple[str, ...] = decision.reasons
+        super().__init__(f"{self.action} denied: " + "; ".join(self.reasons))
+
+
+class PolicyError(ExecgateError):
+    """A policy or data document could not be loaded or compiled.
+
+    ``file``, ``line`` and ``column`` locate the fault when it is known;
+    ``message`` is the description without the location.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        message: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(text)
+        self.message = message if message is not None else text
+        self.file = file
+        self.line = line
+        self.column = column
+
+
+class ArgumentError(ExecgateError, TypeError):
+    """A call argument cannot be turned into policy input; the tool did not run.
+
+    ``argument`` is the dotted path of the offending value, e.g. ``args.items[2]``.
+    """
+
+    def __init__(self, message: str, *, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class SignatureError(ExecgateError):
+    """A receipt or log signature is invalid, or a key cannot be used."""
+
+
+class AuditLogError(ExecgateError):
+    """The audit log cannot be written or failed verification."""
+
+
+class SandboxError(ExecgateError):
+    """A sandboxed run could not be set up as requested."""
+
+
+class ApprovalRequired(ExecgateError):
+    """The policy requires human approval and no approver answered yes."""

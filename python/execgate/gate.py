@@ -1,0 +1,232 @@
+"""The Gate: the Python face of the native policy engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+from execgate import _core
+from execgate._core import Decision
+from execgate.context import _context, _principal
+from execgate.decorators import guard as _guard
+from execgate.errors import ActionDenied
+
+__all__ = ["DEFAULT_ENTRYPOINT", "Gate", "PolicyLike"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_ENTRYPOINT = "data.execgate.decision"
+
+PolicyLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+DataLike = Mapping[str, Any] | str | os.PathLike[str] | Sequence[Mapping[str, Any] | str | os.PathLike[str]]
+
+
+def _is_source(text: str) -> bool:
+    """A str is Rego source (not a path) when it spans lines or starts with ``package``."""
+    return "\n" in text or text.lstrip().startswith("package ")
+
+
+def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, list[Any]]:
+    sources: list[tuple[str, str]] = []
+    paths: list[str] = []
+    items = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)
+    for item in items:
+        if isinstance(item, str) and _is_source(item):
+            sources.append((f"<policy {len(sources)}>", item))
+        elif isinstance(item, (str, os.PathLike)):
+            paths.append(os.fspath(item))
+        else:
+            raise TypeError(f"policy must be Rego source or a path, not {type(item).__name__}")
+    data_dicts: list[dict[str, Any]] = []
+    data_files: list[str] = []
+    if data is not None:
+        data_items = [data] if isinstance(data, (Mapping, str, os.PathLike)) else list(data)
+        for d in data_items:
+            if isinstance(d, Mapping):
+                data_dicts.append(dict(d))
+            elif isinstance(d, (str, os.PathLike)):
+                data_files.append(os.fspath(d))
+            else:
+                raise TypeError(f"data must be a dict or a path, not {type(d).__name__}")
+    return {"sources": sources, "paths": paths, "data": data_dicts, "data_files": data_files}
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("the gate clock returned a naive datetime; it must be time-zone aware")
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Gate:
+    """Evaluates actions against Rego policies, natively.
+
+    ``policy`` is Rego source, a ``.rego`` file, a directory of them (searched
+    recursively, ``*_test.rego`` skipped), or a list of any of these. ``data``
+    is a dict, a JSON/YAML file, or a list of them, merged into ``data``.
+    ``mode="audit"`` never blocks: decisions still say what the policy decided.
+    ``max_instructions`` and ``timeout`` (seconds) bound each evaluation;
+    exceeding either denies. ``clock`` replaces the system clock for
+    ``context.time`` (a callable returning an aware datetime).
+    """
+
+    def __init__(
+        self,
+        policy: PolicyLike,
+        *,
+        data: DataLike | None = None,
+        entrypoint: str = DEFAULT_ENTRYPOINT,
+        mode: Literal["enforce", "audit"] = "enforce",
+        max_instructions: int = 1_000_000,
+        timeout: float = 0.1,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self._native = _core.Gate(
+            **_policy_spec(policy, data),
+            entrypoint=entrypoint,
+            mode=mode,
+            max_instructions=max_instructions,
+            timeout=timeout,
+        )
+        self._clock = clock
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], **options: Any) -> Gate:
+        """A gate over the policy file or directory at ``path``."""
+        return cls(pathlib.Path(path), **options)
+
+    # -- evaluation ---------------------------------------------------------
+
+    def check(
+        self,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Evaluates ``action`` with ``args``. Never raises for a deny."""
+        p = _principal.get()
+        if principal:
+            p = {**p, **principal}
+        c = _context.get()
+        if context:
+            c = {**c, **context}
+        if args is not None and type(args) is not dict:
+            args = dict(args)
+        now = _rfc3339(self._clock()) if self._clock is not None else None
+        return self._native.check(action, args, p, c, now)
+
+    def enforce(
+        self,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Like :meth:`check`, but raises :class:`ActionDenied` when the call is blocked."""
+        decision = self.check(action, args, principal=principal, context=context)
+        if decision.blocked:
+            raise ActionDenied(decision)
+        return decision
+
+    def _authorize(
+        self,
+        action: str,
+        args: dict[str, Any],
+        principal: dict[str, Any] | None,
+        context: dict[str, Any] | None,
+    ) -> Decision:
+        return self.enforce(action, args, principal=principal, context=context)
+
+    # -- decorators ---------------------------------------------------------
+
+    @overload
+    def guard(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def guard(
+        self,
+        *,
+        action: str | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def guard(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        action: str | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator: authorize every call of the function before its body runs.
+
+        ``@gate.guard`` uses the function's qualified name as the action;
+        ``@gate.guard(action="fs.read", principal=..., context=...)`` sets it
+        and fixed principal/context values (which override ambient ones).
+        """
+        if fn is not None:
+            return _guard(self, fn, action=action, principal=principal, context=context)
+
+        def decorate(f: Callable[P, R]) -> Callable[P, R]:
+            return _guard(self, f, action=action, principal=principal, context=context)
+
+        return decorate
+
+    # -- policy management --------------------------------------------------
+
+    def reload(self, policy: PolicyLike | None = None, *, data: DataLike | None = None) -> str:
+        """Recompiles and swaps the policy atomically; returns the new digest.
+
+        With no arguments the current files are read again. Checks already
+        running finish on the old policy; if the new one fails to load,
+        :class:`PolicyError` is raised and the old policy stays in force.
+        """
+        if policy is None and data is None:
+            return self._native.reload()
+        if policy is None:
+            raise TypeError("reload(data=...) needs the policy too")
+        return self._native.reload(**_policy_spec(policy, data))
+
+    @property
+    def policy_digest(self) -> str:
+        """SHA-256 of the policy modules, data and entry point now in force."""
+        return self._native.policy_digest
+
+    @property
+    def entrypoint(self) -> str:
+        return self._native.entrypoint
+
+    @property
+    def mode(self) -> str:
+        return self._native.mode
+
+    @property
+    def max_instructions(self) -> int:
+        return self._native.max_instructions
+
+    @property
+    def timeout(self) -> float:
+        return self._native.timeout
+
+    def close(self) -> None:
+        """Releases the gate's resources. Safe to call twice."""
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Gate mode={self.mode} entrypoint={self.entrypoint} "
+            f"policy={self.policy_digest[:12]}>"
+        )

@@ -1,0 +1,71 @@
+//! The one conversion from core errors to Python exceptions.
+//!
+//! The exception classes live in `execgate/errors.py` (so `ActionDenied` can
+//! inherit from both `ExecgateError` and `PermissionError`); this module looks
+//! them up once and instantiates them with their structured fields.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
+
+use crate::core::error::CoreError;
+
+static POLICY_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static EXECGATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Instantiates `execgate.errors.<name>(message, **fields)`.
+fn raise(
+    py: Python<'_>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+    message: String,
+    fields: Option<Bound<'_, PyDict>>,
+) -> PyErr {
+    let class = match cell.import(py, "execgate.errors", name) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    match class.call((message,), fields.as_ref()) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+/// An `ArgumentError` naming the argument (dotted path) that could not be used.
+pub fn argument_error(py: Python<'_>, argument: &str, message: String) -> PyErr {
+    let fields = PyDict::new(py);
+    if let Err(e) = fields.set_item("argument", argument) {
+        return e;
+    }
+    raise(py, &ARGUMENT_ERROR, "ArgumentError", message, Some(fields))
+}
+
+impl From<CoreError> for PyErr {
+    fn from(err: CoreError) -> Self {
+        Python::attach(|py| match err {
+            CoreError::Policy(e) => {
+                let fields = PyDict::new(py);
+                let set = (|| -> PyResult<()> {
+                    fields.set_item("message", &e.message)?;
+                    fields.set_item("file", &e.file)?;
+                    fields.set_item("line", e.line)?;
+                    fields.set_item("column", e.column)
+                })();
+                match set {
+                    Ok(()) => raise(
+                        py,
+                        &POLICY_ERROR,
+                        "PolicyError",
+                        e.to_string(),
+                        Some(fields),
+                    ),
+                    Err(err) => err,
+                }
+            }
+            CoreError::InvalidArgument(message) => {
+                raise(py, &EXECGATE_ERROR, "ExecgateError", message, None)
+            }
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! `execgate._core.Gate` and `execgate._core.Decision`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use super::convert::{dict_to_value, to_python};
+use crate::core::gate::{Decision, Gate, Mode, Request};
+use crate::core::policy::{
+    PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
+};
+
+/// Builds a policy set from the already-classified pieces the Python layer passes.
+fn policy_set(
+    sources: Vec<(String, String)>,
+    paths: Vec<PathBuf>,
+    data: Vec<Bound<'_, PyDict>>,
+    data_files: Vec<PathBuf>,
+) -> PyResult<PolicySet> {
+    let mut set = PolicySet::new();
+    for (name, rego) in sources {
+        set.add_source(name, rego);
+    }
+    for path in paths {
+        set.add_path(path);
+    }
+    for (i, d) in data.iter().enumerate() {
+        let mut path = String::from("data");
+        set.add_data(format!("<data {i}>"), dict_to_value(d, &mut path, 0)?);
+    }
+    for path in data_files {
+        set.add_data_file(path);
+    }
+    Ok(set)
+}
+
+fn optional_object(obj: Option<&Bound<'_, PyDict>>, name: &str) -> PyResult<regorus::Value> {
+    match obj {
+        None => Ok(regorus::Value::new_object()),
+        Some(d) => dict_to_value(d, &mut name.to_string(), 0),
+    }
+}
+
+/// The native gate: compiled policy, evaluation and reload.
+#[pyclass(frozen, name = "Gate", module = "execgate._core")]
+pub struct PyGate {
+    inner: Gate,
+}
+
+#[pymethods]
+impl PyGate {
+    #[new]
+    #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
+                        entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
+                        max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        sources: Vec<(String, String)>,
+        paths: Vec<PathBuf>,
+        data: Vec<Bound<'_, PyDict>>,
+        data_files: Vec<PathBuf>,
+        entrypoint: String,
+        mode: &str,
+        max_instructions: usize,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let mode: Mode = mode.parse()?;
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "timeout must be a positive number of seconds",
+            ));
+        }
+        let options = PolicyOptions {
+            entrypoint,
+            max_instructions,
+            timeout: Duration::from_secs_f64(timeout),
+        };
+        let set = policy_set(sources, paths, data, data_files)?;
+        let inner = py.detach(|| Gate::new(set, options, mode))?;
+        Ok(Self { inner })
+    }
+
+    /// Evaluates one call. Never raises for a deny.
+    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        action: String,
+        args: Option<&Bound<'_, PyDict>>,
+        principal: Option<&Bound<'_, PyDict>>,
+        context: Option<&Bound<'_, PyDict>>,
+        time: Option<String>,
+    ) -> PyResult<PyDecision> {
+        let request = Request {
+            action,
+            args: optional_object(args, "args")?,
+            principal: optional_object(principal, "principal")?,
+            context: optional_object(context, "context")?,
+            time,
+        };
+        let decision = py.detach(|| self.inner.check(request))?;
+        Ok(PyDecision { inner: decision })
+    }
+
+    /// Recompiles and swaps the policy in atomically; with no arguments,
+    /// re-reads the current sources. Returns the new policy digest.
+    #[pyo3(signature = (*, sources=None, paths=None, data=None, data_files=None))]
+    fn reload(
+        &self,
+        py: Python<'_>,
+        sources: Option<Vec<(String, String)>>,
+        paths: Option<Vec<PathBuf>>,
+        data: Option<Vec<Bound<'_, PyDict>>>,
+        data_files: Option<Vec<PathBuf>>,
+    ) -> PyResult<String> {
+        let replace =
+            sources.is_some() || paths.is_some() || data.is_some() || data_files.is_some();
+        let set = if replace {
+            Some(policy_set(
+                sources.unwrap_or_default(),
+                paths.unwrap_or_default(),
+                data.unwrap_or_default(),
+                data_files.unwrap_or_default(),
+            )?)
+        } else {
+            None
+        };
+        Ok(py.detach(|| self.inner.reload(set))?)
+    }
+
+    #[getter]
+    fn policy_digest(&self) -> String {
+        self.inner.policy().digest().to_string()
+    }
+
+    #[getter]
+    fn entrypoint(&self) -> String {
+        self.inner.options().entrypoint.clone()
+    }
+
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.inner.mode().as_str()
+    }
+
+    #[getter]
+    fn max_instructions(&self) -> usize {
+        self.inner.options().max_instructions
+    }
+
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.inner.options().timeout.as_secs_f64()
+    }
+}
+
+/// An immutable authorization decision.
+#[pyclass(frozen, name = "Decision", module = "execgate._core")]
+pub struct PyDecision {
+    inner: Decision,
+}
+
+#[pymethods]
+impl PyDecision {
+    /// What the policy decided. In audit mode a deny does not block.
+    #[getter]
+    fn allowed(&self) -> bool {
+        self.inner.allowed
+    }
+
+    /// True when the call must not run (denied, and the gate enforces).
+    #[getter]
+    fn blocked(&self) -> bool {
+        self.inner.blocks()
+    }
+
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.inner.mode.as_str()
+    }
+
+    #[getter]
+    fn reasons<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.inner.reasons)
+    }
+
+    #[getter]
+    fn obligations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.inner.obligations)
+    }
+
+    #[getter]
+    fn input<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.inner.input)
+    }
+
+    #[getter]
+    fn action(&self) -> String {
+        self.inner.input["action"]["name"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    #[getter]
+    fn policy_digest(&self) -> &str {
+        &self.inner.policy_digest
+    }
+
+    #[getter]
+    fn entrypoint(&self) -> &str {
+        &self.inner.entrypoint
+    }
+
+    #[getter]
+    fn duration_ns(&self) -> u64 {
+        self.inner.duration_ns
+    }
+
+    /// The fail-closed cause (`undefined`, `type`, `conflict`, `limit`,
+    /// `runtime`), or None when the policy itself decided.
+    #[getter]
+    fn error(&self) -> Option<&'static str> {
+        self.inner.error.map(|k| k.as_str())
+    }
+
+    /// A plain dict of every field, for logging or JSON.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("allowed", self.inner.allowed)?;
+        d.set_item("blocked", self.inner.blocks())?;
+        d.set_item("mode", self.inner.mode.as_str())?;
+        d.set_item("reasons", self.reasons(py)?.to_list())?;
+        d.set_item("obligations", self.obligations(py)?)?;
+        d.set_item("error", self.error())?;
+        d.set_item("policy_digest", self.policy_digest())?;
+        d.set_item("entrypoint", self.entrypoint())?;
+        d.set_item("duration_ns", self.inner.duration_ns)?;
+        d.set_item("input", self.input(py)?)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let verdict = match (self.inner.allowed, self.inner.blocks()) {
+            (true, _) => "ALLOW",
+            (false, true) => "DENY",
+            (false, false) => "DENY (audit: not enforced)",
+        };
+        let principal = self.inner.input["principal"]["id"].to_string();
+        format!(
+            "<Decision {verdict} action={:?} principal={principal} reasons={:?} policy={}>",
+            self.action(),
+            self.inner.reasons,
+            &self.inner.policy_digest[..12.min(self.inner.policy_digest.len())]
+        )
+    }
+}
