@@ -155,7 +155,7 @@ impl Gate {
             let c = self.current.read();
             (c.policy.clone(), c.digest.clone(), c.entrypoint.clone())
         };
-        let evaluation = policy.evaluate(input.clone());
+        let evaluation = policy.evaluate(&input);
         let (allowed, reasons, obligations, error) = match evaluation.outcome {
             Ok(v) => (v.allow, v.reasons, v.obligations, None),
             Err(f) => (false, vec![f.message], Value::new_object(), Some(f.kind)),

@@ -157,7 +157,6 @@ impl PolicySet {
         }
         let loaded = self.load()?;
         let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(true);
         engine.set_execution_timer_config(timer(options.timeout));
         for (name, text) in &loaded.modules {
             engine
@@ -256,10 +255,18 @@ fn load_data_file(path: &Path) -> Result<(String, Value)> {
     Ok((path.display().to_string(), parsed))
 }
 
+/// Reading the clock costs about as much as a few dozen instructions, so the
+/// time limit is checked every [`TIMER_CHECK_INTERVAL`] units of work; the
+/// instruction limit still bounds what can run between two checks.
+const TIMER_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(256) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
 fn timer(limit: Duration) -> ExecutionTimerConfig {
     ExecutionTimerConfig {
         limit,
-        check_interval: NonZeroU32::MIN,
+        check_interval: TIMER_CHECK_INTERVAL,
     }
 }
 
@@ -400,33 +407,20 @@ impl Policy {
             .map_err(|e| format!("policy data conflicts with rules: {e}"))?;
         vm.set_max_instructions(self.options.max_instructions);
         vm.set_execution_timer_config(Some(timer(self.options.timeout)));
-        vm.set_strict_builtin_errors(true);
         Ok(vm)
     }
 
     /// Evaluates `input` with the compiled RVM program (the hot path).
-    pub fn evaluate(&self, input: Value) -> Evaluation {
+    ///
+    /// The RVM reports an error or a conflict inside a rule as that rule being
+    /// undefined. So when the entry point comes out undefined, the input is
+    /// evaluated again by the interpreter with strict builtin errors, only to
+    /// name the cause in the reason; the decision stays a deny either way.
+    pub fn evaluate(&self, input: &Value) -> Evaluation {
         let start = Instant::now();
-        let pooled = self.pool.lock().pop();
-        let outcome = match pooled.map_or_else(|| self.new_vm(), Ok) {
-            Err(message) => Err(EvalFailure {
-                kind: FailureKind::Runtime,
-                message,
-            }),
-            Ok(mut vm) => {
-                vm.set_input(input);
-                let result = vm
-                    .execute()
-                    .map_err(|e| classify(&e.to_string(), &self.options));
-                // Drop the input's memory now rather than holding it in the pool.
-                vm.set_input(Value::Null);
-                let mut pool = self.pool.lock();
-                if pool.len() < VM_POOL_MAX {
-                    pool.push(vm);
-                }
-                drop(pool);
-                result.and_then(|v| interpret(v, &self.options.entrypoint))
-            }
+        let outcome = match self.run_vm(input) {
+            Err(f) if f.kind == FailureKind::Undefined => Err(self.diagnose(input, f)),
+            other => other,
         };
         Evaluation {
             outcome,
@@ -434,22 +428,71 @@ impl Policy {
         }
     }
 
-    /// Evaluates `input` with regorus's tree-walking interpreter.
+    fn run_vm(&self, input: &Value) -> std::result::Result<Verdict, EvalFailure> {
+        let pooled = self.pool.lock().pop();
+        let mut vm = pooled
+            .map_or_else(|| self.new_vm(), Ok)
+            .map_err(|message| EvalFailure {
+                kind: FailureKind::Runtime,
+                message,
+            })?;
+        vm.set_input(input.clone());
+        let result = vm.execute();
+        // Release the input now rather than holding it in the pool.
+        vm.set_input(Value::Null);
+        let mut pool = self.pool.lock();
+        if pool.len() < VM_POOL_MAX {
+            pool.push(vm);
+        }
+        drop(pool);
+        result
+            .map_err(|e| classify(&e.to_string(), &self.options))
+            .and_then(|v| interpret(v, &self.options.entrypoint))
+    }
+
+    /// Finds out why the entry point was undefined; returns the failure to report.
+    fn diagnose(&self, input: &Value, undefined: EvalFailure) -> EvalFailure {
+        match self.interpret_with(input, true) {
+            Err(f) if f.kind != FailureKind::Undefined => f,
+            Ok(v) if v.allow => EvalFailure {
+                kind: FailureKind::Runtime,
+                message: format!(
+                    "policy error: {} is undefined in the compiled policy but allows in the \
+                     interpreter; denying",
+                    self.options.entrypoint
+                ),
+            },
+            _ => undefined,
+        }
+    }
+
+    /// Evaluates `input` with regorus's tree-walking interpreter, with the same
+    /// (OPA default) builtin error semantics as the RVM.
     ///
-    /// Slower than [`Policy::evaluate`]; it exists as the reference the RVM is
-    /// checked against (`tests/differential.rs`) and for debugging a policy.
-    pub fn evaluate_interpreted(&self, input: Value) -> Evaluation {
+    /// Slower than [`Policy::evaluate`]; it is the reference the RVM is checked
+    /// against (`tests/differential.rs`).
+    pub fn evaluate_interpreted(&self, input: &Value) -> Evaluation {
         let start = Instant::now();
-        let mut engine = self.interpreter.lock();
-        engine.set_input(input);
-        let result = engine
-            .eval_rule(self.options.entrypoint.clone())
-            .map_err(|e| classify(&format!("{e:#}"), &self.options));
-        drop(engine);
+        let outcome = self.interpret_with(input, false);
         Evaluation {
-            outcome: result.and_then(|v| interpret(v, &self.options.entrypoint)),
+            outcome,
             duration: start.elapsed(),
         }
+    }
+
+    fn interpret_with(
+        &self,
+        input: &Value,
+        strict: bool,
+    ) -> std::result::Result<Verdict, EvalFailure> {
+        let mut engine = self.interpreter.lock();
+        engine.set_strict_builtin_errors(strict);
+        engine.set_input(input.clone());
+        let result = engine.eval_rule(self.options.entrypoint.clone());
+        drop(engine);
+        result
+            .map_err(|e| classify(&format!("{e:#}"), &self.options))
+            .and_then(|v| interpret(v, &self.options.entrypoint))
     }
 }
 
@@ -579,7 +622,7 @@ mod tests {
     }
 
     fn eval(p: &Policy, input: &str) -> std::result::Result<Verdict, EvalFailure> {
-        p.evaluate(Value::from_json_str(input).expect("json"))
+        p.evaluate(&Value::from_json_str(input).expect("json"))
             .outcome
     }
 
