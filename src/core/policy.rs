@@ -270,41 +270,40 @@ fn timer(limit: Duration) -> ExecutionTimerConfig {
     }
 }
 
-/// regorus renders parse errors as `--> file:line:col` followed by the source
-/// line and `kind: message`; keep the location as fields and the last line as text.
-fn load_error(name: &str, err: &dyn std::fmt::Display) -> PolicyLoadError {
+/// Splits a regorus diagnostic into its location and its message.
+///
+/// regorus renders errors as `--> file:line:col`, a source excerpt, then
+/// `kind: message` on the last line; the excerpt is dropped.
+fn parse_diagnostic(err: &dyn std::fmt::Display) -> PolicyLoadError {
     static LOCATION: OnceLock<regex::Regex> = OnceLock::new();
     let text = format!("{err:#}");
     let re = LOCATION.get_or_init(|| {
         regex::Regex::new(r"--> (.+?):(\d+):(\d+)").expect("location pattern is valid")
     });
-    let message = text
+    let last = text
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid policy")
-        .trim()
-        .to_string();
-    match re.captures(&text) {
-        Some(c) => PolicyLoadError {
-            message,
-            file: Some(c[1].to_string()),
-            line: c[2].parse().ok(),
-            column: c[3].parse().ok(),
-        },
-        None => PolicyLoadError {
-            message,
-            file: Some(name.to_string()),
-            line: None,
-            column: None,
-        },
+        .unwrap_or("");
+    let message = last.trim().trim_start_matches("error: ").to_string();
+    let location = re.captures(&text);
+    PolicyLoadError {
+        message,
+        file: location.as_ref().map(|c| c[1].to_string()),
+        line: location.as_ref().and_then(|c| c[2].parse().ok()),
+        column: location.as_ref().and_then(|c| c[3].parse().ok()),
     }
 }
 
+fn load_error(name: &str, err: &dyn std::fmt::Display) -> PolicyLoadError {
+    let mut e = parse_diagnostic(err);
+    e.file.get_or_insert_with(|| name.to_string());
+    e
+}
+
 fn entrypoint_error(entrypoint: &str, err: &dyn std::fmt::Display) -> PolicyLoadError {
-    let mut e = load_error(entrypoint, err);
+    let mut e = parse_diagnostic(err);
     if e.line.is_none() {
-        e.file = None;
         e.message = format!("cannot compile entrypoint {entrypoint}: {}", e.message);
     }
     e
@@ -446,7 +445,7 @@ impl Policy {
         }
         drop(pool);
         result
-            .map_err(|e| classify(&e.to_string(), &self.options))
+            .map_err(|e| classify(&e, &self.options))
             .and_then(|v| interpret(v, &self.options.entrypoint))
     }
 
@@ -491,13 +490,15 @@ impl Policy {
         let result = engine.eval_rule(self.options.entrypoint.clone());
         drop(engine);
         result
-            .map_err(|e| classify(&format!("{e:#}"), &self.options))
+            .map_err(|e| classify(&e, &self.options))
             .and_then(|v| interpret(v, &self.options.entrypoint))
     }
 }
 
-/// Maps an engine error to the fail-closed case it represents.
-fn classify(message: &str, options: &PolicyOptions) -> EvalFailure {
+/// Maps an engine error to the fail-closed case it represents, with a
+/// one-line reason (`file:line:col: message` when the engine located it).
+fn classify(err: &dyn std::fmt::Display, options: &PolicyOptions) -> EvalFailure {
+    let message = parse_diagnostic(err).to_string();
     let lower = message.to_ascii_lowercase();
     let (kind, message) = if lower.contains("instruction limit") {
         (
@@ -518,7 +519,7 @@ fn classify(message: &str, options: &PolicyOptions) -> EvalFailure {
     } else if lower.contains("conflict") || lower.contains("multiple outputs") {
         (
             FailureKind::Conflict,
-            format!("policy error: conflicting rule values: {message}"),
+            format!("policy error: conflicting values: {message}"),
         )
     } else {
         (

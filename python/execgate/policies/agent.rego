@@ -78,10 +78,14 @@ dangerous_commands := {
 any_dangerous_command := concat("|", [sprintf("(?:%s)", [p]) | some p in dangerous_commands])
 
 # --- every action: only inside the UTC working window in data.working_hours_utc.
-deny contains sprintf("outside working hours (%d:00 UTC)", [hour]) if {
-	hour := time.clock([time.parse_rfc3339_ns(input.context.time), "UTC"])[0]
-	not within_hours(hour)
+# A context.time that does not parse is itself a reason to deny.
+deny contains sprintf("outside working hours (%d:00 UTC)", [utc_hour]) if {
+	not within_hours(utc_hour)
 }
+
+deny contains "context.time is not an RFC 3339 time" if not utc_hour
+
+utc_hour := time.clock([time.parse_rfc3339_ns(input.context.time), "UTC"])[0]
 
 within_hours(hour) if {
 	hour >= data.working_hours_utc.start
