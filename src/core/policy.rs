@@ -273,7 +273,8 @@ fn timer(limit: Duration) -> ExecutionTimerConfig {
 /// Splits a regorus diagnostic into its location and its message.
 ///
 /// regorus renders errors as `--> file:line:col`, a source excerpt, then
-/// `kind: message` on the last line; the excerpt is dropped.
+/// `error: message`, sometimes followed by further located notes; the first
+/// location and message are kept and the excerpts dropped.
 fn parse_diagnostic(err: &dyn std::fmt::Display) -> PolicyLoadError {
     static LOCATION: OnceLock<regex::Regex> = OnceLock::new();
     let text = format!("{err:#}");
