@@ -9,7 +9,7 @@ import execgate
 
 def test_boolean_decision_allows_and_denies() -> None:
     gate = execgate.Gate(
-        "package execgate\ndefault decision := false\ndecision if input.principal.id == \"alice\"\n"
+        'package execgate\ndefault decision := false\ndecision if input.principal.id == "alice"\n'
     )
     assert gate.check("x", principal={"id": "alice"}).allowed
     denied = gate.check("x", principal={"id": "bob"})
@@ -31,7 +31,7 @@ def test_object_decision_reasons_and_obligations_unchanged(gate: execgate.Gate) 
 
 def test_reason_set_is_surfaced_in_order() -> None:
     gate = execgate.Gate(
-        'package execgate\n'
+        "package execgate\n"
         'deny contains "b second" if true\n'
         'deny contains "a first" if true\n'
         'decision := {"allow": count(deny) == 0, "reasons": deny}\n'
@@ -40,8 +40,12 @@ def test_reason_set_is_surfaced_in_order() -> None:
 
 
 def test_decision_input_is_the_exact_document(gate: execgate.Gate) -> None:
-    d = gate.check("fs.read", {"path": "/workspace/a"}, principal={"id": "p", "roles": ["r"]},
-                   context={"purpose": "why", "session": "s-1"})
+    d = gate.check(
+        "fs.read",
+        {"path": "/workspace/a"},
+        principal={"id": "p", "roles": ["r"]},
+        context={"purpose": "why", "session": "s-1"},
+    )
     assert d.input["action"] == {"name": "fs.read", "args": {"path": "/workspace/a"}}
     assert d.input["principal"] == {"id": "p", "roles": ["r"]}
     assert d.input["context"]["purpose"] == "why"
@@ -61,10 +65,14 @@ def test_caller_cannot_spoof_context_time(gate: execgate.Gate) -> None:
     [
         ("package execgate\ndecision if input.nope\n", "undefined", "is undefined"),
         ("package execgate\ndecision := 7\n", "type", "got number"),
-        ("package execgate\ndecision := {\"reasons\": []}\n", "type", "no \"allow\""),
-        ("package execgate\ndecision := {\"allow\": \"yes\"}\n", "type", "non-boolean"),
-        ("package execgate\ndecision := {\"allow\": true, \"reasons\": [1]}\n", "type", "non-string"),
-        ("package execgate\ndecision := {\"allow\": true, \"obligations\": []}\n", "type", "not an object"),
+        ('package execgate\ndecision := {"reasons": []}\n', "type", 'no "allow"'),
+        ('package execgate\ndecision := {"allow": "yes"}\n', "type", "non-boolean"),
+        ('package execgate\ndecision := {"allow": true, "reasons": [1]}\n', "type", "non-string"),
+        (
+            'package execgate\ndecision := {"allow": true, "obligations": []}\n',
+            "type",
+            "not an object",
+        ),
         (
             "package execgate\ndecision := true if input.action.args.a\n"
             "decision := false if input.action.args.b\n",
@@ -72,7 +80,7 @@ def test_caller_cannot_spoof_context_time(gate: execgate.Gate) -> None:
             "conflict",
         ),
         (
-            "package execgate\ndecision := {\"allow\": 10 / input.action.args.n > 1}\n",
+            'package execgate\ndecision := {"allow": 10 / input.action.args.n > 1}\n',
             "runtime",
             "divide by zero",
         ),
@@ -184,13 +192,15 @@ def test_working_hours_use_the_gate_clock() -> None:
     night = dt.datetime(2026, 3, 14, 23, 5, tzinfo=dt.timezone.utc)
     gate = execgate.Gate(
         "package execgate\n"
-        "decision := {\"allow\": h < 22, \"reasons\": [sprintf(\"hour %d\", [h])]} if {\n"
-        "  h := time.clock([time.parse_rfc3339_ns(input.context.time), \"UTC\"])[0]\n}\n",
+        'decision := {"allow": h < 22, "reasons": [sprintf("hour %d", [h])]} if {\n'
+        '  h := time.clock([time.parse_rfc3339_ns(input.context.time), "UTC"])[0]\n}\n',
         clock=lambda: night,
     )
     d = gate.check("x")
     assert d.input["context"]["time"] == "2026-03-14T23:05:00.000000Z"
     assert not d.allowed and d.reasons == ("hour 23",)
-    naive = execgate.Gate("package execgate\ndecision := true\n", clock=lambda: dt.datetime(2026, 1, 1))
+    naive = execgate.Gate(
+        "package execgate\ndecision := true\n", clock=lambda: dt.datetime(2026, 1, 1)
+    )
     with pytest.raises(ValueError, match="naive"):
         naive.check("x")

@@ -289,9 +289,14 @@ def test_decorator_principal_and_context_override_ambient(gate: execgate.Gate) -
     def read(path: str) -> None:
         raise RuntimeError("boom")
 
-    with execgate.principal("ambient", roles=["agent"]), execgate.context(purpose="ambient", session="s"):
+    with (
+        execgate.principal("ambient", roles=["agent"]),
+        execgate.context(purpose="ambient", session="s"),
+    ):
         with pytest.raises(RuntimeError):
             read("/a")
-        d = gate.check("read", {"path": "/a"}, principal={"id": "fixed"}, context={"purpose": "fixed"})
+        d = gate.check(
+            "read", {"path": "/a"}, principal={"id": "fixed"}, context={"purpose": "fixed"}
+        )
     assert d.input["principal"] == {"id": "fixed", "roles": ["agent"]}
     assert d.input["context"]["purpose"] == "fixed" and d.input["context"]["session"] == "s"

@@ -9,14 +9,18 @@ import pytest
 
 import execgate
 
-DECISION = 'package execgate\ndecision := {"allow": input.action.args.host in data.hosts, "reasons": []}\n'
+DECISION = (
+    'package execgate\ndecision := {"allow": input.action.args.host in data.hosts, "reasons": []}\n'
+)
 
 
 def test_directory_is_loaded_recursively_and_test_files_skipped(tmp_path: pathlib.Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "main.rego").write_text("package execgate\ndecision := data.execgate.lib.ok\n")
     (tmp_path / "sub" / "lib.rego").write_text("package execgate.lib\nok := true\n")
-    (tmp_path / "sub" / "lib_test.rego").write_text("package execgate.lib\ntest_x if { syntax error\n")
+    (tmp_path / "sub" / "lib_test.rego").write_text(
+        "package execgate.lib\ntest_x if { syntax error\n"
+    )
     (tmp_path / "notes.txt").write_text("not rego")
     assert execgate.Gate(tmp_path).check("x").allowed
     assert execgate.Gate.from_path(str(tmp_path)).check("x").allowed
@@ -63,7 +67,7 @@ def test_missing_files_and_bad_data_are_policy_errors(tmp_path: pathlib.Path) ->
         execgate.Gate(tmp_path / "missing.rego")
     assert info.value.file == str(tmp_path / "missing.rego")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(execgate.PolicyError, match="no .rego files"):
+    with pytest.raises(execgate.PolicyError, match=r"no \.rego files"):
         execgate.Gate(tmp_path / "empty")
     (tmp_path / "d.json").write_text("{not json")
     with pytest.raises(execgate.PolicyError) as info:
@@ -75,13 +79,14 @@ def test_missing_files_and_bad_data_are_policy_errors(tmp_path: pathlib.Path) ->
 
 
 def test_unknown_entrypoint_is_a_policy_error() -> None:
-    with pytest.raises(execgate.PolicyError, match="data.other.decision"):
+    with pytest.raises(execgate.PolicyError, match=r"data\.other\.decision"):
         execgate.Gate(DECISION, entrypoint="data.other.decision")
 
 
 def test_custom_entrypoint() -> None:
-    gate = execgate.Gate("package authz\nallow if input.action.name == \"ok\"\n",
-                         entrypoint="data.authz.allow")
+    gate = execgate.Gate(
+        'package authz\nallow if input.action.name == "ok"\n', entrypoint="data.authz.allow"
+    )
     assert gate.check("ok").allowed
     assert gate.check("no").error == "undefined"
 

@@ -62,7 +62,7 @@ def test_reload_under_concurrent_load_never_tears() -> None:
                 assert d.error is None
                 with lock:
                     counts[reason] += 1
-        except BaseException as e:  # noqa: BLE001 - surfaced below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=checker) for _ in range(4)]

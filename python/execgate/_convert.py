@@ -84,10 +84,13 @@ def to_json(value: Any, path: str) -> Any:
     )
 
 
-def _builtin_base(value: Any) -> Any:
-    if isinstance(value, bool):
-        return bool(value)
-    for base in (str, int, float, dict, list):
-        if isinstance(value, base):
-            return base(value)
-    return tuple(value)
+def _builtin_base(value: str | int | float | dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Any:
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return list(value)

@@ -31,13 +31,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check", help="evaluate one input document; print the decision")
-    check.add_argument("--policy", action="append", required=True, metavar="PATH",
-                       help="a .rego file or a directory (repeatable)")
-    check.add_argument("--data", action="append", default=[], metavar="FILE",
-                       help="a JSON or YAML data file (repeatable)")
+    check.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a .rego file or a directory (repeatable)",
+    )
+    check.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a JSON or YAML data file (repeatable)",
+    )
     check.add_argument("--entrypoint", default="data.execgate.decision")
-    check.add_argument("--input", required=True, metavar="FILE",
-                       help="the input document as JSON, or - for standard input")
+    check.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE",
+        help="the input document as JSON, or - for standard input",
+    )
 
     sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
     return parser
@@ -58,8 +72,11 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     action = doc.get("action") if isinstance(doc, dict) else None
     if not isinstance(action, dict) or not isinstance(action.get("name"), str):
-        print('execgate: input must be {"action": {"name": ..., "args": {...}}, '
-              '"principal": {...}, "context": {...}}', file=sys.stderr)
+        print(
+            'execgate: input must be {"action": {"name": ..., "args": {...}}, '
+            '"principal": {...}, "context": {...}}',
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     gate = Gate(args.policy, data=args.data or None, entrypoint=args.entrypoint)
     context = dict(doc.get("context") or {})

@@ -20,16 +20,18 @@ __all__ = ["context", "current_context", "current_principal", "principal", "purp
 # The stored dicts are never mutated after being set (readers get a read-only
 # view), so the gate can hand them to the native layer without copying.
 _principal: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "execgate_principal", default={}
+    "execgate_principal",
+    default={},  # noqa: B039 - never mutated, see above
 )
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "execgate_context", default={}
+    "execgate_context",
+    default={},  # noqa: B039 - never mutated, see above
 )
 
 
 @contextmanager
 def principal(
-    id: str | None = None,  # noqa: A002 - the contract names it "id"
+    id: str | None = None,
     *,
     roles: Sequence[str] = (),
     **attrs: Any,

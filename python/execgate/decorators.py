@@ -31,11 +31,11 @@ class _Binder:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
-        self.skip = (
-            params[0].name if params and params[0].name in ("self", "cls") else None
-        )
+        self.skip = params[0].name if params and params[0].name in ("self", "cls") else None
         self.fast = all(p.kind in _FAST_KINDS for p in params)
-        self.positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        self.positional = [
+            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
         self.names = frozenset(p.name for p in params)
         self.defaults = [(p.name, p.default) for p in params if p.default is not p.empty]
         self.var_keyword = next(
@@ -57,7 +57,7 @@ class _Binder:
     def _fast(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         if len(args) > len(self.positional):
             return None
-        bound = dict(zip(self.positional, args))
+        bound = dict(zip(self.positional, args, strict=False))
         for key, value in kwargs.items():
             if key in bound or key not in self.names:
                 return None

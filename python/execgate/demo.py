@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -18,9 +20,10 @@ __all__ = ["example_gate", "run"]
 def example_gate(**options: Any) -> Gate:
     """A gate over the embedded example policy (``execgate/policies``)."""
     root = resources.files("execgate") / "policies"
-    with resources.as_file(root / "agent.rego") as rego, resources.as_file(
-        root / "agent_data.json"
-    ) as data:
+    with (
+        resources.as_file(root / "agent.rego") as rego,
+        resources.as_file(root / "agent_data.json") as data,
+    ):
         return Gate(rego, data=data, **options)
 
 
@@ -47,9 +50,9 @@ def run() -> int:
     def drop_database(name: str) -> str:
         return f"dropped {name}"
 
-    agent = {"id": "agent-7", "roles": ["agent"]}
-    operator = {"id": "ops-bot", "roles": ["agent", "operator"]}
-    calls = [
+    agent: dict[str, Any] = {"id": "agent-7", "roles": ["agent"]}
+    operator: dict[str, Any] = {"id": "ops-bot", "roles": ["agent", "operator"]}
+    calls: list[tuple[dict[str, Any], Callable[..., str], dict[str, str]]] = [
         (agent, read_file, {"path": "/workspace/report.md"}),
         (agent, read_file, {"path": "/workspace/../etc/shadow"}),
         (agent, read_file, {"path": "/home/user/.ssh/id_rsa"}),
@@ -61,26 +64,29 @@ def run() -> int:
         (operator, drop_database, {"name": "production"}),
     ]
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    rows = []
+    rows: list[tuple[str, str, bool, str, float]] = []
     with purpose("execgate demo"):
         for who, tool, kwargs in calls:
             with principal(**who):
+                start = time.perf_counter_ns()
                 try:
                     tool(**kwargs)
                     allowed, reasons = True, ""
-                except ActionDenied as denied:
-                    allowed, reasons = False, "; ".join(denied.reasons)
-            d = gate.check(tool.__execgate_action__, kwargs, principal=who)  # type: ignore[attr-defined]
-            arg = next(iter(kwargs.values()))
-            rows.append((f"{d.action}({arg})", who["id"], allowed, reasons, d.duration_ns / 1000))
+                except ActionDenied as e:
+                    allowed, reasons = False, "; ".join(e.reasons)
+                elapsed_us = (time.perf_counter_ns() - start) / 1000
+            label = f"{tool.__execgate_action__}({next(iter(kwargs.values()))})"  # type: ignore[attr-defined]
+            rows.append((label, who["id"], allowed, reasons, elapsed_us))
 
     print(f"execgate demo: policy {gate.policy_digest[:16]}  (embedded example policy)\n")
-    w_action = max(len(r[0]) for r in rows)
-    print(f"{'ACTION':<{w_action}}  {'PRINCIPAL':<8}  {'ALLOWED':<7}  {'TIME':>8}  REASONS")
-    for action, who, allowed, reasons, micros in rows:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'ACTION':<{width}}  {'PRINCIPAL':<9}  {'ALLOWED':<7}  {'CALL':>8}  REASONS")
+    for label, who_id, allowed, reasons, micros in rows:
         verdict = _style(f"{'yes' if allowed else 'NO':<7}", "32" if allowed else "31;1", color)
-        print(f"{action:<{w_action}}  {who:<8}  {verdict}  {micros:>6.1f}µs  {reasons}")
-    denied = sum(1 for r in rows if not r[2])
-    print(f"\n{len(rows)} calls: {len(rows) - denied} allowed, {denied} denied; "
-          "denied tool bodies never ran.")
+        print(f"{label:<{width}}  {who_id:<9}  {verdict}  {micros:>6.1f}µs  {reasons}")
+    n_denied = sum(1 for r in rows if not r[2])
+    print(
+        f"\n{len(rows)} calls: {len(rows) - n_denied} allowed, {n_denied} denied; "
+        "denied tool bodies never ran. CALL is the whole guarded call, policy included."
+    )
     return 0

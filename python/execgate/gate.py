@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
 from execgate._core import Decision
@@ -14,7 +14,7 @@ from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied
 
-__all__ = ["DEFAULT_ENTRYPOINT", "Gate", "PolicyLike"]
+__all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -22,7 +22,18 @@ R = TypeVar("R")
 DEFAULT_ENTRYPOINT = "data.execgate.decision"
 
 PolicyLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-DataLike = Mapping[str, Any] | str | os.PathLike[str] | Sequence[Mapping[str, Any] | str | os.PathLike[str]]
+DataLike = (
+    Mapping[str, Any]
+    | str
+    | os.PathLike[str]
+    | Sequence[Mapping[str, Any] | str | os.PathLike[str]]
+)
+
+
+class GuardDecorator(Protocol):
+    """What ``gate.guard(action=...)`` returns: a decorator keeping the signature."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 def _is_source(text: str) -> bool:
@@ -155,17 +166,16 @@ class Gate:
         action: str | None = None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
-    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+    ) -> GuardDecorator: ...
 
     def guard(
         self,
-        fn: Callable[P, R] | None = None,
-        /,
+        fn: Callable[..., Any] | None = None,
         *,
         action: str | None = None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
-    ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    ) -> Any:
         """Decorator: authorize every call of the function before its body runs.
 
         ``@gate.guard`` uses the function's qualified name as the action;
@@ -175,7 +185,7 @@ class Gate:
         if fn is not None:
             return _guard(self, fn, action=action, principal=principal, context=context)
 
-        def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        def decorate(f: Callable[..., Any], /) -> Callable[..., Any]:
             return _guard(self, f, action=action, principal=principal, context=context)
 
         return decorate
@@ -227,6 +237,5 @@ class Gate:
 
     def __repr__(self) -> str:
         return (
-            f"<Gate mode={self.mode} entrypoint={self.entrypoint} "
-            f"policy={self.policy_digest[:12]}>"
+            f"<Gate mode={self.mode} entrypoint={self.entrypoint} policy={self.policy_digest[:12]}>"
         )

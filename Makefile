@@ -1,0 +1,57 @@
+# execgate developer tasks. `make help` lists them.
+# Everything runs in a project-local virtualenv (.venv) that `make` creates.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.deps-installed
+TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2
+
+.DEFAULT_GOAL := help
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(foreach d,$(TEST_DEPS),"$(d)")
+	touch $(STAMP)
+
+develop: $(STAMP) ## build the extension (debug) into .venv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet
+
+release: $(STAMP) ## build the extension (release, fat LTO) into .venv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --release
+
+test: test-rust test-python ## install test deps, build, run cargo test and pytest
+
+test-rust: ## Rust unit and integration tests (core only, no Python)
+	cargo test --quiet
+
+test-python: develop ## pytest against the freshly built extension
+	$(BIN)/pytest -q
+
+lint: develop ## clippy, rustfmt, ruff, mypy and stubtest
+	cargo fmt --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/mypy python/execgate
+	$(BIN)/python -m mypy.stubtest execgate._core
+
+fmt: $(STAMP) ## format Rust and Python sources
+	cargo fmt
+	$(BIN)/ruff format python tests benches
+
+bench: release ## criterion bench of the core, then the Python benchmark
+	cargo bench --bench core
+	$(BIN)/python benches/bench.py
+
+demo: develop ## run `execgate demo` from the development build
+	$(BIN)/execgate demo
+
+clean: ## remove build products and the virtualenv
+	cargo clean
+	rm -rf $(VENV) python/execgate/*.so

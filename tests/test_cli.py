@@ -1,0 +1,126 @@
+"""The execgate command line: exit codes 0 allow, 1 deny, 2 error."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import execgate
+from execgate.cli import main
+
+POLICY = """package execgate
+decision := {"allow": input.principal.id == "alice", "reasons": [sprintf("who: %v at %v", [input.principal.id, input.context.time])]}
+"""
+
+
+@pytest.fixture
+def policy(tmp_path: pathlib.Path) -> pathlib.Path:
+    f = tmp_path / "p.rego"
+    f.write_text(POLICY)
+    return f
+
+
+def _input(tmp_path: pathlib.Path, who: str) -> pathlib.Path:
+    f = tmp_path / f"{who}.json"
+    f.write_text(
+        json.dumps(
+            {
+                "action": {"name": "fs.read", "args": {"path": "/a"}},
+                "principal": {"id": who, "roles": []},
+                "context": {"time": "2026-03-14T10:22:33Z"},
+            }
+        )
+    )
+    return f
+
+
+def test_check_allow_deny_and_output(
+    policy: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--policy", str(policy), "--input", str(_input(tmp_path, "alice"))]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["allowed"] is True
+    # The recorded time in the input file is kept, so the decision is reproducible.
+    assert out["reasons"] == ["who: alice at 2026-03-14T10:22:33Z"]
+    assert main(["check", "--policy", str(policy), "--input", str(_input(tmp_path, "bob"))]) == 1
+    assert json.loads(capsys.readouterr().out)["allowed"] is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--policy", "/nonexistent.rego", "--input", "-"],
+        ["check", "--input", "-"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+
+
+def test_bad_input_documents_exit_2(
+    policy: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    for text in ["{not json", "[]", '{"action": {"args": {}}}']:
+        bad.write_text(text)
+        assert main(["check", "--policy", str(policy), "--input", str(bad)]) == 2
+        assert "execgate:" in capsys.readouterr().err
+    assert main(["check", "--policy", str(policy), "--input", str(tmp_path / "missing")]) == 2
+
+
+def test_policy_error_exit_2_with_location(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.rego"
+    bad.write_text("package execgate\ndecision := {\n")
+    assert main(["check", "--policy", str(bad), "--input", str(_input(tmp_path, "a"))]) == 2
+    assert f"{bad}:" in capsys.readouterr().err
+
+
+def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "execgate", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_python_m_and_stdin(policy: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    doc = _input(tmp_path, "alice").read_text()
+    r = _run("check", "--policy", str(policy), "--input", "-", stdin=doc)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["allowed"] is True
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"execgate {execgate.__version__}"
+
+
+def test_demo_runs_offline_and_shows_denials() -> None:
+    r = _run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "\033[" not in r.stdout  # no colour when not a TTY
+    assert "contains '..'" in r.stdout
+    assert "not in the allowlist" in r.stdout
+    assert "forbidden pattern" in r.stdout
+    assert "denied tool bodies never ran" in r.stdout
+
+
+def test_console_script_installed() -> None:
+    exe = pathlib.Path(sys.executable).with_name("execgate")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "execgate" in r.stdout
