@@ -120,16 +120,9 @@ class Gate:
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Evaluates ``action`` with ``args``. Never raises for a deny."""
-        p = _principal.get()
-        if principal:
-            p = {**p, **principal}
-        c = _context.get()
-        if context:
-            c = {**c, **context}
         if args is not None and type(args) is not dict:
             args = dict(args)
-        now = _rfc3339(self._clock()) if self._clock is not None else None
-        return self._native.check(action, args, p, c, now)
+        return self._decide(action, args, principal, context)
 
     def enforce(
         self,
@@ -145,14 +138,35 @@ class Gate:
             raise ActionDenied(decision)
         return decision
 
+    def _decide(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+    ) -> Decision:
+        """The one path to the native check: ambient values, explicit overrides, clock."""
+        p = _principal.get()
+        if principal:
+            p = {**p, **principal}
+        c = _context.get()
+        if context:
+            c = {**c, **context}
+        now = _rfc3339(self._clock()) if self._clock is not None else None
+        return self._native.check(action, args, p, c, now)
+
     def _authorize(
         self,
         action: str,
         args: dict[str, Any],
-        principal: dict[str, Any] | None,
-        context: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
     ) -> Decision:
-        return self.enforce(action, args, principal=principal, context=context)
+        """Used by ``@guard``: decide, and raise ActionDenied when blocked."""
+        decision = self._decide(action, args, principal, context)
+        if decision.blocked:
+            raise ActionDenied(decision)
+        return decision
 
     # -- decorators ---------------------------------------------------------
 
