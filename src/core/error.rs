@@ -16,6 +16,28 @@ pub enum CoreError {
     /// A caller passed something the core cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A key cannot be read, parsed or used.
+    #[error("{}{message}", .path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]
+    Key {
+        /// What is wrong with the key.
+        message: String,
+        /// The key file, when the key came from one.
+        path: Option<String>,
+    },
+
+    /// A receipt or envelope is malformed or its signature does not verify.
+    #[error("{0}")]
+    Signature(String),
+
+    /// The audit log cannot be opened, read or written.
+    #[error("audit log {path}: {message}")]
+    Audit {
+        /// What failed.
+        message: String,
+        /// The log file.
+        path: String,
+    },
 }
 
 /// A policy or data load failure, with the location when one is known.

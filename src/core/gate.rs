@@ -7,8 +7,10 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use regorus::Value;
 
+use super::audit::AuditLog;
 use super::error::{CoreError, Result};
 use super::policy::{FailureKind, Policy, PolicyOptions, PolicySet};
+use super::receipt::{completion_body, decision_body, Outcome, Receipt};
 
 /// Whether a deny blocks the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Decision {
     pub duration_ns: u64,
     /// Set when the deny is fail-closed rather than the policy's verdict.
     pub error: Option<FailureKind>,
+    /// The signed receipt, when the gate has a key.
+    pub receipt: Option<Receipt>,
 }
 
 impl Decision {
@@ -102,6 +106,7 @@ pub struct Gate {
     sources: Mutex<PolicySet>,
     options: PolicyOptions,
     mode: Mode,
+    log: Option<Arc<AuditLog>>,
 }
 
 impl Gate {
@@ -114,7 +119,19 @@ impl Gate {
             sources: Mutex::new(set),
             options,
             mode,
+            log: None,
         })
+    }
+
+    /// Receipts every decision into `log` (allow and deny alike).
+    pub fn with_log(mut self, log: Arc<AuditLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The log decisions are receipted into, if any.
+    pub fn log(&self) -> Option<&Arc<AuditLog>> {
+        self.log.as_ref()
     }
 
     /// The policy now in force.
@@ -160,7 +177,7 @@ impl Gate {
             Ok(v) => (v.allow, v.reasons, v.obligations, None),
             Err(f) => (false, vec![f.message], Value::new_object(), Some(f.kind)),
         };
-        Ok(Decision {
+        let mut decision = Decision {
             allowed,
             mode: self.mode,
             reasons,
@@ -168,9 +185,34 @@ impl Gate {
             input,
             policy_digest: digest,
             entrypoint,
-            duration_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            duration_ns: 0,
             error,
-        })
+            receipt: None,
+        };
+        if let Some(log) = &self.log {
+            // A decision that cannot be recorded is a deny: no tool runs on an
+            // authorization the log does not hold.
+            match decision_body(&decision).and_then(|body| log.append(body)) {
+                Ok(receipt) => decision.receipt = Some(receipt),
+                Err(e) => {
+                    decision.allowed = false;
+                    decision.reasons = vec![format!("the decision could not be recorded: {e}")];
+                    decision.obligations = Value::new_object();
+                    decision.error = Some(FailureKind::Audit);
+                }
+            }
+        }
+        decision.duration_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(decision)
+    }
+
+    /// Records what happened when an authorized call ran, linked to its
+    /// authorization receipt.
+    pub fn record_outcome(&self, authorization: &Receipt, outcome: &Outcome) -> Result<Receipt> {
+        let log = self.log.as_ref().ok_or_else(|| {
+            CoreError::InvalidArgument("this gate has no key or log to record outcomes in".into())
+        })?;
+        log.append(completion_body(authorization, outcome)?)
     }
 }
 

@@ -1,6 +1,9 @@
 //! The pure Rust core of execgate. Nothing under this module imports pyo3:
 //! it is usable and tested from Rust alone (`cargo test`).
 
+pub mod audit;
 pub mod error;
 pub mod gate;
+pub mod keys;
 pub mod policy;
+pub mod receipt;

@@ -321,7 +321,7 @@ pub struct Verdict {
     pub obligations: Value,
 }
 
-/// Why an evaluation produced no usable verdict. Each one denies.
+/// Why a decision is a fail-closed deny rather than the policy's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// The entry point was undefined for this input.
@@ -334,6 +334,8 @@ pub enum FailureKind {
     Limit,
     /// Any other error raised while evaluating (builtin error, ...).
     Runtime,
+    /// The decision could not be written to the audit log.
+    Audit,
 }
 
 impl FailureKind {
@@ -345,6 +347,7 @@ impl FailureKind {
             Self::Conflict => "conflict",
             Self::Limit => "limit",
             Self::Runtime => "runtime",
+            Self::Audit => "audit",
         }
     }
 }

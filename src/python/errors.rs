@@ -13,6 +13,8 @@ use crate::core::error::CoreError;
 static POLICY_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static EXECGATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SIGNATURE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static AUDIT_LOG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Instantiates `execgate.errors.<name>(message, **fields)`.
 fn raise(
@@ -65,6 +67,35 @@ impl From<CoreError> for PyErr {
             }
             CoreError::InvalidArgument(message) => {
                 raise(py, &EXECGATE_ERROR, "ExecgateError", message, None)
+            }
+            CoreError::Key { ref path, .. } => {
+                let fields = PyDict::new(py);
+                match fields.set_item("path", path) {
+                    Ok(()) => raise(
+                        py,
+                        &SIGNATURE_ERROR,
+                        "SignatureError",
+                        err.to_string(),
+                        Some(fields),
+                    ),
+                    Err(e) => e,
+                }
+            }
+            CoreError::Signature(message) => {
+                raise(py, &SIGNATURE_ERROR, "SignatureError", message, None)
+            }
+            CoreError::Audit { ref path, .. } => {
+                let fields = PyDict::new(py);
+                match fields.set_item("path", path) {
+                    Ok(()) => raise(
+                        py,
+                        &AUDIT_LOG_ERROR,
+                        "AuditLogError",
+                        err.to_string(),
+                        Some(fields),
+                    ),
+                    Err(e) => e,
+                }
             }
         })
     }

@@ -1,0 +1,389 @@
+//! Receipts: canonical JSON (RFC 8785) payloads in DSSE envelopes signed with
+//! Ed25519, and the payload bodies for decisions and completions.
+//!
+//! A receipt can be checked by anyone with the public key and stock crypto:
+//! base64-decode `payload`, compute the DSSE pre-authentication encoding
+//! `"DSSEv1" SP len(type) SP type SP len(payload) SP payload`, verify the
+//! Ed25519 signature over it. The chain fields (`seq`, `prev`) are filled in
+//! by the audit log ([`crate::core::audit`]).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use super::error::{CoreError, Result};
+use super::gate::Decision;
+use super::keys::{Keyring, SigningKey, VerifyKey};
+
+/// The DSSE payload type of every execgate record.
+pub const PAYLOAD_TYPE: &str = "application/vnd.execgate.receipt.v1+json";
+
+/// Version of the payload format (`v`).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// RFC 8785 canonical JSON bytes.
+pub fn canonical_json(value: &Json) -> Result<Vec<u8>> {
+    serde_jcs::to_vec(value).map_err(|e| CoreError::Signature(format!("cannot canonicalize: {e}")))
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SHA-256 of the canonical JSON of `value`.
+pub fn json_sha256(value: &Json) -> Result<String> {
+    Ok(sha256_hex(&canonical_json(value)?))
+}
+
+/// The DSSE v1 pre-authentication encoding, the bytes that are signed.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
+    out.extend_from_slice(
+        format!(
+            "DSSEv1 {} {} {} ",
+            payload_type.len(),
+            payload_type,
+            payload.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(payload);
+    out
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeJson {
+    #[serde(rename = "payloadType")]
+    payload_type: String,
+    payload: String,
+    signatures: Vec<SignatureJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignatureJson {
+    keyid: String,
+    sig: String,
+}
+
+/// One signed (or, in checkpoint mode, chained but unsigned) record.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    payload_bytes: Vec<u8>,
+    payload: Map<String, Json>,
+    signatures: Vec<(String, Vec<u8>)>,
+    envelope: String,
+    digest: String,
+}
+
+impl Receipt {
+    /// Canonicalizes `payload` and wraps it in an envelope, signed by `key`
+    /// when one is given.
+    pub fn seal(payload: Map<String, Json>, key: Option<&SigningKey>) -> Result<Self> {
+        let payload_bytes = canonical_json(&Json::Object(payload.clone()))?;
+        let signatures = key
+            .map(|k| {
+                vec![(
+                    k.kid().to_string(),
+                    k.sign(&pae(PAYLOAD_TYPE, &payload_bytes)).to_vec(),
+                )]
+            })
+            .unwrap_or_default();
+        let envelope = EnvelopeJson {
+            payload_type: PAYLOAD_TYPE.to_string(),
+            payload: B64.encode(&payload_bytes),
+            signatures: signatures
+                .iter()
+                .map(|(keyid, sig)| SignatureJson {
+                    keyid: keyid.clone(),
+                    sig: B64.encode(sig),
+                })
+                .collect(),
+        };
+        let envelope = serde_json::to_string(&envelope)
+            .map_err(|e| CoreError::Signature(format!("cannot encode envelope: {e}")))?;
+        Ok(Self {
+            digest: sha256_hex(&payload_bytes),
+            payload_bytes,
+            payload,
+            signatures,
+            envelope,
+        })
+    }
+
+    /// Parses a DSSE envelope (one log line). Checks the structure, not the
+    /// signature: call [`Receipt::verify`] for that.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |m: String| CoreError::Signature(m);
+        let env: EnvelopeJson =
+            serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON envelope: {e}")))?;
+        if env.payload_type != PAYLOAD_TYPE {
+            return Err(bad(format!(
+                "unexpected payloadType {:?}",
+                env.payload_type
+            )));
+        }
+        let payload_bytes = B64
+            .decode(env.payload.as_bytes())
+            .map_err(|e| bad(format!("payload is not base64: {e}")))?;
+        let payload: Map<String, Json> = serde_json::from_slice(&payload_bytes)
+            .map_err(|e| bad(format!("payload is not a JSON object: {e}")))?;
+        if canonical_json(&Json::Object(payload.clone()))? != payload_bytes {
+            return Err(bad("payload is not RFC 8785 canonical JSON".into()));
+        }
+        let signatures = env
+            .signatures
+            .into_iter()
+            .map(|s| {
+                B64.decode(s.sig.as_bytes())
+                    .map(|sig| (s.keyid, sig))
+                    .map_err(|e| bad(format!("signature is not base64: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            digest: sha256_hex(&payload_bytes),
+            payload_bytes,
+            payload,
+            signatures,
+            envelope: text.trim_end_matches('\n').to_string(),
+        })
+    }
+
+    /// Succeeds when a signature by `key` verifies over the payload.
+    pub fn verify(&self, key: &VerifyKey) -> Result<()> {
+        let mut keyring = Keyring::new();
+        keyring.add(key.clone());
+        self.verify_with(&keyring).map(|_| ())
+    }
+
+    /// Succeeds when a signature by a key in `keyring` verifies; returns its key id.
+    pub fn verify_with(&self, keyring: &Keyring) -> Result<String> {
+        if self.signatures.is_empty() {
+            return Err(CoreError::Signature(
+                "record is unsigned (checkpoint mode): verify the log up to its checkpoint".into(),
+            ));
+        }
+        let message = self.signing_input();
+        let mut unknown = Vec::new();
+        for (kid, sig) in &self.signatures {
+            match keyring.get(kid) {
+                Some(key) if key.verify(&message, sig) => return Ok(kid.clone()),
+                Some(_) => return Err(CoreError::Signature(format!("bad signature by key {kid}"))),
+                None => unknown.push(kid.as_str()),
+            }
+        }
+        Err(CoreError::Signature(format!(
+            "signed by unknown key {}",
+            unknown.join(", ")
+        )))
+    }
+
+    /// The bytes the signature covers (the DSSE PAE of the payload).
+    pub fn signing_input(&self) -> Vec<u8> {
+        pae(PAYLOAD_TYPE, &self.payload_bytes)
+    }
+
+    /// The decoded payload.
+    pub fn payload(&self) -> &Map<String, Json> {
+        &self.payload
+    }
+
+    /// The canonical payload bytes.
+    pub fn payload_bytes(&self) -> &[u8] {
+        &self.payload_bytes
+    }
+
+    /// The signatures as (key id, raw signature).
+    pub fn signatures(&self) -> &[(String, Vec<u8>)] {
+        &self.signatures
+    }
+
+    /// The envelope as one line of JSON (no newline).
+    pub fn envelope(&self) -> &str {
+        &self.envelope
+    }
+
+    /// Lowercase hex SHA-256 of the payload bytes; the next record's `prev`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The payload's `id`, or "" when absent.
+    pub fn id(&self) -> &str {
+        self.payload.get("id").and_then(Json::as_str).unwrap_or("")
+    }
+
+    /// The payload's `kind` (`decision`, `completion`, `recovery`, `checkpoint`).
+    pub fn kind(&self) -> &str {
+        self.payload
+            .get("kind")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+    }
+
+    /// The payload's `seq`, or 0 when absent.
+    pub fn seq(&self) -> u64 {
+        self.payload.get("seq").and_then(Json::as_u64).unwrap_or(0)
+    }
+}
+
+fn to_json(value: &regorus::Value) -> Result<Json> {
+    serde_json::to_value(value)
+        .map_err(|e| CoreError::Signature(format!("cannot encode value: {e}")))
+}
+
+/// The payload body of a decision receipt (the chain fields are added by the
+/// log). Arguments appear only as a digest, so secrets in them stay out.
+pub fn decision_body(decision: &Decision) -> Result<Map<String, Json>> {
+    let input = to_json(&decision.input)?;
+    let args = input.pointer("/action/args").cloned().unwrap_or(Json::Null);
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("decision"));
+    body.insert(
+        "decision".into(),
+        json!(if decision.allowed { "allow" } else { "deny" }),
+    );
+    body.insert("mode".into(), json!(decision.mode.as_str()));
+    body.insert("reasons".into(), json!(decision.reasons));
+    body.insert("obligations".into(), to_json(&decision.obligations)?);
+    body.insert(
+        "action".into(),
+        json!({"name": input.pointer("/action/name").cloned().unwrap_or(Json::Null),
+               "args_sha256": json_sha256(&args)?}),
+    );
+    body.insert(
+        "principal".into(),
+        input.get("principal").cloned().unwrap_or(Json::Null),
+    );
+    body.insert(
+        "context".into(),
+        input.get("context").cloned().unwrap_or(Json::Null),
+    );
+    body.insert(
+        "policy".into(),
+        json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest}),
+    );
+    body.insert("input_sha256".into(), json!(json_sha256(&input)?));
+    if let Some(kind) = decision.error {
+        body.insert("error".into(), json!(kind.as_str()));
+    }
+    Ok(body)
+}
+
+/// What happened when an authorized call ran.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// `ok` or `error`.
+    pub status: String,
+    /// The exception type (or error class) when the status is `error`.
+    pub error_type: Option<String>,
+    /// Wall time of the call in nanoseconds.
+    pub duration_ns: u64,
+    /// SHA-256 of the output (see the README for how outputs are digested).
+    pub output_sha256: Option<String>,
+    /// Further outcome fields (exit code, usage, protections, ...).
+    pub extra: Map<String, Json>,
+}
+
+/// The payload body of a completion record, linked to its authorization.
+pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Map<String, Json>> {
+    if authorization.kind() != "decision" {
+        return Err(CoreError::InvalidArgument(format!(
+            "a completion must name a decision receipt, not a {:?} record",
+            authorization.kind()
+        )));
+    }
+    if !matches!(outcome.status.as_str(), "ok" | "error") {
+        return Err(CoreError::InvalidArgument(format!(
+            "status must be \"ok\" or \"error\", not {:?}",
+            outcome.status
+        )));
+    }
+    let mut result = outcome.extra.clone();
+    result.insert("status".into(), json!(outcome.status));
+    result.insert("error_type".into(), json!(outcome.error_type));
+    result.insert("duration_ns".into(), json!(outcome.duration_ns));
+    result.insert("output_sha256".into(), json!(outcome.output_sha256));
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("completion"));
+    body.insert(
+        "authorization".into(),
+        json!({"id": authorization.id(), "sha256": authorization.digest()}),
+    );
+    body.insert("outcome".into(), Json::Object(result));
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8785 §3.2.2 and appendix examples: literals, numbers, strings.
+    #[test]
+    fn jcs_matches_rfc_8785_examples() {
+        let input = r#"{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]}"#;
+        let v: Json = serde_json::from_str(input).unwrap();
+        let out = String::from_utf8(canonical_json(&v).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
+    }
+
+    /// RFC 8785 §3.2.3: properties sorted by UTF-16 code units.
+    #[test]
+    fn jcs_sorts_by_utf16_code_units() {
+        let input = "{\"\\u20ac\":\"Euro Sign\",\"\\r\":\"Carriage Return\",\"\\ufb33\":\"Hebrew Letter Dalet With Dagesh\",\"1\":\"One\",\"\\ud83d\\ude00\":\"Emoji: Grinning Face\",\"\\u0080\":\"Control\",\"\\u00f6\":\"Latin Small Letter O With Diaeresis\"}";
+        let v: Json = serde_json::from_str(input).unwrap();
+        let out = String::from_utf8(canonical_json(&v).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\
+             \"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\
+             \"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
+        );
+    }
+
+    /// RFC 8785 appendix B: IEEE 754 to ECMAScript number serialization.
+    #[test]
+    fn jcs_number_formatting() {
+        for (bits, expected) in [
+            (0x0000000000000000u64, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x41b3de4355555556, "333333333.3333334"),
+        ] {
+            let v = json!(f64::from_bits(bits));
+            assert_eq!(
+                String::from_utf8(canonical_json(&v).unwrap()).unwrap(),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn seal_verify_and_parse_round_trip() {
+        let key = SigningKey::generate();
+        let mut body = Map::new();
+        body.insert("kind".into(), json!("decision"));
+        body.insert("id".into(), json!("r1"));
+        let r = Receipt::seal(body, Some(&key)).unwrap();
+        r.verify(&key.verify_key()).unwrap();
+        let again = Receipt::from_json(r.envelope()).unwrap();
+        again.verify(&key.verify_key()).unwrap();
+        assert_eq!(again.digest(), r.digest());
+        assert!(r.verify(&SigningKey::generate().verify_key()).is_err());
+        let tampered = r.envelope().replacen(&r.envelope()[40..44], "AAAA", 1);
+        assert!(Receipt::from_json(&tampered)
+            .and_then(|t| t.verify(&key.verify_key()))
+            .is_err());
+    }
+}
