@@ -20,5 +20,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<python::gate::PyGate>()?;
     m.add_class::<python::gate::PyDecision>()?;
+    m.add_class::<python::keys::PySigningKey>()?;
+    m.add_class::<python::keys::PyVerifyKey>()?;
+    m.add_class::<python::keys::PyReceipt>()?;
+    m.add_class::<python::audit::PyAuditLog>()?;
+    m.add_class::<python::audit::PyVerifyReport>()?;
+    m.add_function(wrap_pyfunction!(python::audit::verify, m)?)?;
     Ok(())
 }

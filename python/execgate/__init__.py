@@ -4,7 +4,15 @@ Decorate a tool with ``@gate.guard`` and every call is evaluated against Rego
 policies natively, then blocked with reasons or allowed.
 """
 
-from execgate._core import Decision, __version__
+from execgate._core import (
+    AuditLog,
+    Decision,
+    Receipt,
+    SigningKey,
+    VerifyKey,
+    VerifyReport,
+    __version__,
+)
 from execgate.context import context, current_context, current_principal, principal, purpose
 from execgate.errors import (
     ActionDenied,
@@ -17,23 +25,30 @@ from execgate.errors import (
     SignatureError,
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
+from execgate.verify import verify_log
 
 __all__ = [
     "DEFAULT_ENTRYPOINT",
     "ActionDenied",
     "ApprovalRequired",
     "ArgumentError",
+    "AuditLog",
     "AuditLogError",
     "Decision",
     "ExecgateError",
     "Gate",
     "PolicyError",
+    "Receipt",
     "SandboxError",
     "SignatureError",
+    "SigningKey",
+    "VerifyKey",
+    "VerifyReport",
     "__version__",
     "context",
     "current_context",
     "current_principal",
     "principal",
     "purpose",
+    "verify_log",
 ]

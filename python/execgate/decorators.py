@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -83,43 +84,82 @@ def guard(
 
     Sync and async functions are checked when called; generators and async
     generators when iteration starts. A blocked call raises
-    :class:`~execgate.errors.ActionDenied` and the body never runs.
+    :class:`~execgate.errors.ActionDenied` and the body never runs. With a
+    receipting gate, each call that ran gets a completion record.
     """
     name = action or fn.__qualname__
     bind = _Binder(fn)
     authorize = gate._authorize
+    complete = gate._complete
     principal = dict(principal) if principal else None
     context = dict(context) if context else None
     wrapper: Callable[..., Any]
 
+    # When the gate keeps receipts, the outcome of every authorized call
+    # (result digest or exception type, duration) is recorded as a completion.
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorize(name, bind(args, kwargs), principal, context)
-            return await fn(*args, **kwargs)  # type: ignore[misc]
+            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
+            if receipt is None:
+                return await fn(*args, **kwargs)  # type: ignore[misc]
+            start = time.perf_counter_ns()
+            try:
+                result = await fn(*args, **kwargs)  # type: ignore[misc]
+            except BaseException as e:
+                complete(receipt, start, None, e)
+                raise
+            complete(receipt, start, result, None)
+            return result
 
     elif inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorize(name, bind(args, kwargs), principal, context)
-            async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
-                yield item
+            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
+            start = time.perf_counter_ns()
+            try:
+                async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
+                    yield item
+            except BaseException as e:
+                if receipt is not None:
+                    complete(receipt, start, None, e)
+                raise
+            if receipt is not None:
+                complete(receipt, start, None, None)
 
     elif inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorize(name, bind(args, kwargs), principal, context)
-            return (yield from fn(*args, **kwargs))  # type: ignore[misc]
+            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
+            start = time.perf_counter_ns()
+            try:
+                result = yield from fn(*args, **kwargs)
+            except BaseException as e:
+                if receipt is not None:
+                    complete(receipt, start, None, e)
+                raise
+            if receipt is not None:
+                complete(receipt, start, result, None)
+            return result
 
     else:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            authorize(name, bind(args, kwargs), principal, context)
-            return fn(*args, **kwargs)
+            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
+            if receipt is None:
+                return fn(*args, **kwargs)
+            start = time.perf_counter_ns()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:
+                complete(receipt, start, None, e)
+                raise
+            complete(receipt, start, result, None)
+            return result
 
     wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
     return wrapper

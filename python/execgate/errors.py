@@ -72,11 +72,22 @@ class ArgumentError(ExecgateError, TypeError):
 
 
 class SignatureError(ExecgateError):
-    """A receipt or log signature is invalid, or a key cannot be used."""
+    """A receipt or log signature is invalid, or a key cannot be used.
+
+    ``path`` names the key file when the problem is with one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class AuditLogError(ExecgateError):
-    """The audit log cannot be written or failed verification."""
+    """The audit log cannot be opened, read or written. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class SandboxError(ExecgateError):

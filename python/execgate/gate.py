@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import pathlib
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import Decision
+from execgate._core import AuditLog, Decision, Receipt, SigningKey
 from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied
@@ -66,6 +69,38 @@ def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, list[An
     return {"sources": sources, "paths": paths, "data": data_dicts, "data_files": data_files}
 
 
+# Logs opened through a Gate are closed at interpreter exit, so checkpoint-mode
+# records get their final checkpoint and batch-mode records their fsync.
+_open_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_logs() -> None:
+    for log in list(_open_logs):
+        try:
+            log.close()
+        except Exception:  # noqa: BLE001 - nothing left to report to at exit
+            pass
+
+
+def _audit_log(
+    key: SigningKey | str | os.PathLike[str] | None,
+    audit: str | os.PathLike[str] | AuditLog | None,
+) -> AuditLog | None:
+    if isinstance(audit, AuditLog):
+        if key is not None:
+            raise TypeError("pass the key to AuditLog(...) or to Gate(key=...), not both")
+        return audit
+    if key is None:
+        if audit is not None:
+            raise TypeError("an audit log needs a signing key: Gate(..., key=...)")
+        return None
+    signing_key = key if isinstance(key, SigningKey) else SigningKey.from_pem(os.fspath(key))
+    log = AuditLog(os.fspath(audit) if audit is not None else None, signing_key)
+    _open_logs.add(log)
+    return log
+
+
 def _rfc3339(moment: dt.datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("the gate clock returned a naive datetime; it must be time-zone aware")
@@ -82,6 +117,11 @@ class Gate:
     ``max_instructions`` and ``timeout`` (seconds) bound each evaluation;
     exceeding either denies. ``clock`` replaces the system clock for
     ``context.time`` (a callable returning an aware datetime).
+
+    With ``key`` (a SigningKey or a PKCS#8 PEM path) every decision carries a
+    signed ``receipt``; with ``audit`` (a path, or an :class:`AuditLog` for
+    durability and signing options) receipts are appended to that log. A
+    decision that cannot be recorded is a deny.
     """
 
     def __init__(
@@ -94,13 +134,17 @@ class Gate:
         max_instructions: int = 1_000_000,
         timeout: float = 0.1,
         clock: Callable[[], dt.datetime] | None = None,
+        key: SigningKey | str | os.PathLike[str] | None = None,
+        audit: str | os.PathLike[str] | AuditLog | None = None,
     ) -> None:
+        self._log = _audit_log(key, audit)
         self._native = _core.Gate(
             **_policy_spec(policy, data),
             entrypoint=entrypoint,
             mode=mode,
             max_instructions=max_instructions,
             timeout=timeout,
+            log=self._log,
         )
         self._clock = clock
 
@@ -167,6 +211,18 @@ class Gate:
         if decision.blocked:
             raise ActionDenied(decision)
         return decision
+
+    def _complete(
+        self, receipt: Receipt, start_ns: int, output: Any, error: BaseException | None
+    ) -> Receipt:
+        """Used by ``@guard``: the completion record of a call that ran."""
+        return self._native.record_outcome(
+            receipt,
+            status="ok" if error is None else "error",
+            duration_ns=time.perf_counter_ns() - start_ns,
+            output=output,
+            error_type=None if error is None else type(error).__qualname__,
+        )
 
     # -- decorators ---------------------------------------------------------
 
@@ -240,8 +296,43 @@ class Gate:
     def timeout(self) -> float:
         return self._native.timeout
 
+    # -- receipts ------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        receipt: Receipt,
+        *,
+        status: Literal["ok", "error"] = "ok",
+        output: Any = None,
+        error: BaseException | str | None = None,
+        duration: float | None = None,
+    ) -> Receipt:
+        """Appends a signed completion record linked to ``receipt``.
+
+        ``output`` is digested, never stored; ``error`` (an exception or a type
+        name) is recorded by type; ``duration`` is in seconds.
+        """
+        error_type = None
+        if error is not None:
+            status = "error"
+            error_type = error if isinstance(error, str) else type(error).__qualname__
+        return self._native.record_outcome(
+            receipt,
+            status=status,
+            duration_ns=int((duration or 0.0) * 1e9),
+            output=output,
+            error_type=error_type,
+        )
+
+    @property
+    def log(self) -> AuditLog | None:
+        """The audit log (or in-memory chain) receipts go to, if any."""
+        return self._log
+
     def close(self) -> None:
-        """Releases the gate's resources. Safe to call twice."""
+        """Flushes and closes the audit log (sealing checkpoints). Safe to call twice."""
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self) -> Gate:
         return self

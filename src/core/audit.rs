@@ -550,7 +550,8 @@ pub struct VerifyReport {
     pub last_ts: Option<String>,
     /// Key ids that signed records.
     pub keys: BTreeSet<String>,
-    /// Ids of allowed decisions with no completion record.
+    /// Ids of decisions that let a call run (allowed, or in audit mode) with
+    /// no completion record: authorized but never finished.
     pub unfinished: Vec<String>,
     /// The first problem, or `None` when the log is valid.
     pub failure: Option<VerifyFailure>,

@@ -6,11 +6,14 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::convert::{dict_to_value, to_python};
+use super::audit::PyAuditLog;
+use super::convert::{dict_to_value, to_python, to_value};
+use super::keys::PyReceipt;
 use crate::core::gate::{Decision, Gate, Mode, Request};
 use crate::core::policy::{
     PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
 };
+use crate::core::receipt::{json_sha256, sha256_hex, Outcome};
 
 /// Builds a policy set from the already-classified pieces the Python layer passes.
 fn policy_set(
@@ -54,7 +57,8 @@ impl PyGate {
     #[new]
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
-                        max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64()))]
+                        max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
+                        log=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -66,6 +70,7 @@ impl PyGate {
         mode: &str,
         max_instructions: usize,
         timeout: f64,
+        log: Option<PyRef<'_, PyAuditLog>>,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         if !(timeout.is_finite() && timeout > 0.0) {
@@ -79,7 +84,10 @@ impl PyGate {
             timeout: Duration::from_secs_f64(timeout),
         };
         let set = policy_set(sources, paths, data, data_files)?;
-        let inner = py.detach(|| Gate::new(set, options, mode))?;
+        let mut inner = py.detach(|| Gate::new(set, options, mode))?;
+        if let Some(log) = log {
+            inner = inner.with_log(log.inner.clone());
+        }
         Ok(Self { inner })
     }
 
@@ -131,6 +139,49 @@ impl PyGate {
         Ok(py.detach(|| self.inner.reload(set))?)
     }
 
+    /// Records the outcome of an authorized call as a completion receipt.
+    ///
+    /// The output is digested as: bytes as they are, str as UTF-8, anything
+    /// else as the RFC 8785 JSON of its argument conversion; an output that
+    /// cannot be converted gets no digest and its type name is recorded.
+    #[pyo3(signature = (receipt, *, status, duration_ns=0, output=None, error_type=None))]
+    fn record_outcome(
+        &self,
+        py: Python<'_>,
+        receipt: PyRef<'_, PyReceipt>,
+        status: String,
+        duration_ns: u64,
+        output: Option<Bound<'_, PyAny>>,
+        error_type: Option<String>,
+    ) -> PyResult<PyReceipt> {
+        let mut outcome = Outcome {
+            status,
+            error_type,
+            duration_ns,
+            ..Outcome::default()
+        };
+        if let Some(out) = output {
+            match output_digest(&out) {
+                Ok(digest) => outcome.output_sha256 = Some(digest),
+                Err(_) => {
+                    outcome.extra.insert(
+                        "output_type".into(),
+                        serde_json::Value::String(out.get_type().name()?.to_string()),
+                    );
+                }
+            }
+        }
+        let authorization = receipt.inner.clone();
+        let inner = py.detach(|| self.inner.record_outcome(&authorization, &outcome))?;
+        Ok(PyReceipt { inner })
+    }
+
+    /// The audit log this gate writes, if any.
+    #[getter]
+    fn log(&self) -> Option<PyAuditLog> {
+        self.inner.log().map(|l| PyAuditLog { inner: l.clone() })
+    }
+
     #[getter]
     fn policy_digest(&self) -> String {
         self.inner.policy().digest().to_string()
@@ -155,6 +206,19 @@ impl PyGate {
     fn timeout(&self) -> f64 {
         self.inner.options().timeout.as_secs_f64()
     }
+}
+
+fn output_digest(out: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(b) = out.cast::<pyo3::types::PyBytes>() {
+        return Ok(sha256_hex(b.as_bytes()));
+    }
+    if let Ok(s) = out.cast::<pyo3::types::PyString>() {
+        return Ok(sha256_hex(s.to_str()?.as_bytes()));
+    }
+    let value = to_value(out, &mut String::from("output"), 0)?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    Ok(json_sha256(&json)?)
 }
 
 /// An immutable authorization decision.
@@ -227,6 +291,12 @@ impl PyDecision {
         self.inner.error.map(|k| k.as_str())
     }
 
+    /// The signed receipt, when the gate has a key (None otherwise).
+    #[getter]
+    fn receipt(&self) -> Option<PyReceipt> {
+        self.inner.receipt.clone().map(|inner| PyReceipt { inner })
+    }
+
     /// A plain dict of every field, for logging or JSON.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -240,6 +310,10 @@ impl PyDecision {
         d.set_item("entrypoint", self.entrypoint())?;
         d.set_item("duration_ns", self.inner.duration_ns)?;
         d.set_item("input", self.input(py)?)?;
+        d.set_item(
+            "receipt",
+            self.inner.receipt.as_ref().map(|r| r.id().to_string()),
+        )?;
         Ok(d)
     }
 

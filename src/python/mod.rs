@@ -2,6 +2,8 @@
 //! the GIL around core work, and maps core errors to Python exceptions. It
 //! holds no policy, crypto or file logic of its own.
 
+pub mod audit;
 pub mod convert;
 pub mod errors;
 pub mod gate;
+pub mod keys;

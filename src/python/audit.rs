@@ -1,0 +1,194 @@
+//! `AuditLog`, `verify_log` and `VerifyReport` for Python.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::keys::{keyring, PySigningKey, PyVerifyKey};
+use crate::core::audit::{verify_log, AuditLog, AuditOptions, Durability, Signing, VerifyReport};
+
+fn seconds(value: f64, name: &str) -> PyResult<Duration> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{name} must be a positive number of seconds"
+        )))
+    }
+}
+
+/// The hash-chained, signed audit log (or an in-memory chain when `path` is None).
+#[pyclass(frozen, weakref, name = "AuditLog", module = "execgate._core")]
+pub struct PyAuditLog {
+    pub(crate) inner: Arc<AuditLog>,
+}
+
+#[pymethods]
+impl PyAuditLog {
+    #[new]
+    #[pyo3(signature = (path, key, *, durability="none", batch_interval=0.05, signing="record",
+                        checkpoint_every=1000, checkpoint_interval=1.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        key: PyRef<'_, PySigningKey>,
+        durability: &str,
+        batch_interval: f64,
+        signing: &str,
+        checkpoint_every: u64,
+        checkpoint_interval: f64,
+    ) -> PyResult<Self> {
+        let durability = match durability {
+            "none" => Durability::None,
+            "batch" => Durability::Batch(seconds(batch_interval, "batch_interval")?),
+            "always" => Durability::Always,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "durability must be \"none\", \"batch\" or \"always\", not {other:?}"
+                )))
+            }
+        };
+        let signing = match signing {
+            "record" => Signing::Record,
+            "checkpoint" if checkpoint_every > 0 => Signing::Checkpoint {
+                every: checkpoint_every,
+                interval: seconds(checkpoint_interval, "checkpoint_interval")?,
+            },
+            "checkpoint" => return Err(PyValueError::new_err("checkpoint_every must be positive")),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "signing must be \"record\" or \"checkpoint\", not {other:?}"
+                )))
+            }
+        };
+        let options = AuditOptions {
+            durability,
+            signing,
+        };
+        let key = key.inner.clone();
+        let inner = match path {
+            Some(p) => py.detach(|| AuditLog::open(&p, key, options))?,
+            None => AuditLog::in_memory(key, options),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Seals pending checkpoint-mode records, syncs and closes. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.close())?)
+    }
+
+    #[getter]
+    fn path(&self) -> Option<PathBuf> {
+        self.inner.path().map(PathBuf::from)
+    }
+
+    /// The public key that verifies this log's signatures.
+    #[getter]
+    fn verify_key(&self) -> PyVerifyKey {
+        PyVerifyKey {
+            inner: self.inner.verify_key(),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner.path() {
+            Some(p) => format!("<AuditLog {}>", p.display()),
+            None => "<AuditLog in memory>".to_string(),
+        }
+    }
+}
+
+/// What `verify_log` found.
+#[pyclass(frozen, name = "VerifyReport", module = "execgate._core")]
+pub struct PyVerifyReport {
+    inner: VerifyReport,
+}
+
+#[pymethods]
+impl PyVerifyReport {
+    /// True when every signature, link and sequence number checks out.
+    #[getter]
+    fn ok(&self) -> bool {
+        self.inner.ok()
+    }
+    #[getter]
+    fn records(&self) -> u64 {
+        self.inner.records
+    }
+    #[getter]
+    fn allowed(&self) -> u64 {
+        self.inner.allowed
+    }
+    #[getter]
+    fn denied(&self) -> u64 {
+        self.inner.denied
+    }
+    #[getter]
+    fn completions(&self) -> u64 {
+        self.inner.completions
+    }
+    #[getter]
+    fn recoveries(&self) -> u64 {
+        self.inner.recoveries
+    }
+    #[getter]
+    fn checkpoints(&self) -> u64 {
+        self.inner.checkpoints
+    }
+    #[getter]
+    fn first_ts(&self) -> Option<&str> {
+        self.inner.first_ts.as_deref()
+    }
+    #[getter]
+    fn last_ts(&self) -> Option<&str> {
+        self.inner.last_ts.as_deref()
+    }
+    /// Key ids that signed records.
+    #[getter]
+    fn keys(&self) -> Vec<String> {
+        self.inner.keys.iter().cloned().collect()
+    }
+    /// Receipt ids of allowed calls with no completion record.
+    #[getter]
+    fn unfinished(&self) -> Vec<String> {
+        self.inner.unfinished.clone()
+    }
+    /// 1-based line of the first problem, or None.
+    #[getter]
+    fn line(&self) -> Option<u64> {
+        self.inner.failure.as_ref().map(|f| f.line)
+    }
+    /// Why that line is bad, or None.
+    #[getter]
+    fn reason(&self) -> Option<&str> {
+        self.inner.failure.as_ref().map(|f| f.reason.as_str())
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.inner.failure {
+            None => format!("<VerifyReport ok records={}>", self.inner.records),
+            Some(f) => format!("<VerifyReport FAILED line {}: {}>", f.line, f.reason),
+        }
+    }
+}
+
+/// Verifies the log at `path` with `keys` and/or a `keyring` directory.
+#[pyfunction]
+#[pyo3(signature = (path, keys=Vec::new(), keyring_dir=None))]
+pub fn verify(
+    py: Python<'_>,
+    path: PathBuf,
+    keys: Vec<PyRef<'_, PyVerifyKey>>,
+    keyring_dir: Option<PathBuf>,
+) -> PyResult<PyVerifyReport> {
+    let ring = keyring(&keys, keyring_dir.as_deref())?;
+    let inner = py.detach(|| verify_log(&path, &ring))?;
+    Ok(PyVerifyReport { inner })
+}
