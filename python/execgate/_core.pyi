@@ -1,8 +1,19 @@
 """Typed stubs for the native extension ``execgate._core``."""
 
+import os
 from typing import Any, final
 
-__all__ = ["Decision", "Gate", "__version__"]
+__all__ = [
+    "AuditLog",
+    "Decision",
+    "Gate",
+    "Receipt",
+    "SigningKey",
+    "VerifyKey",
+    "VerifyReport",
+    "__version__",
+    "verify",
+]
 
 __version__: str
 
@@ -21,6 +32,7 @@ class Gate:
         mode: str = "enforce",
         max_instructions: int = ...,
         timeout: float = ...,
+        log: AuditLog | None = None,
     ) -> Gate: ...
     def check(
         self,
@@ -38,6 +50,17 @@ class Gate:
         data: list[dict[str, Any]] | None = None,
         data_files: list[str] | None = None,
     ) -> str: ...
+    def record_outcome(
+        self,
+        receipt: Receipt,
+        *,
+        status: str,
+        duration_ns: int = 0,
+        output: object | None = None,
+        error_type: str | None = None,
+    ) -> Receipt: ...
+    @property
+    def log(self) -> AuditLog | None: ...
     @property
     def policy_digest(self) -> str: ...
     @property
@@ -75,4 +98,113 @@ class Decision:
     def duration_ns(self) -> int: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def receipt(self) -> Receipt | None: ...
     def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class SigningKey:
+    """An Ed25519 private key."""
+
+    @staticmethod
+    def generate() -> SigningKey: ...
+    @staticmethod
+    def from_pem(source: bytes | str | os.PathLike[str], password: bytes | None = None) -> SigningKey: ...
+    def to_pem(
+        self, path: str | os.PathLike[str] | None = None, *, password: bytes | None = None
+    ) -> bytes | None: ...
+    @property
+    def verify_key(self) -> VerifyKey: ...
+    @property
+    def kid(self) -> str: ...
+
+@final
+class VerifyKey:
+    """An Ed25519 public key."""
+
+    @staticmethod
+    def from_pem(source: bytes | str | os.PathLike[str]) -> VerifyKey: ...
+    def to_pem(self, path: str | os.PathLike[str] | None = None) -> bytes | None: ...
+    def to_bytes(self) -> bytes: ...
+    @property
+    def kid(self) -> str: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: None  # type: ignore[assignment]
+
+@final
+class Receipt:
+    """A signed record: a DSSE envelope around canonical JSON."""
+
+    @staticmethod
+    def from_json(text: str) -> Receipt: ...
+    def verify(self, key: VerifyKey) -> bool: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def envelope(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def signed(self) -> bool: ...
+
+@final
+class AuditLog:
+    """The hash-chained, signed audit log (in memory when ``path`` is None)."""
+
+    def __new__(
+        cls,
+        path: str | os.PathLike[str] | None,
+        key: SigningKey,
+        *,
+        durability: str = "none",
+        batch_interval: float = 0.05,
+        signing: str = "record",
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 1.0,
+    ) -> AuditLog: ...
+    def close(self) -> None: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def verify_key(self) -> VerifyKey: ...
+
+@final
+class VerifyReport:
+    """What ``verify_log`` found."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def allowed(self) -> int: ...
+    @property
+    def denied(self) -> int: ...
+    @property
+    def completions(self) -> int: ...
+    @property
+    def recoveries(self) -> int: ...
+    @property
+    def checkpoints(self) -> int: ...
+    @property
+    def first_ts(self) -> str | None: ...
+    @property
+    def last_ts(self) -> str | None: ...
+    @property
+    def keys(self) -> list[str]: ...
+    @property
+    def unfinished(self) -> list[str]: ...
+    @property
+    def line(self) -> int | None: ...
+    @property
+    def reason(self) -> str | None: ...
+
+def verify(
+    path: str | os.PathLike[str], keys: list[VerifyKey] = ..., keyring_dir: str | None = None
+) -> VerifyReport: ...

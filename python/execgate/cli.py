@@ -1,6 +1,6 @@
 """The ``execgate`` command line.
 
-Exit codes: 0 success / allow, 1 deny, 2 usage or load error.
+Exit codes: 0 success / allow / valid, 1 deny / invalid log, 2 usage or load error.
 """
 
 from __future__ import annotations
@@ -53,7 +53,38 @@ def _parser() -> argparse.ArgumentParser:
         help="the input document as JSON, or - for standard input",
     )
 
-    sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
+    keygen = sub.add_parser("keygen", help="write a new Ed25519 key pair")
+    keygen.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="directory for execgate.key (mode 0600) and execgate.pub",
+    )
+    keygen.add_argument("--name", default="execgate", help="file name stem (default: execgate)")
+
+    verify = sub.add_parser("verify", help="verify an audit log's signatures and chain")
+    verify.add_argument("log", metavar="LOG")
+    verify.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="a public key PEM file (repeatable)",
+    )
+    verify.add_argument("--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys")
+
+    log = sub.add_parser("log", help="inspect an audit log")
+    log_sub = log.add_subparsers(dest="log_command", required=True, parser_class=_Parser)
+    show = log_sub.add_parser("show", help="print the records of a log")
+    show.add_argument("log", metavar="LOG")
+    show.add_argument("--json", action="store_true", help="print each payload as JSON")
+
+    demo = sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
+    demo.add_argument(
+        "--log",
+        metavar="PATH",
+        help="write the signed audit log here (default: a temporary directory)",
+    )
     return parser
 
 
@@ -92,20 +123,115 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if decision.allowed else EXIT_DENY
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from execgate._core import SigningKey
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private, public = out / f"{args.name}.key", out / f"{args.name}.pub"
+    for path in (private, public):
+        if path.exists():
+            print(f"execgate: {path} exists; not overwriting a key", file=sys.stderr)
+            return EXIT_ERROR
+    key = SigningKey.generate()
+    key.to_pem(private)
+    key.verify_key.to_pem(public)
+    print(f"wrote {private} (private, mode 0600) and {public}; kid {key.kid}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from execgate.verify import verify_log
+
+    if not args.key and not args.keyring:
+        print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
+        return EXIT_ERROR
+    report = verify_log(args.log, args.key, keyring=args.keyring)
+    span = f"{report.first_ts} .. {report.last_ts}" if report.first_ts else "-"
+    print(
+        f"{args.log}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
+        f"{report.completions} completions, {report.recoveries} recoveries, "
+        f"{report.checkpoints} checkpoints)"
+    )
+    print(f"  time span : {span}")
+    print(f"  keys seen : {', '.join(report.keys) or '-'}")
+    if report.unfinished:
+        print(
+            f"  authorized but unfinished ({len(report.unfinished)}): "
+            + ", ".join(report.unfinished[:10])
+            + (" ..." if len(report.unfinished) > 10 else "")
+        )
+    if report.ok:
+        print("  VALID: every signature, link and sequence number checks out")
+        return EXIT_OK
+    print(f"  INVALID at line {report.line}: {report.reason}")
+    return EXIT_DENY
+
+
+def _log_show(args: argparse.Namespace) -> int:
+    from execgate._core import Receipt
+
+    with open(args.log, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                payload = Receipt.from_json(line).payload
+            except ExecgateError as e:
+                print(f"{number:>6}  <unreadable: {e}>")
+                continue
+            if args.json:
+                print(json.dumps(payload, sort_keys=True))
+                continue
+            print(_describe(number, payload))
+    return EXIT_OK
+
+
+def _describe(number: int, p: dict[str, Any]) -> str:
+    head = f"{number:>6}  seq={p.get('seq')}  {p.get('ts')}  {p.get('kind', '?'):<10}"
+    kind = p.get("kind")
+    if kind == "decision":
+        who = (p.get("principal") or {}).get("id")
+        reasons = "; ".join(p.get("reasons") or [])
+        return (
+            f"{head} {p.get('decision', '?').upper():<5} {p['action']['name']} by {who}"
+            + (f"  [{reasons}]" if reasons else "")
+            + f"  id={p.get('id')}"
+        )
+    if kind == "completion":
+        outcome = p.get("outcome") or {}
+        return (
+            f"{head} {outcome.get('status')} for {p['authorization']['id']}"
+            f"  {outcome.get('duration_ns', 0) / 1e6:.3f} ms"
+        )
+    if kind == "recovery":
+        rec = p.get("recovered") or {}
+        return f"{head} moved {rec.get('bytes')} torn bytes to {rec.get('side_file')}"
+    if kind == "checkpoint":
+        return f"{head} seals {p.get('covers')} unsigned records"
+    return head
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "keygen":
+            return _keygen(args)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "log":
+            return _log_show(args)
         if args.command == "demo":
             from execgate.demo import run
 
-            return run()
+            return run(args.log)
     except ExecgateError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except (TypeError, ValueError) as e:
+    except (OSError, TypeError, ValueError) as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_ERROR

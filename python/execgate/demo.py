@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+from execgate._core import SigningKey
 from execgate.context import principal, purpose
 from execgate.errors import ActionDenied
 from execgate.gate import Gate
+from execgate.verify import verify_log
 
 __all__ = ["example_gate", "run"]
 
@@ -31,8 +34,12 @@ def _style(text: str, code: str, enabled: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if enabled else text
 
 
-def run() -> int:
-    gate = example_gate()
+def run(log_path: str | None = None) -> int:
+    """Runs the demo; writes the signed log to ``log_path`` (or a temporary dir)."""
+    if log_path is None:
+        log_path = os.path.join(tempfile.mkdtemp(prefix="execgate-demo-"), "audit.jsonl")
+    key = SigningKey.generate()
+    gate = example_gate(key=key, audit=log_path)
 
     @gate.guard(action="fs.read")
     def read_file(path: str) -> str:
@@ -87,6 +94,18 @@ def run() -> int:
     n_denied = sum(1 for r in rows if not r[2])
     print(
         f"\n{len(rows)} calls: {len(rows) - n_denied} allowed, {n_denied} denied; "
-        "denied tool bodies never ran. CALL is the whole guarded call, policy included."
+        "denied tool bodies never ran. CALL is the whole guarded call: policy, signed\n"
+        "receipt and completion record included."
     )
+    gate.close()
+    report = verify_log(log_path, key.verify_key)
+    status = _style("VALID", "32", color) if report.ok else _style("INVALID", "31;1", color)
+    print(
+        f"\nsigned audit log {log_path}: {report.records} records "
+        f"({report.allowed} allowed, {report.denied} denied, {report.completions} completions), "
+        f"key {key.kid}: {status}"
+    )
+    if not report.ok:
+        print(f"  line {report.line}: {report.reason}")
+        return 1
     return 0

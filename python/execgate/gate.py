@@ -79,7 +79,7 @@ def _close_open_logs() -> None:
     for log in list(_open_logs):
         try:
             log.close()
-        except Exception:  # noqa: BLE001 - nothing left to report to at exit
+        except Exception:  # nothing is left to report to at exit
             pass
 
 

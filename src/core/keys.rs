@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::error::{CoreError, Result};
 
+/// PBKDF2 rounds for password-protected key files.
+const PBKDF2_ITERATIONS: u32 = 200_000;
+
 /// The id of a public key: the first 16 bytes of SHA-256 over the raw 32-byte
 /// public key, as lowercase hex. Receipts name their signer by it.
 pub fn key_id(key: &ed25519_dalek::VerifyingKey) -> String {
@@ -113,16 +116,32 @@ impl SigningKey {
 
     /// PKCS#8 PEM, encrypted with `password` when given.
     pub fn to_pem(&self, password: Option<&[u8]>) -> Result<String> {
+        // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 rejects the v2 form.
+        let keypair = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.inner.to_bytes(),
+            public_key: None,
+        };
         let pem = match password {
-            None => self
-                .inner
+            None => keypair
                 .to_pkcs8_pem(pkcs8::LineEnding::LF)
                 .map_err(|e| e.to_string()),
             Some(pw) => (|| {
-                let der = self.inner.to_pkcs8_der().map_err(|e| e.to_string())?;
+                let der = keypair.to_pkcs8_der().map_err(|e| e.to_string())?;
                 let info =
                     pkcs8::PrivateKeyInfo::try_from(der.as_bytes()).map_err(|e| e.to_string())?;
-                info.encrypt(rand_core::OsRng, pw)
+                // PBES2 with PBKDF2-SHA256 and AES-256-CBC: readable by OpenSSL and
+                // `cryptography` (pkcs8's default, scrypt, exceeds OpenSSL's memory cap).
+                let mut salt = [0u8; 16];
+                let mut iv = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut iv);
+                let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(
+                    PBKDF2_ITERATIONS,
+                    &salt,
+                    &iv,
+                )
+                .map_err(|e| e.to_string())?;
+                info.encrypt_with_params(params, pw)
                     .map_err(|e| e.to_string())?
                     .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
                     .map_err(|e| e.to_string())
