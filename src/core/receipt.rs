@@ -155,7 +155,19 @@ impl Receipt {
     pub fn verify(&self, key: &VerifyKey) -> Result<()> {
         let mut keyring = Keyring::new();
         keyring.add(key.clone());
-        self.verify_with(&keyring).map(|_| ())
+        self.verify_with(&keyring).map(|_| ()).map_err(|e| {
+            let signers: Vec<&str> = self.signatures.iter().map(|(k, _)| k.as_str()).collect();
+            match e {
+                CoreError::Signature(m) if m.starts_with("signed by unknown key") => {
+                    CoreError::Signature(format!(
+                        "not signed by key {} (signed by {})",
+                        key.kid(),
+                        signers.join(", ")
+                    ))
+                }
+                other => other,
+            }
+        })
     }
 
     /// Succeeds when a signature by a key in `keyring` verifies; returns its key id.

@@ -1,0 +1,402 @@
+"""The audit log: tampering, concurrency, crashes, durability, unwritable storage."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import execgate
+from execgate import AuditLog, SigningKey
+
+POLICY = 'package execgate\ndecision := {"allow": input.action.name != "bad", "reasons": []}\n'
+
+
+def write_log(path: pathlib.Path, key: SigningKey, n: int = 6) -> None:
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        for i in range(n):
+            d = gate.check("bad" if i % 3 == 2 else "ok", {"i": i})
+            if d.allowed and d.receipt is not None:
+                gate.record_outcome(d.receipt, output=i)
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def log(tmp_path: pathlib.Path, key: SigningKey) -> pathlib.Path:
+    path = tmp_path / "audit.jsonl"
+    write_log(path, key)
+    return path
+
+
+def lines(path: pathlib.Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def verify(path: pathlib.Path, key: SigningKey) -> execgate.VerifyReport:
+    return execgate.verify_log(path, key.verify_key)
+
+
+def test_clean_log_verifies_with_counts(log: pathlib.Path, key: SigningKey) -> None:
+    r = verify(log, key)
+    assert r.ok, r.reason
+    assert (r.records, r.allowed, r.denied, r.completions) == (10, 4, 2, 4)
+    assert r.keys == [key.kid] and r.unfinished == []
+    assert r.first_ts is not None and r.first_ts <= (r.last_ts or "")
+
+
+def test_wrong_key_is_caught_at_line_1(log: pathlib.Path) -> None:
+    r = verify(log, SigningKey.generate())
+    assert not r.ok and r.line == 1 and "unknown key" in (r.reason or "")
+
+
+def _edit_payload(line: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
+    env = json.loads(line)
+    payload = json.loads(base64.b64decode(env["payload"]))
+    edit(payload)
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    env["payload"] = base64.b64encode(canonical.encode()).decode()
+    return (json.dumps(env, separators=(",", ":")) + "\n").encode()
+
+
+def test_flipped_byte_in_payload_is_a_bad_signature(log: pathlib.Path, key: SigningKey) -> None:
+    ls = lines(log)
+    ls[3] = _edit_payload(ls[3], lambda p: p.update(decision="allow"))
+    log.write_bytes(b"".join(ls))
+    r = verify(log, key)
+    assert (r.ok, r.line, r.reason) == (False, 4, "bad signature")
+
+
+def test_flipped_byte_in_base64_payload_is_caught(log: pathlib.Path, key: SigningKey) -> None:
+    ls = lines(log)
+    env = json.loads(ls[2])
+    raw = bytearray(base64.b64decode(env["payload"]))
+    raw[raw.index(b'"decision":"') + 12] ^= 0x01  # a -> ` / d -> e
+    env["payload"] = base64.b64encode(bytes(raw)).decode()
+    ls[2] = (json.dumps(env) + "\n").encode()
+    log.write_bytes(b"".join(ls))
+    r = verify(log, key)
+    assert not r.ok and r.line == 3
+
+
+def test_flipped_signature_is_caught(log: pathlib.Path, key: SigningKey) -> None:
+    ls = lines(log)
+    env = json.loads(ls[5])
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[10] ^= 0x40
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    ls[5] = (json.dumps(env) + "\n").encode()
+    log.write_bytes(b"".join(ls))
+    r = verify(log, key)
+    assert (r.ok, r.line, r.reason) == (False, 6, "bad signature")
+
+
+def test_resigned_chain_break_is_caught(log: pathlib.Path, key: SigningKey) -> None:
+    """Even the key holder cannot rewrite history without breaking the chain."""
+    ls = lines(log)
+    receipt = execgate.Receipt.from_json(ls[4].decode())
+    payload = receipt.payload
+    payload["prev"] = "0" * 64
+    from execgate import _core
+
+    # Re-sign the edited payload with the real private key (via cryptography).
+    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+    priv = serialization.load_pem_private_key(key.to_pem(), None)
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ptype = "application/vnd.execgate.receipt.v1+json"
+    pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(canonical), canonical)
+    env = {"payloadType": ptype, "payload": base64.b64encode(canonical).decode(),
+           "signatures": [{"keyid": key.kid, "sig": base64.b64encode(priv.sign(pae)).decode()}]}
+    ls[4] = (json.dumps(env) + "\n").encode()
+    log.write_bytes(b"".join(ls))
+    assert _core.Receipt.from_json(ls[4].decode()).verify(key.verify_key)
+    r = verify(log, key)
+    assert not r.ok and r.line == 5 and "chain break" in (r.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "line", "reason"),
+    [
+        (lambda ls: ls[:3] + ls[4:], 4, "sequence gap"),
+        (lambda ls: ls[:3] + [ls[4], ls[3]] + ls[5:], 4, "sequence gap"),
+        (lambda ls: ls[:4] + [ls[3]] + ls[4:], 5, "sequence goes back"),
+        (lambda ls: ls[:-1] + [ls[-1][:40]], 10, "torn tail"),
+        (lambda ls: ls[:2] + [b"{garbage\n"] + ls[2:], 3, "malformed JSON"),
+        (lambda ls: ls[1:], 1, "sequence gap"),
+    ],
+    ids=["deleted", "reordered", "duplicated", "truncated", "malformed", "head-deleted"],
+)
+def test_structural_tampering_is_caught(log, key, mutate, line, reason) -> None:  # type: ignore[no-untyped-def]
+    log.write_bytes(b"".join(mutate(lines(log))))
+    r = verify(log, key)
+    assert not r.ok
+    assert r.line == line, (r.line, r.reason)
+    assert reason in (r.reason or ""), r.reason
+
+
+def test_completion_must_link_to_a_real_authorization(log: pathlib.Path, key: SigningKey) -> None:
+    ls = lines(log)
+    # Re-point a completion at an id that was never authorized.
+    comp = next(i for i, l in enumerate(ls) if execgate.Receipt.from_json(l.decode()).kind == "completion")
+    ls[comp] = _edit_payload(ls[comp], lambda p: p["authorization"].update(id="nope"))
+    log.write_bytes(b"".join(ls))
+    r = verify(log, key)
+    assert not r.ok and r.line == comp + 1
+
+
+def test_authorized_but_unfinished_calls_are_reported(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    path = tmp_path / "log.jsonl"
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        started = gate.check("ok")
+        gate.check("bad")
+    r = verify(path, key)
+    assert r.ok and r.unfinished == [started.receipt.id]  # type: ignore[union-attr]
+
+
+def test_key_rotation_needs_a_keyring(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "log.jsonl"
+    old, new = SigningKey.generate(), SigningKey.generate()
+    write_log(path, old, 3)
+    write_log(path, new, 3)
+    assert not execgate.verify_log(path, old.verify_key).ok
+    r = execgate.verify_log(path, [old.verify_key, new.verify_key])
+    assert r.ok and sorted(r.keys) == sorted([old.kid, new.kid])
+    ring = tmp_path / "keys"
+    ring.mkdir()
+    old.verify_key.to_pem(ring / "old.pub")
+    new.verify_key.to_pem(ring / "new.pem")
+    new.to_pem(ring / "private.pem")  # private keys in the directory are skipped
+    assert execgate.verify_log(path, keyring=ring).ok
+    r = execgate.verify_log(path, old.verify_key)
+    assert r.line == 6 and "unknown key" in (r.reason or "")
+
+
+def test_durability_modes_and_checkpoints(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    for durability in ("none", "batch", "always"):
+        path = tmp_path / f"{durability}.jsonl"
+        log = AuditLog(path, key, durability=durability, batch_interval=0.01)
+        gate = execgate.Gate(POLICY, audit=log)
+        for _ in range(20):
+            gate.check("ok")
+        time.sleep(0.03)
+        gate.close()
+        r = execgate.verify_log(path, key.verify_key)
+        assert r.ok and r.records == 20, durability
+    path = tmp_path / "checkpoint.jsonl"
+    log = AuditLog(path, key, signing="checkpoint", checkpoint_every=7, checkpoint_interval=60)
+    gate = execgate.Gate(POLICY, audit=log)
+    receipts = [gate.check("ok").receipt for _ in range(20)]
+    assert not any(r.signed for r in receipts if r is not None)
+    with pytest.raises(execgate.SignatureError, match="unsigned"):
+        receipts[0].verify(key.verify_key)  # type: ignore[union-attr]
+    gate.close()
+    r = execgate.verify_log(path, key.verify_key)
+    assert r.ok and r.records == 20 + 3 and r.checkpoints == 3  # after 7, 14, and on close
+
+
+def test_checkpoint_interval_seals_in_the_background(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    path = tmp_path / "log.jsonl"
+    log = AuditLog(path, key, signing="checkpoint", checkpoint_every=10_000, checkpoint_interval=0.02)
+    gate = execgate.Gate(POLICY, audit=log)
+    gate.check("ok")
+    deadline = time.monotonic() + 5
+    while execgate.verify_log(path, key.verify_key).checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert execgate.verify_log(path, key.verify_key).ok
+    gate.close()
+
+
+def test_unsealed_checkpoint_tail_is_reported(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    path = tmp_path / "log.jsonl"
+    log = AuditLog(path, key, signing="checkpoint", checkpoint_every=100, checkpoint_interval=60)
+    gate = execgate.Gate(POLICY, audit=log)
+    gate.check("ok")
+    gate.check("ok")
+    r = execgate.verify_log(path, key.verify_key)  # before close: nothing seals them yet
+    assert not r.ok and r.line == 1 and "covered by no signature" in (r.reason or "")
+    gate.close()
+    assert execgate.verify_log(path, key.verify_key).ok
+
+
+KEYFILE_WRITER = textwrap.dedent(
+    """
+    import sys, threading, execgate
+    key = execgate.SigningKey.from_pem(sys.argv[1])
+    log = execgate.AuditLog(sys.argv[2], key, signing=sys.argv[4])
+    gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+    n = int(sys.argv[3])
+    def work():
+        for i in range(n):
+            gate.check("ok", {"i": i})
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    gate.close()
+    """
+)
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+def test_many_processes_and_threads_append_one_valid_chain(
+    tmp_path: pathlib.Path, key: SigningKey, signing: str
+) -> None:
+    keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
+    key.to_pem(keyfile)
+    per_thread = 1500
+    procs = [
+        subprocess.Popen([sys.executable, "-c", KEYFILE_WRITER, str(keyfile), str(path), str(per_thread), signing])
+        for _ in range(4)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    r = execgate.verify_log(path, key.verify_key)
+    assert r.ok, (r.line, r.reason)
+    assert r.allowed == 4 * 2 * per_thread
+    assert r.records == r.allowed + r.checkpoints
+    assert all(line.endswith(b"\n") for line in lines(path))
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import sys, execgate
+    key = execgate.SigningKey.from_pem(sys.argv[1])
+    gate = execgate.Gate('package execgate\\ndecision := true\\n', key=key, audit=sys.argv[2])
+    i = 0
+    while True:
+        d = gate.check("ok", {"payload": "x" * 3000, "i": i})
+        print(d.receipt.id, flush=True)
+        i += 1
+    """
+)
+
+
+def test_sigkill_mid_append_loses_no_completed_record(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
+    key.to_pem(keyfile)
+    reported: list[str] = []
+    for round_ in range(6):
+        p = subprocess.Popen(
+            [sys.executable, "-c", CRASHING_WRITER, str(keyfile), str(path)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert p.stdout is not None
+        first = p.stdout.readline()  # the writer is running and appending
+        time.sleep(0.05 + 0.03 * round_)
+        p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate()
+        reported += [first.strip(), *out.split()]
+    # Tear the tail explicitly too, as a kill between write syscalls would.
+    with open(path, "ab") as f:
+        f.write(b'{"payloadType":"application/vnd.execgate.re')
+    assert not execgate.verify_log(path, key.verify_key).ok
+    # Opening the log recovers it; every record a writer saw returned is there.
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        gate.check("ok")
+    r = execgate.verify_log(path, key.verify_key)
+    assert r.ok, (r.line, r.reason)
+    assert r.recoveries >= 1
+    ids = {execgate.Receipt.from_json(l.decode()).id for l in lines(path)}
+    assert set(reported) <= ids
+    side_files = list(tmp_path.glob("log.jsonl.torn-*"))
+    assert side_files and any(s.read_bytes().startswith(b'{"payloadType"') for s in side_files)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
+    key.to_pem(keyfile)
+    script = textwrap.dedent(
+        """
+        import sys, execgate
+        key = execgate.SigningKey.from_pem(sys.argv[1])
+        log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
+        gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+        for i in range(5):
+            gate.check("ok")
+            print("RETURNED", flush=True)
+        """
+    )
+    counts = {}
+    for mode in ("always", "none"):
+        out = subprocess.run(
+            ["strace", "-f", "-e", "trace=fdatasync,fsync,write", "-o", str(tmp_path / f"{mode}.trace"),
+             sys.executable, "-c", script, str(keyfile), str(path), mode],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        trace = (tmp_path / f"{mode}.trace").read_text()
+        counts[mode] = trace.count("fdatasync(")
+        if mode == "always":
+            # Each record's write is followed by its fdatasync before "RETURNED" is printed.
+            events = [l for l in trace.splitlines() if "fdatasync(" in l or "RETURNED" in l or "payloadType" in l]
+            order = ["sync" if "fdatasync(" in e else "ret" if "RETURNED" in e else "rec" for e in events]
+            assert order[:6] == ["rec", "sync", "ret", "rec", "sync", "ret"], order[:6]
+    assert counts["always"] >= 5 and counts["none"] <= 1  # none: only the sync on close
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)):
+        pytest.skip("needs root and tmpfs mounts")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_denies_with_the_reason(tiny_fs: pathlib.Path, key: SigningKey) -> None:
+    path = tiny_fs / "log.jsonl"
+    gate = execgate.Gate(POLICY, key=key, audit=path)
+    filler = tiny_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    decision = gate.check("ok")
+    assert not decision.allowed and decision.blocked and decision.error == "audit"
+    assert "could not be recorded" in decision.reasons[0]
+    assert "No space left" in decision.reasons[0] or "space" in decision.reasons[0]
+    ran = []
+
+    @gate.guard(action="ok")
+    def tool() -> None:
+        ran.append(1)
+
+    with pytest.raises(execgate.ActionDenied):
+        tool()
+    assert ran == []
+    # Nothing partial was left behind: once there is room, the chain continues.
+    filler.unlink()
+    assert gate.check("ok").allowed
+    gate.close()
+    assert execgate.verify_log(path, key.verify_key).ok
+
+
+def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKey) -> None:
+    path = tiny_fs / "log.jsonl"
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        assert gate.check("ok").allowed
+    assert _mount("-o", "remount,ro", str(tiny_fs))
+    for target in (path, tiny_fs / "new.jsonl"):
+        with pytest.raises(execgate.AuditLogError, match="Read-only") as info:
+            execgate.Gate(POLICY, key=key, audit=target)
+        assert info.value.path == str(target)
+    assert execgate.verify_log(path, key.verify_key).ok  # what was recorded is intact
