@@ -71,6 +71,23 @@ def _edit_payload(line: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
     return (json.dumps(env, separators=(",", ":")) + "\n").encode()
 
 
+def _resign(payload: dict, key: SigningKey) -> bytes:  # type: ignore[type-arg]
+    """A correctly signed envelope for an edited payload (as the key holder could make)."""
+    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+    priv = serialization.load_pem_private_key(key.to_pem(), None)
+    canonical = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    ptype = "application/vnd.execgate.receipt.v1+json"
+    pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(canonical), canonical)
+    env = {
+        "payloadType": ptype,
+        "payload": base64.b64encode(canonical).decode(),
+        "signatures": [{"keyid": key.kid, "sig": base64.b64encode(priv.sign(pae)).decode()}],
+    }
+    return (json.dumps(env) + "\n").encode()
+
+
 def test_flipped_byte_in_payload_is_a_bad_signature(log: pathlib.Path, key: SigningKey) -> None:
     ls = lines(log)
     ls[3] = _edit_payload(ls[3], lambda p: p.update(decision="allow"))
@@ -106,22 +123,11 @@ def test_flipped_signature_is_caught(log: pathlib.Path, key: SigningKey) -> None
 def test_resigned_chain_break_is_caught(log: pathlib.Path, key: SigningKey) -> None:
     """Even the key holder cannot rewrite history without breaking the chain."""
     ls = lines(log)
-    receipt = execgate.Receipt.from_json(ls[4].decode())
-    payload = receipt.payload
+    payload = execgate.Receipt.from_json(ls[4].decode()).payload
     payload["prev"] = "0" * 64
-    from execgate import _core
-
-    # Re-sign the edited payload with the real private key (via cryptography).
-    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
-    priv = serialization.load_pem_private_key(key.to_pem(), None)
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ptype = "application/vnd.execgate.receipt.v1+json"
-    pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(canonical), canonical)
-    env = {"payloadType": ptype, "payload": base64.b64encode(canonical).decode(),
-           "signatures": [{"keyid": key.kid, "sig": base64.b64encode(priv.sign(pae)).decode()}]}
-    ls[4] = (json.dumps(env) + "\n").encode()
+    ls[4] = _resign(payload, key)
     log.write_bytes(b"".join(ls))
-    assert _core.Receipt.from_json(ls[4].decode()).verify(key.verify_key)
+    assert execgate.Receipt.from_json(ls[4].decode()).verify(key.verify_key)
     r = verify(log, key)
     assert not r.ok and r.line == 5 and "chain break" in (r.reason or "")
 
@@ -130,10 +136,10 @@ def test_resigned_chain_break_is_caught(log: pathlib.Path, key: SigningKey) -> N
     ("mutate", "line", "reason"),
     [
         (lambda ls: ls[:3] + ls[4:], 4, "sequence gap"),
-        (lambda ls: ls[:3] + [ls[4], ls[3]] + ls[5:], 4, "sequence gap"),
-        (lambda ls: ls[:4] + [ls[3]] + ls[4:], 5, "sequence goes back"),
-        (lambda ls: ls[:-1] + [ls[-1][:40]], 10, "torn tail"),
-        (lambda ls: ls[:2] + [b"{garbage\n"] + ls[2:], 3, "malformed JSON"),
+        (lambda ls: [*ls[:3], ls[4], ls[3], *ls[5:]], 4, "sequence gap"),
+        (lambda ls: [*ls[:4], ls[3], *ls[4:]], 5, "sequence goes back"),
+        (lambda ls: [*ls[:-1], ls[-1][:40]], 10, "torn tail"),
+        (lambda ls: [*ls[:2], b"{garbage\n", *ls[2:]], 3, "malformed JSON"),
         (lambda ls: ls[1:], 1, "sequence gap"),
     ],
     ids=["deleted", "reordered", "duplicated", "truncated", "malformed", "head-deleted"],
@@ -148,15 +154,24 @@ def test_structural_tampering_is_caught(log, key, mutate, line, reason) -> None:
 
 def test_completion_must_link_to_a_real_authorization(log: pathlib.Path, key: SigningKey) -> None:
     ls = lines(log)
-    # Re-point a completion at an id that was never authorized.
-    comp = next(i for i, l in enumerate(ls) if execgate.Receipt.from_json(l.decode()).kind == "completion")
-    ls[comp] = _edit_payload(ls[comp], lambda p: p["authorization"].update(id="nope"))
+    # Re-point a (validly re-signed) completion at an id that was never authorized.
+    comp = next(
+        i
+        for i, raw in enumerate(ls)
+        if execgate.Receipt.from_json(raw.decode()).kind == "completion"
+    )
+    payload = execgate.Receipt.from_json(ls[comp].decode()).payload
+    payload["authorization"]["id"] = "never-authorized"
+    ls[comp] = _resign(payload, key)
     log.write_bytes(b"".join(ls))
     r = verify(log, key)
     assert not r.ok and r.line == comp + 1
+    assert "unknown authorization" in (r.reason or "")
 
 
-def test_authorized_but_unfinished_calls_are_reported(tmp_path: pathlib.Path, key: SigningKey) -> None:
+def test_authorized_but_unfinished_calls_are_reported(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
     path = tmp_path / "log.jsonl"
     with execgate.Gate(POLICY, key=key, audit=path) as gate:
         started = gate.check("ok")
@@ -206,13 +221,19 @@ def test_durability_modes_and_checkpoints(tmp_path: pathlib.Path, key: SigningKe
     assert r.ok and r.records == 20 + 3 and r.checkpoints == 3  # after 7, 14, and on close
 
 
-def test_checkpoint_interval_seals_in_the_background(tmp_path: pathlib.Path, key: SigningKey) -> None:
+def test_checkpoint_interval_seals_in_the_background(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
     path = tmp_path / "log.jsonl"
-    log = AuditLog(path, key, signing="checkpoint", checkpoint_every=10_000, checkpoint_interval=0.02)
+    log = AuditLog(
+        path, key, signing="checkpoint", checkpoint_every=10_000, checkpoint_interval=0.02
+    )
     gate = execgate.Gate(POLICY, audit=log)
     gate.check("ok")
     deadline = time.monotonic() + 5
-    while execgate.verify_log(path, key.verify_key).checkpoints == 0 and time.monotonic() < deadline:
+    while (
+        execgate.verify_log(path, key.verify_key).checkpoints == 0 and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     assert execgate.verify_log(path, key.verify_key).ok
     gate.close()
@@ -256,7 +277,17 @@ def test_many_processes_and_threads_append_one_valid_chain(
     key.to_pem(keyfile)
     per_thread = 1500
     procs = [
-        subprocess.Popen([sys.executable, "-c", KEYFILE_WRITER, str(keyfile), str(path), str(per_thread), signing])
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                KEYFILE_WRITER,
+                str(keyfile),
+                str(path),
+                str(per_thread),
+                signing,
+            ]
+        )
         for _ in range(4)
     ]
     for p in procs:
@@ -282,14 +313,17 @@ CRASHING_WRITER = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_append_loses_no_completed_record(tmp_path: pathlib.Path, key: SigningKey) -> None:
+def test_sigkill_mid_append_loses_no_completed_record(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
     key.to_pem(keyfile)
     reported: list[str] = []
     for round_ in range(6):
         p = subprocess.Popen(
             [sys.executable, "-c", CRASHING_WRITER, str(keyfile), str(path)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert p.stdout is not None
         first = p.stdout.readline()  # the writer is running and appending
@@ -307,7 +341,7 @@ def test_sigkill_mid_append_loses_no_completed_record(tmp_path: pathlib.Path, ke
     r = execgate.verify_log(path, key.verify_key)
     assert r.ok, (r.line, r.reason)
     assert r.recoveries >= 1
-    ids = {execgate.Receipt.from_json(l.decode()).id for l in lines(path)}
+    ids = {execgate.Receipt.from_json(raw.decode()).id for raw in lines(path)}
     assert set(reported) <= ids
     side_files = list(tmp_path.glob("log.jsonl.torn-*"))
     assert side_files and any(s.read_bytes().startswith(b'{"payloadType"') for s in side_files)
@@ -331,17 +365,37 @@ def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: 
     counts = {}
     for mode in ("always", "none"):
         out = subprocess.run(
-            ["strace", "-f", "-e", "trace=fdatasync,fsync,write", "-o", str(tmp_path / f"{mode}.trace"),
-             sys.executable, "-c", script, str(keyfile), str(path), mode],
-            capture_output=True, text=True, timeout=120,
+            [
+                "strace",
+                "-f",
+                "-e",
+                "trace=fdatasync,fsync,write",
+                "-o",
+                str(tmp_path / f"{mode}.trace"),
+                sys.executable,
+                "-c",
+                script,
+                str(keyfile),
+                str(path),
+                mode,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert out.returncode == 0, out.stderr
         trace = (tmp_path / f"{mode}.trace").read_text()
         counts[mode] = trace.count("fdatasync(")
         if mode == "always":
             # Each record's write is followed by its fdatasync before "RETURNED" is printed.
-            events = [l for l in trace.splitlines() if "fdatasync(" in l or "RETURNED" in l or "payloadType" in l]
-            order = ["sync" if "fdatasync(" in e else "ret" if "RETURNED" in e else "rec" for e in events]
+            events = [
+                e
+                for e in trace.splitlines()
+                if "fdatasync(" in e or "RETURNED" in e or "payloadType" in e
+            ]
+            order = [
+                "sync" if "fdatasync(" in e else "ret" if "RETURNED" in e else "rec" for e in events
+            ]
             assert order[:6] == ["rec", "sync", "ret", "rec", "sync", "ret"], order[:6]
     assert counts["always"] >= 5 and counts["none"] <= 1  # none: only the sync on close
 

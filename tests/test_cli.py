@@ -116,6 +116,8 @@ def test_demo_runs_offline_and_shows_denials() -> None:
     assert "not in the allowlist" in r.stdout
     assert "forbidden pattern" in r.stdout
     assert "denied tool bodies never ran" in r.stdout
+    assert "12 records (3 allowed, 6 denied, 3 completions)" in r.stdout
+    assert ": VALID" in r.stdout
 
 
 def test_console_script_installed() -> None:
@@ -124,3 +126,37 @@ def test_console_script_installed() -> None:
         pytest.skip("console script not installed in this environment")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "execgate" in r.stdout
+
+
+def test_keygen_verify_and_log_show(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    assert (tmp_path / "keys" / "execgate.key").stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 2  # never overwrites
+    key = execgate.SigningKey.from_pem(tmp_path / "keys" / "execgate.key")
+    log = tmp_path / "audit.jsonl"
+    with execgate.Gate(POLICY, key=key, audit=log) as gate:
+        d = gate.check("fs.read", principal={"id": "alice"})
+        assert d.receipt is not None
+        gate.record_outcome(d.receipt, output="x")
+        gate.check("fs.read", principal={"id": "bob"})
+    capsys.readouterr()
+    pub = str(tmp_path / "keys" / "execgate.pub")
+    assert main(["verify", str(log), "--key", pub]) == 0
+    out = capsys.readouterr().out
+    assert "3 records (1 allowed, 1 denied, 1 completions" in out and "VALID" in out
+    assert main(["verify", str(log), "--keyring", str(tmp_path / "keys")]) == 0
+    capsys.readouterr()
+    assert main(["log", "show", str(log)]) == 0
+    shown = capsys.readouterr().out
+    assert "ALLOW fs.read by alice" in shown and "DENY  fs.read by bob" in shown
+    assert "completion" in shown
+    # Tampered: exit 1 with the line; usage errors: exit 2.
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + lines[2])
+    assert main(["verify", str(log), "--key", pub]) == 1
+    assert "INVALID at line 2: sequence gap" in capsys.readouterr().out
+    assert main(["verify", str(log)]) == 2
+    assert main(["verify", str(tmp_path / "missing.jsonl"), "--key", pub]) == 2
+    assert main(["verify", str(log), "--key", str(tmp_path / "nokey.pub")]) == 2
