@@ -454,3 +454,24 @@ def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKe
             execgate.Gate(POLICY, key=key, audit=target)
         assert info.value.path == str(target)
     assert execgate.verify_log(path, key.verify_key).ok  # what was recorded is intact
+
+
+def test_plain_exit_seals_checkpoints_and_loses_nothing(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
+    key.to_pem(keyfile)
+    script = textwrap.dedent(
+        """
+        import sys, execgate
+        key = execgate.SigningKey.from_pem(sys.argv[1])
+        log = execgate.AuditLog(sys.argv[2], key, signing="checkpoint", durability="batch",
+                                checkpoint_every=1000, checkpoint_interval=60)
+        gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+        for i in range(25):
+            gate.check("ok")
+        # no close(): the interpreter simply exits
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(keyfile), str(path)], check=True, timeout=60)
+    r = execgate.verify_log(path, key.verify_key)
+    assert r.ok, (r.line, r.reason)
+    assert (r.allowed, r.checkpoints) == (25, 1)
