@@ -15,34 +15,52 @@ the same work and the comparison would be meaningless, so the script exits 1.
 The workload is the example agent policy (``execgate/policies/agent.rego`` with
 ``agent_data.json``) over a fixed mix of allowed inputs and inputs denied for
 each reason the policy has, cycled in order.
+
+The receipts sections measure the same calls with signed receipts appended to
+an audit log (each durability and signing mode), against a pure-Python gate
+that does the same work (regopy's bundle, canonical JSON, a SHA-256 chain,
+PyNaCl Ed25519 over the DSSE PAE, one line per record); then log verification
+against a pure-Python verifier (``cryptography``), and 4 processes x 2 threads
+appending to one log. Before timing anything, both writers' logs are checked
+by both verifiers, so the two sides provably write and check the same records.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
+import fcntl
 import gc
 import hashlib
+import inspect
 import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import nacl.signing
 import regopy
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 import execgate
-from execgate import ActionDenied, Gate
+from execgate import ActionDenied, AuditLog, Gate, SigningKey, verify_log
 from execgate.demo import example_gate
 
 ENTRYPOINT = "data.execgate.decision"
@@ -61,10 +79,38 @@ class Sizes:
     thread_rounds: int
     import_runs: int  # fresh subprocesses for the import + load timing
     rss_checks: int  # checks between the RSS readings
+    receipt_iterations: int  # timed calls per row of the receipts tables
+    log_records: int  # records in the log whose verification is timed
+    verify_runs: int  # timed verifications of that log, per verifier
+    writer_calls: int  # checks per thread in the 4 processes x 2 threads run
 
 
-FULL = Sizes(20_000, 5, 1_000, 20_000, 3, 5, 1_000_000)
-QUICK = Sizes(5_000, 2, 300, 5_000, 2, 3, 100_000)
+FULL = Sizes(
+    iterations=20_000,
+    rounds=5,
+    warmup=1_000,
+    thread_calls=20_000,
+    thread_rounds=3,
+    import_runs=5,
+    rss_checks=1_000_000,
+    receipt_iterations=10_000,
+    log_records=20_000,
+    verify_runs=3,
+    writer_calls=5_000,
+)
+QUICK = Sizes(
+    iterations=5_000,
+    rounds=2,
+    warmup=300,
+    thread_calls=5_000,
+    thread_rounds=2,
+    import_runs=3,
+    rss_checks=100_000,
+    receipt_iterations=1_500,
+    log_records=5_000,
+    verify_runs=2,
+    writer_calls=1_000,
+)
 
 
 # --- the tools and the input mix ---------------------------------------------
@@ -191,10 +237,13 @@ class RegopyBaseline:
         }
 
     def decide(self, action: str, args: dict[str, Any], principal: dict[str, Any]) -> dict:
+        return self.evaluate(self.input_document(action, args, principal))
+
+    def evaluate(self, document: dict[str, Any]) -> dict:
         # set_input(dict) walks the dict through regopy's C input builder. It
         # measured faster here than set_input_term(json.dumps(doc)) (regopy 1.5
         # has no set_input_json), so the baseline uses the faster of the two.
-        self.rego.set_input(self.input_document(action, args, principal))
+        self.rego.set_input(document)
         output = self.rego.query_bundle_entrypoint(self.bundle, BUNDLE_ENTRYPOINT)
         if not output.ok() or not output.results:
             raise RuntimeError(f"regopy query failed: {output}")
@@ -204,6 +253,15 @@ class RegopyBaseline:
 # --- measurement ---------------------------------------------------------------
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class BaselineDenied(Exception):
+    """What the pure-Python guard raises for a denied call (ActionDenied needs a
+    native Decision)."""
+
+
+# The exceptions a guarded call raises when it is denied.
+DENIED = (ActionDenied, BaselineDenied)
 
 
 def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
@@ -217,7 +275,7 @@ def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
         fn, a, kw = calls[i % n]
         try:
             fn(*a, **kw)
-        except ActionDenied:
+        except DENIED:
             pass
     clock = time.perf_counter_ns
     samples = [0] * iterations
@@ -226,7 +284,7 @@ def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
         t0 = clock()
         try:
             fn(*a, **kw)
-        except ActionDenied:
+        except DENIED:
             pass
         samples[i] = clock() - t0
     return samples
@@ -253,16 +311,20 @@ class Stats:
         )
 
 
-def interleaved(scenarios: dict[str, Sequence[Call]], sizes: Sizes) -> dict[str, list[int]]:
+def interleaved(
+    scenarios: dict[str, Sequence[Call]], sizes: Sizes, iterations: int | None = None
+) -> dict[str, list[int]]:
     """Runs every scenario in rounds, alternating, so drift in machine load hits
     all of them alike.
 
-    Each round is a whole number of passes over the inputs, so sample i of the
-    result is always input i % len(CASES) (the per-input breakdown relies on it).
+    Each round is a whole number of passes over the inputs (every scenario has
+    the same number of calls), so sample i of the result is always input i % n
+    (the per-input breakdown relies on it).
     """
     samples: dict[str, list[int]] = {name: [] for name in scenarios}
-    n = len(CASES)
-    per_round = -(-sizes.iterations // (sizes.rounds * n)) * n
+    n = len(next(iter(scenarios.values())))
+    total = sizes.iterations if iterations is None else iterations
+    per_round = -(-total // (sizes.rounds * n)) * n
     for r in range(sizes.rounds):
         for name, calls in scenarios.items():
             # Warm up before the first round only; later rounds are already warm.

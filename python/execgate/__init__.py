@@ -25,6 +25,7 @@ from execgate.errors import (
     SignatureError,
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
+from execgate.sandbox import Completed, Limits, Sandbox
 from execgate.verify import verify_log
 
 __all__ = [
@@ -34,11 +35,14 @@ __all__ = [
     "ArgumentError",
     "AuditLog",
     "AuditLogError",
+    "Completed",
     "Decision",
     "ExecgateError",
     "Gate",
+    "Limits",
     "PolicyError",
     "Receipt",
+    "Sandbox",
     "SandboxError",
     "SignatureError",
     "SigningKey",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import datetime as dt
+import hashlib
 import os
 import pathlib
 import time
@@ -16,6 +18,7 @@ from execgate._core import AuditLog, Decision, Receipt, SigningKey
 from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied
+from execgate.sandbox import Completed, Sandbox
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
 
@@ -259,6 +262,64 @@ class Gate:
             return _guard(self, f, action=action, principal=principal, context=context)
 
         return decorate
+
+    # -- sandboxed execution ---------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        action: str = "shell.exec",
+        sandbox: Sandbox | None = None,
+        stdin: bytes | str | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Completed:
+        """Authorizes ``argv``, runs it sandboxed, and records the outcome.
+
+        The policy sees ``input.action.args = {"argv": [...], "sandbox": {...}}``
+        and may tighten the sandbox with ``obligations.sandbox``. A denied run
+        never starts (:class:`ActionDenied`). With receipts, the completion
+        record carries exit status, limit hit, usage, output digests, the
+        protections in force and the effective sandbox.
+        """
+        box = sandbox if sandbox is not None else Sandbox()
+        argv = [os.fspath(a) for a in argv]
+        decision = self._authorize(action, {"argv": argv, "sandbox": box.request()},
+                                   principal, context)
+        obligation = decision.obligations.get("sandbox")
+        receipt = decision.receipt
+        start = time.perf_counter_ns()
+        try:
+            done = box.run(argv, stdin=stdin, obligation=obligation)
+        except BaseException as e:
+            if receipt is not None:
+                self._complete(receipt, start, None, e)
+            raise
+        if receipt is not None:
+            self._native.record_outcome(
+                receipt,
+                status="ok" if done.ok else "error",
+                duration_ns=time.perf_counter_ns() - start,
+                error_type=None if done.ok else (done.limit_hit or (
+                    f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}")),
+                extra={
+                    "exit_code": done.exit_code,
+                    "signal": done.signal,
+                    "limit_hit": done.limit_hit,
+                    "truncated": done.truncated,
+                    "usage": dict(done.usage),
+                    "stdout_sha256": hashlib.sha256(done.stdout).hexdigest(),
+                    "stderr_sha256": hashlib.sha256(done.stderr).hexdigest(),
+                    "protections": dict(done.protections),
+                    "sandbox": dict(done.sandbox),
+                },
+            )
+        return done
+
+    async def arun(self, argv: Sequence[str], **options: Any) -> Completed:
+        """:meth:`run` without blocking the event loop."""
+        return await asyncio.to_thread(self.run, argv, **options)
 
     # -- policy management --------------------------------------------------
 

@@ -30,6 +30,10 @@ pub enum CoreError {
     #[error("{0}")]
     Signature(String),
 
+    /// A sandboxed run could not be set up as requested.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+
     /// The audit log cannot be opened, read or written.
     #[error("audit log {path}: {message}")]
     Audit {

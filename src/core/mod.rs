@@ -7,3 +7,4 @@ pub mod gate;
 pub mod keys;
 pub mod policy;
 pub mod receipt;
+pub mod sandbox;

@@ -15,6 +15,7 @@ static EXECGATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SIGNATURE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static AUDIT_LOG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static SANDBOX_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Instantiates `execgate.errors.<name>(message, **fields)`.
 fn raise(
@@ -81,6 +82,7 @@ impl From<CoreError> for PyErr {
                     Err(e) => e,
                 }
             }
+            CoreError::Sandbox(message) => raise(py, &SANDBOX_ERROR, "SandboxError", message, None),
             CoreError::Signature(message) => {
                 raise(py, &SIGNATURE_ERROR, "SignatureError", message, None)
             }

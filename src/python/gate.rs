@@ -144,7 +144,8 @@ impl PyGate {
     /// The output is digested as: bytes as they are, str as UTF-8, anything
     /// else as the RFC 8785 JSON of its argument conversion; an output that
     /// cannot be converted gets no digest and its type name is recorded.
-    #[pyo3(signature = (receipt, *, status, duration_ns=0, output=None, error_type=None))]
+    #[pyo3(signature = (receipt, *, status, duration_ns=0, output=None, error_type=None, extra=None))]
+    #[allow(clippy::too_many_arguments)]
     fn record_outcome(
         &self,
         py: Python<'_>,
@@ -153,11 +154,17 @@ impl PyGate {
         duration_ns: u64,
         output: Option<Bound<'_, PyAny>>,
         error_type: Option<String>,
+        extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyReceipt> {
+        let extra: serde_json::Map<String, serde_json::Value> = match extra {
+            Some(d) => pythonize::depythonize(d.as_any())?,
+            None => serde_json::Map::new(),
+        };
         let mut outcome = Outcome {
             status,
             error_type,
             duration_ns,
+            extra,
             ..Outcome::default()
         };
         if let Some(out) = output {

@@ -7,3 +7,4 @@ pub mod convert;
 pub mod errors;
 pub mod gate;
 pub mod keys;
+pub mod sandbox;

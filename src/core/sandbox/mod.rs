@@ -1,0 +1,443 @@
+//! Running a tool as a child process under kernel-enforced limits.
+//!
+//! The parent prepares everything that allocates (the Landlock ruleset, cgroup
+//! directories and their open `cgroup.procs` files, the environment); the child,
+//! between `fork` and `exec`, only makes async-signal-safe system calls:
+//! new session, parent-death signal, join cgroups, rlimits, network namespace,
+//! close-on-exec for inherited descriptors, no_new_privs, Landlock.
+//!
+//! Which protections were actually in force is reported with every result;
+//! with `strict` a run is refused when one that was asked for is unavailable.
+
+mod cgroup;
+mod landlock;
+mod runner;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use runner::run;
+
+/// Resource limits. `None` leaves a resource unlimited (as inherited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// CPU time in seconds (RLIMIT_CPU; SIGXCPU then SIGKILL).
+    pub cpu_seconds: Option<u64>,
+    /// Memory in bytes: a cgroup memory limit where available, and
+    /// RLIMIT_AS everywhere (looser when the cgroup binds; see `runner`).
+    pub memory_bytes: Option<u64>,
+    /// Largest file the tool may write (RLIMIT_FSIZE).
+    pub file_size_bytes: Option<u64>,
+    /// Open file descriptors (RLIMIT_NOFILE).
+    pub open_files: Option<u64>,
+    /// Processes/threads (a pids cgroup as root, RLIMIT_NPROC otherwise).
+    pub processes: Option<u64>,
+    /// Wall-clock time; the whole process tree is killed when it runs out.
+    pub wall: Option<Duration>,
+    /// Bytes of stdout and of stderr kept; the rest is read and discarded.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_seconds: None,
+            memory_bytes: None,
+            file_size_bytes: None,
+            open_files: None,
+            processes: None,
+            wall: None,
+            output_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The stricter of two limit sets, field by field (a policy can tighten
+    /// what a caller asked, never loosen it).
+    pub fn stricter(&self, other: &Limits) -> Limits {
+        fn min<T: Ord + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, None) => x,
+                (None, y) => y,
+            }
+        }
+        Limits {
+            cpu_seconds: min(self.cpu_seconds, other.cpu_seconds),
+            memory_bytes: min(self.memory_bytes, other.memory_bytes),
+            file_size_bytes: min(self.file_size_bytes, other.file_size_bytes),
+            open_files: min(self.open_files, other.open_files),
+            processes: min(self.processes, other.processes),
+            wall: min(self.wall, other.wall),
+            output_bytes: self.output_bytes.min(other.output_bytes),
+        }
+    }
+}
+
+/// Network access for the tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A fresh network namespace with only loopback.
+    None,
+    /// The host's network.
+    Host,
+    /// The host's network, but TCP connect/bind only to these ports (Landlock ABI 4+).
+    Ports(Vec<u16>),
+}
+
+/// Everything a sandboxed run is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Resource limits.
+    pub limits: Limits,
+    /// Paths readable (and executable) in addition to the system defaults.
+    pub read: Vec<PathBuf>,
+    /// Paths readable and writable.
+    pub write: Vec<PathBuf>,
+    /// Whether the system directories a program needs to start are readable.
+    pub system_paths: bool,
+    /// Network access.
+    pub network: Network,
+    /// The child's whole environment (nothing else is inherited).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Bytes fed to standard input (empty: stdin is /dev/null).
+    pub stdin: Vec<u8>,
+    /// Refuse to run when a requested protection is unavailable.
+    pub strict: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            read: Vec::new(),
+            write: Vec::new(),
+            system_paths: true,
+            network: Network::None,
+            env: BTreeMap::new(),
+            cwd: None,
+            stdin: Vec::new(),
+            strict: false,
+        }
+    }
+}
+
+/// The system directories readable by default, so ordinary programs start.
+pub const SYSTEM_READ_PATHS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/proc",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+    "/dev/null",
+    "/sys/devices/system/cpu",
+];
+
+/// Resource usage of the child, from `wait4` and the cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// User CPU seconds.
+    pub user_cpu: f64,
+    /// System CPU seconds.
+    pub system_cpu: f64,
+    /// Peak resident memory in bytes (the cgroup's peak when one was used,
+    /// which includes descendants; otherwise the child's own max RSS).
+    pub max_rss: u64,
+}
+
+/// Which protections were in force for a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Protections {
+    /// rlimits that were set, by name.
+    pub rlimits: BTreeMap<String, u64>,
+    /// Landlock ABI used (0: unavailable or not applied).
+    pub landlock_abi: u32,
+    /// Paths Landlock allowed to read.
+    pub landlock_read: Vec<String>,
+    /// Paths Landlock allowed to write.
+    pub landlock_write: Vec<String>,
+    /// TCP ports Landlock allowed (network = ports).
+    pub landlock_tcp_ports: Vec<u16>,
+    /// Whether the child ran in a fresh network namespace.
+    pub netns: bool,
+    /// The cgroup controllers used (`memory`, `pids`).
+    pub cgroups: Vec<String>,
+    /// How the process count was bounded: `cgroup-pids`, `rlimit-nproc`, or `none`.
+    pub process_limit: String,
+    /// The uid the tool ran as.
+    pub uid: u32,
+    /// Whether no_new_privs was set.
+    pub no_new_privs: bool,
+    /// Requested protections that could not be applied.
+    pub missing: Vec<String>,
+}
+
+/// The outcome of a sandboxed run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Completed {
+    /// Exit status, when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Captured standard output (at most `output_bytes`).
+    #[serde(skip)]
+    pub stdout: Vec<u8>,
+    /// Captured standard error (at most `output_bytes`).
+    #[serde(skip)]
+    pub stderr: Vec<u8>,
+    /// Whether output past the cap was discarded.
+    pub truncated: bool,
+    /// Wall time in seconds.
+    pub duration: f64,
+    /// CPU and memory.
+    pub usage: Usage,
+    /// The limit that stopped the run: `memory`, `cpu`, `wall`, `output`,
+    /// `file_size`, `processes`, or None.
+    pub limit_hit: Option<String>,
+    /// What was in force.
+    pub protections: Protections,
+}
+
+/// Which protections this kernel and process can provide, for `strict` and
+/// for reporting. `EXECGATE_TEST_UNAVAILABLE=landlock,netns,cgroup` makes the
+/// named ones look unavailable (a test hook; it can only remove protections).
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Landlock ABI version (0 when unavailable).
+    pub landlock_abi: u32,
+    /// Whether a network namespace can be created.
+    pub netns: bool,
+    /// Whether cgroup v1 memory and pids controllers are writable.
+    pub cgroup: bool,
+    /// Whether we run as root.
+    pub root: bool,
+}
+
+impl Capabilities {
+    /// Probes the running kernel.
+    pub fn probe() -> Self {
+        let hidden = std::env::var("EXECGATE_TEST_UNAVAILABLE").unwrap_or_default();
+        let hidden: Vec<&str> = hidden.split(',').map(str::trim).collect();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        Self {
+            landlock_abi: if hidden.contains(&"landlock") {
+                0
+            } else {
+                landlock::abi_version()
+            },
+            netns: root && !hidden.contains(&"netns"),
+            cgroup: root && !hidden.contains(&"cgroup") && cgroup::available(),
+            root,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The stricter of this sandbox and a policy's `obligations.sandbox`:
+    /// lower limits, the intersection of paths, the narrower network. A policy
+    /// can tighten what the caller asked, never loosen it. Keys this code does
+    /// not know are an error (a requirement that cannot be enforced denies).
+    pub fn tightened(&self, obligation: &serde_json::Value) -> crate::core::error::Result<Sandbox> {
+        use crate::core::error::CoreError;
+        use serde_json::Value as Json;
+        let bad = |m: String| CoreError::Sandbox(format!("obligations.sandbox: {m}"));
+        let Json::Object(ob) = obligation else {
+            return Err(bad("must be an object".into()));
+        };
+        let mut out = self.clone();
+        for (key, value) in ob {
+            match key.as_str() {
+                "limits" => {
+                    let Json::Object(l) = value else {
+                        return Err(bad("limits must be an object".into()));
+                    };
+                    let mut policy = Limits {
+                        output_bytes: usize::MAX,
+                        ..Limits::default()
+                    };
+                    for (name, v) in l {
+                        let n = v.as_f64().filter(|n| *n >= 0.0).ok_or_else(|| {
+                            bad(format!("limits.{name} must be a non-negative number"))
+                        })?;
+                        let whole = n.ceil() as u64;
+                        match name.as_str() {
+                            "cpu_seconds" => policy.cpu_seconds = Some(whole),
+                            "memory_bytes" => policy.memory_bytes = Some(whole),
+                            "file_size_bytes" => policy.file_size_bytes = Some(whole),
+                            "open_files" => policy.open_files = Some(whole),
+                            "processes" => policy.processes = Some(whole),
+                            "wall_seconds" => policy.wall = Some(Duration::from_secs_f64(n)),
+                            "output_bytes" => policy.output_bytes = whole as usize,
+                            other => return Err(bad(format!("unknown limit {other:?}"))),
+                        }
+                    }
+                    out.limits = out.limits.stricter(&policy);
+                }
+                "read" | "write" => {
+                    let paths: Vec<PathBuf> = value
+                        .as_array()
+                        .and_then(|a| a.iter().map(|p| p.as_str().map(PathBuf::from)).collect())
+                        .ok_or_else(|| bad(format!("{key} must be a list of paths")))?;
+                    let mine = if key == "read" {
+                        &mut out.read
+                    } else {
+                        &mut out.write
+                    };
+                    *mine = intersect(mine, &paths);
+                }
+                "system_paths" => {
+                    let allow = value
+                        .as_bool()
+                        .ok_or_else(|| bad("system_paths must be a boolean".into()))?;
+                    out.system_paths &= allow;
+                }
+                "network" => {
+                    let policy = match value {
+                        Json::String(s) if s == "none" => Network::None,
+                        Json::String(s) if s == "host" => Network::Host,
+                        Json::Array(ports) => Network::Ports(
+                            ports
+                                .iter()
+                                .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                                .collect::<Option<Vec<u16>>>()
+                                .ok_or_else(|| {
+                                    bad("network ports must be integers 0-65535".into())
+                                })?,
+                        ),
+                        _ => {
+                            return Err(bad(
+                                "network must be \"none\", \"host\" or a list of ports".into(),
+                            ))
+                        }
+                    };
+                    out.network = narrower(&out.network, &policy);
+                }
+                other => return Err(bad(format!("unknown key {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Paths allowed by both lists: each path of one that lies under a path of the other.
+fn intersect(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for x in a {
+        for y in b {
+            let keep = if x.starts_with(y) {
+                Some(x)
+            } else if y.starts_with(x) {
+                Some(y)
+            } else {
+                None
+            };
+            if let Some(p) = keep {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn narrower(a: &Network, b: &Network) -> Network {
+    match (a, b) {
+        (Network::None, _) | (_, Network::None) => Network::None,
+        (Network::Ports(x), Network::Ports(y)) => {
+            Network::Ports(x.iter().copied().filter(|p| y.contains(p)).collect())
+        }
+        (Network::Ports(p), Network::Host) | (Network::Host, Network::Ports(p)) => {
+            Network::Ports(p.clone())
+        }
+        (Network::Host, Network::Host) => Network::Host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn obligations_only_tighten() {
+        let mine = Sandbox {
+            limits: Limits {
+                cpu_seconds: Some(10),
+                memory_bytes: None,
+                ..Limits::default()
+            },
+            read: vec!["/data".into(), "/srv".into()],
+            write: vec!["/tmp/out".into()],
+            network: Network::Host,
+            ..Sandbox::default()
+        };
+        let t = mine
+            .tightened(&json!({"limits": {"cpu_seconds": 60, "memory_bytes": 1000},
+                                "read": ["/data/public", "/etc"], "write": ["/"],
+                                "network": [443]}))
+            .unwrap();
+        assert_eq!(t.limits.cpu_seconds, Some(10)); // the caller's lower limit stays
+        assert_eq!(t.limits.memory_bytes, Some(1000)); // the policy adds one
+        assert_eq!(t.read, vec![PathBuf::from("/data/public")]);
+        assert_eq!(t.write, vec![PathBuf::from("/tmp/out")]);
+        assert_eq!(t.network, Network::Ports(vec![443]));
+        // A policy asking for "host" cannot widen "none".
+        let none = Sandbox::default();
+        assert_eq!(
+            none.tightened(&json!({"network": "host"})).unwrap().network,
+            Network::None
+        );
+        assert!(mine.tightened(&json!({"limits": {"gpu": 1}})).is_err());
+        assert!(mine.tightened(&json!({"teleport": true})).is_err());
+    }
+}
+
+impl Sandbox {
+    /// A JSON description for receipts: limits, paths, network, and the
+    /// environment's variable names (never their values).
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "limits": {
+                "cpu_seconds": self.limits.cpu_seconds,
+                "memory_bytes": self.limits.memory_bytes,
+                "file_size_bytes": self.limits.file_size_bytes,
+                "open_files": self.limits.open_files,
+                "processes": self.limits.processes,
+                "wall_seconds": self.limits.wall.map(|w| w.as_secs_f64()),
+                "output_bytes": self.limits.output_bytes,
+            },
+            "read": self.read,
+            "write": self.write,
+            "system_paths": self.system_paths,
+            "network": self.network,
+            "env": self.env.keys().collect::<Vec<_>>(),
+            "cwd": self.cwd,
+        })
+    }
+}
