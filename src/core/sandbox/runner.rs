@@ -226,19 +226,21 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         ),
     };
     let cpu_used = usage.user_cpu + usage.system_cpu;
+    // A shell reports a child's fatal signal as exit status 128 + signal.
+    let died_of = |sig: libc::c_int| signal == Some(sig) || exit_code == Some(128 + sig);
     let truncated = out_cut || err_cut;
     let limit_hit = if wall_hit {
         Some("wall")
     } else if cgroups.as_ref().is_some_and(Cgroups::memory_hit) {
         Some("memory")
-    } else if signal == Some(libc::SIGXCPU)
-        || (signal == Some(libc::SIGKILL)
+    } else if died_of(libc::SIGXCPU)
+        || (died_of(libc::SIGKILL)
             && limits
                 .cpu_seconds
                 .is_some_and(|c| cpu_used + 0.05 >= c as f64))
     {
         Some("cpu")
-    } else if signal == Some(libc::SIGXFSZ) {
+    } else if died_of(libc::SIGXFSZ) {
         Some("file_size")
     } else if cgroups.as_ref().is_some_and(Cgroups::pids_hit) {
         Some("processes")
@@ -295,6 +297,20 @@ fn capture(
     })
 }
 
+/// Signals whose disposition the child gets back to the default.
+const RESET_SIGNALS: [libc::c_int; 10] = [
+    libc::SIGPIPE,
+    libc::SIGXFSZ,
+    libc::SIGXCPU,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+];
+
 /// Runs in the child between fork and exec. Only async-signal-safe calls.
 fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
     let check = |r: libc::c_long| {
@@ -308,6 +324,11 @@ fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
     // single-threaded child.
     unsafe {
         check(libc::setsid() as libc::c_long)?;
+        // Dispositions set to "ignore" survive exec; Python ignores SIGXFSZ and
+        // SIGPIPE, which would turn limit kills into silent errors.
+        for sig in RESET_SIGNALS {
+            libc::signal(sig, libc::SIG_DFL);
+        }
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
         for &fd in &plan.cgroup_procs {
             check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
