@@ -38,7 +38,6 @@ import itertools
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -473,6 +472,776 @@ def threads(gate: Gate, sizes: Sizes) -> None:
     )
 
 
+# --- receipts and audit log: the pure-Python baseline ---------------------------
+# The same records execgate writes (DESIGN.md §2 "Receipt"), built and signed in
+# Python with the usual libraries, so "execgate vs Python" compares like for like.
+
+PAYLOAD_TYPE = "application/vnd.execgate.receipt.v1+json"
+_PAE_PREFIX = f"DSSEv1 {len(PAYLOAD_TYPE)} {PAYLOAD_TYPE} ".encode()
+
+
+def _canonical(value: Any) -> bytes:
+    # For these payloads (ASCII strings, integers, no floats) this is byte for
+    # byte RFC 8785, the form execgate signs; receipts_agree() checks it on
+    # execgate's own payloads, and execgate's verifier (which rejects
+    # non-canonical payloads) accepts the baseline's log.
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pae(payload: bytes) -> bytes:
+    """The DSSE v1 pre-authentication encoding: the bytes a receipt's signature covers."""
+    return b"%s%d %s" % (_PAE_PREFIX, len(payload), payload)
+
+
+def _utc_now() -> str:
+    # The spelling execgate uses for "ts" (RFC 3339, UTC, microseconds, "Z").
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PythonReceiptLog:
+    """execgate's audit log with ``signing="record"`` and ``durability="none"``,
+    in Python.
+
+    Each append does what execgate's does: take an exclusive ``flock`` (so
+    several processes could share the file), check that no one else moved the
+    file, add the chain fields (v, id, seq, ts, kid, prev), canonicalize,
+    sign the DSSE PAE with PyNaCl (libsodium), and append the base64 envelope
+    as one line in one ``write``. One difference: ids are ``uuid4`` (the
+    stdlib of Python 3.11 has no ``uuid7``).
+    """
+
+    def __init__(self, path: Path, seed: bytes, kid: str) -> None:
+        self.key = nacl.signing.SigningKey(seed)
+        self.kid = kid
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        self.length = 0
+        self.seq = 0
+        self.head: str | None = None
+
+    def append(self, body: dict[str, Any]) -> str:
+        """Completes ``body`` with the chain fields, appends it; returns its digest."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self.fd).st_size != self.length:
+                # execgate re-reads the chain head here; this baseline has the
+                # file to itself, so it never needs to.
+                raise RuntimeError("another writer appended to the baseline log")
+            body["v"] = 1
+            body["id"] = str(uuid.uuid4())
+            body["seq"] = self.seq + 1
+            body["ts"] = _utc_now()
+            body["kid"] = self.kid
+            body["prev"] = self.head
+            payload = _canonical(body)
+            signature = self.key.sign(_pae(payload)).signature
+            envelope = {
+                "payloadType": PAYLOAD_TYPE,
+                "payload": base64.b64encode(payload).decode(),
+                "signatures": [{"keyid": self.kid, "sig": base64.b64encode(signature).decode()}],
+            }
+            line = json.dumps(envelope, separators=(",", ":")).encode() + b"\n"
+            if os.write(self.fd, line) != len(line):
+                raise OSError("short write to the baseline log")
+            self.length += len(line)
+            self.seq += 1
+            self.head = _sha256(payload)
+            return self.head
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def decision_body(
+    document: dict[str, Any], verdict: dict[str, Any], policy_sha256: str
+) -> dict[str, Any]:
+    """The fields of execgate's decision receipt (``decision_body`` in
+    src/core/receipt.rs) before the log adds the chain fields."""
+    action = document["action"]
+    return {
+        "kind": "decision",
+        "decision": "allow" if verdict["allow"] else "deny",
+        "mode": "enforce",
+        "reasons": list(verdict["reasons"]),
+        "obligations": verdict["obligations"],
+        "action": {"name": action["name"], "args_sha256": _sha256(_canonical(action["args"]))},
+        "principal": document["principal"],
+        "context": document["context"],
+        "policy": {"entrypoint": ENTRYPOINT, "sha256": policy_sha256},
+        "input_sha256": _sha256(_canonical(document)),
+    }
+
+
+def completion_body(
+    authorization: dict[str, Any],
+    digest: str,
+    start_ns: int,
+    output: Any,
+    error: BaseException | None,
+) -> dict[str, Any]:
+    """The fields of execgate's completion record (``completion_body``)."""
+    if isinstance(output, str):
+        output_sha256 = _sha256(output.encode())
+    else:
+        output_sha256 = None if output is None else _sha256(_canonical(output))
+    return {
+        "kind": "completion",
+        "authorization": {"id": authorization["id"], "sha256": digest},
+        "outcome": {
+            "status": "ok" if error is None else "error",
+            "error_type": None if error is None else type(error).__qualname__,
+            "duration_ns": time.perf_counter_ns() - start_ns,
+            "output_sha256": output_sha256,
+        },
+    }
+
+
+class PythonReceiptGate:
+    """``gate.check`` and ``@gate.guard`` with receipts, in Python: regopy's
+    prepared bundle decides, :class:`PythonReceiptLog` records."""
+
+    def __init__(self, regopy: RegopyBaseline, log: PythonReceiptLog, policy_sha256: str) -> None:
+        self.regopy = regopy
+        self.log = log
+        self.policy_sha256 = policy_sha256
+
+    def check(
+        self, action: str, args: dict[str, Any], principal: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """Decides and records; returns the verdict, the receipt payload and its digest."""
+        document = self.regopy.input_document(action, args, principal)
+        verdict = self.regopy.evaluate(document)
+        body = decision_body(document, verdict, self.policy_sha256)
+        return verdict, body, self.log.append(body)
+
+    def record(self, document: dict[str, Any], verdict: dict[str, Any]) -> str:
+        """The receipt alone, for a verdict already reached; returns its digest."""
+        return self.log.append(decision_body(document, verdict, self.policy_sha256))
+
+    def guard(
+        self, action: str, principal: dict[str, Any]
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            # Defaults are bound once, at decoration, as execgate's guard does,
+            # so the policy sees the same arguments (http_get's timeout).
+            defaults = {
+                name: p.default
+                for name, p in inspect.signature(fn).parameters.items()
+                if p.default is not p.empty
+            }
+
+            def wrapper(**kwargs: Any) -> Any:
+                verdict, receipt, digest = self.check(action, {**defaults, **kwargs}, principal)
+                if not verdict["allow"]:
+                    raise BaselineDenied(verdict["reasons"])
+                start = time.perf_counter_ns()
+                try:
+                    result = fn(**kwargs)
+                except BaseException as e:
+                    self.log.append(completion_body(receipt, digest, start, None, e))
+                    raise
+                self.log.append(completion_body(receipt, digest, start, result, None))
+                return result
+
+            return wrapper
+
+        return decorate
+
+
+class LogInvalid(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+
+
+def python_verify_log(path: Path, key: Ed25519PublicKey, kid: str) -> Counter[str]:
+    """The checks ``execgate.verify_log`` makes, in Python with ``cryptography``:
+    envelope structure, canonical payload, format version, contiguous ``seq``,
+    the ``prev`` hash chain, unique ids, every signature (one Ed25519 verify per
+    signed record: ``cryptography`` has no batch verification), unsigned
+    checkpoint-mode records sealed by a later signed one, and each completion
+    linked to an open allowed decision. Returns counts by record kind; raises
+    :class:`LogInvalid` naming the first bad line.
+    """
+    counts: Counter[str] = Counter()
+    prev: str | None = None
+    seen: set[str] = set()
+    open_decisions: dict[str, tuple[str, bool]] = {}
+    unsealed_from: int | None = None
+    with open(path, "rb") as lines:
+        for line_no, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                raise LogInvalid(line_no, "torn tail")
+            try:
+                envelope = json.loads(line)
+                if envelope["payloadType"] != PAYLOAD_TYPE:
+                    raise ValueError("unexpected payloadType")
+                payload = base64.b64decode(envelope["payload"], validate=True)
+                body = json.loads(payload)
+            except (ValueError, KeyError, TypeError) as e:
+                raise LogInvalid(line_no, f"malformed record: {e}") from None
+            if _canonical(body) != payload:
+                raise LogInvalid(line_no, "payload is not canonical JSON")
+            if body.get("v") != 1:
+                raise LogInvalid(line_no, "unsupported format version")
+            if body.get("seq") != counts.total() + 1:
+                raise LogInvalid(line_no, f"seq {body.get('seq')} after {counts.total()}")
+            if body.get("prev") != prev:
+                raise LogInvalid(line_no, "chain break")
+            record_id = body.get("id")
+            if record_id in seen:
+                raise LogInvalid(line_no, "duplicate record id")
+            seen.add(record_id)
+            signatures = envelope["signatures"]
+            if signatures:
+                sig = next((s["sig"] for s in signatures if s["keyid"] == kid), None)
+                if sig is None:
+                    raise LogInvalid(line_no, "signed by an unknown key")
+                try:
+                    key.verify(base64.b64decode(sig, validate=True), _pae(payload))
+                except (InvalidSignature, ValueError):
+                    raise LogInvalid(line_no, "bad signature") from None
+                unsealed_from = None
+            elif unsealed_from is None:
+                unsealed_from = line_no
+            digest = _sha256(payload)
+            kind = body.get("kind")
+            if kind == "decision":
+                open_decisions[record_id] = (digest, body.get("decision") == "allow")
+            elif kind == "completion":
+                auth = body.get("authorization") or {}
+                if open_decisions.get(auth.get("id")) != (auth.get("sha256"), True):
+                    raise LogInvalid(line_no, "completion of an unknown, denied or finished call")
+                open_decisions[auth["id"]] = (auth["sha256"], False)
+            elif kind not in ("checkpoint", "recovery"):
+                raise LogInvalid(line_no, f"unknown record kind {kind!r}")
+            counts[kind] += 1
+            prev = digest
+    if unsealed_from is not None:
+        raise LogInvalid(unsealed_from, "records not covered by any signature")
+    return counts
+
+
+@dataclass(frozen=True)
+class Keys:
+    """One Ed25519 key as each side holds it."""
+
+    execgate: SigningKey
+    seed: bytes  # the raw private key, for PyNaCl
+    public: Ed25519PublicKey  # for the cryptography verifier
+    kid: str
+
+    @classmethod
+    def generate(cls) -> Keys:
+        key = SigningKey.generate()
+        private = load_pem_private_key(key.to_pem(), password=None)
+        public = private.public_key()  # type: ignore[union-attr]
+        kid = _sha256(public.public_bytes_raw())[:32]
+        if kid != key.kid:
+            raise SystemExit(f"key ids differ: execgate {key.kid}, Python {kid}")
+        return cls(key, private.private_bytes_raw(), public, kid)  # type: ignore[union-attr]
+
+
+# --- receipts and audit log: sections --------------------------------------------
+
+ALLOWED_CASES = tuple(c for c in CASES if c.allow)
+
+# The AuditLog settings measured, by row label.
+LOG_MODES: dict[str, dict[str, Any]] = {
+    "log none": {"durability": "none"},
+    "log batch": {"durability": "batch"},
+    "checkpoint": {"signing": "checkpoint", "checkpoint_every": 1000, "checkpoint_interval": 1.0},
+}
+
+SIGN_ALONE = "PyNaCl Ed25519 sign, 1 KB"
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the file system holding ``path`` (fsync costs depend on it)."""
+    real, best, kind = os.path.realpath(path), "", "?"
+    with open("/proc/mounts") as mounts:
+        for entry in mounts:
+            _, point, fstype, *_ = entry.split()
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def _problems(title: str, problems: list[str]) -> None:
+    if problems:
+        print(f"\n!!! {title} !!!", file=sys.stderr)
+        for p in problems:
+            print(f"!!!   {p}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _check_calls(gate: Gate, cases: Sequence[Case]) -> list[Call]:
+    return [(gate.check, (c.action, c.args), {"principal": c.principal}) for c in cases]
+
+
+def _guarded_calls(
+    guard: Callable[[str, dict[str, Any]], Decorator], cases: Sequence[Case]
+) -> list[Call]:
+    # One guarded tool per input, since the principal is fixed at decoration.
+    return [(guard(c.action, c.principal)(TOOLS[c.action]), (), c.args) for c in cases]
+
+
+def _gate_guard(gate: Gate) -> Callable[[str, dict[str, Any]], Decorator]:
+    return lambda action, principal: gate.guard(action=action, principal=principal)
+
+
+def receipts_agree(tmp: Path, keys: Keys, baseline: RegopyBaseline) -> None:
+    """The Python baseline writes what execgate writes, and both verifiers agree.
+
+    For each input the Python decision receipt has execgate's fields with the
+    same values (bar id, times and chain position), and ``json.dumps`` gives
+    execgate's exact payload bytes; a log from each writer (a check and a
+    guarded call per input) passes both verifiers with the same counts; and
+    the same log with one signature bit flipped fails both at that line.
+    Otherwise the timings would not compare the same work, so exit 1.
+    """
+    problems: list[str] = []
+    ours_path, theirs_path = tmp / "agree-execgate.jsonl", tmp / "agree-python.jsonl"
+    gate = example_gate(audit=AuditLog(ours_path, keys.execgate))
+    python_log = PythonReceiptLog(theirs_path, keys.seed, keys.kid)
+    python_gate = PythonReceiptGate(baseline, python_log, gate.policy_digest)
+    # Not "reasons": rego-cpp (regopy 1.5.2) leaves sprintf's %q verbatim
+    # ('path %q is outside /workspace/'), so only their number is compared.
+    same = ("kind", "decision", "mode", "obligations", "action", "principal", "policy")
+    for case in CASES:
+        receipt = gate.check(case.action, case.args, principal=case.principal).receipt
+        assert receipt is not None
+        _, theirs, _ = python_gate.check(case.action, case.args, case.principal)
+        ours = receipt.payload
+        if _canonical(ours) != base64.b64decode(json.loads(receipt.envelope)["payload"]):
+            problems.append(f"{case.label}: json.dumps is not execgate's canonical payload")
+        if set(ours) != set(theirs):
+            problems.append(f"{case.label}: fields differ: {sorted(set(ours) ^ set(theirs))}")
+        for field in same:
+            if ours.get(field) != theirs.get(field):
+                problems.append(f"{case.label}: {field}: {ours.get(field)} != {theirs.get(field)}")
+        if len(ours["reasons"]) != len(theirs["reasons"]):
+            problems.append(f"{case.label}: reasons: {ours['reasons']} != {theirs['reasons']}")
+    for case in CASES:
+        tool = TOOLS[case.action]
+        for guarded in (
+            gate.guard(action=case.action, principal=case.principal)(tool),
+            python_gate.guard(case.action, case.principal)(tool),
+        ):
+            try:
+                guarded(**case.args)
+            except DENIED:
+                pass
+    gate.close()
+    python_log.close()
+
+    allowed = sum(c.allow for c in CASES)
+    expected = Counter(decision=2 * len(CASES), completion=allowed)
+    for writer, path in (("execgate", ours_path), ("Python", theirs_path)):
+        report = verify_log(path, keys.execgate.verify_key)
+        found = Counter(decision=report.allowed + report.denied, completion=report.completions)
+        if not report.ok or found != expected or report.records != expected.total():
+            problems.append(f"execgate.verify_log on the {writer} log: {report!r}, {found}")
+        try:
+            counts = python_verify_log(path, keys.public, keys.kid)
+            if counts != expected:
+                problems.append(f"Python verifier on the {writer} log: {counts}")
+        except LogInvalid as e:
+            problems.append(f"Python verifier on the {writer} log: {e}")
+        # Flip one bit of the third record's signature: both must name line 3.
+        lines = path.read_bytes().splitlines(keepends=True)
+        envelope = json.loads(lines[2])
+        sig = bytearray(base64.b64decode(envelope["signatures"][0]["sig"]))
+        sig[0] ^= 1
+        envelope["signatures"][0]["sig"] = base64.b64encode(sig).decode()
+        lines[2] = json.dumps(envelope, separators=(",", ":")).encode() + b"\n"
+        tampered = path.with_suffix(".tampered")
+        tampered.write_bytes(b"".join(lines))
+        report = verify_log(tampered, keys.execgate.verify_key)
+        if report.ok or report.line != 3:
+            problems.append(f"execgate.verify_log missed a bad signature in the {writer} log")
+        try:
+            python_verify_log(tampered, keys.public, keys.kid)
+            problems.append(f"the Python verifier missed a bad signature in the {writer} log")
+        except LogInvalid as e:
+            if e.line != 3:
+                problems.append(f"the Python verifier named line {e.line}, not 3")
+    _problems("RECEIPT MISMATCH: the Python baseline is not doing the same work", problems)
+    print(
+        "verified: the Python baseline writes execgate's receipt fields and canonical bytes; "
+        f"both verifiers accept both writers' logs ({expected.total()} records each) "
+        "and reject a flipped signature bit at its line"
+    )
+
+
+def receipts(tmp: Path, keys: Keys, baseline: RegopyBaseline, sizes: Sizes) -> Stats:
+    """Latency of checks and guarded calls with receipts, per log mode, against
+    the pure-Python gate. Returns the mix's check + receipt (log none) stats,
+    the single-thread reference for the concurrent-writers section."""
+    key = keys.execgate
+    plain = example_gate()
+    in_memory = example_gate(key=key)  # signed and chained, no file
+    # Separate logs for checks and guarded calls, so each log's counts say
+    # exactly how many records each kind of call wrote.
+    check_gates = {
+        mode: example_gate(audit=AuditLog(tmp / f"check-{mode.replace(' ', '-')}.jsonl", key, **o))
+        for mode, o in LOG_MODES.items()
+    }
+    guard_gates = {
+        mode: example_gate(audit=AuditLog(tmp / f"guard-{mode.replace(' ', '-')}.jsonl", key, **o))
+        for mode, o in LOG_MODES.items()
+    }
+    python_logs = {
+        name: PythonReceiptLog(tmp / f"python-{name}.jsonl", keys.seed, keys.kid)
+        for name in ("check", "alone", "guard")
+    }
+    python = {
+        name: PythonReceiptGate(baseline, log, plain.policy_digest)
+        for name, log in python_logs.items()
+    }
+    signer = nacl.signing.SigningKey(keys.seed)
+    message = os.urandom(1024)  # about the size of a decision receipt's PAE
+
+    print(
+        f"\nreceipts and audit log: {sizes.receipt_iterations:,} calls per row in "
+        f"{sizes.rounds} interleaved rounds; logs on {_filesystem(tmp)} in {tmp}"
+    )
+    print(
+        "  execgate: Ed25519 receipts (RFC 8785 payload, DSSE envelope) appended to a "
+        "hash-chained log;\n  'in memory' = signed and chained, no file; 'checkpoint' = "
+        "one signature per 1,000 records or 1 s.\n  Python: regopy bundle + json.dumps + "
+        "hashlib chain + PyNaCl + one write per line (flock held)."
+    )
+    mix_reference = None
+    for title, cases in (("allowed inputs", ALLOWED_CASES), ("mix", CASES)):
+        allowed = sum(c.allow for c in cases)
+        completions = allowed / len(cases)  # completion records per guarded call
+        # The receipt alone, for the verdict the full Python row reaches.
+        documents = [baseline.input_document(c.action, c.args, c.principal) for c in cases]
+        verdicts = [(d, baseline.evaluate(d)) for d in documents]
+        # name -> (calls, records written per call)
+        rows: dict[str, tuple[list[Call], float | None]] = {
+            "check, no receipts": (_check_calls(plain, cases), 0),
+            "check + receipt, in memory": (_check_calls(in_memory, cases), 1),
+            **{
+                f"check + receipt, {m}": (_check_calls(g, cases), 1) for m, g in check_gates.items()
+            },
+            "Python: regopy + receipt": (
+                [(python["check"].check, (c.action, c.args, c.principal), {}) for c in cases],
+                1,
+            ),
+            "Python: receipt alone": ([(python["alone"].record, dv, {}) for dv in verdicts], 1),
+            "guarded, no receipts": (_guarded_calls(_gate_guard(plain), cases), 0),
+            "guarded + receipts, in memory": (
+                _guarded_calls(_gate_guard(in_memory), cases),
+                1 + completions,
+            ),
+            **{
+                f"guarded + receipts, {m}": (_guarded_calls(_gate_guard(g), cases), 1 + completions)
+                for m, g in guard_gates.items()
+            },
+            "Python: guard, regopy + receipts": (
+                _guarded_calls(python["guard"].guard, cases),
+                1 + completions,
+            ),
+        }
+        if mix_reference is None:  # once, beside the first table
+            rows[SIGN_ALONE] = ([(signer.sign, (message,), {})] * len(cases), None)
+        samples = interleaved({n: r[0] for n, r in rows.items()}, sizes, sizes.receipt_iterations)
+        s = {name: Stats.of(taken) for name, taken in samples.items()}
+
+        heading = f"{title} ({len(cases)}, {allowed} allowed)"
+        print(
+            f"\n  {heading:<34}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}{'calls/s':>13}"
+            f"{'records/call':>14}"
+        )
+        for name, st in s.items():
+            per_call = rows[name][1]
+            records = "" if per_call is None else f"{per_call:.2f}"
+            print(
+                f"  {name:<34}{st.p50:>10.2f}{st.p99:>10.2f}{st.mean:>10.2f}"
+                f"{st.per_second:>13,.0f}{records:>14}"
+            )
+        check, guarded = s["check + receipt, log none"], s["guarded + receipts, log none"]
+        py_check, py_guard = s["Python: regopy + receipt"], s["Python: guard, regopy + receipts"]
+        print(
+            f"  speedup over Python, log none: check + receipt {py_check.p50 / check.p50:.1f}x "
+            f"(p50) {py_check.mean / check.mean:.1f}x (mean); guarded + receipts "
+            f"{py_guard.p50 / guarded.p50:.1f}x (p50) {py_guard.mean / guarded.mean:.1f}x (mean)"
+        )
+        # Where a receipt's time goes, from p50 differences between rows.
+        plain_p50 = s["check, no receipts"].p50
+        memory_p50 = s["check + receipt, in memory"].p50
+        receipt_cost = max(check.p50 - plain_p50, 1e-3)
+        python_cost = s["Python: receipt alone"].p50
+        print(
+            f"  one receipt (check + receipt minus check, p50): {receipt_cost:.1f} µs = "
+            f"{memory_p50 - plain_p50:.1f} signed in memory + {check.p50 - memory_p50:.1f} "
+            f"file append; Python: {python_cost:.1f} µs ({python_cost / receipt_cost:.1f}x)"
+        )
+        batch, checkpoint = s["check + receipt, log batch"], s["check + receipt, checkpoint"]
+        print(
+            f"  checkpoint mode saves {check.p50 - checkpoint.p50:.1f} µs per check (p50); "
+            f"log batch costs {batch.p50 - check.p50:+.1f} µs p50, "
+            f"{batch.p99 - check.p99:+.1f} µs p99 over log none"
+        )
+        if SIGN_ALONE in s:
+            print(f"  Ed25519 sign alone (PyNaCl, 1 KB message): {s[SIGN_ALONE].p50:.1f} µs p50")
+        mix_reference = check
+
+    for g in (*check_gates.values(), *guard_gates.values(), in_memory):
+        g.close()
+    for log in python_logs.values():
+        log.close()
+    # Every log written above must verify, and its counts show how many records
+    # each kind of call wrote (a guarded call that ran writes two).
+    problems = []
+    print("\n  the logs written above, each checked with execgate.verify_log")
+    # (label, file stem, whether every allowed decision must have a completion)
+    logs = [
+        *((f"check + receipt, {m}", f"check-{m.replace(' ', '-')}", False) for m in LOG_MODES),
+        *((f"guarded + receipts, {m}", f"guard-{m.replace(' ', '-')}", True) for m in LOG_MODES),
+        ("Python: regopy + receipt", "python-check", False),
+        ("Python: receipt alone", "python-alone", False),
+        ("Python: guard, regopy + receipts", "python-guard", True),
+    ]
+    for label, stem, guarded in logs:
+        path = tmp / f"{stem}.jsonl"
+        report = verify_log(path, key.verify_key)
+        decisions = report.allowed + report.denied
+        parts = [f"{decisions:,} decisions"]
+        if report.completions:
+            parts.append(f"{report.completions:,} completions")
+        if report.checkpoints:
+            parts.append(f"{report.checkpoints:,} checkpoints")
+        print(
+            f"  {label:<34}{report.records:>8,} records = {' + '.join(parts):<42}"
+            f"{path.stat().st_size / 2**20:>7.1f} MB  {'valid' if report.ok else 'INVALID'}"
+        )
+        if not report.ok:
+            problems.append(f"{label}: line {report.line}: {report.reason}")
+        # Checks record no completions, so their allowed decisions stay open.
+        if len(report.unfinished) != (0 if guarded else report.allowed):
+            problems.append(f"{label}: {len(report.unfinished)} allowed calls without completion")
+    _problems("AUDIT LOG INVALID", problems)
+    assert mix_reference is not None
+    return mix_reference
+
+
+def _write_records(gate: Gate, count: int) -> None:
+    """Writes ``count`` decision and completion records as guarded calls would:
+    a decision per call, and a completion for each allowed one."""
+    written = 0
+    for case in itertools.cycle(CASES):
+        decision = gate.check(case.action, case.args, principal=case.principal)
+        written += 1
+        if decision.allowed and decision.receipt is not None and written < count:
+            gate.record_outcome(decision.receipt, output=TOOLS[case.action](**case.args))
+            written += 1
+        if written >= count:
+            return
+
+
+def log_verification(tmp: Path, keys: Keys, sizes: Sizes) -> None:
+    """Verification throughput of execgate.verify_log against a pure-Python
+    verifier (cryptography) doing the same checks, on the same files."""
+    logs = {}
+    for label, options in (("record signing", {}), ("checkpoint signing", LOG_MODES["checkpoint"])):
+        path = tmp / f"verify-{label.split()[0]}.jsonl"
+        gate = example_gate(audit=AuditLog(path, keys.execgate, **options))
+        _write_records(gate, sizes.log_records)
+        gate.close()
+        logs[label] = path
+
+    seconds: dict[tuple[str, str], list[float]] = {}
+    records: dict[tuple[str, str], int] = {}
+    problems = []
+    for _ in range(sizes.verify_runs):
+        # Alternate the verifiers, so drift in machine load hits both alike.
+        for label, path in logs.items():
+            t0 = time.perf_counter()
+            report = verify_log(path, keys.execgate.verify_key)
+            seconds.setdefault((label, "execgate"), []).append(time.perf_counter() - t0)
+            records[label, "execgate"] = report.records
+            if not report.ok:
+                problems.append(f"execgate: {label}: line {report.line}: {report.reason}")
+            t0 = time.perf_counter()
+            try:
+                counts = python_verify_log(path, keys.public, keys.kid)
+            except LogInvalid as e:
+                problems.append(f"Python: {label}: {e}")
+                continue
+            seconds.setdefault((label, "Python"), []).append(time.perf_counter() - t0)
+            records[label, "Python"] = counts.total()
+            if counts.total() != report.records or counts["checkpoint"] != report.checkpoints:
+                problems.append(f"{label}: the verifiers counted differently: {counts}, {report!r}")
+    _problems("LOG VERIFICATION FAILED", problems)
+
+    print(
+        f"\nlog verification, {sizes.log_records:,} decision and completion records, "
+        f"median of {sizes.verify_runs} runs"
+    )
+    print(f"  {'':<46}{'records':>9}{'MB':>7}{'seconds':>10}{'records/s':>12}")
+    for label, path in logs.items():
+        size = path.stat().st_size / 2**20
+        rate = {}
+        for verifier, how in (
+            ("execgate", "execgate.verify_log"),
+            ("Python", "Python + cryptography"),
+        ):
+            elapsed = statistics.median(seconds[label, verifier])
+            n = records[label, verifier]
+            rate[verifier] = n / elapsed
+            print(
+                f"  {label + ', ' + how:<46}{n:>9,}{size:>7.1f}{elapsed:>10.3f}"
+                f"{rate[verifier]:>12,.0f}"
+            )
+        print(f"  {'':<46}execgate {rate['execgate'] / rate['Python']:.1f}x Python")
+
+
+# Runs in each writer process: one Gate, several threads checking through it,
+# all appending to the log at argv[1].
+_WRITER = """
+import json, sys, threading, time
+import execgate
+from execgate.demo import example_gate
+
+log_path, key_path, calls, n_threads, cases = sys.argv[1:]
+calls, cases = int(calls), json.loads(cases)
+gate = example_gate(audit=execgate.AuditLog(log_path, execgate.SigningKey.from_pem(key_path)))
+failed = []
+
+def work():
+    check = gate.check
+    for i in range(calls):
+        action, args, principal = cases[i % len(cases)]
+        # A decision that could not be recorded is a deny with error "audit".
+        if check(action, args, principal=principal).error is not None:
+            failed.append(i)
+
+threads = [threading.Thread(target=work) for _ in range(int(n_threads))]
+print("ready", flush=True)
+sys.stdin.readline()  # all processes start together
+start = time.monotonic_ns()  # CLOCK_MONOTONIC: one clock for every process
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+end = time.monotonic_ns()
+gate.close()
+print(json.dumps({"start": start, "end": end, "failed": len(failed)}))
+"""
+
+
+def _run_writers(
+    logs: Sequence[Path], key_path: Path, calls: int, n_threads: int
+) -> tuple[float, float]:
+    """One writer process per entry of ``logs`` (paths may repeat). Returns the
+    seconds from the first thread's start to the last one's end, and the
+    seconds including process start-up."""
+    cases = json.dumps([(c.action, c.args, c.principal) for c in CASES])
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WRITER,
+                str(p),
+                str(key_path),
+                str(calls),
+                str(n_threads),
+                cases,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in logs
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a writer process failed to start: {p.communicate()[1]}")
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"a writer process failed: {err}")
+        results.append(json.loads(out))
+    whole = time.perf_counter() - started
+    failed = sum(r["failed"] for r in results)
+    if failed:
+        raise SystemExit(f"!!! {failed} decisions could not be recorded (error 'audit')")
+    work = (max(r["end"] for r in results) - min(r["start"] for r in results)) / 1e9
+    return work, whole
+
+
+def concurrent_writers(tmp: Path, keys: Keys, sizes: Sizes, single: Stats) -> None:
+    """4 processes x 2 threads appending to one log, against the same processes
+    each with a log of its own (no lock contention, no chain head to re-read),
+    and against one thread in one process. The shared log must come out one
+    valid chain holding exactly every record; otherwise exit 1."""
+    procs, n_threads, calls = 4, 2, sizes.writer_calls
+    key_path = tmp / "writer-key.pem"
+    keys.execgate.to_pem(key_path)
+    shared = tmp / "shared.jsonl"
+    own = [tmp / f"own-{i}.jsonl" for i in range(procs)]
+    total = procs * n_threads * calls
+    shared_work, shared_whole = _run_writers([shared] * procs, key_path, calls, n_threads)
+    own_work, own_whole = _run_writers(own, key_path, calls, n_threads)
+
+    print(
+        f"\n{procs} processes x {n_threads} threads, gate.check + receipt (log none) on the mix, "
+        f"{calls:,} checks per thread ({os.cpu_count()} CPUs)"
+    )
+    for label, work, whole in (
+        ("one shared log", shared_work, shared_whole),
+        ("a log per process", own_work, own_whole),
+    ):
+        print(
+            f"  {label:<22}: {total / work:>9,.0f} calls/s  ({work:.2f} s; "
+            f"{whole:.2f} s with process start-up)"
+        )
+    print(
+        f"  {'1 process, 1 thread':<22}: {single.per_second:>9,.0f} calls/s  (receipts table, mean)"
+    )
+
+    report = verify_log(shared, keys.execgate.verify_key)
+    decisions = report.allowed + report.denied
+    ok = report.ok and report.records == decisions == total and report.keys == [keys.kid]
+    if not ok:
+        print(
+            f"!!! shared log: ok={report.ok}, line {report.line}: {report.reason}; "
+            f"{report.records:,} records, {decisions:,} decisions, expected {total:,}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    for path in own:
+        report_own = verify_log(path, keys.execgate.verify_key)
+        if not report_own.ok or report_own.records != n_threads * calls:
+            print(f"!!! {path.name}: {report_own!r}", file=sys.stderr)
+            raise SystemExit(1)
+    print(
+        f"  shared log: chain valid, exactly {report.records:,} records "
+        f"(seq 1..{report.records:,}, one per check, every one signed by {keys.kid})"
+    )
+
+
 # Runs in a fresh interpreter: nothing of execgate imported or cached yet.
 _IMPORT_PROBE = """
 import json, sys, time
@@ -571,7 +1340,7 @@ def memory(gate: Gate, sizes: Sizes) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (~15 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (~20 s)")
     sizes = QUICK if parser.parse_args(argv).quick else FULL
 
     started = time.perf_counter()
@@ -595,6 +1364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify(gate, baseline)
     latency(gate, baseline, sizes)
     threads(gate, sizes)
+    with tempfile.TemporaryDirectory(prefix="execgate-bench-") as tmp:
+        keys = Keys.generate()
+        print()
+        receipts_agree(Path(tmp), keys, baseline)
+        single = receipts(Path(tmp), keys, baseline, sizes)
+        log_verification(Path(tmp), keys, sizes)
+        concurrent_writers(Path(tmp), keys, sizes, single)
     import_and_load(sizes)
     memory(gate, sizes)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")

@@ -269,3 +269,53 @@ def test_unenforceable_obligation_fails_closed() -> None:
     gate = execgate.Gate(POLICY.replace('"network": "none"', '"gpu": "none"'))
     with pytest.raises(execgate.SandboxError, match="unknown key"):
         gate.run(["/bin/sh", "-c", "echo should not run"])
+
+
+ISOLATING = execgate.Gate("package execgate\ndecision := true\n", key=execgate.SigningKey.generate())
+ISOLATED_BOX = Sandbox(limits=Limits(memory="128M", wall=30))
+
+
+@ISOLATING.guard(isolate=ISOLATED_BOX)
+def isolated_add(a: int, b: int) -> dict[str, int]:
+    print("noise on stdout does not corrupt the result")
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+@ISOLATING.guard(isolate=ISOLATED_BOX)
+def isolated_raise(message: str) -> None:
+    raise ValueError(message)
+
+
+@ISOLATING.guard(isolate=ISOLATED_BOX)
+def isolated_hog() -> None:
+    blocks = []
+    while True:
+        blocks.append(b"x" * (8 << 20))  # touched pages: resident memory grows
+
+
+@ISOLATING.guard(isolate=ISOLATED_BOX)
+def isolated_read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def test_isolated_python_function_runs_in_a_sandboxed_child(tmp_path: pathlib.Path) -> None:
+    result = isolated_add(2, 3)
+    assert result["sum"] == 5 and result["pid"] != os.getpid()
+    with pytest.raises(ValueError, match="bad input"):
+        isolated_raise("bad input")
+    with pytest.raises(execgate.SandboxError, match="limit memory") as info:
+        isolated_hog()
+    assert info.value.completed.limit_hit == "memory"  # type: ignore[attr-defined]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    with pytest.raises(PermissionError):
+        isolated_read(str(secret))
+
+
+def test_isolate_rejects_what_it_cannot_run() -> None:
+    with pytest.raises(TypeError, match="local"):
+
+        @ISOLATING.guard(isolate=ISOLATED_BOX)
+        def local() -> None:
+            pass

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from execgate.gate import Gate
+    from execgate.sandbox import Sandbox
 
 __all__ = ["guard"]
 
@@ -79,6 +80,7 @@ def guard(
     action: str | None = None,
     principal: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
+    isolate: Sandbox | None = None,
 ) -> Callable[P, R]:
     """Wraps ``fn`` so each call is authorized by ``gate`` first.
 
@@ -94,6 +96,24 @@ def guard(
     principal = dict(principal) if principal else None
     context = dict(context) if context else None
     wrapper: Callable[..., Any]
+
+    if isolate is not None:
+        if not (inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn)
+                and not inspect.isgeneratorfunction(fn) and not inspect.isasyncgenfunction(fn)):
+            raise TypeError("isolate= supports plain (sync, non-generator) functions")
+        if "<locals>" in fn.__qualname__:
+            raise TypeError(
+                f"isolate= needs a function the child can import; {fn.__qualname__} is local"
+            )
+        run_isolated = gate._run_isolated
+
+        @functools.wraps(fn)
+        def isolated(*args: Any, **kwargs: Any) -> Any:
+            decision = authorize(name, bind(args, kwargs), principal, context)
+            return run_isolated(fn, args, kwargs, isolate, decision)
+
+        isolated.__execgate_action__ = name  # type: ignore[attr-defined]
+        return isolated
 
     # When the gate keeps receipts, the outcome of every authorized call
     # (result digest or exception type, duration) is recorded as a completion.

@@ -91,7 +91,12 @@ class AuditLogError(ExecgateError):
 
 
 class SandboxError(ExecgateError):
-    """A sandboxed run could not be set up as requested."""
+    """A sandboxed run could not be set up as requested, or an isolated
+    function did not finish; ``completed`` holds the run's result when there is one."""
+
+    def __init__(self, message: str, *, completed: object | None = None) -> None:
+        super().__init__(message)
+        self.completed = completed
 
 
 class ApprovalRequired(ExecgateError):

@@ -6,8 +6,11 @@ import asyncio
 import atexit
 import datetime as dt
 import hashlib
+import dataclasses
 import os
 import pathlib
+import pickle
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +20,7 @@ from execgate import _core
 from execgate._core import AuditLog, Decision, Receipt, SigningKey
 from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied
+from execgate.errors import ActionDenied, SandboxError
 from execgate.sandbox import Completed, Sandbox
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
@@ -239,6 +242,7 @@ class Gate:
         action: str | None = None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        isolate: Sandbox | None = None,
     ) -> GuardDecorator: ...
 
     def guard(
@@ -248,18 +252,22 @@ class Gate:
         action: str | None = None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        isolate: Sandbox | None = None,
     ) -> Any:
         """Decorator: authorize every call of the function before its body runs.
 
         ``@gate.guard`` uses the function's qualified name as the action;
         ``@gate.guard(action="fs.read", principal=..., context=...)`` sets it
         and fixed principal/context values (which override ambient ones).
+        ``isolate=Sandbox(...)`` runs the body in a sandboxed child process
+        (module-level sync functions; arguments and result are pickled).
         """
+        options = {"action": action, "principal": principal, "context": context, "isolate": isolate}
         if fn is not None:
-            return _guard(self, fn, action=action, principal=principal, context=context)
+            return _guard(self, fn, **options)
 
         def decorate(f: Callable[..., Any], /) -> Callable[..., Any]:
-            return _guard(self, f, action=action, principal=principal, context=context)
+            return _guard(self, f, **options)
 
         return decorate
 
@@ -285,24 +293,32 @@ class Gate:
         """
         box = sandbox if sandbox is not None else Sandbox()
         argv = [os.fspath(a) for a in argv]
-        decision = self._authorize(action, {"argv": argv, "sandbox": box.request()},
-                                   principal, context)
-        obligation = decision.obligations.get("sandbox")
+        decision = self._authorize(
+            action, {"argv": argv, "sandbox": box.request()}, principal, context
+        )
+        return self._sandboxed(argv, box, stdin, decision)
+
+    def _sandboxed(
+        self, argv: list[str], box: Sandbox, stdin: bytes | str | None, decision: Decision
+    ) -> Completed:
+        """Runs an authorized command and records its completion (one place for both)."""
         receipt = decision.receipt
         start = time.perf_counter_ns()
         try:
-            done = box.run(argv, stdin=stdin, obligation=obligation)
+            done = box.run(argv, stdin=stdin, obligation=decision.obligations.get("sandbox"))
         except BaseException as e:
             if receipt is not None:
                 self._complete(receipt, start, None, e)
             raise
         if receipt is not None:
+            failure = done.limit_hit or (
+                f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}"
+            )
             self._native.record_outcome(
                 receipt,
                 status="ok" if done.ok else "error",
                 duration_ns=time.perf_counter_ns() - start,
-                error_type=None if done.ok else (done.limit_hit or (
-                    f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}")),
+                error_type=None if done.ok else failure,
                 extra={
                     "exit_code": done.exit_code,
                     "signal": done.signal,
@@ -316,6 +332,38 @@ class Gate:
                 },
             )
         return done
+
+    def _run_isolated(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        box: Sandbox,
+        decision: Decision,
+    ) -> Any:
+        """Used by ``@guard(isolate=...)``: the body runs in a sandboxed child."""
+        # The child must import the function: it gets this interpreter, this
+        # sys.path (readable, and as PYTHONPATH), and nothing else.
+        paths = [p for p in {os.path.realpath(p) for p in sys.path if p} if os.path.exists(p)]
+        paths += [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
+        env = {**(box.env or {}), "PYTHONPATH": os.pathsep.join(paths)}
+        child_box = dataclasses.replace(box, read=[*box.read, *paths], env=env)
+        request = pickle.dumps((fn.__module__, fn.__qualname__, args, kwargs))
+        argv = [os.path.realpath(sys.executable), "-m", "execgate._isolate"]
+        done = self._sandboxed(argv, child_box, request, decision)
+        if done.limit_hit is not None or done.exit_code != 0:
+            raise SandboxError(
+                f"isolated {fn.__qualname__} did not finish: "
+                + (f"limit {done.limit_hit} hit" if done.limit_hit else f"exit {done.exit_code}, signal {done.signal}")
+                + (f"\n{done.stderr.decode(errors='replace')[-2000:]}" if done.stderr else ""),
+                completed=done,
+            )
+        status, value = pickle.loads(done.stdout)
+        if status == "ok":
+            return value
+        if status == "error":
+            raise value
+        raise SandboxError(f"isolated {fn.__qualname__}: {value}", completed=done)
 
     async def arun(self, argv: Sequence[str], **options: Any) -> Completed:
         """:meth:`run` without blocking the event loop."""

@@ -12,9 +12,12 @@ use super::landlock;
 use super::{Capabilities, Completed, Network, Protections, Sandbox, Usage};
 use crate::core::error::{CoreError, Result};
 
-/// Slack above the cgroup memory limit for RLIMIT_AS: address space is not
-/// memory, and the cgroup is the limit that binds (and is observable) there.
-const AS_SLACK: u64 = 1 << 30;
+/// Slack above the cgroup memory limit for RLIMIT_AS. Address space is not
+/// memory: allocators reserve large regions up front (mimalloc, used by this
+/// extension, reserves 1 GiB arenas; Go and Java reserve more), so a tight
+/// RLIMIT_AS fails allocations long before memory is used. Where the cgroup
+/// binds, RLIMIT_AS is only a backstop against runaway mappings.
+const AS_SLACK: u64 = 8 << 30;
 
 /// What the child applies between fork and exec: plain values only, so the
 /// pre-exec code needs no allocation.
