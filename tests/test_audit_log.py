@@ -456,7 +456,9 @@ def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKe
     assert execgate.verify_log(path, key.verify_key).ok  # what was recorded is intact
 
 
-def test_plain_exit_seals_checkpoints_and_loses_nothing(tmp_path: pathlib.Path, key: SigningKey) -> None:
+def test_plain_exit_seals_checkpoints_and_loses_nothing(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
     key.to_pem(keyfile)
     script = textwrap.dedent(

@@ -116,7 +116,8 @@ def test_demo_runs_offline_and_shows_denials() -> None:
     assert "not in the allowlist" in r.stdout
     assert "forbidden pattern" in r.stdout
     assert "denied tool bodies never ran" in r.stdout
-    assert "12 records (3 allowed, 6 denied, 3 completions)" in r.stdout
+    assert "14 records (4 allowed, 6 denied, 4 completions)" in r.stdout
+    assert "limit cpu hit" in r.stdout
     assert ": VALID" in r.stdout
 
 
@@ -160,3 +161,33 @@ def test_keygen_verify_and_log_show(
     assert main(["verify", str(log)]) == 2
     assert main(["verify", str(tmp_path / "missing.jsonl"), "--key", pub]) == 2
     assert main(["verify", str(log), "--key", str(tmp_path / "nokey.pub")]) == 2
+
+
+RUN_POLICY = """package execgate
+default decision := {"allow": false, "reasons": ["only echo and sh"]}
+decision := {"allow": true} if input.action.args.argv[0] in {"/bin/echo", "/bin/sh"}
+"""
+
+
+def test_run_gates_sandboxes_and_records(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "run.rego"
+    policy.write_text(RUN_POLICY)
+    key = execgate.SigningKey.generate()
+    key.to_pem(tmp_path / "k.pem")
+    log = tmp_path / "audit.jsonl"
+    base = ["run", "--policy", str(policy), "--key", str(tmp_path / "k.pem"), "--log", str(log)]
+    r = _run(*base, "--", "/bin/echo", "hello")
+    assert r.returncode == 0 and r.stdout == "hello\n", r.stderr
+    r = _run(*base, "--", "/bin/sh", "-c", "exit 7")
+    assert r.returncode == 7
+    r = _run(*base, "--cpu", "1", "--", "/bin/sh", "-c", "while :; do :; done")
+    assert r.returncode == 128 + 9 or r.returncode == 128 + 24
+    assert "limit hit: cpu" in r.stderr
+    r = _run(*base, "--", "/bin/rm", "-rf", str(tmp_path))
+    assert r.returncode == 126 and "only echo and sh" in r.stderr
+    assert policy.exists()
+    report = execgate.verify_log(log, key.verify_key)
+    assert report.ok and (report.allowed, report.denied, report.completions) == (3, 1, 3)
+    assert (
+        _run(*base[:3], "--log", str(log), "--", "/bin/echo").returncode == 2
+    )  # --log needs --key

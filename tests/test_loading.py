@@ -99,6 +99,6 @@ def test_policy_digest_covers_policy_and_data() -> None:
 
 
 def test_glob_match_is_not_available_and_says_so() -> None:
-    with pytest.raises(execgate.PolicyError, match="Unknown function: 'glob.match'") as info:
+    with pytest.raises(execgate.PolicyError, match=r"Unknown function: 'glob\.match'") as info:
         execgate.Gate('package execgate\ndecision := glob.match("*", [], "x")\n')
     assert (info.value.line, info.value.column) == (2, 23)

@@ -49,7 +49,12 @@ def test_memory_hog_is_stopped() -> None:
     box = py_box(limits=Limits(memory="64M", wall=30))
     done = box.run([PY, "-c", "x = []\nwhile True: x.append(bytearray(4 << 20))"])
     assert not done.ok
-    assert done.limit_hit == "memory", (done.limit_hit, done.exit_code, done.signal, done.stderr[-200:])
+    assert done.limit_hit == "memory", (
+        done.limit_hit,
+        done.exit_code,
+        done.signal,
+        done.stderr[-200:],
+    )
     assert done.usage["max_rss"] <= 80 << 20
 
 
@@ -72,11 +77,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(tmp_path: pathlib.Path) -> None:
+def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(
+    tmp_path: pathlib.Path,
+) -> None:
     pidfile = tmp_path / "pids"
     box = Sandbox(limits=Limits(wall=0.5), write=[tmp_path])
     start = time.monotonic()
-    done = sh(box, f"sleep 600 & echo $! >> {pidfile}; setsid sleep 600 & echo $! >> {pidfile}; sleep 600")
+    done = sh(
+        box, f"sleep 600 & echo $! >> {pidfile}; setsid sleep 600 & echo $! >> {pidfile}; sleep 600"
+    )
     assert done.limit_hit == "wall" and time.monotonic() - start < 10
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) == 2
@@ -125,7 +134,9 @@ def test_filesystem_rules_hold_even_as_root(tmp_path: pathlib.Path) -> None:
     leak = sh(box, f"cat {secret_dir}/key.txt")
     assert leak.exit_code != 0 and b"TOPSECRET" not in leak.stdout
     assert sh(box, "cat /etc/shadow").exit_code != 0
-    assert sh(box, f"ln -s {secret_dir}/key.txt {allowed_w}/link; cat {allowed_w}/link").stdout == b""
+    assert (
+        sh(box, f"ln -s {secret_dir}/key.txt {allowed_w}/link; cat {allowed_w}/link").stdout == b""
+    )
 
 
 def _listener() -> tuple[socket.socket, int]:
@@ -184,8 +195,10 @@ def test_file_size_limit() -> None:
     with_tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp"))
     target = with_tmp / f"execgate-fsize-{os.getpid()}"
     try:
-        done = sh(Sandbox(write=[with_tmp], limits=Limits(file_size="1M")),
-                  f"head -c 5000000 /dev/zero > {target}")
+        done = sh(
+            Sandbox(write=[with_tmp], limits=Limits(file_size="1M")),
+            f"head -c 5000000 /dev/zero > {target}",
+        )
         assert done.limit_hit == "file_size" and target.stat().st_size == 1 << 20
     finally:
         target.unlink(missing_ok=True)
@@ -201,7 +214,9 @@ def test_strict_refuses_when_a_protection_is_unavailable(
     with pytest.raises(execgate.SandboxError, match="strict"):
         sh(box, f"touch {marker}")
     assert not marker.exists()
-    relaxed = sh(Sandbox(write=[tmp_path], limits=Limits(memory="64M", processes=10)), f"touch {marker}")
+    relaxed = sh(
+        Sandbox(write=[tmp_path], limits=Limits(memory="64M", processes=10)), f"touch {marker}"
+    )
     assert marker.exists() and relaxed.protections["missing"]
 
 
@@ -238,7 +253,9 @@ def test_gate_run_authorizes_tightens_and_receipts(tmp_path: pathlib.Path) -> No
     key = execgate.SigningKey.generate()
     log = tmp_path / "audit.jsonl"
     with execgate.Gate(POLICY, key=key, audit=log) as gate:
-        done = gate.run(["/bin/sh", "-c", "sleep 30"], sandbox=Sandbox(network="host", limits=Limits(wall=60)))
+        done = gate.run(
+            ["/bin/sh", "-c", "sleep 30"], sandbox=Sandbox(network="host", limits=Limits(wall=60))
+        )
         assert done.limit_hit == "wall" and done.duration < 10  # the policy's 1 s wall won
         assert done.sandbox["network"] == "none"
         with pytest.raises(execgate.ActionDenied):
@@ -253,13 +270,22 @@ def test_gate_run_authorizes_tightens_and_receipts(tmp_path: pathlib.Path) -> No
     assert first["limit_hit"] == "wall" and first["status"] == "error"
     assert first["sandbox"]["limits"]["wall_seconds"] == 1
     assert first["protections"]["netns"] is True
-    assert set(first) >= {"exit_code", "signal", "usage", "stdout_sha256", "stderr_sha256", "truncated"}
+    assert set(first) >= {
+        "exit_code",
+        "signal",
+        "usage",
+        "stdout_sha256",
+        "stderr_sha256",
+        "truncated",
+    }
     auth = next(r for r in records if r.kind == "decision").payload
     assert "argv" not in str(auth)  # arguments only as a digest
 
 
 def test_a_policy_cannot_loosen_the_sandbox() -> None:
-    loose = POLICY.replace('"network": "none"', '"network": "host"').replace('"wall_seconds": 1', '"wall_seconds": 1000')
+    loose = POLICY.replace('"network": "none"', '"network": "host"').replace(
+        '"wall_seconds": 1', '"wall_seconds": 1000'
+    )
     gate = execgate.Gate(loose)
     done = gate.run(["/bin/sh", "-c", "sleep 5"], sandbox=Sandbox(limits=Limits(wall=0.3)))
     assert done.limit_hit == "wall" and done.sandbox["network"] == "none"
@@ -271,7 +297,9 @@ def test_unenforceable_obligation_fails_closed() -> None:
         gate.run(["/bin/sh", "-c", "echo should not run"])
 
 
-ISOLATING = execgate.Gate("package execgate\ndecision := true\n", key=execgate.SigningKey.generate())
+ISOLATING = execgate.Gate(
+    "package execgate\ndecision := true\n", key=execgate.SigningKey.generate()
+)
 ISOLATED_BOX = Sandbox(limits=Limits(memory="128M", wall=30))
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "VerifyKey",
     "VerifyReport",
     "__version__",
+    "run_sandboxed",
     "verify",
 ]
 
@@ -58,6 +59,7 @@ class Gate:
         duration_ns: int = 0,
         output: object | None = None,
         error_type: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Receipt: ...
     @property
     def log(self) -> AuditLog | None: ...
@@ -210,3 +212,6 @@ class VerifyReport:
 def verify(
     path: str | os.PathLike[str], keys: list[VerifyKey] = ..., keyring_dir: str | None = None
 ) -> VerifyReport: ...
+def run_sandboxed(
+    argv: list[str], spec: dict[str, Any], stdin: bytes = ..., obligation: Any = None
+) -> dict[str, Any]: ...

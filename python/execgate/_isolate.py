@@ -33,7 +33,9 @@ def main() -> int:
     try:
         payload = pickle.dumps(result)
     except Exception as e:  # an unpicklable result or exception
-        payload = pickle.dumps(("unpicklable", f"{type(e).__name__}: {e}; {result[0]}: {result[1]!r}"))
+        payload = pickle.dumps(
+            ("unpicklable", f"{type(e).__name__}: {e}; {result[0]}: {result[1]!r}")
+        )
     out.write(payload)
     out.flush()
     return 0

@@ -79,6 +79,40 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("log", metavar="LOG")
     show.add_argument("--json", action="store_true", help="print each payload as JSON")
 
+    run = sub.add_parser(
+        "run",
+        help="authorize a command, run it sandboxed, record both receipts",
+        description="Exit status: the command's (128+N if killed by signal N), "
+        "126 when denied, 125 when the sandbox cannot be set up, 2 on usage errors.",
+    )
+    run.add_argument("--policy", action="append", required=True, metavar="PATH")
+    run.add_argument("--data", action="append", default=[], metavar="FILE")
+    run.add_argument("--entrypoint", default="data.execgate.decision")
+    run.add_argument("--key", metavar="PEM", help="private key signing the receipts")
+    run.add_argument("--log", metavar="PATH", help="audit log for the receipts (needs --key)")
+    run.add_argument("--action", default="shell.exec")
+    run.add_argument("--principal", metavar="ID")
+    run.add_argument("--role", action="append", default=[], metavar="ROLE")
+    run.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
+    run.add_argument("--cpu", type=float, metavar="SECONDS")
+    run.add_argument("--wall", type=float, metavar="SECONDS")
+    run.add_argument("--processes", type=int, metavar="N")
+    run.add_argument("--file-size", metavar="SIZE")
+    run.add_argument("--open-files", type=int, metavar="N")
+    run.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
+    run.add_argument("--network", default="none", metavar="none|host|PORT[,PORT...]")
+    run.add_argument("--read", action="append", default=[], metavar="DIR")
+    run.add_argument("--write", action="append", default=[], metavar="DIR")
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable from the environment (repeatable)",
+    )
+    run.add_argument("--strict", action="store_true", help="refuse to run without every protection")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
     demo = sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
     demo.add_argument(
         "--log",
@@ -170,6 +204,74 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_DENY
 
 
+EXIT_DENIED, EXIT_SANDBOX = 126, 125
+
+
+def _run(args: argparse.Namespace) -> int:
+    from execgate.errors import ActionDenied, SandboxError
+    from execgate.gate import Gate
+    from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        print("execgate: give the command after --", file=sys.stderr)
+        return EXIT_ERROR
+    if args.log and not args.key:
+        print("execgate: --log needs --key", file=sys.stderr)
+        return EXIT_ERROR
+    network: Any = args.network
+    if network not in ("none", "host"):
+        try:
+            network = [int(p) for p in network.split(",")]
+        except ValueError:
+            print(
+                f"execgate: --network must be none, host or ports, not {network!r}", file=sys.stderr
+            )
+            return EXIT_ERROR
+    box = Sandbox(
+        limits=Limits(
+            cpu=args.cpu,
+            memory=args.memory,
+            file_size=args.file_size,
+            open_files=args.open_files,
+            processes=args.processes,
+            wall=args.wall,
+            output=args.output,
+        ),
+        read=args.read,
+        write=args.write,
+        network=network,
+        env_allow=(*DEFAULT_ENV, *args.env),
+        strict=args.strict,
+        stream=True,
+    )
+    gate = Gate(
+        args.policy,
+        data=args.data or None,
+        entrypoint=args.entrypoint,
+        key=args.key,
+        audit=args.log,
+    )
+    principal = {"id": args.principal, "roles": args.role} if args.principal else None
+    try:
+        done = gate.run(command, action=args.action, sandbox=box, principal=principal)
+    except ActionDenied as e:
+        print(f"execgate: denied: {'; '.join(e.reasons)}", file=sys.stderr)
+        return EXIT_DENIED
+    except SandboxError as e:
+        print(f"execgate: {e}", file=sys.stderr)
+        return EXIT_SANDBOX
+    finally:
+        gate.close()
+    if done.limit_hit:
+        print(f"execgate: limit hit: {done.limit_hit}", file=sys.stderr)
+    if done.truncated:
+        print("execgate: output past the cap was not kept in the record", file=sys.stderr)
+    if done.signal is not None:
+        return 128 + done.signal
+    return done.exit_code if done.exit_code is not None else EXIT_SANDBOX
+
+
 def _log_show(args: argparse.Namespace) -> int:
     from execgate._core import Receipt
 
@@ -224,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args)
         if args.command == "log":
             return _log_show(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "demo":
             from execgate.demo import run
 

@@ -98,8 +98,12 @@ def guard(
     wrapper: Callable[..., Any]
 
     if isolate is not None:
-        if not (inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn)
-                and not inspect.isgeneratorfunction(fn) and not inspect.isasyncgenfunction(fn)):
+        if not (
+            inspect.isfunction(fn)
+            and not inspect.iscoroutinefunction(fn)
+            and not inspect.isgeneratorfunction(fn)
+            and not inspect.isasyncgenfunction(fn)
+        ):
             raise TypeError("isolate= supports plain (sync, non-generator) functions")
         if "<locals>" in fn.__qualname__:
             raise TypeError(

@@ -15,6 +15,7 @@ from execgate._core import SigningKey
 from execgate.context import principal, purpose
 from execgate.errors import ActionDenied
 from execgate.gate import Gate
+from execgate.sandbox import Limits, Sandbox
 from execgate.verify import verify_log
 
 __all__ = ["example_gate", "run"]
@@ -85,17 +86,39 @@ def run(log_path: str | None = None) -> int:
             label = f"{tool.__execgate_action__}({next(iter(kwargs.values()))})"  # type: ignore[attr-defined]
             rows.append((label, who["id"], allowed, reasons, elapsed_us))
 
+        # A code runner: the policy allows it, the sandbox bounds it.
+        busy_loop = ["/bin/sh", "-c", "while :; do :; done"]
+        with principal(**operator):
+            start = time.perf_counter_ns()
+            done = gate.run(
+                busy_loop, sandbox=Sandbox(limits=Limits(cpu=1, wall=10, memory="256M"))
+            )
+            elapsed_us = (time.perf_counter_ns() - start) / 1000
+        cpu = done.usage["user_cpu"] + done.usage["system_cpu"]
+        prot = done.protections
+        rows.append(
+            (
+                "shell.exec(sh -c 'while :; do :; done')",
+                operator["id"],
+                True,
+                f"ran sandboxed; stopped: limit {done.limit_hit} hit after {cpu:.1f} s CPU "
+                f"(landlock ABI {prot['landlock_abi']}, netns {prot['netns']})",
+                elapsed_us,
+            )
+        )
+
     print(f"execgate demo: policy {gate.policy_digest[:16]}  (embedded example policy)\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'ACTION':<{width}}  {'PRINCIPAL':<9}  {'ALLOWED':<7}  {'CALL':>8}  REASONS")
     for label, who_id, allowed, reasons, micros in rows:
         verdict = _style(f"{'yes' if allowed else 'NO':<7}", "32" if allowed else "31;1", color)
-        print(f"{label:<{width}}  {who_id:<9}  {verdict}  {micros:>6.1f}µs  {reasons}")
+        took = f"{micros:.1f}µs" if micros < 10_000 else f"{micros / 1e6:.2f}s"
+        print(f"{label:<{width}}  {who_id:<9}  {verdict}  {took:>8}  {reasons}")
     n_denied = sum(1 for r in rows if not r[2])
     print(
         f"\n{len(rows)} calls: {len(rows) - n_denied} allowed, {n_denied} denied; "
         "denied tool bodies never ran. CALL is the whole guarded call: policy, signed\n"
-        "receipt and completion record included."
+        "receipt and completion record included (and, for the sandboxed run, the run)."
     )
     gate.close()
     report = verify_log(log_path, key.verify_key)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import datetime as dt
 import hashlib
-import dataclasses
 import os
 import pathlib
 import pickle
@@ -262,14 +262,13 @@ class Gate:
         ``isolate=Sandbox(...)`` runs the body in a sandboxed child process
         (module-level sync functions; arguments and result are pickled).
         """
-        options = {"action": action, "principal": principal, "context": context, "isolate": isolate}
-        if fn is not None:
-            return _guard(self, fn, **options)
 
         def decorate(f: Callable[..., Any], /) -> Callable[..., Any]:
-            return _guard(self, f, **options)
+            return _guard(
+                self, f, action=action, principal=principal, context=context, isolate=isolate
+            )
 
-        return decorate
+        return decorate(fn) if fn is not None else decorate
 
     # -- sandboxed execution ---------------------------------------------------
 
@@ -354,7 +353,11 @@ class Gate:
         if done.limit_hit is not None or done.exit_code != 0:
             raise SandboxError(
                 f"isolated {fn.__qualname__} did not finish: "
-                + (f"limit {done.limit_hit} hit" if done.limit_hit else f"exit {done.exit_code}, signal {done.signal}")
+                + (
+                    f"limit {done.limit_hit} hit"
+                    if done.limit_hit
+                    else f"exit {done.exit_code}, signal {done.signal}"
+                )
                 + (f"\n{done.stderr.decode(errors='replace')[-2000:]}" if done.stderr else ""),
                 completed=done,
             )

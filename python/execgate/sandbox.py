@@ -92,13 +92,16 @@ class Sandbox:
     env_allow: Sequence[str] = DEFAULT_ENV
     cwd: str | os.PathLike[str] | None = None
     strict: bool = False
+    stream: bool = False
 
     def spec(self) -> dict[str, Any]:
         """The plain specification the native runner takes."""
         lim = self.limits
         env = {k: os.environ[k] for k in self.env_allow if k in os.environ}
         env.update(self.env or {})
-        network: Any = self.network if isinstance(self.network, str) else [int(p) for p in self.network]
+        network: Any = (
+            self.network if isinstance(self.network, str) else [int(p) for p in self.network]
+        )
         cpu = None if lim.cpu is None else max(1, int(-(-lim.cpu // 1)))
         return {
             "cpu_seconds": cpu,
@@ -115,6 +118,7 @@ class Sandbox:
             "env": env,
             "cwd": None if self.cwd is None else os.fspath(self.cwd),
             "strict": self.strict,
+            "stream": self.stream,
         }
 
     def request(self) -> dict[str, Any]:
@@ -132,8 +136,12 @@ class Sandbox:
     ) -> Completed:
         """Runs ``argv``; ``obligation`` (a policy's ``obligations.sandbox``) can only tighten."""
         data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
-        out = _core.run_sandboxed([os.fspath(a) for a in argv], self.spec(), data,
-                                  None if obligation is None else dict(obligation))
+        out = _core.run_sandboxed(
+            [os.fspath(a) for a in argv],
+            self.spec(),
+            data,
+            None if obligation is None else dict(obligation),
+        )
         return Completed(**out)
 
     async def run_async(

@@ -37,6 +37,8 @@ struct Spec {
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
     strict: bool,
+    #[serde(default)]
+    stream: bool,
 }
 
 fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
@@ -72,6 +74,7 @@ fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
         cwd: spec.cwd,
         stdin,
         strict: spec.strict,
+        stream: spec.stream,
     })
 }
 

@@ -43,9 +43,14 @@ http_get_denials contains sprintf("host %q is not in the allowlist", [host]) if 
 	not host in data.allowed_hosts
 }
 
-# --- shell.exec: operators only, and never a destructive command.
-shell_exec_denials contains "shell.exec needs a string command" if {
-	not is_string(input.action.args.command)
+# --- shell.exec: operators only, and never a destructive command. The command
+# is a string (tools) or an argv list (gate.run), whose words are joined.
+shell_command := input.action.args.command if {
+	is_string(input.action.args.command)
+} else := concat(" ", input.action.args.argv)
+
+shell_exec_denials contains "shell.exec needs a string command or an argv of strings" if {
+	not shell_command
 }
 
 shell_exec_denials contains sprintf("%v lacks the operator role for shell.exec", [input.principal.id]) if {
@@ -54,7 +59,7 @@ shell_exec_denials contains sprintf("%v lacks the operator role for shell.exec",
 
 shell_exec_denials contains sprintf("command matches forbidden pattern %q", [name]) if {
 	some name, pattern in dangerous_commands
-	regex.match(pattern, input.action.args.command)
+	regex.match(pattern, shell_command)
 }
 
 dangerous_commands := {

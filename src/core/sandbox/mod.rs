@@ -111,6 +111,9 @@ pub struct Sandbox {
     pub stdin: Vec<u8>,
     /// Refuse to run when a requested protection is unavailable.
     pub strict: bool,
+    /// Copy the child's output to this process's stdout/stderr as it arrives
+    /// (it is captured, capped, as well).
+    pub stream: bool,
 }
 
 impl Default for Sandbox {
@@ -125,6 +128,7 @@ impl Default for Sandbox {
             cwd: None,
             stdin: Vec::new(),
             strict: false,
+            stream: false,
         }
     }
 }

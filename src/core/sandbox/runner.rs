@@ -169,8 +169,21 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     let pid = child.id() as libc::pid_t;
 
     let cap = limits.output_bytes;
-    let stdout = child.stdout.take().map(|s| capture(s, cap));
-    let stderr = child.stderr.take().map(|s| capture(s, cap));
+    let stream = sandbox.stream;
+    let stdout = child.stdout.take().map(|s| {
+        capture(
+            s,
+            cap,
+            stream.then(|| Box::new(std::io::stdout()) as Box<dyn Write + Send>),
+        )
+    });
+    let stderr = child.stderr.take().map(|s| {
+        capture(
+            s,
+            cap,
+            stream.then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
+        )
+    });
     if let Some(mut input) = child.stdin.take() {
         let data = sandbox.stdin.clone();
         // A child that exits without reading gives EPIPE; that is its business.
@@ -276,11 +289,12 @@ fn kill_tree(pid: libc::pid_t, cgroups: Option<&Cgroups>) {
     }
 }
 
-/// Reads a pipe to the end, keeping at most `cap` bytes; memory stays bounded
-/// whatever the child prints.
+/// Reads a pipe to the end, keeping at most `cap` bytes (memory stays bounded
+/// whatever the child prints), and copying everything to `tee` if given.
 fn capture(
     mut pipe: impl Read + Send + 'static,
     cap: usize,
+    mut tee: Option<Box<dyn Write + Send>>,
 ) -> std::thread::JoinHandle<(Vec<u8>, bool)> {
     std::thread::spawn(move || {
         let mut kept = Vec::new();
@@ -290,6 +304,10 @@ fn capture(
             match pipe.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some(out) = tee.as_mut() {
+                        // A closed terminal must not stop the capture.
+                        let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
+                    }
                     let room = cap.saturating_sub(kept.len());
                     kept.extend_from_slice(&buf[..n.min(room)]);
                     cut |= n > room;
