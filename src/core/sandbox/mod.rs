@@ -383,6 +383,30 @@ fn narrower(a: &Network, b: &Network) -> Network {
     }
 }
 
+impl Sandbox {
+    /// A JSON description for receipts: limits, paths, network, and the
+    /// environment's variable names (never their values).
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "limits": {
+                "cpu_seconds": self.limits.cpu_seconds,
+                "memory_bytes": self.limits.memory_bytes,
+                "file_size_bytes": self.limits.file_size_bytes,
+                "open_files": self.limits.open_files,
+                "processes": self.limits.processes,
+                "wall_seconds": self.limits.wall.map(|w| w.as_secs_f64()),
+                "output_bytes": self.limits.output_bytes,
+            },
+            "read": self.read,
+            "write": self.write,
+            "system_paths": self.system_paths,
+            "network": self.network,
+            "env": self.env.keys().collect::<Vec<_>>(),
+            "cwd": self.cwd,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,29 +443,5 @@ mod tests {
         );
         assert!(mine.tightened(&json!({"limits": {"gpu": 1}})).is_err());
         assert!(mine.tightened(&json!({"teleport": true})).is_err());
-    }
-}
-
-impl Sandbox {
-    /// A JSON description for receipts: limits, paths, network, and the
-    /// environment's variable names (never their values).
-    pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "limits": {
-                "cpu_seconds": self.limits.cpu_seconds,
-                "memory_bytes": self.limits.memory_bytes,
-                "file_size_bytes": self.limits.file_size_bytes,
-                "open_files": self.limits.open_files,
-                "processes": self.limits.processes,
-                "wall_seconds": self.limits.wall.map(|w| w.as_secs_f64()),
-                "output_bytes": self.limits.output_bytes,
-            },
-            "read": self.read,
-            "write": self.write,
-            "system_paths": self.system_paths,
-            "network": self.network,
-            "env": self.env.keys().collect::<Vec<_>>(),
-            "cwd": self.cwd,
-        })
     }
 }
