@@ -347,3 +347,19 @@ def test_isolate_rejects_what_it_cannot_run() -> None:
         @ISOLATING.guard(isolate=ISOLATED_BOX)
         def local() -> None:
             pass
+
+
+def test_stdin_and_working_directory(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "here.txt").write_text("x")
+    done = Sandbox(read=[tmp_path], cwd=tmp_path).run(["/bin/sh", "-c", "cat; ls"], stdin="fed\n")
+    assert done.ok and done.stdout == b"fed\nhere.txt\n"
+
+
+def test_huge_output_does_not_grow_the_parent() -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done = sh(Sandbox(limits=Limits(output="1M", wall=60)), "head -c 1000000000 /dev/zero")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert done.truncated and len(done.stdout) == 1 << 20
+    assert (after - before) * 1024 < 64 << 20  # a gigabyte went through; the peak barely moved
