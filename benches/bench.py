@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,11 +55,11 @@ from typing import Any
 import nacl.signing
 import regopy
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 import execgate
-from execgate import ActionDenied, AuditLog, Gate, SigningKey, verify_log
+from execgate import ActionDenied, AuditLog, Gate, SigningKey, VerifyReport, verify_log
 from execgate.demo import example_gate
 
 ENTRYPOINT = "data.execgate.decision"
@@ -82,6 +82,7 @@ class Sizes:
     log_records: int  # records in the log whose verification is timed
     verify_runs: int  # timed verifications of that log, per verifier
     writer_calls: int  # checks per thread in the 4 processes x 2 threads run
+    writer_rounds: int  # rounds of that run (each spawns its processes anew)
 
 
 FULL = Sizes(
@@ -92,10 +93,11 @@ FULL = Sizes(
     thread_rounds=3,
     import_runs=5,
     rss_checks=1_000_000,
-    receipt_iterations=10_000,
+    receipt_iterations=20_000,
     log_records=20_000,
     verify_runs=3,
     writer_calls=5_000,
+    writer_rounds=2,
 )
 QUICK = Sizes(
     iterations=5_000,
@@ -109,6 +111,7 @@ QUICK = Sizes(
     log_records=5_000,
     verify_runs=2,
     writer_calls=1_000,
+    writer_rounds=1,
 )
 
 
@@ -311,7 +314,7 @@ class Stats:
 
 
 def interleaved(
-    scenarios: dict[str, Sequence[Call]], sizes: Sizes, iterations: int | None = None
+    scenarios: Mapping[str, Sequence[Call]], sizes: Sizes, iterations: int | None = None
 ) -> dict[str, list[int]]:
     """Runs every scenario in rounds, alternating, so drift in machine load hits
     all of them alike.
@@ -584,11 +587,13 @@ def completion_body(
     output: Any,
     error: BaseException | None,
 ) -> dict[str, Any]:
-    """The fields of execgate's completion record (``completion_body``)."""
+    """The fields of execgate's completion record (``completion_body``), linked
+    to the decision payload ``authorization`` whose digest is ``digest``."""
+    output_sha256: str | None = None
     if isinstance(output, str):
         output_sha256 = _sha256(output.encode())
-    else:
-        output_sha256 = None if output is None else _sha256(_canonical(output))
+    elif output is not None:
+        output_sha256 = _sha256(_canonical(output))
     return {
         "kind": "completion",
         "authorization": {"id": authorization["id"], "sha256": digest},
@@ -599,6 +604,9 @@ def completion_body(
             "output_sha256": output_sha256,
         },
     }
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class PythonReceiptGate:
@@ -623,9 +631,7 @@ class PythonReceiptGate:
         """The receipt alone, for a verdict already reached; returns its digest."""
         return self.log.append(decision_body(document, verdict, self.policy_sha256))
 
-    def guard(
-        self, action: str, principal: dict[str, Any]
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def guard(self, action: str, principal: dict[str, Any]) -> Decorator:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             # Defaults are bound once, at decoration, as execgate's guard does,
             # so the policy sees the same arguments (http_get's timeout).
@@ -715,7 +721,7 @@ def python_verify_log(path: Path, key: Ed25519PublicKey, kid: str) -> Counter[st
                 open_decisions[record_id] = (digest, body.get("decision") == "allow")
             elif kind == "completion":
                 auth = body.get("authorization") or {}
-                if open_decisions.get(auth.get("id")) != (auth.get("sha256"), True):
+                if open_decisions.get(auth.get("id", "")) != (auth.get("sha256"), True):
                     raise LogInvalid(line_no, "completion of an unknown, denied or finished call")
                 open_decisions[auth["id"]] = (auth["sha256"], False)
             elif kind not in ("checkpoint", "recovery"):
@@ -739,12 +745,16 @@ class Keys:
     @classmethod
     def generate(cls) -> Keys:
         key = SigningKey.generate()
-        private = load_pem_private_key(key.to_pem(), password=None)
-        public = private.public_key()  # type: ignore[union-attr]
-        kid = _sha256(public.public_bytes_raw())[:32]
+        pem = key.to_pem()
+        assert pem is not None  # returned, since no path was given
+        private = load_pem_private_key(pem, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise SystemExit(f"execgate's PEM is not an Ed25519 key: {type(private)}")
+        public = private.public_key()
+        kid = _sha256(public.public_bytes_raw())[:32]  # execgate's key id
         if kid != key.kid:
             raise SystemExit(f"key ids differ: execgate {key.kid}, Python {kid}")
-        return cls(key, private.private_bytes_raw(), public, kid)  # type: ignore[union-attr]
+        return cls(key, private.private_bytes_raw(), public, kid)
 
 
 # --- receipts and audit log: sections --------------------------------------------
@@ -779,9 +789,6 @@ def _problems(title: str, problems: list[str]) -> None:
         for p in problems:
             print(f"!!!   {p}", file=sys.stderr)
         raise SystemExit(1)
-
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def _check_calls(gate: Gate, cases: Sequence[Case]) -> list[Call]:
@@ -989,10 +996,16 @@ def receipts(tmp: Path, keys: Keys, baseline: RegopyBaseline, sizes: Sizes) -> S
             f"file append; Python: {python_cost:.1f} µs ({python_cost / receipt_cost:.1f}x)"
         )
         batch, checkpoint = s["check + receipt, log batch"], s["check + receipt, checkpoint"]
+        # Batch mode fsyncs from a background thread; a check that has to wait
+        # for it shows in the tail, so the slowest call is printed too.
+        slowest = {
+            m: max(samples[f"check + receipt, {m}"]) / 1e3 for m in ("log none", "log batch")
+        }
         print(
             f"  checkpoint mode saves {check.p50 - checkpoint.p50:.1f} µs per check (p50); "
-            f"log batch costs {batch.p50 - check.p50:+.1f} µs p50, "
-            f"{batch.p99 - check.p99:+.1f} µs p99 over log none"
+            f"log batch vs log none: {batch.p50 - check.p50:+.1f} µs p50, "
+            f"{batch.p99 - check.p99:+.1f} µs p99, slowest check {slowest['log batch']:,.0f} "
+            f"vs {slowest['log none']:,.0f} µs"
         )
         if SIGN_ALONE in s:
             print(f"  Ed25519 sign alone (PyNaCl, 1 KB message): {s[SIGN_ALONE].p50:.1f} µs p50")
@@ -1014,7 +1027,7 @@ def receipts(tmp: Path, keys: Keys, baseline: RegopyBaseline, sizes: Sizes) -> S
         ("Python: receipt alone", "python-alone", False),
         ("Python: guard, regopy + receipts", "python-guard", True),
     ]
-    for label, stem, guarded in logs:
+    for label, stem, completes in logs:
         path = tmp / f"{stem}.jsonl"
         report = verify_log(path, key.verify_key)
         decisions = report.allowed + report.denied
@@ -1024,13 +1037,13 @@ def receipts(tmp: Path, keys: Keys, baseline: RegopyBaseline, sizes: Sizes) -> S
         if report.checkpoints:
             parts.append(f"{report.checkpoints:,} checkpoints")
         print(
-            f"  {label:<34}{report.records:>8,} records = {' + '.join(parts):<42}"
+            f"  {label:<34}{report.records:>8,} records = {' + '.join(parts):<54}"
             f"{path.stat().st_size / 2**20:>7.1f} MB  {'valid' if report.ok else 'INVALID'}"
         )
         if not report.ok:
             problems.append(f"{label}: line {report.line}: {report.reason}")
         # Checks record no completions, so their allowed decisions stay open.
-        if len(report.unfinished) != (0 if guarded else report.allowed):
+        if len(report.unfinished) != (0 if completes else report.allowed):
             problems.append(f"{label}: {len(report.unfinished)} allowed calls without completion")
     _problems("AUDIT LOG INVALID", problems)
     assert mix_reference is not None
@@ -1115,9 +1128,10 @@ import json, sys, threading, time
 import execgate
 from execgate.demo import example_gate
 
-log_path, key_path, calls, n_threads, cases = sys.argv[1:]
+log_path, key_path, signing, calls, n_threads, cases = sys.argv[1:]
 calls, cases = int(calls), json.loads(cases)
-gate = example_gate(audit=execgate.AuditLog(log_path, execgate.SigningKey.from_pem(key_path)))
+key = execgate.SigningKey.from_pem(key_path)
+gate = example_gate(audit=execgate.AuditLog(log_path, key, signing=signing))
 failed = []
 
 def work():
@@ -1143,31 +1157,23 @@ print(json.dumps({"start": start, "end": end, "failed": len(failed)}))
 
 
 def _run_writers(
-    logs: Sequence[Path], key_path: Path, calls: int, n_threads: int
+    logs: Sequence[Path], key_path: Path, signing: str, calls: int, n_threads: int
 ) -> tuple[float, float]:
     """One writer process per entry of ``logs`` (paths may repeat). Returns the
     seconds from the first thread's start to the last one's end, and the
-    seconds including process start-up."""
+    seconds including process start-up (interpreter, import, policy compile)."""
     cases = json.dumps([(c.action, c.args, c.principal) for c in CASES])
+    argv = [str(key_path), signing, str(calls), str(n_threads), cases]
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _WRITER,
-                str(p),
-                str(key_path),
-                str(calls),
-                str(n_threads),
-                cases,
-            ],
+            [sys.executable, "-c", _WRITER, str(path), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for p in logs
+        for path in logs
     ]
     for p in procs:
         assert p.stdout is not None
@@ -1191,54 +1197,78 @@ def _run_writers(
     return work, whole
 
 
-def concurrent_writers(tmp: Path, keys: Keys, sizes: Sizes, single: Stats) -> None:
-    """4 processes x 2 threads appending to one log, against the same processes
-    each with a log of its own (no lock contention, no chain head to re-read),
-    and against one thread in one process. The shared log must come out one
-    valid chain holding exactly every record; otherwise exit 1."""
-    procs, n_threads, calls = 4, 2, sizes.writer_calls
-    key_path = tmp / "writer-key.pem"
-    keys.execgate.to_pem(key_path)
-    shared = tmp / "shared.jsonl"
-    own = [tmp / f"own-{i}.jsonl" for i in range(procs)]
-    total = procs * n_threads * calls
-    shared_work, shared_whole = _run_writers([shared] * procs, key_path, calls, n_threads)
-    own_work, own_whole = _run_writers(own, key_path, calls, n_threads)
-
-    print(
-        f"\n{procs} processes x {n_threads} threads, gate.check + receipt (log none) on the mix, "
-        f"{calls:,} checks per thread ({os.cpu_count()} CPUs)"
-    )
-    for label, work, whole in (
-        ("one shared log", shared_work, shared_whole),
-        ("a log per process", own_work, own_whole),
+def _check_written(path: Path, keys: Keys, decisions: int) -> VerifyReport:
+    """``path`` must be one valid chain holding exactly ``decisions`` decision
+    records (and, in checkpoint mode, checkpoints), all signed by our key."""
+    report = verify_log(path, keys.execgate.verify_key)
+    found = report.allowed + report.denied
+    if not (
+        report.ok
+        and found == decisions
+        and report.records == decisions + report.checkpoints
+        and report.keys == [keys.kid]
     ):
         print(
-            f"  {label:<22}: {total / work:>9,.0f} calls/s  ({work:.2f} s; "
-            f"{whole:.2f} s with process start-up)"
-        )
-    print(
-        f"  {'1 process, 1 thread':<22}: {single.per_second:>9,.0f} calls/s  (receipts table, mean)"
-    )
-
-    report = verify_log(shared, keys.execgate.verify_key)
-    decisions = report.allowed + report.denied
-    ok = report.ok and report.records == decisions == total and report.keys == [keys.kid]
-    if not ok:
-        print(
-            f"!!! shared log: ok={report.ok}, line {report.line}: {report.reason}; "
-            f"{report.records:,} records, {decisions:,} decisions, expected {total:,}",
+            f"!!! {path.name}: ok={report.ok}, line {report.line}: {report.reason}; "
+            f"{report.records:,} records, {found:,} decisions, expected {decisions:,}",
             file=sys.stderr,
         )
         raise SystemExit(1)
+    return report
+
+
+def concurrent_writers(tmp: Path, keys: Keys, sizes: Sizes, single: Stats) -> None:
+    """4 processes x 2 threads appending to one log, against the same processes
+    each with a log of its own (no lock contention, no chain head to re-read),
+    the shared log in checkpoint mode (no signature while the lock is held),
+    and one thread in one process. Rounds alternate the setups, and every
+    round appends to the same files, so the shared log must come out one
+    valid chain holding exactly every record of every round; otherwise exit 1.
+    """
+    procs, n_threads, calls, rounds = 4, 2, sizes.writer_calls, sizes.writer_rounds
+    key_path = tmp / "writer-key.pem"
+    keys.execgate.to_pem(key_path)
+    shared, shared_checkpoint = tmp / "shared.jsonl", tmp / "shared-checkpoint.jsonl"
+    own = [tmp / f"own-{i}.jsonl" for i in range(procs)]
+    setups = {  # label -> (one log path per process, signing)
+        "one shared log": ([shared] * procs, "record"),
+        "a log per process": (own, "record"),
+        "one shared log, checkpoint": ([shared_checkpoint] * procs, "checkpoint"),
+    }
+    work = dict.fromkeys(setups, 0.0)
+    whole = dict.fromkeys(setups, 0.0)
+    for _ in range(rounds):
+        for label, (paths, signing) in setups.items():
+            w, t = _run_writers(paths, key_path, signing, calls, n_threads)
+            work[label] += w
+            whole[label] += t
+
+    per_round = procs * n_threads * calls
+    print(
+        f"\n{procs} processes x {n_threads} threads, gate.check + receipt (log none) on the mix, "
+        f"{calls:,} checks per thread, {rounds} round{'s' if rounds > 1 else ''} "
+        f"({os.cpu_count()} CPUs)"
+    )
+    for label in setups:
+        print(
+            f"  {label:<28}: {per_round * rounds / work[label]:>9,.0f} calls/s  "
+            f"({work[label] / rounds:.2f} s a round; {whole[label] / rounds:.2f} s "
+            "with process start-up)"
+        )
+    print(
+        f"  {'1 process, 1 thread':<28}: {single.per_second:>9,.0f} calls/s  "
+        "(receipts table, mix, log none)"
+    )
+
+    report = _check_written(shared, keys, per_round * rounds)
+    checkpointed = _check_written(shared_checkpoint, keys, per_round * rounds)
     for path in own:
-        report_own = verify_log(path, keys.execgate.verify_key)
-        if not report_own.ok or report_own.records != n_threads * calls:
-            print(f"!!! {path.name}: {report_own!r}", file=sys.stderr)
-            raise SystemExit(1)
+        _check_written(path, keys, n_threads * calls * rounds)
     print(
         f"  shared log: chain valid, exactly {report.records:,} records "
-        f"(seq 1..{report.records:,}, one per check, every one signed by {keys.kid})"
+        f"(seq 1..{report.records:,}: one per check, each signed by {keys.kid}); "
+        f"checkpoint log: valid, {checkpointed.records - checkpointed.checkpoints:,} "
+        f"checks + {checkpointed.checkpoints:,} checkpoints"
     )
 
 
@@ -1344,6 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = QUICK if parser.parse_args(argv).quick else FULL
 
     started = time.perf_counter()
+    extension = Path(execgate._core.__file__)
     gate = example_gate()
     policies = resources.files("execgate") / "policies"
     with (
@@ -1353,7 +1384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline = RegopyBaseline(Path(rego), Path(data))
 
     print(
-        f"execgate {execgate.__version__} ({Path(execgate._core.__file__).name}), "
+        # The size tells a release build (a few MB) from a debug one (~100 MB).
+        f"execgate {execgate.__version__} ({extension.name}, "
+        f"{extension.stat().st_size / 2**20:.1f} MB), "
         f"regopy {regopy.__version__}, Python {platform.python_version()}, "
         f"{'quick' if sizes is QUICK else 'full'} mode"
     )
@@ -1364,6 +1397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify(gate, baseline)
     latency(gate, baseline, sizes)
     threads(gate, sizes)
+    import_and_load(sizes)
+    memory(gate, sizes)
     with tempfile.TemporaryDirectory(prefix="execgate-bench-") as tmp:
         keys = Keys.generate()
         print()
@@ -1371,8 +1406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         single = receipts(Path(tmp), keys, baseline, sizes)
         log_verification(Path(tmp), keys, sizes)
         concurrent_writers(Path(tmp), keys, sizes, single)
-    import_and_load(sizes)
-    memory(gate, sizes)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
     return 0
 

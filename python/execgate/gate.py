@@ -39,6 +39,14 @@ DataLike = (
 )
 
 
+def _is_langchain_tool(obj: object) -> bool:
+    """A LangChain BaseTool, recognized without importing LangChain."""
+    return any(
+        c.__name__ == "BaseTool" and c.__module__.startswith("langchain_core")
+        for c in type(obj).__mro__
+    )
+
+
 class GuardDecorator(Protocol):
     """What ``gate.guard(action=...)`` returns: a decorator keeping the signature."""
 
@@ -264,6 +272,10 @@ class Gate:
         """
 
         def decorate(f: Callable[..., Any], /) -> Callable[..., Any]:
+            if _is_langchain_tool(f):  # @gate.guard over @tool
+                from execgate.integrations.langchain import guard_tool
+
+                return guard_tool(f, self, action=action)  # type: ignore[arg-type,return-value]
             return _guard(
                 self, f, action=action, principal=principal, context=context, isolate=isolate
             )

@@ -1,0 +1,238 @@
+"""execgate for LangChain / LangGraph agents (``pip install 'execgate[langchain]'``).
+
+- :class:`ExecgateMiddleware`: one middleware for ``create_agent``; every tool call
+  is authorized, denied calls come back to the model as an error ``ToolMessage``
+  with the reasons, allowed ones run and get a completion receipt.
+- :class:`ExecgateCallbackHandler`: for code paths that only take callbacks.
+- :func:`guard_tool`: authorize a ``BaseTool`` wherever it is called.
+
+Who and why: the principal, purpose and session come, in this order of
+precedence, from the run's ``context`` (``agent.invoke(..., context={"principal":
+{"id": ..., "roles": [...]}, "purpose": ..., "session": ...})``, a dict or an
+object with those attributes), from ``config["configurable"]``
+(``execgate_principal``, ``execgate_purpose``, ``execgate_session``, and
+``thread_id`` as the session), from the middleware's own defaults, and from the
+ambient ``execgate.principal(...)`` / ``execgate.context(...)`` blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool, StructuredTool
+
+from execgate._core import Decision, Receipt
+from execgate.errors import ActionDenied
+
+if TYPE_CHECKING:
+    from langgraph.prebuilt.tool_node import ToolCallRequest
+    from langgraph.types import Command
+
+    from execgate.gate import Gate
+
+__all__ = ["ExecgateCallbackHandler", "ExecgateMiddleware", "guard_tool"]
+
+
+def _pick(source: Any, name: str) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return source.get(name)
+    return getattr(source, name, None)
+
+
+def _who_and_why(
+    request: ToolCallRequest, defaults: Mapping[str, Any]
+) -> tuple[Mapping[str, Any] | None, dict[str, Any]]:
+    runtime = request.runtime
+    run_context = getattr(runtime, "context", None)
+    configurable = (getattr(runtime, "config", None) or {}).get("configurable") or {}
+
+    def find(name: str) -> Any:
+        for value in (
+            _pick(run_context, name),
+            configurable.get(f"execgate_{name}"),
+            defaults.get(name),
+        ):
+            if value is not None:
+                return value
+        return None
+
+    principal = find("principal")
+    context: dict[str, Any] = {"tool_call_id": request.tool_call.get("id")}
+    purpose = find("purpose")
+    session = find("session") or configurable.get("thread_id")
+    if purpose is not None:
+        context["purpose"] = purpose
+    if session is not None:
+        context["session"] = str(session)
+    return principal, context
+
+
+def _denial(decision: Decision, tool_call_id: str | None, name: str) -> ToolMessage:
+    reasons = "; ".join(decision.reasons) or "denied by policy"
+    return ToolMessage(
+        content=f"Tool call {name!r} was denied by policy: {reasons}. "
+        "It did not run; do not retry it unchanged.",
+        tool_call_id=tool_call_id or "",
+        name=name,
+        status="error",
+        response_metadata={"execgate": _meta(decision)},
+    )
+
+
+def _meta(decision: Decision) -> dict[str, Any]:
+    receipt = decision.receipt
+    return {
+        "decision": "allow" if decision.allowed else "deny",
+        "reasons": list(decision.reasons),
+        "receipt": None if receipt is None else receipt.id,
+    }
+
+
+class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+    """Authorizes every tool call of a ``create_agent`` agent.
+
+    ``on_deny="message"`` (default) answers a denied call with an error
+    ``ToolMessage`` carrying the reasons and the same ``tool_call_id``, so the
+    model sees why and can recover; ``on_deny="raise"`` aborts the run with
+    :class:`~execgate.ActionDenied`. ``principal``, ``purpose`` and ``session``
+    are defaults used when the run does not name them. An obligation
+    ``args`` (an object) replaces the arguments the tool receives.
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        *,
+        on_deny: Literal["message", "raise"] = "message",
+        principal: Mapping[str, Any] | None = None,
+        purpose: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        super().__init__()
+        if on_deny not in ("message", "raise"):
+            raise ValueError(f'on_deny must be "message" or "raise", not {on_deny!r}')
+        self.gate = gate
+        self.on_deny = on_deny
+        self._defaults = {"principal": principal, "purpose": purpose, "session": session}
+
+    def _authorize(
+        self, request: ToolCallRequest
+    ) -> tuple[ToolCallRequest, Decision, ToolMessage | None]:
+        call = request.tool_call
+        principal, context = _who_and_why(request, self._defaults)
+        decision = self.gate.check(
+            call["name"], dict(call.get("args") or {}), principal=principal, context=context
+        )
+        if decision.blocked:
+            if self.on_deny == "raise":
+                raise ActionDenied(decision)
+            return request, decision, _denial(decision, call.get("id"), call["name"])
+        rewritten = decision.obligations.get("args")
+        if isinstance(rewritten, Mapping):
+            request = request.override(tool_call={**call, "args": dict(rewritten)})
+        return request, decision, None
+
+    def _finish(
+        self, decision: Decision, start: int, result: Any, error: BaseException | None
+    ) -> Any:
+        receipt: Receipt | None = decision.receipt
+        output = getattr(result, "content", None) if error is None else None
+        if receipt is not None:
+            self.gate._complete(receipt, start, output, error)
+        if isinstance(result, ToolMessage):
+            result.response_metadata = {**result.response_metadata, "execgate": _meta(decision)}
+        return result
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        request, decision, denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        start = time.perf_counter_ns()
+        try:
+            result = handler(request)
+        except BaseException as e:
+            self._finish(decision, start, None, e)
+            raise
+        return self._finish(decision, start, result, None)
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        request, decision, denied = self._authorize(request)
+        if denied is not None:
+            return denied
+        start = time.perf_counter_ns()
+        try:
+            result = await handler(request)
+        except BaseException as e:
+            self._finish(decision, start, None, e)
+            raise
+        return self._finish(decision, start, result, None)
+
+
+class ExecgateCallbackHandler(BaseCallbackHandler):
+    """Gates tools on paths that only take callbacks (``AgentExecutor``, a plain
+    ``tool.invoke(..., config={"callbacks": [handler]})``, chains).
+
+    ``on_tool_start`` checks the call; with ``raise_error=True`` (default) a
+    blocked call raises :class:`~execgate.ActionDenied` before the tool runs,
+    for sync and async tools alike. A callback cannot change arguments, return
+    a message to the model, or record completions: use the middleware for that.
+    """
+
+    def __init__(self, gate: Gate, *, raise_error: bool = True) -> None:
+        self.gate = gate
+        self.raise_error = raise_error
+        self.decisions: list[Decision] = []
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
+        args = dict(inputs) if inputs is not None else {"input": input_str}
+        decision = self.gate.check(name, args)
+        self.decisions.append(decision)
+        if decision.blocked:
+            raise ActionDenied(decision)
+
+
+def guard_tool(tool: BaseTool, gate: Gate, *, action: str | None = None) -> BaseTool:
+    """A copy of ``tool`` (same name, description and args schema) whose every
+    call is authorized by ``gate`` first and recorded after."""
+    name = action or tool.name
+
+    @gate.guard(action=name)
+    def run(**kwargs: Any) -> Any:
+        return tool.invoke(kwargs)
+
+    @gate.guard(action=name)
+    async def arun(**kwargs: Any) -> Any:
+        return await tool.ainvoke(kwargs)
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun,
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema,
+        return_direct=tool.return_direct,
+        response_format=tool.response_format,
+    )
