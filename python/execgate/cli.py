@@ -310,7 +310,7 @@ def _describe(number: int, p: dict[str, Any]) -> str:
         rec = p.get("recovered") or {}
         return f"{head} moved {rec.get('bytes')} torn bytes to {rec.get('side_file')}"
     if kind == "checkpoint":
-        return f"{head} seals {p.get('covers')} unsigned records"
+        return f"{head} seals the chain up to here"
     return head
 
 

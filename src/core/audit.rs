@@ -353,10 +353,11 @@ impl Inner {
         }
     }
 
+    /// A signed record whose signature seals, through the `prev` chain, every
+    /// record before it (including other writers' unsigned ones).
     fn write_checkpoint(&self, st: &mut State) -> Result<Receipt> {
         let mut body = Map::new();
         body.insert("kind".into(), json!("checkpoint"));
-        body.insert("covers".into(), json!(st.unsigned));
         self.write_record(st, body, true)
     }
 
@@ -472,10 +473,15 @@ impl Inner {
             }
         }
         if matches!(self.options.durability, Durability::Batch(_)) && st.dirty {
-            if let Some(file) = &st.file {
-                if file.sync_data().is_ok() {
-                    st.dirty = false;
-                }
+            // fsync a duplicate descriptor without the lock, so appends that
+            // arrive meanwhile do not wait for the disk.
+            let Some(dup) = st.file.as_ref().and_then(|f| f.try_clone().ok()) else {
+                return;
+            };
+            st.dirty = false;
+            drop(st);
+            if dup.sync_data().is_err() {
+                self.state.lock().dirty = true;
             }
         }
     }
@@ -484,7 +490,8 @@ impl Inner {
 /// Finds the end of the last complete line and that line's text.
 /// Returns `(length up to and including the last '\n', last complete line)`.
 fn read_tail(file: &File, len: u64) -> std::io::Result<(u64, Option<String>)> {
-    const CHUNK: u64 = 64 * 1024;
+    // A record is about a kilobyte; read a little more than that at a time.
+    const CHUNK: u64 = 4 * 1024;
     let mut reader = file;
     let mut end = len;
     let mut buf: Vec<u8> = Vec::new();

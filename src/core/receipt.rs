@@ -82,7 +82,8 @@ impl Receipt {
     /// Canonicalizes `payload` and wraps it in an envelope, signed by `key`
     /// when one is given.
     pub fn seal(payload: Map<String, Json>, key: Option<&SigningKey>) -> Result<Self> {
-        let payload_bytes = canonical_json(&Json::Object(payload.clone()))?;
+        let payload_bytes = serde_jcs::to_vec(&payload)
+            .map_err(|e| CoreError::Signature(format!("cannot canonicalize: {e}")))?;
         let signatures = key
             .map(|k| {
                 vec![(
@@ -149,6 +150,30 @@ impl Receipt {
             signatures,
             envelope: text.trim_end_matches('\n').to_string(),
         })
+    }
+
+    /// The `seq` and digest of an envelope line, for continuing the chain
+    /// after another writer: no signature or canonical-form check (the log
+    /// writer only needs to link to the bytes that are there; verification
+    /// checks them).
+    pub fn chain_head(text: &str) -> Result<(u64, String)> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            payload: String,
+        }
+        #[derive(Deserialize)]
+        struct Head {
+            seq: u64,
+        }
+        let bad = |m: String| CoreError::Signature(m);
+        let env: Envelope =
+            serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON envelope: {e}")))?;
+        let payload = B64
+            .decode(env.payload.as_bytes())
+            .map_err(|e| bad(format!("payload is not base64: {e}")))?;
+        let head: Head = serde_json::from_slice(&payload)
+            .map_err(|e| bad(format!("payload has no seq: {e}")))?;
+        Ok((head.seq, sha256_hex(&payload)))
     }
 
     /// Succeeds when a signature by `key` verifies over the payload.
