@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -1368,6 +1369,69 @@ def memory(gate: Gate, sizes: Sizes) -> None:
     )
 
 
+# --- sandbox ---------------------------------------------------------------------
+
+
+def sandbox_startup(sizes: Sizes) -> None:
+    """Start-up overhead of a fully protected sandboxed run against a plain
+    subprocess, and the round trip of an isolated Python tool."""
+    from _isolated_tool import echo  # benches/ is on sys.path when run as a script
+    from execgate import Limits, Sandbox
+
+    runs = max(40, sizes.iterations // 100)
+    box = Sandbox(
+        limits=Limits(cpu=5, memory="256M", file_size="64M", open_files=256, processes=64, wall=10),
+        network="none",
+    )
+    probe = box.run(["/bin/true"])
+    p = probe.protections
+    every = ", ".join(
+        [
+            f"landlock ABI {p['landlock_abi']}",
+            f"netns {p['netns']}",
+            f"cgroups {'+'.join(p['cgroups']) or 'none'}",
+            f"processes {p['process_limit']}",
+            f"rlimits {'/'.join(sorted(p['rlimits']))}",
+            f"missing {p['missing'] or 'none'}",
+        ]
+    )
+    true_path = shutil.which("true") or "/bin/true"
+    scenarios: dict[str, Sequence[Call]] = {
+        "subprocess.run(['true'])": [(subprocess.run, ([true_path],), {})],
+        "Sandbox(...).run(['true'])": [(box.run, ([true_path],), {})],
+    }
+    samples = interleaved(scenarios, sizes, iterations=runs)
+    print(f"\nsandbox start-up, {runs} runs each, interleaved; protections: {every}")
+    print(f"  {'':<30}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    stats = {name: Stats.of(s) for name, s in samples.items()}
+    for name, st in stats.items():
+        print(f"  {name:<30}{st.p50 / 1e3:>10.2f}{st.p99 / 1e3:>10.2f}{st.mean / 1e3:>10.2f}")
+    base, boxed = stats["subprocess.run(['true'])"], stats["Sandbox(...).run(['true'])"]
+    print(f"  sandbox overhead (p50): {(boxed.p50 - base.p50) / 1e3:.2f} ms")
+
+    gate = Gate("package execgate\ndecision := true\n")
+    isolated = gate.guard(action="echo", isolate=Sandbox(limits=Limits(memory="256M", wall=30)))(
+        echo
+    )
+    plain = gate.guard(action="echo")(echo)
+    if isolated({"n": 1}) != {"n": 1}:
+        raise SystemExit("isolated echo returned the wrong value")
+    python = [os.path.realpath(sys.executable), "-c", "pass"]
+    start_only = Sandbox(read=[os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)])
+    scenarios = {
+        "guarded echo, in process": [(plain, ({"n": 1},), {})],
+        "python -c pass, sandboxed": [(start_only.run, (python,), {})],
+        "guarded echo, isolate=": [(isolated, ({"n": 1},), {})],
+    }
+    iso_runs = max(20, runs // 2)
+    samples = interleaved(scenarios, sizes, iterations=iso_runs)
+    print(f"\n@gate.guard(isolate=Sandbox(...)) round trip, {iso_runs} calls each")
+    print(f"  {'':<30}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    for name, st in ((n, Stats.of(s)) for n, s in samples.items()):
+        print(f"  {name:<30}{st.p50 / 1e3:>10.3f}{st.p99 / 1e3:>10.3f}{st.mean / 1e3:>10.3f}")
+    print("  (the isolated call is dominated by starting a Python interpreter in the child)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (~20 s)")
@@ -1406,6 +1470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         single = receipts(Path(tmp), keys, baseline, sizes)
         log_verification(Path(tmp), keys, sizes)
         concurrent_writers(Path(tmp), keys, sizes, single)
+    sandbox_startup(sizes)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import dataclasses
 import datetime as dt
@@ -382,6 +381,8 @@ class Gate:
 
     async def arun(self, argv: Sequence[str], **options: Any) -> Completed:
         """:meth:`run` without blocking the event loop."""
+        import asyncio  # imported here: it costs ~10 ms at import time
+
         return await asyncio.to_thread(self.run, argv, **options)
 
     # -- policy management --------------------------------------------------
