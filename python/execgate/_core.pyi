@@ -12,6 +12,8 @@ __all__ = [
     "VerifyKey",
     "VerifyReport",
     "__version__",
+    "rego_tests",
+    "run_rego_test",
     "run_sandboxed",
     "verify",
 ]
@@ -215,3 +217,18 @@ def verify(
 def run_sandboxed(
     argv: list[str], spec: dict[str, Any], stdin: bytes = ..., obligation: Any = None
 ) -> dict[str, Any]: ...
+def rego_tests(
+    *,
+    sources: list[tuple[str, str]] = ...,
+    paths: list[str] = ...,
+    data: list[dict[str, Any]] = ...,
+    data_files: list[str] = ...,
+) -> list[tuple[str, str]]: ...
+def run_rego_test(
+    rule: str,
+    *,
+    sources: list[tuple[str, str]] = ...,
+    paths: list[str] = ...,
+    data: list[dict[str, Any]] = ...,
+    data_files: list[str] = ...,
+) -> tuple[str, str]: ...

@@ -46,6 +46,41 @@ fn optional_object(obj: Option<&Bound<'_, PyDict>>, name: &str) -> PyResult<rego
     }
 }
 
+/// Lists the `test_*` rules of the given policy files as (file, rule path).
+#[pyfunction]
+#[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new()))]
+pub fn rego_tests(
+    py: Python<'_>,
+    sources: Vec<(String, String)>,
+    paths: Vec<PathBuf>,
+    data: Vec<Bound<'_, PyDict>>,
+    data_files: Vec<PathBuf>,
+) -> PyResult<Vec<(String, String)>> {
+    let set = policy_set(sources, paths, data, data_files)?;
+    let tests = py.detach(|| set.rego_tests())?;
+    Ok(tests.into_iter().map(|t| (t.file, t.rule)).collect())
+}
+
+/// Runs one Rego test rule: returns ("passed" | "failed" | "error", detail).
+#[pyfunction]
+#[pyo3(signature = (rule, *, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new()))]
+pub fn run_rego_test(
+    py: Python<'_>,
+    rule: String,
+    sources: Vec<(String, String)>,
+    paths: Vec<PathBuf>,
+    data: Vec<Bound<'_, PyDict>>,
+    data_files: Vec<PathBuf>,
+) -> PyResult<(&'static str, String)> {
+    use crate::core::policy::RegoTestOutcome;
+    let set = policy_set(sources, paths, data, data_files)?;
+    Ok(match py.detach(|| set.run_rego_test(&rule))? {
+        RegoTestOutcome::Passed => ("passed", String::new()),
+        RegoTestOutcome::Failed(d) => ("failed", d),
+        RegoTestOutcome::Error(d) => ("error", d),
+    })
+}
+
 /// The native gate: compiled policy, evaluation and reload.
 #[pyclass(frozen, name = "Gate", module = "execgate._core")]
 pub struct PyGate {
