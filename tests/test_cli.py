@@ -191,3 +191,41 @@ def test_run_gates_sandboxes_and_records(tmp_path: pathlib.Path) -> None:
     assert (
         _run(*base[:3], "--log", str(log), "--", "/bin/echo").returncode == 2
     )  # --log needs --key
+
+
+def test_replay_reports_changed_decisions(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = 'package execgate\ndecision := {"allow": input.action.args.path != "/secret", "reasons": []}\n'
+    new = tmp_path / "new.rego"
+    new.write_text(
+        'package execgate\ndecision := {"allow": startswith(input.action.args.path, "/workspace/"), '
+        '"reasons": ["only /workspace/"]}\n'
+    )
+    log = tmp_path / "audit.jsonl"
+    with execgate.Gate(
+        old, key=execgate.SigningKey.generate(), audit=log, record_input=True
+    ) as gate:
+        gate.check("fs.read", {"path": "/workspace/a"})
+        gate.check("fs.read", {"path": "/etc/passwd"})
+        gate.check("fs.read", {"path": "/secret"})
+    assert main(["replay", str(log), "--policy", str(new)]) == 1
+    out = capsys.readouterr().out
+    assert "line 2: fs.read by None: allow -> deny" in out
+    assert "replayed 3 decisions" in out and "1 would change between allow and deny" in out
+    same = tmp_path / "same.rego"
+    same.write_text(old)
+    assert main(["replay", str(log), "--policy", str(same)]) == 0
+    # Without recorded inputs there is nothing to replay: a usage error, not a pass.
+    bare = tmp_path / "bare.jsonl"
+    with execgate.Gate(old, key=execgate.SigningKey.generate(), audit=bare) as gate:
+        gate.check("fs.read", {"path": "/a"})
+    assert main(["replay", str(bare), "--policy", str(same)]) == 2
+
+    # Inputs stay out of logs by default.
+    def payloads(path: pathlib.Path) -> str:
+        return str(
+            [execgate.Receipt.from_json(line).payload for line in path.read_text().splitlines()]
+        )
+
+    assert "/a" not in payloads(bare) and "/etc/passwd" in payloads(log)

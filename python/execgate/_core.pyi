@@ -36,6 +36,7 @@ class Gate:
         max_instructions: int = ...,
         timeout: float = ...,
         log: AuditLog | None = None,
+        record_input: bool = False,
     ) -> Gate: ...
     def check(
         self,

@@ -113,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", help="refuse to run without every protection")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
+    replay = sub.add_parser(
+        "replay",
+        help="re-evaluate a log's recorded inputs under a new policy",
+        description="Needs a log written with Gate(..., record_input=True). Exit status: 0 when no "
+        "decision changes between allow and deny, 1 when one does, 2 on errors.",
+    )
+    replay.add_argument("log", metavar="LOG")
+    replay.add_argument("--policy", action="append", required=True, metavar="PATH")
+    replay.add_argument("--data", action="append", default=[], metavar="FILE")
+    replay.add_argument("--entrypoint", default="data.execgate.decision")
+
     demo = sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
     demo.add_argument(
         "--log",
@@ -272,6 +283,57 @@ def _run(args: argparse.Namespace) -> int:
     return done.exit_code if done.exit_code is not None else EXIT_SANDBOX
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from execgate._core import Receipt
+    from execgate.gate import Gate
+
+    gate = Gate(args.policy, data=args.data or None, entrypoint=args.entrypoint)
+    replayed = flipped = changed = 0
+    with open(args.log, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            p = Receipt.from_json(line).payload
+            if p.get("kind") != "decision" or "input" not in p:
+                continue
+            doc = p["input"]
+            context = dict(doc.get("context") or {})
+            # The recorded time: a decision is replayed as of when it was made.
+            time = context.pop("time", None)
+            new = gate._native.check(
+                doc["action"]["name"],
+                doc["action"].get("args") or {},
+                doc.get("principal") or {},
+                context,
+                time,
+            )
+            replayed += 1
+            was = p["decision"] == "allow"
+            if new.allowed != was:
+                flipped += 1
+                print(
+                    f"line {number}: {doc['action']['name']} by {doc['principal'].get('id')}: "
+                    f"{p['decision']} -> {'allow' if new.allowed else 'deny'}"
+                    f"  (was: {'; '.join(p.get('reasons') or []) or '-'}; "
+                    f"now: {'; '.join(new.reasons) or '-'})"
+                )
+            elif list(new.reasons) != list(p.get("reasons") or []):
+                changed += 1
+                print(
+                    f"line {number}: {doc['action']['name']}: same verdict, reasons now "
+                    f"{list(new.reasons)} (were {p.get('reasons')})"
+                )
+    if replayed == 0:
+        print(
+            "execgate: no recorded inputs in this log; write it with Gate(..., record_input=True)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    print(
+        f"replayed {replayed} decisions under policy {gate.policy_digest[:16]}: "
+        f"{flipped} would change between allow and deny, {changed} only in their reasons"
+    )
+    return EXIT_DENY if flipped else EXIT_OK
+
+
 def _log_show(args: argparse.Namespace) -> int:
     from execgate._core import Receipt
 
@@ -328,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _log_show(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "demo":
             from execgate.demo import run
 

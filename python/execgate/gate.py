@@ -134,7 +134,10 @@ class Gate:
     With ``key`` (a SigningKey or a PKCS#8 PEM path) every decision carries a
     signed ``receipt``; with ``audit`` (a path, or an :class:`AuditLog` for
     durability and signing options) receipts are appended to that log. A
-    decision that cannot be recorded is a deny.
+    decision that cannot be recorded is a deny. ``record_input=True`` puts the
+    whole input document, arguments included, in each decision record, so
+    ``execgate replay`` can re-evaluate the log under a new policy; it is off
+    by default because secrets passed as arguments would then be in the log.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class Gate:
         clock: Callable[[], dt.datetime] | None = None,
         key: SigningKey | str | os.PathLike[str] | None = None,
         audit: str | os.PathLike[str] | AuditLog | None = None,
+        record_input: bool = False,
     ) -> None:
         self._log = _audit_log(key, audit)
         self._native = _core.Gate(
@@ -158,6 +162,7 @@ class Gate:
             max_instructions=max_instructions,
             timeout=timeout,
             log=self._log,
+            record_input=record_input,
         )
         self._clock = clock
 

@@ -107,6 +107,7 @@ pub struct Gate {
     options: PolicyOptions,
     mode: Mode,
     log: Option<Arc<AuditLog>>,
+    record_input: bool,
 }
 
 impl Gate {
@@ -120,12 +121,16 @@ impl Gate {
             options,
             mode,
             log: None,
+            record_input: false,
         })
     }
 
-    /// Receipts every decision into `log` (allow and deny alike).
-    pub fn with_log(mut self, log: Arc<AuditLog>) -> Self {
+    /// Receipts every decision into `log` (allow and deny alike). With
+    /// `record_input`, receipts carry the whole input document, arguments
+    /// included, so `replay` can re-evaluate them.
+    pub fn with_log(mut self, log: Arc<AuditLog>, record_input: bool) -> Self {
         self.log = Some(log);
+        self.record_input = record_input;
         self
     }
 
@@ -192,7 +197,7 @@ impl Gate {
         if let Some(log) = &self.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
-            match decision_body(&decision).and_then(|body| log.append(body)) {
+            match decision_body(&decision, self.record_input).and_then(|body| log.append(body)) {
                 Ok(receipt) => decision.receipt = Some(receipt),
                 Err(e) => {
                     decision.allowed = false;

@@ -272,8 +272,9 @@ fn to_json(value: &regorus::Value) -> Result<Json> {
 }
 
 /// The payload body of a decision receipt (the chain fields are added by the
-/// log). Arguments appear only as a digest, so secrets in them stay out.
-pub fn decision_body(decision: &Decision) -> Result<Map<String, Json>> {
+/// log). Arguments appear only as a digest, so secrets in them stay out,
+/// unless `record_input` asks for the whole input document (for `replay`).
+pub fn decision_body(decision: &Decision, record_input: bool) -> Result<Map<String, Json>> {
     let input = to_json(&decision.input)?;
     let args = input.pointer("/action/args").cloned().unwrap_or(Json::Null);
     let mut body = Map::new();
@@ -305,6 +306,9 @@ pub fn decision_body(decision: &Decision) -> Result<Map<String, Json>> {
     body.insert("input_sha256".into(), json!(json_sha256(&input)?));
     if let Some(kind) = decision.error {
         body.insert("error".into(), json!(kind.as_str()));
+    }
+    if record_input {
+        body.insert("input".into(), input);
     }
     Ok(body)
 }

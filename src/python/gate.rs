@@ -93,7 +93,7 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        log=None))]
+                        log=None, record_input=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,6 +106,7 @@ impl PyGate {
         max_instructions: usize,
         timeout: f64,
         log: Option<PyRef<'_, PyAuditLog>>,
+        record_input: bool,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         if !(timeout.is_finite() && timeout > 0.0) {
@@ -121,7 +122,7 @@ impl PyGate {
         let set = policy_set(sources, paths, data, data_files)?;
         let mut inner = py.detach(|| Gate::new(set, options, mode))?;
         if let Some(log) = log {
-            inner = inner.with_log(log.inner.clone());
+            inner = inner.with_log(log.inner.clone(), record_input);
         }
         Ok(Self { inner })
     }
