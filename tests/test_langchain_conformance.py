@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
-from langchain_core.tools import BaseTool, tool  # noqa: E402
-from langchain_tests.unit_tests import ToolsUnitTests  # noqa: E402
+from langchain_core.tools import BaseTool, tool
+from langchain_tests.unit_tests import ToolsUnitTests
 
-import execgate  # noqa: E402
-from execgate.integrations.langchain import guard_tool  # noqa: E402
+import execgate
+from execgate.integrations.langchain import guard_tool
 
 GATE = execgate.Gate('package execgate\ndecision := input.action.name == "multiply"\n')
 
