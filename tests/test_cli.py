@@ -108,8 +108,19 @@ def test_python_m_and_stdin(policy: pathlib.Path, tmp_path: pathlib.Path) -> Non
     assert r.returncode == 0 and r.stdout.strip() == f"execgate {execgate.__version__}"
 
 
-def test_demo_runs_offline_and_shows_denials() -> None:
+def test_agent_demo_runs_a_real_agent_offline() -> None:
+    pytest.importorskip("langchain")
     r = _run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "a create_agent run" in r.stdout
+    assert "a hostile argument type: fs.read needs a string path" in r.stdout
+    assert "limit_hit=cpu" in r.stdout
+    assert "not in the allowlist" in r.stdout and "forbidden pattern" in r.stdout
+    assert "12 records (4 allowed, 4 denied, 4 completions)" in r.stdout and ": VALID" in r.stdout
+
+
+def test_demo_runs_offline_and_shows_denials() -> None:
+    r = _run("demo", "--classic")
     assert r.returncode == 0, r.stderr
     assert "\033[" not in r.stdout  # no colour when not a TTY
     assert "contains '..'" in r.stdout

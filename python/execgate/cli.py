@@ -130,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the signed audit log here (default: a temporary directory)",
     )
+    demo.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a real chat model for init_chat_model (needs execgate[langchain] and the "
+        "provider's credentials); default: a scripted model, offline",
+    )
+    demo.add_argument(
+        "--classic", action="store_true", help="the decorated-tools demo, without LangChain"
+    )
     return parser
 
 
@@ -376,6 +385,24 @@ def _describe(number: int, p: dict[str, Any]) -> str:
     return head
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from execgate import demo
+
+    if not args.classic:
+        try:
+            from execgate import agent_demo
+        except ImportError:
+            if args.model:
+                print(
+                    "execgate: --model needs LangChain: pip install 'execgate[langchain]'",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+        else:
+            return agent_demo.run(args.log, args.model)
+    return demo.run(args.log)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -393,9 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(args)
         if args.command == "demo":
-            from execgate.demo import run
-
-            return run(args.log)
+            return _demo(args)
     except ExecgateError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -102,8 +102,10 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     ``ToolMessage`` carrying the reasons and the same ``tool_call_id``, so the
     model sees why and can recover; ``on_deny="raise"`` aborts the run with
     :class:`~execgate.ActionDenied`. ``principal``, ``purpose`` and ``session``
-    are defaults used when the run does not name them. An obligation
-    ``args`` (an object) replaces the arguments the tool receives.
+    are defaults used when the run does not name them. ``actions`` maps tool
+    names to policy action names (``{"read_file": "fs.read"}``); unmapped tools
+    use their own name. An obligation ``args`` (an object) replaces the
+    arguments the tool receives.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         principal: Mapping[str, Any] | None = None,
         purpose: str | None = None,
         session: str | None = None,
+        actions: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if on_deny not in ("message", "raise"):
@@ -121,14 +124,16 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         self.gate = gate
         self.on_deny = on_deny
         self._defaults = {"principal": principal, "purpose": purpose, "session": session}
+        self._actions = dict(actions or {})
 
     def _authorize(
         self, request: ToolCallRequest
     ) -> tuple[ToolCallRequest, Decision, ToolMessage | None]:
         call = request.tool_call
         principal, context = _who_and_why(request, self._defaults)
+        action = self._actions.get(call["name"], call["name"])
         decision = self.gate.check(
-            call["name"], dict(call.get("args") or {}), principal=principal, context=context
+            action, dict(call.get("args") or {}), principal=principal, context=context
         )
         if decision.blocked:
             if self.on_deny == "raise":
