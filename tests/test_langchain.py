@@ -83,6 +83,8 @@ def gate(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
     g.close()
     report = execgate.verify_log(tmp_path / "audit.jsonl", key.verify_key)
     assert report.ok, (report.line, report.reason)
+    # One authorization and one completion per allowed call.
+    assert report.completions == report.allowed and report.unfinished == []
 
 
 def _check_run(messages: list[Any], gate: execgate.Gate) -> None:
@@ -148,6 +150,31 @@ def test_principal_from_configurable_and_session_from_thread(gate: execgate.Gate
     assert {d.input["context"]["tool_call_id"] for d in seen} == {"call_1", "call_2"}
     assert {d.input["principal"]["id"] for d in seen} == {"cfg-user"}
     assert {d.input["context"]["session"] for d in seen} == {"t-9"}
+
+
+def test_obligations_rewrite_the_arguments_the_tool_receives() -> None:
+    RAN.clear()
+    rewriting = execgate.Gate(
+        'package execgate\ndecision := {"allow": true, "obligations": {"args": {"path": "/workspace/safe.txt"}}}\n'
+    )
+    model = ScriptedModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[{"name": "read_file", "args": {"path": "/etc/passwd"}, "id": "c1"}],
+                ),
+                AIMessage(content="ok"),
+            ]
+        )
+    )
+    agent = create_agent(model, tools=[read_file], middleware=[ExecgateMiddleware(rewriting)])
+    messages = agent.invoke({"messages": [{"role": "user", "content": "go"}]})["messages"]
+    assert RAN == ["read /workspace/safe.txt"]
+    assert (
+        next(m for m in messages if isinstance(m, ToolMessage)).content
+        == "contents of /workspace/safe.txt"
+    )
 
 
 def test_callback_handler_blocks_sync_and_async_tools() -> None:
