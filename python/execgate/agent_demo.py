@@ -22,10 +22,9 @@ from langchain_core.tools import tool
 
 from execgate._core import SigningKey
 from execgate.context import principal, purpose
-from execgate.demo import _style, example_gate
+from execgate.demo import _style, example_gate, report_log
 from execgate.integrations.langchain import ExecgateMiddleware
 from execgate.sandbox import Limits, Sandbox
-from execgate.verify import verify_log
 
 __all__ = ["run"]
 
@@ -125,14 +124,4 @@ def run(log_path: str | None = None, model_name: str | None = None) -> int:
         print(f"           {notes.get(m.tool_call_id, '')}: {text}")
     final = result["messages"][-1].content
     print(f"\n  model's last word: {final!r}  ({elapsed:.2f} s, including the sandboxed run)")
-    report = verify_log(log_path, key.verify_key)
-    status = _style("VALID", "32", color) if report.ok else _style("INVALID", "31;1", color)
-    print(
-        f"\nsigned audit log {log_path}: {report.records} records "
-        f"({report.allowed} allowed, {report.denied} denied, {report.completions} completions), "
-        f"key {key.kid}: {status}"
-    )
-    if not report.ok:
-        print(f"  line {report.line}: {report.reason}")
-        return 1
-    return 0
+    return 0 if report_log(log_path, key, color) else 1

@@ -18,7 +18,7 @@ from execgate.gate import Gate
 from execgate.sandbox import Limits, Sandbox
 from execgate.verify import verify_log
 
-__all__ = ["example_gate", "run"]
+__all__ = ["example_gate", "report_log", "run"]
 
 
 def example_gate(**options: Any) -> Gate:
@@ -29,6 +29,20 @@ def example_gate(**options: Any) -> Gate:
         resources.as_file(root / "agent_data.json") as data,
     ):
         return Gate(rego, data=data, **options)
+
+
+def report_log(log_path: str, key: SigningKey, color: bool) -> bool:
+    """Verifies the demo's log and prints the summary; True when it is valid."""
+    report = verify_log(log_path, key.verify_key)
+    status = _style("VALID", "32", color) if report.ok else _style("INVALID", "31;1", color)
+    print(
+        f"\nsigned audit log {log_path}: {report.records} records "
+        f"({report.allowed} allowed, {report.denied} denied, {report.completions} completions), "
+        f"key {key.kid}: {status}"
+    )
+    if not report.ok:
+        print(f"  line {report.line}: {report.reason}")
+    return report.ok
 
 
 def _style(text: str, code: str, enabled: bool) -> str:
@@ -121,14 +135,6 @@ def run(log_path: str | None = None) -> int:
         "receipt and completion record included (and, for the sandboxed run, the run)."
     )
     gate.close()
-    report = verify_log(log_path, key.verify_key)
-    status = _style("VALID", "32", color) if report.ok else _style("INVALID", "31;1", color)
-    print(
-        f"\nsigned audit log {log_path}: {report.records} records "
-        f"({report.allowed} allowed, {report.denied} denied, {report.completions} completions), "
-        f"key {key.kid}: {status}"
-    )
-    if not report.ok:
-        print(f"  line {report.line}: {report.reason}")
+    if not report_log(log_path, key, color):
         return 1
     return 0

@@ -140,21 +140,8 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(|e| io_error(path, "cannot open", e))?;
-        let inner = Arc::new(Inner {
-            path: Some(path.to_path_buf()),
-            key,
-            options,
-            state: Mutex::new(State {
-                file: None,
-                closed: false,
-                seq: 0,
-                head: None,
-                known_len: u64::MAX,
-                unsigned: 0,
-                last_signed: Instant::now(),
-                dirty: false,
-            }),
-        });
+        // An impossible length, so the first lock reads the head from the file.
+        let inner = Inner::new(Some(path.to_path_buf()), key, options, u64::MAX);
         {
             let mut st = inner.state.lock();
             let lock = FileLock::acquire(&file, path)?;
@@ -173,21 +160,7 @@ impl AuditLog {
     /// A chain kept in memory only: receipts are signed and chained, nothing
     /// is written (for a gate with a key and no log file).
     pub fn in_memory(key: SigningKey, options: AuditOptions) -> Self {
-        let inner = Arc::new(Inner {
-            path: None,
-            key,
-            options,
-            state: Mutex::new(State {
-                file: None,
-                closed: false,
-                seq: 0,
-                head: None,
-                known_len: 0,
-                unsigned: 0,
-                last_signed: Instant::now(),
-                dirty: false,
-            }),
-        });
+        let inner = Inner::new(None, key, options, 0);
         Self {
             inner,
             ticker: Mutex::new(None),
@@ -269,6 +242,29 @@ impl Drop for AuditLog {
 }
 
 impl Inner {
+    fn new(
+        path: Option<PathBuf>,
+        key: SigningKey,
+        options: AuditOptions,
+        known_len: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            key,
+            options,
+            state: Mutex::new(State {
+                file: None,
+                closed: false,
+                seq: 0,
+                head: None,
+                known_len,
+                unsigned: 0,
+                last_signed: Instant::now(),
+                dirty: false,
+            }),
+        })
+    }
+
     fn path_for_errors(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new("<memory>"))
     }

@@ -86,6 +86,25 @@ struct Loaded {
     data: Vec<(String, Value)>,
 }
 
+impl Loaded {
+    /// An interpreter engine with every module and data document added.
+    fn engine(&self, timeout: Duration) -> Result<Engine> {
+        let mut engine = Engine::new();
+        engine.set_execution_timer_config(timer(timeout));
+        for (name, text) in &self.modules {
+            engine
+                .add_policy(name.clone(), text.clone())
+                .map_err(|e| load_error(name, &e))?;
+        }
+        for (name, data) in &self.data {
+            engine
+                .add_data(data.clone())
+                .map_err(|e| PolicyLoadError::in_file(name.as_str(), format!("{e:#}")))?;
+        }
+        Ok(engine)
+    }
+}
+
 impl PolicySet {
     /// An empty set.
     pub fn new() -> Self {
@@ -156,18 +175,7 @@ impl PolicySet {
             );
         }
         let loaded = self.load()?;
-        let mut engine = Engine::new();
-        engine.set_execution_timer_config(timer(options.timeout));
-        for (name, text) in &loaded.modules {
-            engine
-                .add_policy(name.clone(), text.clone())
-                .map_err(|e| load_error(name, &e))?;
-        }
-        for (name, data) in &loaded.data {
-            engine
-                .add_data(data.clone())
-                .map_err(|e| PolicyLoadError::in_file(name.as_str(), format!("{e:#}")))?;
-        }
+        let mut engine = loaded.engine(options.timeout)?;
         let entry: regorus::Rc<str> = options.entrypoint.as_str().into();
         let compiled = engine
             .compile_with_entrypoint(&entry)
@@ -322,19 +330,7 @@ impl PolicySet {
     /// Runs one test rule with the interpreter (tests use `with`, which the
     /// RVM does not compile). Load errors are returned as errors.
     pub fn run_rego_test(&self, rule: &str) -> Result<RegoTestOutcome> {
-        let loaded = self.load()?;
-        let mut engine = Engine::new();
-        for (name, text) in &loaded.modules {
-            engine
-                .add_policy(name.clone(), text.clone())
-                .map_err(|e| load_error(name, &e))?;
-        }
-        for (name, data) in &loaded.data {
-            engine
-                .add_data(data.clone())
-                .map_err(|e| PolicyLoadError::in_file(name.as_str(), format!("{e:#}")))?;
-        }
-        engine.set_execution_timer_config(timer(DEFAULT_TIMEOUT * 10));
+        let mut engine = self.load()?.engine(DEFAULT_TIMEOUT * 10)?;
         Ok(match engine.eval_rule(rule.to_string()) {
             Ok(Value::Bool(true)) => RegoTestOutcome::Passed,
             Ok(Value::Undefined) => {
