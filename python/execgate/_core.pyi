@@ -37,6 +37,7 @@ class Gate:
         timeout: float = ...,
         log: AuditLog | None = None,
         record_input: bool = False,
+        history: int = ...,
     ) -> Gate: ...
     def check(
         self,

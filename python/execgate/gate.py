@@ -138,6 +138,11 @@ class Gate:
     whole input document, arguments included, in each decision record, so
     ``execgate replay`` can re-evaluate the log under a new policy; it is off
     by default because secrets passed as arguments would then be in the log.
+
+    ``history`` is how many past decisions per session (``context.session``)
+    policies see as ``input.history``; ``input.usage`` has the session's call
+    count and the budgets spent. ``rate`` and ``budget`` obligations are
+    enforced atomically, and rebuilt from the audit log when the gate opens it.
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class Gate:
         key: SigningKey | str | os.PathLike[str] | None = None,
         audit: str | os.PathLike[str] | AuditLog | None = None,
         record_input: bool = False,
+        history: int = 32,
     ) -> None:
         self._log = _audit_log(key, audit)
         self._native = _core.Gate(
@@ -163,6 +169,7 @@ class Gate:
             timeout=timeout,
             log=self._log,
             record_input=record_input,
+            history=history,
         )
         self._clock = clock
 

@@ -9,6 +9,7 @@ use regorus::Value;
 
 use super::audit::AuditLog;
 use super::error::{CoreError, Result};
+use super::ledger::{history_entry, parse_limits, Ledger, DEFAULT_HISTORY};
 use super::policy::{FailureKind, Policy, PolicyOptions, PolicySet};
 use super::receipt::{completion_body, decision_body, Outcome, Receipt};
 
@@ -108,6 +109,7 @@ pub struct Gate {
     mode: Mode,
     log: Option<Arc<AuditLog>>,
     record_input: bool,
+    ledger: Ledger,
 }
 
 impl Gate {
@@ -122,15 +124,35 @@ impl Gate {
             mode,
             log: None,
             record_input: false,
+            ledger: Ledger::new(DEFAULT_HISTORY),
         })
     }
 
     /// Receipts every decision into `log` (allow and deny alike). With
     /// `record_input`, receipts carry the whole input document, arguments
     /// included, so `replay` can re-evaluate them.
-    pub fn with_log(mut self, log: Arc<AuditLog>, record_input: bool) -> Self {
+    pub fn with_log(mut self, log: Arc<AuditLog>, record_input: bool) -> Result<Self> {
+        // Rebuild history and rate/budget counters from what the log holds,
+        // so a restart is not a way around a limit.
+        if let Some(path) = log.path() {
+            let text = std::fs::read_to_string(path).map_err(|e| CoreError::Audit {
+                message: format!("cannot read to rebuild history: {e}"),
+                path: path.display().to_string(),
+            })?;
+            for line in text.lines() {
+                if let Ok(receipt) = Receipt::from_json(line) {
+                    self.ledger.replay(receipt.payload());
+                }
+            }
+        }
         self.log = Some(log);
         self.record_input = record_input;
+        Ok(self)
+    }
+
+    /// Keeps `len` history entries per session for `input.history` (0: none).
+    pub fn with_history(mut self, len: usize) -> Self {
+        self.ledger = Ledger::new(len);
         self
     }
 
@@ -172,16 +194,52 @@ impl Gate {
     /// every evaluation failure is a deny whose reason names the cause.
     pub fn check(&self, request: Request) -> Result<Decision> {
         let start = std::time::Instant::now();
-        let input = input_document(request)?;
+        let mut input = input_document(request)?;
+        let session = match &input["context"]["session"] {
+            Value::String(s) => s.to_string(),
+            _ => String::new(),
+        };
+        let (history, usage) = self.ledger.view(&session);
+        if let Ok(root) = input.as_object_mut() {
+            root.insert(Value::from("history"), history);
+            root.insert(Value::from("usage"), usage);
+        }
         let (policy, digest, entrypoint) = {
             let c = self.current.read();
             (c.policy.clone(), c.digest.clone(), c.entrypoint.clone())
         };
         let evaluation = policy.evaluate(&input);
-        let (allowed, reasons, obligations, error) = match evaluation.outcome {
+        let (mut allowed, mut reasons, mut obligations, mut error) = match evaluation.outcome {
             Ok(v) => (v.allow, v.reasons, v.obligations, None),
             Err(f) => (false, vec![f.message], Value::new_object(), Some(f.kind)),
         };
+        let time = input["context"]["time"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if allowed {
+            // Rate and budget obligations are met here, atomically, or the call is denied.
+            if let Err(reason) = self.take_limits(&obligations, &time) {
+                allowed = false;
+                reasons = vec![reason];
+                obligations = Value::new_object();
+                error = Some(FailureKind::Obligation);
+            }
+        }
+        let args =
+            serde_json::to_value(&input["action"]["args"]).unwrap_or(serde_json::Value::Null);
+        self.ledger.record(
+            &session,
+            history_entry(
+                input["action"]["name"]
+                    .as_string()
+                    .map(|s| s.as_ref())
+                    .unwrap_or(""),
+                allowed,
+                &time,
+                &super::receipt::json_sha256(&args).unwrap_or_default(),
+            ),
+        );
         let mut decision = Decision {
             allowed,
             mode: self.mode,
@@ -209,6 +267,19 @@ impl Gate {
         }
         decision.duration_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(decision)
+    }
+
+    fn take_limits(&self, obligations: &Value, time: &str) -> std::result::Result<(), String> {
+        if !matches!(obligations, Value::Object(o) if o.contains_key(&Value::from("rate")) || o.contains_key(&Value::from("budget")))
+        {
+            return Ok(());
+        }
+        let json = serde_json::to_value(obligations).map_err(|e| e.to_string())?;
+        let (rates, budgets) = parse_limits(&json)?;
+        let now = chrono::DateTime::parse_from_rfc3339(time)
+            .map(|t| t.timestamp_micros() as f64 / 1e6)
+            .map_err(|e| format!("cannot read context.time for rate limits: {e}"))?;
+        self.ledger.take(&rates, &budgets, now)
     }
 
     /// Records what happened when an authorized call ran, linked to its

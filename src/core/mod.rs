@@ -5,6 +5,7 @@ pub mod audit;
 pub mod error;
 pub mod gate;
 pub mod keys;
+pub mod ledger;
 pub mod policy;
 pub mod receipt;
 pub mod sandbox;

@@ -408,6 +408,9 @@ pub enum FailureKind {
     Runtime,
     /// The decision could not be written to the audit log.
     Audit,
+    /// An obligation could not be met: a rate or budget limit, or a
+    /// malformed limit the gate cannot enforce.
+    Obligation,
 }
 
 impl FailureKind {
@@ -420,6 +423,7 @@ impl FailureKind {
             Self::Limit => "limit",
             Self::Runtime => "runtime",
             Self::Audit => "audit",
+            Self::Obligation => "obligation",
         }
     }
 }

@@ -93,7 +93,7 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        log=None, record_input=false))]
+                        log=None, record_input=false, history=crate::core::ledger::DEFAULT_HISTORY))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,6 +107,7 @@ impl PyGate {
         timeout: f64,
         log: Option<PyRef<'_, PyAuditLog>>,
         record_input: bool,
+        history: usize,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         if !(timeout.is_finite() && timeout > 0.0) {
@@ -120,9 +121,12 @@ impl PyGate {
             timeout: Duration::from_secs_f64(timeout),
         };
         let set = policy_set(sources, paths, data, data_files)?;
-        let mut inner = py.detach(|| Gate::new(set, options, mode))?;
+        let mut inner = py
+            .detach(|| Gate::new(set, options, mode))?
+            .with_history(history);
         if let Some(log) = log {
-            inner = inner.with_log(log.inner.clone(), record_input);
+            let log = log.inner.clone();
+            inner = py.detach(|| inner.with_log(log, record_input))?;
         }
         Ok(Self { inner })
     }
