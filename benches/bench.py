@@ -1432,6 +1432,36 @@ def sandbox_startup(sizes: Sizes) -> None:
     print("  (the isolated call is dominated by starting a Python interpreter in the child)")
 
 
+def stateful(sizes: Sizes) -> None:
+    """A guarded call with history and a rate obligation against the same
+    policy with neither, in the same run."""
+    plain = 'package execgate\ndecision := {"allow": true}\n'
+    limited = (
+        'package execgate\ndecision := {"allow": true, "obligations": {"rate": '
+        '{"key": input.principal.id, "limit": 1000000000, "window_seconds": 3600}}}\n'
+    )
+    without = Gate(plain, history=0)
+    with_state = Gate(limited, history=32)
+    tools = {}
+    for name, gate in (("no history, no obligation", without), ("history 32 + rate", with_state)):
+
+        @gate.guard(action="tool")
+        def tool(x: int) -> int:
+            return x
+
+        tools[name] = tool
+    scenarios = {name: [(fn, (1,), {})] for name, fn in tools.items()}
+    with execgate.principal("p"), execgate.context(session="s"):
+        samples = interleaved(scenarios, sizes)
+    stats = {name: Stats.of(s) for name, s in samples.items()}
+    print(f"\nstateful policy, guarded call, {sizes.iterations:,} calls each")
+    print(f"  {'':<30}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}")
+    for name, st in stats.items():
+        print(f"  {name:<30}{st.p50:>10.2f}{st.p99:>10.2f}{st.mean:>10.2f}")
+    base, state = stats["no history, no obligation"], stats["history 32 + rate"]
+    print(f"  ratio (p50): {state.p50 / base.p50:.2f}x")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (~20 s)")
@@ -1471,6 +1501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_verification(Path(tmp), keys, sizes)
         concurrent_writers(Path(tmp), keys, sizes, single)
     sandbox_startup(sizes)
+    stateful(sizes)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -226,20 +226,17 @@ impl Gate {
                 error = Some(FailureKind::Obligation);
             }
         }
-        let args =
-            serde_json::to_value(&input["action"]["args"]).unwrap_or(serde_json::Value::Null);
-        self.ledger.record(
-            &session,
-            history_entry(
-                input["action"]["name"]
-                    .as_string()
-                    .map(|s| s.as_ref())
-                    .unwrap_or(""),
-                allowed,
-                &time,
-                &super::receipt::json_sha256(&args).unwrap_or_default(),
-            ),
-        );
+        if self.ledger.history_len() > 0 {
+            let args =
+                serde_json::to_value(&input["action"]["args"]).unwrap_or(serde_json::Value::Null);
+            let name = input["action"]["name"]
+                .as_string()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let digest = super::receipt::json_sha256(&args).unwrap_or_default();
+            self.ledger
+                .record(&session, history_entry(&name, allowed, &time, &digest));
+        }
         let mut decision = Decision {
             allowed,
             mode: self.mode,

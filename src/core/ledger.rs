@@ -96,6 +96,11 @@ impl Ledger {
         }
     }
 
+    /// How many entries per session are kept (0: no history).
+    pub fn history_len(&self) -> usize {
+        self.history_len
+    }
+
     /// `input.history` and `input.usage` for a session.
     pub fn view(&self, session: &str) -> (Value, Value) {
         let inner = self.inner.lock();
