@@ -141,8 +141,9 @@ class Gate:
 
     ``history`` is how many past decisions per session (``context.session``)
     policies see as ``input.history``; ``input.usage`` has the session's call
-    count (counted while history is kept) and the budgets spent. ``rate`` and ``budget`` obligations are
-    enforced atomically, and rebuilt from the audit log when the gate opens it.
+    count (counted while history is kept) and the budgets spent. ``rate`` and
+    ``budget`` obligations are enforced atomically, and rebuilt from the audit
+    log when the gate opens it.
     """
 
     def __init__(
