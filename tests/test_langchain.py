@@ -262,3 +262,61 @@ def test_importing_execgate_does_not_import_langchain() -> None:
     code = "import sys, execgate; print(any(m.startswith('langchain') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+APPROVAL_POLICY = """
+package execgate
+decision := {"allow": true, "obligations": {"approval": {"reason": "destructive", "approvers": ["ops"]}}} if {
+    input.action.name == "delete_all"
+}
+decision := {"allow": true} if input.action.name != "delete_all"
+"""
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_approval_pauses_with_an_interrupt_and_resumes(
+    tmp_path: pathlib.Path, answer: bool
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    RAN.clear()
+    key = execgate.SigningKey.generate()
+    gate = execgate.Gate(APPROVAL_POLICY, key=key, audit=tmp_path / "audit.jsonl")
+    model = ScriptedModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[{"name": "delete_all", "args": {"confirm": True}, "id": "c1"}],
+                ),
+                AIMessage(content="finished"),
+            ]
+        )
+    )
+    agent = create_agent(
+        model,
+        tools=[delete_all],
+        middleware=[ExecgateMiddleware(gate)],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "t-1"}}
+    paused = agent.invoke({"messages": [{"role": "user", "content": "wipe"}]}, config=config)
+    (pending,) = paused["__interrupt__"]
+    assert pending.value["type"] == "execgate.approval" and pending.value["reason"] == "destructive"
+    assert RAN == []
+    done = agent.invoke(
+        Command(resume={"approved": answer, "approver": "bob", "comment": "ok"}), config=config
+    )
+    tool_message = next(m for m in done["messages"] if isinstance(m, ToolMessage))
+    if answer:
+        assert RAN == ["delete_all"] and tool_message.content == "deleted"
+    else:
+        assert (
+            RAN == []
+            and tool_message.status == "error"
+            and "approval refused by bob: ok" in tool_message.content
+        )
+    gate.close()
+    report = execgate.verify_log(tmp_path / "audit.jsonl", key.verify_key)
+    assert report.ok and report.approvals == 2 and report.unfinished == []

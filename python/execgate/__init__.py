@@ -13,6 +13,7 @@ from execgate._core import (
     VerifyReport,
     __version__,
 )
+from execgate.approval import Approval, ApprovalRequest
 from execgate.context import context, current_context, current_principal, principal, purpose
 from execgate.errors import (
     ActionDenied,
@@ -31,6 +32,8 @@ from execgate.verify import verify_log
 __all__ = [
     "DEFAULT_ENTRYPOINT",
     "ActionDenied",
+    "Approval",
+    "ApprovalRequest",
     "ApprovalRequired",
     "ArgumentError",
     "AuditLog",

@@ -65,6 +65,15 @@ class Gate:
         error_type: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Receipt: ...
+    def record_approval(
+        self,
+        receipt: Receipt,
+        *,
+        approved: bool,
+        approver: str,
+        comment: str | None = None,
+        timed_out: bool = False,
+    ) -> Receipt: ...
     @property
     def log(self) -> AuditLog | None: ...
     @property
@@ -198,6 +207,8 @@ class VerifyReport:
     def completions(self) -> int: ...
     @property
     def recoveries(self) -> int: ...
+    @property
+    def approvals(self) -> int: ...
     @property
     def checkpoints(self) -> int: ...
     @property

@@ -6,7 +6,7 @@ argument at fault) as attributes, not only a message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from execgate._core import Decision
@@ -30,10 +30,10 @@ class ExecgateError(Exception):
 class ActionDenied(ExecgateError, PermissionError):
     """The gate denied an action. ``decision`` holds the full Decision."""
 
-    def __init__(self, decision: Decision) -> None:
+    def __init__(self, decision: Decision, reasons: tuple[str, ...] | None = None) -> None:
         self.decision = decision
         self.action = decision.action
-        self.reasons: tuple[str, ...] = decision.reasons
+        self.reasons: tuple[str, ...] = decision.reasons if reasons is None else reasons
         super().__init__(f"{self.action} denied: " + "; ".join(self.reasons))
 
 
@@ -100,4 +100,14 @@ class SandboxError(ExecgateError):
 
 
 class ApprovalRequired(ExecgateError):
-    """The policy requires human approval and no approver answered yes."""
+    """The policy requires human approval and the gate has no approver.
+
+    ``request`` is the :class:`~execgate.approval.ApprovalRequest`; ``decision``
+    the decision that asked for it.
+    """
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.decision = request.decision
+        reason = f": {request.reason}" if request.reason else ""
+        super().__init__(f"{request.action} needs approval{reason}")

@@ -17,9 +17,10 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
 from execgate._core import AuditLog, Decision, Receipt, SigningKey
+from execgate.approval import ApprovalRequest, Approver, ask
 from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied, SandboxError
+from execgate.errors import ActionDenied, ApprovalRequired, SandboxError
 from execgate.sandbox import Completed, Sandbox
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
@@ -139,6 +140,12 @@ class Gate:
     ``execgate replay`` can re-evaluate the log under a new policy; it is off
     by default because secrets passed as arguments would then be in the log.
 
+    A policy can require human approval (``obligations.approval`` with a
+    ``reason`` and ``approvers``): ``approver`` is asked (see
+    :mod:`execgate.approval`); without one the call raises
+    :class:`ApprovalRequired`; no answer within ``approval_timeout`` seconds
+    denies.
+
     ``history`` is how many past decisions per session (``context.session``)
     policies see as ``input.history``; ``input.usage`` has the session's call
     count (counted while history is kept) and the budgets spent. ``rate`` and
@@ -160,6 +167,8 @@ class Gate:
         audit: str | os.PathLike[str] | AuditLog | None = None,
         record_input: bool = False,
         history: int = 32,
+        approver: Approver | None = None,
+        approval_timeout: float = 300.0,
     ) -> None:
         self._log = _audit_log(key, audit)
         self._native = _core.Gate(
@@ -173,6 +182,8 @@ class Gate:
             history=history,
         )
         self._clock = clock
+        self._approver = approver
+        self._approval_timeout = approval_timeout
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **options: Any) -> Gate:
@@ -203,10 +214,9 @@ class Gate:
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Like :meth:`check`, but raises :class:`ActionDenied` when the call is blocked."""
-        decision = self.check(action, args, principal=principal, context=context)
-        if decision.blocked:
-            raise ActionDenied(decision)
-        return decision
+        if args is not None and type(args) is not dict:
+            args = dict(args)
+        return self._authorize(action, args or {}, principal, context)
 
     def _decide(
         self,
@@ -232,11 +242,36 @@ class Gate:
         principal: Mapping[str, Any] | None,
         context: Mapping[str, Any] | None,
     ) -> Decision:
-        """Used by ``@guard``: decide, and raise ActionDenied when blocked."""
+        """Decide; raise ActionDenied when blocked; obtain approval when required."""
         decision = self._decide(action, args, principal, context)
         if decision.blocked:
             raise ActionDenied(decision)
+        if decision.allowed and "approval" in decision.obligations:
+            self._approve(decision)
         return decision
+
+    def _approve(self, decision: Decision) -> None:
+        request = ApprovalRequest.of(decision)
+        if self._approver is None:
+            raise ApprovalRequired(request)
+        answer = ask(self._approver, request, self._approval_timeout)
+        approved = answer is not None and answer.approved
+        if decision.receipt is not None:
+            self._native.record_approval(
+                decision.receipt,
+                approved=approved,
+                approver="" if answer is None else answer.approver,
+                comment=None if answer is None else answer.comment,
+                timed_out=answer is None,
+            )
+        if not approved:
+            why = (
+                f"approval timed out after {self._approval_timeout:g} s"
+                if answer is None
+                else f"approval refused by {answer.approver}"
+                + (f": {answer.comment}" if answer.comment else "")
+            )
+            raise ActionDenied(decision, (why,))
 
     def _complete(
         self, receipt: Receipt, start_ns: int, output: Any, error: BaseException | None

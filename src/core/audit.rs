@@ -545,6 +545,8 @@ pub struct VerifyReport {
     pub completions: u64,
     /// Recovery records (torn tails that were repaired).
     pub recoveries: u64,
+    /// Approval records (answers to decisions that required approval).
+    pub approvals: u64,
     /// Signed checkpoint records.
     pub checkpoints: u64,
     /// Earliest and latest record time.
@@ -724,6 +726,36 @@ pub fn verify_log(path: &Path, keyring: &Keyring) -> Result<VerifyReport> {
                     }
                 }
                 report.completions += 1;
+            }
+            "approval" => {
+                let auth = payload.get("authorization");
+                let id = auth
+                    .and_then(|a| a.get("id"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("");
+                let sha = auth
+                    .and_then(|a| a.get("sha256"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("");
+                let approved = payload
+                    .get("approval")
+                    .and_then(|a| a.get("approved"))
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false);
+                match decisions.get_mut(id) {
+                    // A refused (or timed-out) approval means the call never runs.
+                    Some((digest, open)) if digest == sha => *open &= approved,
+                    _ => {
+                        fail(
+                            &mut report,
+                            &mut pending,
+                            line_no,
+                            format!("approval links to unknown decision {id:?}"),
+                        );
+                        return Ok(report);
+                    }
+                }
+                report.approvals += 1;
             }
             "recovery" => report.recoveries += 1,
             "checkpoint" => report.checkpoints += 1,

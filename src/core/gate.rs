@@ -11,7 +11,7 @@ use super::audit::AuditLog;
 use super::error::{CoreError, Result};
 use super::ledger::{history_entry, parse_limits, Ledger, DEFAULT_HISTORY};
 use super::policy::{FailureKind, Policy, PolicyOptions, PolicySet};
-use super::receipt::{completion_body, decision_body, Outcome, Receipt};
+use super::receipt::{approval_body, completion_body, decision_body, Approval, Outcome, Receipt};
 
 /// Whether a deny blocks the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +277,14 @@ impl Gate {
             .map(|t| t.timestamp_micros() as f64 / 1e6)
             .map_err(|e| format!("cannot read context.time for rate limits: {e}"))?;
         self.ledger.take(&rates, &budgets, now)
+    }
+
+    /// Records a human's answer to a decision that required approval.
+    pub fn record_approval(&self, authorization: &Receipt, approval: &Approval) -> Result<Receipt> {
+        let log = self.log.as_ref().ok_or_else(|| {
+            CoreError::InvalidArgument("this gate has no key or log to record approvals in".into())
+        })?;
+        log.append(approval_body(authorization, approval)?)
     }
 
     /// Records what happened when an authorized call ran, linked to its

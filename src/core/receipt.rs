@@ -328,6 +328,41 @@ pub struct Outcome {
     pub extra: Map<String, Json>,
 }
 
+/// A human's answer to a decision that required approval.
+#[derive(Debug, Clone, Default)]
+pub struct Approval {
+    /// Whether the call may go ahead.
+    pub approved: bool,
+    /// Who answered (identity as the approver reported it).
+    pub approver: String,
+    /// Free text from the approver.
+    pub comment: Option<String>,
+    /// True when nobody answered in time (then `approved` is false).
+    pub timed_out: bool,
+}
+
+/// The payload body of an approval record, linked to its decision.
+pub fn approval_body(authorization: &Receipt, approval: &Approval) -> Result<Map<String, Json>> {
+    if authorization.kind() != "decision" {
+        return Err(CoreError::InvalidArgument(format!(
+            "an approval must name a decision receipt, not a {:?} record",
+            authorization.kind()
+        )));
+    }
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("approval"));
+    body.insert(
+        "authorization".into(),
+        json!({"id": authorization.id(), "sha256": authorization.digest()}),
+    );
+    body.insert(
+        "approval".into(),
+        json!({"approved": approval.approved && !approval.timed_out, "approver": approval.approver,
+               "comment": approval.comment, "timed_out": approval.timed_out}),
+    );
+    Ok(body)
+}
+
 /// The payload body of a completion record, linked to its authorization.
 pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Map<String, Json>> {
     if authorization.kind() != "decision" {

@@ -139,6 +139,10 @@ impl PyVerifyReport {
         self.inner.recoveries
     }
     #[getter]
+    fn approvals(&self) -> u64 {
+        self.inner.approvals
+    }
+    #[getter]
     fn checkpoints(&self) -> u64 {
         self.inner.checkpoints
     }

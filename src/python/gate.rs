@@ -13,7 +13,7 @@ use crate::core::gate::{Decision, Gate, Mode, Request};
 use crate::core::policy::{
     PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
 };
-use crate::core::receipt::{json_sha256, sha256_hex, Outcome};
+use crate::core::receipt::{json_sha256, sha256_hex, Approval, Outcome};
 
 /// Builds a policy set from the already-classified pieces the Python layer passes.
 fn policy_set(
@@ -220,6 +220,28 @@ impl PyGate {
         }
         let authorization = receipt.inner.clone();
         let inner = py.detach(|| self.inner.record_outcome(&authorization, &outcome))?;
+        Ok(PyReceipt { inner })
+    }
+
+    /// Records a human's answer to a decision that required approval.
+    #[pyo3(signature = (receipt, *, approved, approver, comment=None, timed_out=false))]
+    fn record_approval(
+        &self,
+        py: Python<'_>,
+        receipt: PyRef<'_, PyReceipt>,
+        approved: bool,
+        approver: String,
+        comment: Option<String>,
+        timed_out: bool,
+    ) -> PyResult<PyReceipt> {
+        let approval = Approval {
+            approved,
+            approver,
+            comment,
+            timed_out,
+        };
+        let authorization = receipt.inner.clone();
+        let inner = py.detach(|| self.inner.record_approval(&authorization, &approval))?;
         Ok(PyReceipt { inner })
     }
 

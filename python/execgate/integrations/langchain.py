@@ -27,6 +27,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 
 from execgate._core import Decision, Receipt
+from execgate.approval import Approval, ApprovalRequest
 from execgate.errors import ActionDenied
 
 if TYPE_CHECKING:
@@ -74,15 +75,20 @@ def _who_and_why(
     return principal, context
 
 
-def _denial(decision: Decision, tool_call_id: str | None, name: str) -> ToolMessage:
-    reasons = "; ".join(decision.reasons) or "denied by policy"
+def _denial(
+    decision: Decision, tool_call_id: str | None, name: str, reasons_list: tuple[str, ...]
+) -> ToolMessage:
+    reasons = "; ".join(reasons_list) or "denied by policy"
     return ToolMessage(
         content=f"Tool call {name!r} was denied by policy: {reasons}. "
         "It did not run; do not retry it unchanged.",
         tool_call_id=tool_call_id or "",
         name=name,
         status="error",
-        response_metadata={"execgate": _meta(decision)},
+        # Refused (by policy or by an approver): the call did not run.
+        response_metadata={
+            "execgate": {**_meta(decision), "decision": "deny", "reasons": list(reasons_list)}
+        },
     )
 
 
@@ -106,6 +112,13 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     names to policy action names (``{"read_file": "fs.read"}``); unmapped tools
     use their own name. An obligation ``args`` (an object) replaces the
     arguments the tool receives.
+
+    A decision that requires approval (``obligations.approval``) pauses the run
+    with LangGraph's ``interrupt`` (the agent needs a checkpointer); resume it
+    with ``Command(resume={"approved": bool, "approver": ..., "comment": ...})``.
+    The pause is recorded as a not-approved answer to the first decision; the
+    resumed run decides again and records the human's answer to that one.
+    ``approval="gate"`` asks the gate's own approver instead.
     """
 
     def __init__(
@@ -117,6 +130,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         purpose: str | None = None,
         session: str | None = None,
         actions: Mapping[str, str] | None = None,
+        approval: Literal["interrupt", "gate"] = "interrupt",
     ) -> None:
         super().__init__()
         if on_deny not in ("message", "raise"):
@@ -125,6 +139,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         self.on_deny = on_deny
         self._defaults = {"principal": principal, "purpose": purpose, "session": session}
         self._actions = dict(actions or {})
+        self.approval = approval
 
     def _authorize(
         self, request: ToolCallRequest
@@ -136,13 +151,74 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             action, dict(call.get("args") or {}), principal=principal, context=context
         )
         if decision.blocked:
-            if self.on_deny == "raise":
-                raise ActionDenied(decision)
-            return request, decision, _denial(decision, call.get("id"), call["name"])
+            return self._refuse(request, decision, ActionDenied(decision))
+        if "approval" in decision.obligations:
+            try:
+                self._approve(decision)
+            except ActionDenied as refused:
+                return self._refuse(request, decision, refused)
         rewritten = decision.obligations.get("args")
         if isinstance(rewritten, Mapping):
             request = request.override(tool_call={**call, "args": dict(rewritten)})
         return request, decision, None
+
+    def _refuse(
+        self, request: ToolCallRequest, decision: Decision, refusal: ActionDenied
+    ) -> tuple[ToolCallRequest, Decision, ToolMessage | None]:
+        if self.on_deny == "raise":
+            raise refusal
+        call = request.tool_call
+        return request, decision, _denial(decision, call.get("id"), call["name"], refusal.reasons)
+
+    def _approve(self, decision: Decision) -> None:
+        """Obtains approval or raises ActionDenied (or ApprovalRequired)."""
+        if self.approval == "gate":
+            self.gate._approve(decision)
+            return
+        from langgraph.errors import GraphInterrupt
+        from langgraph.types import interrupt
+
+        request = ApprovalRequest.of(decision)
+        try:
+            answer = interrupt(
+                {
+                    "type": "execgate.approval",
+                    "action": request.action,
+                    "args": dict(request.args),
+                    "reason": request.reason,
+                    "approvers": list(request.approvers),
+                    "receipt": request.receipt_id,
+                }
+            )
+        except GraphInterrupt:
+            if decision.receipt is not None:
+                self.gate._native.record_approval(
+                    decision.receipt,
+                    approved=False,
+                    approver="",
+                    comment="paused for human approval",
+                )
+            raise
+        if isinstance(answer, Mapping):
+            approval = Approval(
+                bool(answer.get("approved")),
+                str(answer.get("approver") or "unknown"),
+                answer.get("comment"),
+            )
+        else:
+            approval = Approval(answer is True, "unknown")
+        if decision.receipt is not None:
+            self.gate._native.record_approval(
+                decision.receipt,
+                approved=approval.approved,
+                approver=approval.approver,
+                comment=approval.comment,
+            )
+        if not approval.approved:
+            why = f"approval refused by {approval.approver}"
+            raise ActionDenied(
+                decision, (why + (f": {approval.comment}" if approval.comment else ""),)
+            )
 
     def _finish(
         self, decision: Decision, start: int, result: Any, error: BaseException | None
