@@ -26,6 +26,7 @@ from execgate.errors import (
     SignatureError,
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
+from execgate.redact import redact
 from execgate.sandbox import Completed, Limits, Sandbox
 from execgate.verify import verify_log
 
@@ -57,5 +58,6 @@ __all__ = [
     "current_principal",
     "principal",
     "purpose",
+    "redact",
     "verify_log",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "VerifyKey",
     "VerifyReport",
     "__version__",
+    "redact",
     "rego_tests",
     "run_rego_test",
     "run_sandboxed",
@@ -245,3 +246,11 @@ def run_rego_test(
     data: list[dict[str, Any]] = ...,
     data_files: list[str] = ...,
 ) -> tuple[str, str]: ...
+def redact(
+    value: Any,
+    *,
+    detectors: list[str] | None = None,
+    transform: str = "mask",
+    key: bytes = ...,
+    custom: dict[str, str] = ...,
+) -> tuple[Any, list[dict[str, Any]]]: ...

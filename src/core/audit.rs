@@ -177,6 +177,11 @@ impl AuditLog {
         self.inner.key.verify_key()
     }
 
+    /// A key derived from the signing key for another purpose.
+    pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
+        self.inner.key.derive(purpose)
+    }
+
     /// The options the log writes with.
     pub fn options(&self) -> AuditOptions {
         self.inner.options

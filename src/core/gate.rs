@@ -2,6 +2,7 @@
 //! policy, and returns a [`Decision`]. Holds the policy behind a lock so
 //! `reload()` swaps it atomically.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -12,6 +13,7 @@ use super::error::{CoreError, Result};
 use super::ledger::{history_entry, parse_limits, Ledger, DEFAULT_HISTORY};
 use super::policy::{FailureKind, Policy, PolicyOptions, PolicySet};
 use super::receipt::{approval_body, completion_body, decision_body, Approval, Outcome, Receipt};
+use super::redact::Redactor;
 
 /// Whether a deny blocks the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,9 @@ struct Current {
     policy: Arc<Policy>,
     digest: Arc<str>,
     entrypoint: Arc<str>,
+    /// The detectors for this policy's data (custom patterns in
+    /// `data.execgate_redact.patterns`), keyed by the gate's pseudonym key.
+    redactor: Arc<Redactor>,
 }
 
 /// A policy, its sources, and a mode. Thread-safe; share it freely.
@@ -110,6 +115,7 @@ pub struct Gate {
     log: Option<Arc<AuditLog>>,
     record_input: bool,
     ledger: Ledger,
+    redact_key: [u8; 32],
 }
 
 impl Gate {
@@ -117,8 +123,12 @@ impl Gate {
     /// does not load.
     pub fn new(set: PolicySet, options: PolicyOptions, mode: Mode) -> Result<Self> {
         let policy = set.compile(&options)?;
+        // Random until a log gives a stable key (see with_log).
+        let mut redact_key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut redact_key);
         Ok(Self {
-            current: RwLock::new(Current::from(policy)),
+            current: RwLock::new(Current::new(Arc::new(policy), &redact_key)?),
+            redact_key,
             sources: Mutex::new(set),
             options,
             mode,
@@ -145,6 +155,10 @@ impl Gate {
                 }
             }
         }
+        // Pseudonyms stay stable across restarts: the key derives from the log's signing key.
+        self.redact_key = log.derived_key(b"execgate redaction v1");
+        let policy = self.policy();
+        *self.current.get_mut() = Current::new(policy, &self.redact_key)?;
         self.log = Some(log);
         self.record_input = record_input;
         Ok(self)
@@ -185,7 +199,7 @@ impl Gate {
         let set = set.unwrap_or_else(|| sources.clone());
         let policy = set.compile(&self.options)?;
         let digest = policy.digest().to_string();
-        *self.current.write() = Current::from(policy);
+        *self.current.write() = Current::new(Arc::new(policy), &self.redact_key)?;
         *sources = set;
         Ok(digest)
     }
@@ -204,9 +218,14 @@ impl Gate {
             root.insert(Value::from("history"), history);
             root.insert(Value::from("usage"), usage);
         }
-        let (policy, digest, entrypoint) = {
+        let (policy, digest, entrypoint, redactor) = {
             let c = self.current.read();
-            (c.policy.clone(), c.digest.clone(), c.entrypoint.clone())
+            (
+                c.policy.clone(),
+                c.digest.clone(),
+                c.entrypoint.clone(),
+                c.redactor.clone(),
+            )
         };
         let evaluation = policy.evaluate(&input);
         let (mut allowed, mut reasons, mut obligations, mut error) = match evaluation.outcome {
@@ -252,7 +271,9 @@ impl Gate {
         if let Some(log) = &self.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
-            match decision_body(&decision, self.record_input).and_then(|body| log.append(body)) {
+            match decision_body(&decision, self.record_input, &redactor)
+                .and_then(|body| log.append(body))
+            {
                 Ok(receipt) => decision.receipt = Some(receipt),
                 Err(e) => {
                     decision.allowed = false;
@@ -297,13 +318,29 @@ impl Gate {
     }
 }
 
-impl From<Policy> for Current {
-    fn from(policy: Policy) -> Self {
-        Self {
+impl Current {
+    fn new(policy: Arc<Policy>, key: &[u8]) -> Result<Self> {
+        let mut custom = BTreeMap::new();
+        if let Value::Object(patterns) = &policy.data()["execgate_redact"]["patterns"] {
+            for (name, pattern) in patterns.iter() {
+                match (name, pattern) {
+                    (Value::String(n), Value::String(p)) => {
+                        custom.insert(n.to_string(), p.to_string());
+                    }
+                    _ => {
+                        return Err(CoreError::InvalidArgument(
+                            "data.execgate_redact.patterns must map names to regex strings".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(Self {
             digest: policy.digest().into(),
             entrypoint: policy.options().entrypoint.as_str().into(),
-            policy: Arc::new(policy),
-        }
+            redactor: Arc::new(Redactor::new(&custom, key)?),
+            policy,
+        })
     }
 }
 

@@ -178,6 +178,15 @@ impl SigningKey {
         VerifyKey::from_dalek(self.inner.verifying_key())
     }
 
+    /// A 32-byte key for another purpose, derived from this one (SHA-256 of
+    /// the purpose and the secret key), so it is stable wherever this key is.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(purpose);
+        h.update(self.inner.to_bytes());
+        h.finalize().into()
+    }
+
     /// Signs `message` (64-byte Ed25519 signature).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.inner.sign(message).to_bytes()

@@ -8,4 +8,5 @@ pub mod keys;
 pub mod ledger;
 pub mod policy;
 pub mod receipt;
+pub mod redact;
 pub mod sandbox;

@@ -474,6 +474,11 @@ impl Policy {
         &self.digest
     }
 
+    /// The merged data document.
+    pub fn data(&self) -> &Value {
+        &self.data
+    }
+
     /// The options this policy was compiled with.
     pub fn options(&self) -> &PolicyOptions {
         &self.options

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::error::{CoreError, Result};
 use super::gate::Decision;
 use super::keys::{Keyring, SigningKey, VerifyKey};
+use super::redact::{Redactor, Transform};
 
 /// The DSSE payload type of every execgate record.
 pub const PAYLOAD_TYPE: &str = "application/vnd.execgate.receipt.v1+json";
@@ -274,7 +275,15 @@ fn to_json(value: &regorus::Value) -> Result<Json> {
 /// The payload body of a decision receipt (the chain fields are added by the
 /// log). Arguments appear only as a digest, so secrets in them stay out,
 /// unless `record_input` asks for the whole input document (for `replay`).
-pub fn decision_body(decision: &Decision, record_input: bool) -> Result<Map<String, Json>> {
+///
+/// Whatever the policy says, nothing a detector recognises is written: the
+/// principal, context, reasons (and a recorded input) pass through `redactor`
+/// with keyed pseudonyms, and the record lists what was replaced where.
+pub fn decision_body(
+    decision: &Decision,
+    record_input: bool,
+    redactor: &Redactor,
+) -> Result<Map<String, Json>> {
     let input = to_json(&decision.input)?;
     let args = input.pointer("/action/args").cloned().unwrap_or(Json::Null);
     let mut body = Map::new();
@@ -284,21 +293,29 @@ pub fn decision_body(decision: &Decision, record_input: bool) -> Result<Map<Stri
         json!(if decision.allowed { "allow" } else { "deny" }),
     );
     body.insert("mode".into(), json!(decision.mode.as_str()));
-    body.insert("reasons".into(), json!(decision.reasons));
     body.insert("obligations".into(), to_json(&decision.obligations)?);
     body.insert(
         "action".into(),
         json!({"name": input.pointer("/action/name").cloned().unwrap_or(Json::Null),
                "args_sha256": json_sha256(&args)?}),
     );
-    body.insert(
-        "principal".into(),
-        input.get("principal").cloned().unwrap_or(Json::Null),
-    );
-    body.insert(
-        "context".into(),
-        input.get("context").cloned().unwrap_or(Json::Null),
-    );
+    let mut findings = Vec::new();
+    let mut clean = |value: &Json, path: &str| -> Result<Json> {
+        let (out, found) = redactor.redact(value, None, Transform::Hash, path)?;
+        findings.extend(found);
+        Ok(out)
+    };
+    let principal = clean(input.get("principal").unwrap_or(&Json::Null), "principal")?;
+    let context = clean(input.get("context").unwrap_or(&Json::Null), "context")?;
+    let reasons = clean(&json!(decision.reasons), "reasons")?;
+    let recorded = if record_input {
+        Some(clean(&input, "input")?)
+    } else {
+        None
+    };
+    body.insert("principal".into(), principal);
+    body.insert("context".into(), context);
+    body.insert("reasons".into(), reasons);
     body.insert(
         "policy".into(),
         json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest}),
@@ -307,8 +324,11 @@ pub fn decision_body(decision: &Decision, record_input: bool) -> Result<Map<Stri
     if let Some(kind) = decision.error {
         body.insert("error".into(), json!(kind.as_str()));
     }
-    if record_input {
-        body.insert("input".into(), input);
+    if let Some(recorded) = recorded {
+        body.insert("input".into(), recorded);
+    }
+    if !findings.is_empty() {
+        body.insert("redacted".into(), json!(findings));
     }
     Ok(body)
 }

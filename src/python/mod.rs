@@ -7,4 +7,5 @@ pub mod convert;
 pub mod errors;
 pub mod gate;
 pub mod keys;
+pub mod redact;
 pub mod sandbox;

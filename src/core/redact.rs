@@ -1,0 +1,400 @@
+//! The privacy router's detectors and transforms.
+//!
+//! Detectors are compiled once into one `RegexSet` (which of them can match
+//! at all) plus one `Regex` each (where); validators (Luhn, mod-97, SSN and
+//! IPv4 rules) keep false positives low. Transforms rewrite each finding:
+//! `mask` keeps a hint, `hash` is a keyed HMAC-SHA-256 pseudonym (stable per
+//! key, so joins still work), `drop` removes it, `deny` refuses the call.
+//! Reports say which detector fired where, never the original value.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use regex::{Regex, RegexSet};
+use serde_json::Value as Json;
+use sha2::Sha256;
+
+use super::error::{CoreError, Result};
+
+/// Checks one match (checksums, ranges); false drops it.
+type Validator = fn(&str) -> bool;
+
+/// A detector: a pattern and an optional validator of each match.
+struct Detector {
+    name: String,
+    regex: Regex,
+    validate: Option<Validator>,
+}
+
+/// The built-in detectors, by name, in the order they are tried.
+const BUILTIN: &[(&str, &str, Option<Validator>)] = &[
+    (
+        "pem_private_key",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+        None,
+    ),
+    (
+        "jwt",
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        None,
+    ),
+    (
+        "bearer_token",
+        r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*",
+        None,
+    ),
+    ("aws_access_key", r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", None),
+    (
+        "github_token",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b",
+        None,
+    ),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9_-]{20}\b", None),
+    ("slack_token", r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b", None),
+    (
+        "email",
+        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        None,
+    ),
+    (
+        "iban",
+        r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+        Some(iban_valid),
+    ),
+    ("card", r"\b(?:[0-9][ -]?){12,18}[0-9]\b", Some(luhn_valid)),
+    ("us_ssn", r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", Some(ssn_valid)),
+    (
+        "phone",
+        r"(?:\+[1-9][0-9]{0,2}[ .-]?)?\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b",
+        None,
+    ),
+    (
+        "ipv4",
+        r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
+        Some(ipv4_valid),
+    ),
+    (
+        "ipv6",
+        r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?",
+        Some(ipv6_valid),
+    ),
+];
+
+fn digits(s: &str) -> Vec<u32> {
+    s.chars().filter_map(|c| c.to_digit(10)).collect()
+}
+
+/// Luhn checksum over the digits (13 to 19 of them).
+fn luhn_valid(s: &str) -> bool {
+    let d = digits(s);
+    if !(13..=19).contains(&d.len()) {
+        return false;
+    }
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &x)| {
+            if i % 2 == 1 {
+                if x * 2 > 9 {
+                    x * 2 - 9
+                } else {
+                    x * 2
+                }
+            } else {
+                x
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// ISO 13616 mod-97 check.
+fn iban_valid(s: &str) -> bool {
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut rem: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let v = match c {
+            '0'..='9' => c as u32 - '0' as u32,
+            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// US SSN rules: no 000, 666 or 9xx area, no 00 group, no 0000 serial.
+fn ssn_valid(s: &str) -> bool {
+    let d = digits(s);
+    let area = d[0] * 100 + d[1] * 10 + d[2];
+    let group = d[3] * 10 + d[4];
+    let serial = d[5] * 1000 + d[6] * 100 + d[7] * 10 + d[8];
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+fn ipv4_valid(s: &str) -> bool {
+    s.split('.')
+        .all(|o| o.parse::<u8>().is_ok() && !(o.len() > 1 && o.starts_with('0')))
+}
+
+fn ipv6_valid(s: &str) -> bool {
+    s.parse::<std::net::Ipv6Addr>().is_ok() && s.contains(':') && s.len() > 2
+}
+
+/// What to do with a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Keep a hint (the last four characters, or the domain of an email).
+    Mask,
+    /// A keyed pseudonym: `<detector:first 16 hex of HMAC-SHA-256>`.
+    Hash,
+    /// Remove it: `[detector]`.
+    Drop,
+    /// Refuse the call.
+    Deny,
+}
+
+impl std::str::FromStr for Transform {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mask" => Ok(Self::Mask),
+            "hash" => Ok(Self::Hash),
+            "drop" => Ok(Self::Drop),
+            "deny" => Ok(Self::Deny),
+            other => Err(CoreError::InvalidArgument(format!(
+                "transform must be mask, hash, drop or deny, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One kind of finding at one place.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// Where: `args.body`, `output[2].text`, ...
+    pub path: String,
+    /// Which detector.
+    pub detector: String,
+    /// How many matches.
+    pub count: usize,
+}
+
+/// Compiled detectors and the pseudonym key.
+pub struct Redactor {
+    detectors: Vec<Detector>,
+    set: RegexSet,
+    key: Vec<u8>,
+}
+
+impl Redactor {
+    /// The built-in detectors plus `custom` (name -> regex), keyed for `hash`.
+    pub fn new(custom: &BTreeMap<String, String>, key: &[u8]) -> Result<Self> {
+        let mut detectors: Vec<Detector> = BUILTIN
+            .iter()
+            .map(|(name, pattern, validate)| Detector {
+                name: (*name).to_string(),
+                regex: Regex::new(pattern).expect("built-in patterns are valid"),
+                validate: *validate,
+            })
+            .collect();
+        for (name, pattern) in custom {
+            let regex = Regex::new(pattern).map_err(|e| {
+                CoreError::InvalidArgument(format!(
+                    "custom detector {name:?} is not a valid regex: {e}"
+                ))
+            })?;
+            detectors.push(Detector {
+                name: name.clone(),
+                regex,
+                validate: None,
+            });
+        }
+        let set = RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
+            .map_err(|e| CoreError::InvalidArgument(format!("cannot compile detectors: {e}")))?;
+        Ok(Self {
+            detectors,
+            set,
+            key: key.to_vec(),
+        })
+    }
+
+    /// The detector names, built-in then custom.
+    pub fn names(&self) -> Vec<&str> {
+        self.detectors.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// Rewrites every string in `value` (recursively), returning the new value
+    /// and what was found. `only` limits the detectors (None: all). With
+    /// `Transform::Deny`, any finding is an error naming the detector and path.
+    pub fn redact(
+        &self,
+        value: &Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &str,
+    ) -> Result<(Json, Vec<Finding>)> {
+        let mut findings = Vec::new();
+        let out = self.walk(value, only, transform, &mut path.to_string(), &mut findings);
+        if transform == Transform::Deny {
+            if let Some(f) = findings.first() {
+                return Err(CoreError::InvalidArgument(format!(
+                    "{} found in {}: the call is refused",
+                    f.detector, f.path
+                )));
+            }
+        }
+        Ok((out, findings))
+    }
+
+    fn walk(
+        &self,
+        value: &Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &mut String,
+        findings: &mut Vec<Finding>,
+    ) -> Json {
+        match value {
+            Json::String(s) => Json::String(self.redact_str(s, only, transform, path, findings)),
+            Json::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let len = path.len();
+                        path.push_str(&format!("[{i}]"));
+                        let out = self.walk(v, only, transform, path, findings);
+                        path.truncate(len);
+                        out
+                    })
+                    .collect(),
+            ),
+            Json::Object(map) => Json::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let len = path.len();
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(k);
+                        let out = self.walk(v, only, transform, path, findings);
+                        path.truncate(len);
+                        (k.clone(), out)
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    fn redact_str(
+        &self,
+        text: &str,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &str,
+        findings: &mut Vec<Finding>,
+    ) -> String {
+        let hits = self.set.matches(text);
+        if !hits.matched_any() {
+            return text.to_string();
+        }
+        let mut current = text.to_string();
+        for i in hits.iter() {
+            let detector = &self.detectors[i];
+            if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name)) {
+                continue;
+            }
+            let mut count = 0;
+            let replaced = detector
+                .regex
+                .replace_all(&current, |caps: &regex::Captures<'_>| {
+                    let found = &caps[0];
+                    if detector.validate.is_some_and(|ok| !ok(found)) {
+                        return found.to_string();
+                    }
+                    count += 1;
+                    self.transform(&detector.name, found, transform)
+                });
+            if count > 0 {
+                current = replaced.into_owned();
+                findings.push(Finding {
+                    path: path.to_string(),
+                    detector: detector.name.clone(),
+                    count,
+                });
+            }
+        }
+        current
+    }
+
+    fn transform(&self, detector: &str, found: &str, transform: Transform) -> String {
+        match transform {
+            Transform::Mask => match (detector, found.rsplit_once('@')) {
+                ("email", Some((_, domain))) => format!("***@{domain}"),
+                _ => {
+                    let tail: String = found
+                        .chars()
+                        .rev()
+                        .take(4)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    if found.chars().count() > 8 {
+                        format!("[{detector}:…{tail}]")
+                    } else {
+                        format!("[{detector}]")
+                    }
+                }
+            },
+            Transform::Hash => {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
+                mac.update(found.as_bytes());
+                let tag = hex::encode(mac.finalize().into_bytes());
+                format!("<{detector}:{}>", &tag[..16])
+            }
+            Transform::Drop | Transform::Deny => format!("[{detector}]"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn redactor() -> Redactor {
+        Redactor::new(&BTreeMap::new(), b"k").unwrap()
+    }
+
+    fn found(text: &str) -> Vec<String> {
+        let (_, f) = redactor()
+            .redact(&json!(text), None, Transform::Mask, "v")
+            .unwrap();
+        f.into_iter().map(|f| f.detector).collect()
+    }
+
+    #[test]
+    fn validators_keep_near_misses_out() {
+        assert_eq!(found("card 4111 1111 1111 1111 here"), vec!["card"]);
+        assert!(found("order 4111 1111 1111 1112").is_empty()); // fails Luhn
+        assert_eq!(found("GB82 WEST 1234 5698 7654 32"), vec!["iban"]);
+        assert!(found("GB82 WEST 1234 5698 7654 33").is_empty()); // fails mod-97
+        assert_eq!(found("ssn 123-45-6789"), vec!["us_ssn"]);
+        assert!(found("ssn 000-45-6789 or 666-12-3456").is_empty());
+        assert_eq!(found("host 10.0.0.255"), vec!["ipv4"]);
+        assert!(found("version 1.2.3.400").is_empty());
+    }
+}
