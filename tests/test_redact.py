@@ -120,3 +120,83 @@ def test_custom_patterns_from_policy_data(tmp_path: pathlib.Path) -> None:
             gate.check("x")
     decoded = base64.b64decode(json.loads(log.read_text().splitlines()[0])["payload"])
     assert b"EMP-12345" not in decoded and b"employee_id" in decoded
+
+
+REDACTING = """package execgate
+decision := {"allow": true, "obligations": {"redact": {
+    "args": {"transform": "mask", "paths": ["body"]},
+    "output": {"transform": "drop"},
+}}}
+"""
+
+
+def test_tool_receives_redacted_arguments_and_returns_redacted_output() -> None:
+    gate = execgate.Gate(REDACTING)
+    received: list[tuple[str, str]] = []
+
+    @gate.guard(action="mail.send")
+    def send(to: str, body: str) -> str:
+        received.append((to, body))
+        return f"sent to {to}; contact ops@example.com"
+
+    out = send("alice@example.com", body="card 4111 1111 1111 1111 and bob@example.com")
+    # Only the listed argument is rewritten before the tool sees it ...
+    assert received == [("alice@example.com", "card [card:…1111] and ***@example.com")]
+    # ... and the output is scrubbed before it goes back.
+    assert out == "sent to [email]; contact [email]"
+
+
+def test_deny_transform_refuses_the_call() -> None:
+    gate = execgate.Gate(
+        'package execgate\ndecision := {"allow": true, "obligations": {"redact": {"args": {"transform": "deny", "detectors": ["aws_access_key"]}}}}\n'
+    )
+    ran: list[str] = []
+
+    @gate.guard(action="upload")
+    def upload(data: str) -> None:
+        ran.append(data)
+
+    upload("harmless")
+    with pytest.raises(execgate.ActionDenied, match="aws_access_key found in data"):
+        upload("key AKIAIOSFODNN7EXAMPLE")
+    assert ran == ["harmless"]
+
+
+def test_middleware_redacts_tool_arguments_and_output() -> None:
+    pytest.importorskip("langchain")
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    from execgate.integrations.langchain import ExecgateMiddleware
+
+    class Model(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):  # type: ignore[no-untyped-def]
+            return self
+
+    seen: list[str] = []
+
+    @tool
+    def note(body: str) -> str:
+        """Store a note."""
+        seen.append(body)
+        return "stored for carol@example.com"
+
+    model = Model(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[{"name": "note", "args": {"body": "ssn 123-45-6789"}, "id": "c1"}],
+                ),
+                AIMessage(content="ok"),
+            ]
+        )
+    )
+    agent = create_agent(
+        model, tools=[note], middleware=[ExecgateMiddleware(execgate.Gate(REDACTING))]
+    )
+    messages = agent.invoke({"messages": [{"role": "user", "content": "x"}]})["messages"]
+    assert seen == ["ssn [us_ssn:…6789]"]
+    assert next(m for m in messages if isinstance(m, ToolMessage)).content == "stored for [email]"

@@ -75,6 +75,14 @@ class Gate:
         comment: str | None = None,
         timed_out: bool = False,
     ) -> Receipt: ...
+    def redact(
+        self,
+        value: Any,
+        *,
+        transform: str = "mask",
+        detectors: list[str] | None = None,
+        path: str = "",
+    ) -> tuple[Any, list[dict[str, Any]]]: ...
     @property
     def log(self) -> AuditLog | None: ...
     @property

@@ -73,6 +73,19 @@ class _Binder:
         return bound
 
 
+def _redacted_call(
+    gate: Gate, decision: Any, bind: _Binder, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments after ``obligations.redact.args`` (unchanged without it)."""
+    if not (decision.obligations.get("redact") or {}).get("args"):
+        return args, kwargs
+    bound = bind.signature.bind(*args, **kwargs)
+    names = [n for n in bound.arguments if n != bind.skip]
+    new = gate._redact_args(decision, {n: bound.arguments[n] for n in names})
+    bound.arguments.update(new)
+    return bound.args, bound.kwargs
+
+
 def guard(
     gate: Gate,
     fn: Callable[P, R],
@@ -125,17 +138,19 @@ def guard(
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
-            if receipt is None:
-                return await fn(*args, **kwargs)  # type: ignore[misc]
+            decision = authorize(name, bind(args, kwargs), principal, context)
+            args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
+            receipt = decision.receipt
             start = time.perf_counter_ns()
             try:
                 result = await fn(*args, **kwargs)  # type: ignore[misc]
             except BaseException as e:
-                complete(receipt, start, None, e)
+                if receipt is not None:
+                    complete(receipt, start, None, e)
                 raise
-            complete(receipt, start, result, None)
-            return result
+            if receipt is not None:
+                complete(receipt, start, result, None)
+            return gate._redact(decision, "output", result, "output")
 
     elif inspect.isasyncgenfunction(fn):
 
@@ -173,17 +188,21 @@ def guard(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
-            if receipt is None:
-                return fn(*args, **kwargs)
+            decision = authorize(name, bind(args, kwargs), principal, context)
+            receipt = decision.receipt
+            if receipt is None and not decision.obligations:
+                return fn(*args, **kwargs)  # the fast path: nothing to record or apply
+            args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
             start = time.perf_counter_ns()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as e:
-                complete(receipt, start, None, e)
+                if receipt is not None:
+                    complete(receipt, start, None, e)
                 raise
-            complete(receipt, start, result, None)
-            return result
+            if receipt is not None:
+                complete(receipt, start, result, None)
+            return gate._redact(decision, "output", result, "output")
 
     wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
     return wrapper

@@ -20,7 +20,7 @@ from execgate._core import AuditLog, Decision, Receipt, SigningKey
 from execgate.approval import ApprovalRequest, Approver, ask
 from execgate.context import _context, _principal
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied, ApprovalRequired, SandboxError
+from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError, SandboxError
 from execgate.sandbox import Completed, Sandbox
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
@@ -272,6 +272,36 @@ class Gate:
                 + (f": {answer.comment}" if answer.comment else "")
             )
             raise ActionDenied(decision, (why,))
+
+    def _redact(self, decision: Decision, where: str, value: Any, path: str) -> Any:
+        """Applies ``obligations.redact[where]`` (``args`` or ``output``) to
+        ``value``; a ``deny`` transform that finds something refuses the call."""
+        spec = (decision.obligations.get("redact") or {}).get(where)
+        if not spec:
+            return value
+        spec = spec if isinstance(spec, Mapping) else {}
+        try:
+            out, _ = self._native.redact(
+                value,
+                transform=spec.get("transform", "mask"),
+                detectors=spec.get("detectors"),
+                path=path,
+            )
+        except ExecgateError as e:
+            raise ActionDenied(decision, (f"redaction refused the call: {e}",)) from None
+        return out
+
+    def _redact_args(self, decision: Decision, args: dict[str, Any]) -> dict[str, Any]:
+        """The arguments a tool receives: those named in ``obligations.redact.args.paths``
+        (all, when none are named) rewritten by the privacy router."""
+        spec = (decision.obligations.get("redact") or {}).get("args")
+        if not spec:
+            return args
+        names = spec.get("paths") if isinstance(spec, Mapping) else None
+        return {
+            k: (self._redact(decision, "args", v, k) if names is None or k in names else v)
+            for k, v in args.items()
+        }
 
     def _complete(
         self, receipt: Receipt, start_ns: int, output: Any, error: BaseException | None

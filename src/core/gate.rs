@@ -175,6 +175,12 @@ impl Gate {
         self.log.as_ref()
     }
 
+    /// The privacy router of the policy now in force (its data's custom
+    /// patterns, this gate's pseudonym key).
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.current.read().redactor.clone()
+    }
+
     /// The policy now in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.current.read().policy.clone()

@@ -245,6 +245,31 @@ impl PyGate {
         Ok(PyReceipt { inner })
     }
 
+    /// Applies the gate's privacy router (built-in and policy-data detectors,
+    /// this gate's pseudonym key) to `value`; returns `(new_value, report)`.
+    #[pyo3(signature = (value, *, transform="mask", detectors=None, path=String::new()))]
+    fn redact<'py>(
+        &self,
+        py: Python<'py>,
+        value: Bound<'py, PyAny>,
+        transform: &str,
+        detectors: Option<Vec<String>>,
+        path: String,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let transform: crate::core::redact::Transform = transform.parse()?;
+        let json = serde_json::to_value(to_value(&value, &mut path.clone(), 0)?)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        let redactor = self.inner.redactor();
+        let (out, findings) =
+            py.detach(|| redactor.redact(&json, detectors.as_deref(), transform, &path))?;
+        let report = serde_json::to_value(&findings)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        Ok((
+            super::convert::json_to_python(py, &out)?,
+            super::convert::json_to_python(py, &report)?,
+        ))
+    }
+
     /// The audit log this gate writes, if any.
     #[getter]
     fn log(&self) -> Option<PyAuditLog> {

@@ -158,8 +158,13 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             except ActionDenied as refused:
                 return self._refuse(request, decision, refused)
         rewritten = decision.obligations.get("args")
-        if isinstance(rewritten, Mapping):
-            request = request.override(tool_call={**call, "args": dict(rewritten)})
+        args = dict(rewritten) if isinstance(rewritten, Mapping) else dict(call.get("args") or {})
+        try:
+            args = self.gate._redact_args(decision, args)
+        except ActionDenied as refused:
+            return self._refuse(request, decision, refused)
+        if args != call.get("args"):
+            request = request.override(tool_call={**call, "args": args})
         return request, decision, None
 
     def _refuse(
@@ -228,6 +233,8 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         if receipt is not None:
             self.gate._complete(receipt, start, output, error)
         if isinstance(result, ToolMessage):
+            # Egress: what the model sees of the output passes the privacy router.
+            result.content = self.gate._redact(decision, "output", result.content, "output")
             result.response_metadata = {**result.response_metadata, "execgate": _meta(decision)}
         return result
 
