@@ -81,7 +81,7 @@ class Gate:
         *,
         transform: str = "mask",
         detectors: list[str] | None = None,
-        path: str = "",
+        path: str = ...,
     ) -> tuple[Any, list[dict[str, Any]]]: ...
     @property
     def log(self) -> AuditLog | None: ...
