@@ -116,7 +116,9 @@ def test_agent_demo_runs_a_real_agent_offline() -> None:
     assert "a hostile argument type: fs.read needs a string path" in r.stdout
     assert "limit_hit=cpu" in r.stdout
     assert "not in the allowlist" in r.stdout and "forbidden pattern" in r.stdout
-    assert "12 records (4 allowed, 4 denied, 4 completions)" in r.stdout and ": VALID" in r.stdout
+    assert "'Card [card:…1111], exp 09/27'" in r.stdout  # the tool got the masked body
+    assert "budget exceeded: mail:ops-bot has spent 2 of 2" in r.stdout
+    assert "17 records (6 allowed, 5 denied, 6 completions)" in r.stdout and ": VALID" in r.stdout
 
 
 def test_demo_runs_offline_and_shows_denials() -> None:

@@ -7,8 +7,17 @@ package execgate
 decision := {
 	"allow": count(deny) == 0,
 	"reasons": sort([r | some r in deny]),
-	"obligations": {},
+	"obligations": obligations,
 }
+
+# mail.send: the body is masked before the tool sees it, and each principal
+# may send two mails (a budget the gate enforces atomically).
+obligations := {
+	"redact": {"args": {"transform": "mask", "paths": ["body"]}},
+	"budget": {"key": sprintf("mail:%v", [input.principal.id]), "limit": 2, "cost": 1},
+} if {
+	input.action.name == "mail.send"
+} else := {}
 
 deny := action_denials | time_denials
 
@@ -18,6 +27,8 @@ action_denials := fs_read_denials if {
 	input.action.name == "http.get"
 } else := shell_exec_denials if {
 	input.action.name == "shell.exec"
+} else := set() if {
+	input.action.name == "mail.send"
 } else := {sprintf("action %q is not allowed by this policy", [input.action.name])}
 
 # --- fs.read: only below /workspace/, never through "..".
