@@ -147,8 +147,9 @@ class Gate:
     denies.
 
     ``history`` is how many past decisions per session (``context.session``)
-    policies see as ``input.history``; ``input.usage`` has the session's call
-    count (counted while history is kept) and the budgets spent. ``rate`` and
+    policies see as ``input.history`` (0, the default, leaves ``input.history``
+    and ``input.usage`` out: they cost about 2 us a check); ``input.usage``
+    has the session's call count and the budgets spent. ``rate`` and
     ``budget`` obligations are enforced atomically, and rebuilt from the audit
     log when the gate opens it.
     """
@@ -166,7 +167,7 @@ class Gate:
         key: SigningKey | str | os.PathLike[str] | None = None,
         audit: str | os.PathLike[str] | AuditLog | None = None,
         record_input: bool = False,
-        history: int = 32,
+        history: int = 0,
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
     ) -> None:

@@ -219,10 +219,12 @@ impl Gate {
             Value::String(s) => s.to_string(),
             _ => String::new(),
         };
-        let (history, usage) = self.ledger.view(&session);
-        if let Ok(root) = input.as_object_mut() {
-            root.insert(Value::from("history"), history);
-            root.insert(Value::from("usage"), usage);
+        if self.ledger.history_len() > 0 {
+            let (history, usage) = self.ledger.view(&session);
+            if let Ok(root) = input.as_object_mut() {
+                root.insert(Value::from("history"), history);
+                root.insert(Value::from("usage"), usage);
+            }
         }
         let (policy, digest, entrypoint, redactor) = {
             let c = self.current.read();

@@ -12,8 +12,10 @@ use parking_lot::Mutex;
 use regorus::Value;
 use serde_json::Value as Json;
 
-/// Default number of history entries kept per session.
-pub const DEFAULT_HISTORY: usize = 32;
+/// Default number of history entries kept per session: none. History costs
+/// about 2 us a check (a digest of the arguments, and the entries as input),
+/// so policies that read `input.history` or `input.usage` ask for it.
+pub const DEFAULT_HISTORY: usize = 0;
 
 /// A `rate` obligation: at most `limit` calls per `window` seconds per `key`.
 #[derive(Debug, Clone, PartialEq)]

@@ -306,7 +306,13 @@ pub fn decision_body(
         Ok(out)
     };
     let principal = clean(input.get("principal").unwrap_or(&Json::Null), "principal")?;
-    let context = clean(input.get("context").unwrap_or(&Json::Null), "context")?;
+    // context.time is the gate's own clock, not caller data: kept as it is.
+    let mut context = input.get("context").cloned().unwrap_or(Json::Null);
+    let time = context.as_object_mut().and_then(|c| c.remove("time"));
+    let mut context = clean(&context, "context")?;
+    if let (Some(c), Some(t)) = (context.as_object_mut(), time) {
+        c.insert("time".into(), t);
+    }
     let reasons = clean(&json!(decision.reasons), "reasons")?;
     let recorded = if record_input {
         Some(clean(&input, "input")?)
