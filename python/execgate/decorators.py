@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -77,7 +76,7 @@ def _redacted_call(
     gate: Gate, decision: Any, bind: _Binder, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's arguments after ``obligations.redact.args`` (unchanged without it)."""
-    if not (decision.obligations.get("redact") or {}).get("args"):
+    if gate._redaction(decision, "args") is None:
         return args, kwargs
     bound = bind.signature.bind(*args, **kwargs)
     names = [n for n in bound.arguments if n != bind.skip]
@@ -105,7 +104,6 @@ def guard(
     name = action or fn.__qualname__
     bind = _Binder(fn)
     authorize = gate._authorize
-    complete = gate._complete
     principal = dict(principal) if principal else None
     context = dict(context) if context else None
     wrapper: Callable[..., Any]
@@ -134,75 +132,46 @@ def guard(
 
     # When the gate keeps receipts, the outcome of every authorized call
     # (result digest or exception type, duration) is recorded as a completion.
+    recording = gate._recording
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             decision = authorize(name, bind(args, kwargs), principal, context)
             args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
-            receipt = decision.receipt
-            start = time.perf_counter_ns()
-            try:
-                result = await fn(*args, **kwargs)  # type: ignore[misc]
-            except BaseException as e:
-                if receipt is not None:
-                    complete(receipt, start, None, e)
-                raise
-            if receipt is not None:
-                complete(receipt, start, result, None)
-            return gate._redact(decision, "output", result, "output")
+            with recording(decision.receipt) as call:
+                call.result = await fn(*args, **kwargs)  # type: ignore[misc]
+            return gate._redact_output(decision, call.result)
 
     elif inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
-            start = time.perf_counter_ns()
-            try:
+            decision = authorize(name, bind(args, kwargs), principal, context)
+            with recording(decision.receipt):
                 async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
                     yield item
-            except BaseException as e:
-                if receipt is not None:
-                    complete(receipt, start, None, e)
-                raise
-            if receipt is not None:
-                complete(receipt, start, None, None)
 
     elif inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            receipt = authorize(name, bind(args, kwargs), principal, context).receipt
-            start = time.perf_counter_ns()
-            try:
-                result = yield from fn(*args, **kwargs)
-            except BaseException as e:
-                if receipt is not None:
-                    complete(receipt, start, None, e)
-                raise
-            if receipt is not None:
-                complete(receipt, start, result, None)
-            return result
+            decision = authorize(name, bind(args, kwargs), principal, context)
+            with recording(decision.receipt) as call:
+                call.result = yield from fn(*args, **kwargs)
+            return call.result
 
     else:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             decision = authorize(name, bind(args, kwargs), principal, context)
-            receipt = decision.receipt
-            if receipt is None and not decision.obligations:
+            if decision.receipt is None and not decision.obligations:
                 return fn(*args, **kwargs)  # the fast path: nothing to record or apply
             args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
-            start = time.perf_counter_ns()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as e:
-                if receipt is not None:
-                    complete(receipt, start, None, e)
-                raise
-            if receipt is not None:
-                complete(receipt, start, result, None)
-            return gate._redact(decision, "output", result, "output")
+            with recording(decision.receipt) as call:
+                call.result = fn(*args, **kwargs)
+            return gate._redact_output(decision, call.result)
 
     wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
     return wrapper

@@ -39,6 +39,26 @@ DataLike = (
 )
 
 
+class _Outcome:
+    """The completion record of one call, written when its ``with`` block ends."""
+
+    __slots__ = ("gate", "receipt", "result", "start")
+
+    def __init__(self, gate: Gate, receipt: Receipt | None) -> None:
+        self.gate = gate
+        self.receipt = receipt
+        self.result: Any = None
+        self.start = 0
+
+    def __enter__(self) -> _Outcome:
+        self.start = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self.receipt is not None:
+            self.gate._complete(self.receipt, self.start, None if exc else self.result, exc)
+
+
 def _is_langchain_tool(obj: object) -> bool:
     """A LangChain BaseTool, recognized without importing LangChain."""
     return any(
@@ -274,13 +294,18 @@ class Gate:
             )
             raise ActionDenied(decision, (why,))
 
-    def _redact(self, decision: Decision, where: str, value: Any, path: str) -> Any:
-        """Applies ``obligations.redact[where]`` (``args`` or ``output``) to
-        ``value``; a ``deny`` transform that finds something refuses the call."""
+    @staticmethod
+    def _redaction(decision: Decision, where: str) -> Mapping[str, Any] | None:
+        """``obligations.redact[where]`` (``args`` or ``output``), or None."""
         spec = (decision.obligations.get("redact") or {}).get(where)
         if not spec:
-            return value
-        spec = spec if isinstance(spec, Mapping) else {}
+            return None
+        return spec if isinstance(spec, Mapping) else {}
+
+    def _apply_redaction(
+        self, decision: Decision, spec: Mapping[str, Any], value: Any, path: str
+    ) -> Any:
+        """Runs the privacy router on ``value``; a ``deny`` that finds something refuses."""
         try:
             out, _ = self._native.redact(
                 value,
@@ -292,17 +317,27 @@ class Gate:
             raise ActionDenied(decision, (f"redaction refused the call: {e}",)) from None
         return out
 
+    def _redact_output(self, decision: Decision, value: Any) -> Any:
+        """The output after ``obligations.redact.output`` (unchanged without it)."""
+        spec = self._redaction(decision, "output")
+        return value if spec is None else self._apply_redaction(decision, spec, value, "output")
+
     def _redact_args(self, decision: Decision, args: dict[str, Any]) -> dict[str, Any]:
         """The arguments a tool receives: those named in ``obligations.redact.args.paths``
         (all, when none are named) rewritten by the privacy router."""
-        spec = (decision.obligations.get("redact") or {}).get("args")
-        if not spec:
+        spec = self._redaction(decision, "args")
+        if spec is None:
             return args
-        names = spec.get("paths") if isinstance(spec, Mapping) else None
+        names = spec.get("paths")
         return {
-            k: (self._redact(decision, "args", v, k) if names is None or k in names else v)
+            k: (self._apply_redaction(decision, spec, v, k) if names is None or k in names else v)
             for k, v in args.items()
         }
+
+    def _recording(self, receipt: Receipt | None) -> _Outcome:
+        """Used by ``@guard``: ``with gate._recording(receipt) as call: call.result = ...``
+        times the call and, with a receipt, records its completion (result or exception)."""
+        return _Outcome(self, receipt)
 
     def _complete(
         self, receipt: Receipt, start_ns: int, output: Any, error: BaseException | None

@@ -705,15 +705,7 @@ pub fn verify_log(path: &Path, keyring: &Keyring) -> Result<VerifyReport> {
                 );
             }
             "completion" => {
-                let auth = payload.get("authorization");
-                let id = auth
-                    .and_then(|a| a.get("id"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("");
-                let sha = auth
-                    .and_then(|a| a.get("sha256"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("");
+                let (id, sha) = authorization_link(payload);
                 match decisions.get_mut(id) {
                     Some((digest, open)) if digest == sha && *open => *open = false,
                     Some((digest, _)) if digest == sha => {
@@ -733,15 +725,7 @@ pub fn verify_log(path: &Path, keyring: &Keyring) -> Result<VerifyReport> {
                 report.completions += 1;
             }
             "approval" => {
-                let auth = payload.get("authorization");
-                let id = auth
-                    .and_then(|a| a.get("id"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("");
-                let sha = auth
-                    .and_then(|a| a.get("sha256"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("");
+                let (id, sha) = authorization_link(payload);
                 let approved = payload
                     .get("approval")
                     .and_then(|a| a.get("approved"))
@@ -802,6 +786,17 @@ pub fn verify_log(path: &Path, keyring: &Keyring) -> Result<VerifyReport> {
     unfinished.sort();
     report.unfinished = unfinished;
     Ok(report)
+}
+
+/// The `{id, sha256}` of the decision a completion or approval names.
+fn authorization_link(payload: &Map<String, Json>) -> (&str, &str) {
+    let auth = payload.get("authorization");
+    let field = |name: &str| {
+        auth.and_then(|a| a.get(name))
+            .and_then(Json::as_str)
+            .unwrap_or("")
+    };
+    (field("id"), field("sha256"))
 }
 
 /// Chain and sequence checks of one record against its predecessor.

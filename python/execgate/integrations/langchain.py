@@ -234,7 +234,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             self.gate._complete(receipt, start, output, error)
         if isinstance(result, ToolMessage):
             # Egress: what the model sees of the output passes the privacy router.
-            result.content = self.gate._redact(decision, "output", result.content, "output")
+            result.content = self.gate._redact_output(decision, result.content)
             result.response_metadata = {**result.response_metadata, "execgate": _meta(decision)}
         return result
 
