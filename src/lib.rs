@@ -4,17 +4,21 @@
 //! into `execgate._core`.
 
 pub mod core;
+#[cfg(feature = "python")]
 pub mod python;
 
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
 /// Policy evaluation allocates and frees many small values per call; mimalloc
 /// is faster at that than the system allocator and scales across threads.
 /// It serves Rust allocations only; Python objects keep Python's allocator.
+#[cfg(feature = "python")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The extension module `execgate._core`.
+#[cfg(feature = "python")]
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

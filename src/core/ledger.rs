@@ -20,59 +20,23 @@ pub const DEFAULT_HISTORY: usize = 0;
 /// A `rate` obligation: at most `limit` calls per `window` seconds per `key`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rate {
+    /// What is counted (the policy builds it, e.g. from the principal).
     pub key: String,
+    /// Calls allowed in the window.
     pub limit: u64,
+    /// The sliding window, in seconds.
     pub window: f64,
 }
 
 /// A `budget` obligation: cumulative `cost` per `key` up to `limit`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
+    /// What is spent from.
     pub key: String,
+    /// The most that may be spent in total.
     pub limit: f64,
+    /// What this call spends.
     pub cost: f64,
-}
-
-/// Reads `obligations.rate` / `obligations.budget` (each an object or a list
-/// of objects). A malformed one is an error: an obligation that cannot be
-/// enforced denies.
-pub fn parse_limits(obligations: &Json) -> Result<(Vec<Rate>, Vec<Budget>), String> {
-    fn items(v: Option<&Json>) -> Vec<&Json> {
-        match v {
-            None => Vec::new(),
-            Some(Json::Array(a)) => a.iter().collect(),
-            Some(other) => vec![other],
-        }
-    }
-    fn key(o: &Json, what: &str) -> Result<String, String> {
-        o.get("key")
-            .and_then(Json::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| format!("obligations.{what} needs a string \"key\""))
-    }
-    fn number(o: &Json, field: &str, what: &str) -> Result<f64, String> {
-        o.get(field)
-            .and_then(Json::as_f64)
-            .filter(|n| n.is_finite() && *n >= 0.0)
-            .ok_or_else(|| format!("obligations.{what} needs a non-negative number \"{field}\""))
-    }
-    let mut rates = Vec::new();
-    for o in items(obligations.get("rate")) {
-        rates.push(Rate {
-            key: key(o, "rate")?,
-            limit: number(o, "limit", "rate")? as u64,
-            window: number(o, "window_seconds", "rate")?,
-        });
-    }
-    let mut budgets = Vec::new();
-    for o in items(obligations.get("budget")) {
-        budgets.push(Budget {
-            key: key(o, "budget")?,
-            limit: number(o, "limit", "budget")?,
-            cost: number(o, "cost", "budget")?,
-        });
-    }
-    Ok((rates, budgets))
 }
 
 #[derive(Default)]
@@ -103,8 +67,10 @@ impl Ledger {
         self.history_len
     }
 
-    /// `input.history` and `input.usage` for a session.
-    pub fn view(&self, session: &str) -> (Value, Value) {
+    /// `input.history` and `input.usage` for a session. `usage.budgets` shows
+    /// only the `budget_keys` named (those of the decision being made), never
+    /// every principal's spending.
+    pub fn view(&self, session: &str, budget_keys: &[&str]) -> (Value, Value) {
         let inner = self.inner.lock();
         let history: Vec<Value> = inner
             .history
@@ -119,8 +85,9 @@ impl Ledger {
             );
             let mut budgets = Value::new_object();
             if let Ok(b) = budgets.as_object_mut() {
-                for (k, v) in &inner.spent {
-                    b.insert(Value::from(k.as_str()), Value::from(*v));
+                for k in budget_keys {
+                    let spent = inner.spent.get(*k).copied().unwrap_or(0.0);
+                    b.insert(Value::from(*k), Value::from(spent));
                 }
             }
             map.insert(Value::from("budgets"), budgets);
@@ -155,6 +122,24 @@ impl Ledger {
         }
         Self::apply(&mut inner, rates, budgets, now);
         Ok(())
+    }
+
+    /// Returns what [`Ledger::take`] took for a call that then did not
+    /// proceed (refused, or its decision could not be recorded).
+    pub fn give_back(&self, rates: &[Rate], budgets: &[Budget], now: f64) {
+        let mut inner = self.inner.lock();
+        for r in rates {
+            if let Some(q) = inner.rates.get_mut(&r.key) {
+                if let Some(i) = q.iter().rposition(|t| *t == now) {
+                    q.remove(i);
+                }
+            }
+        }
+        for b in budgets {
+            if let Some(spent) = inner.spent.get_mut(&b.key) {
+                *spent = (*spent - b.cost).max(0.0);
+            }
+        }
     }
 
     fn apply(inner: &mut Inner, rates: &[Rate], budgets: &[Budget], now: f64) {
@@ -214,7 +199,7 @@ impl Ledger {
                 .map(|t| t.timestamp_micros() as f64 / 1e6)
                 .unwrap_or(0.0);
             if let Some(ob) = payload.get("obligations") {
-                if let Ok((rates, budgets)) = parse_limits(ob) {
+                if let Ok((rates, budgets)) = super::obligation::limits(ob) {
                     Self::apply(&mut self.inner.lock(), &rates, &budgets, now);
                 }
             }

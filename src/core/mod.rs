@@ -1,11 +1,15 @@
 //! The pure Rust core of execgate. Nothing under this module imports pyo3:
 //! it is usable and tested from Rust alone (`cargo test`).
 
+pub mod args;
 pub mod audit;
+pub mod decision;
 pub mod error;
 pub mod gate;
 pub mod keys;
 pub mod ledger;
+pub mod obligation;
+pub mod pipeline;
 pub mod policy;
 pub mod receipt;
 pub mod redact;

@@ -184,6 +184,7 @@ impl PolicySet {
             .map_err(|e| entrypoint_error(&options.entrypoint, &e))?;
         let data = engine.get_data();
         let policy = Policy {
+            reads: InputReads::of(&loaded.modules),
             digest: digest(&loaded.modules, &data, &options.entrypoint),
             program,
             data,
@@ -195,6 +196,48 @@ impl PolicySet {
         let vm = policy.new_vm().map_err(PolicyLoadError::new)?;
         policy.pool.lock().push(vm);
         Ok(policy)
+    }
+}
+
+/// Which parts of the input a policy's text can read that the gate builds on
+/// demand (they cost something per check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputReads {
+    /// `input.history`, or the input indexed by a computed key.
+    pub history: bool,
+    /// `input.usage`, or the input indexed by a computed key.
+    pub usage: bool,
+}
+
+impl InputReads {
+    /// Scans the module texts. A reference the scan cannot resolve
+    /// (`input[x]`, or `input` itself handed to a function) counts as reading
+    /// everything, so history is never silently empty for a policy that uses it.
+    fn of(modules: &[(String, String)]) -> Self {
+        static PATTERN: OnceLock<Option<regex::Regex>> = OnceLock::new();
+        let pattern = PATTERN.get_or_init(|| {
+            regex::Regex::new(
+                r#"input\s*(?:\.\s*(history|usage)|\[\s*"(history|usage)"|\[|[^.\[\w\s]|\s*$)"#,
+            )
+            .ok()
+        });
+        let mut reads = Self::default();
+        for (_, text) in modules {
+            let Some(pattern) = pattern else {
+                return Self { history: true, usage: true };
+            };
+            for line in text.lines() {
+                let code = line.split('#').next().unwrap_or("");
+                for caps in pattern.captures_iter(code) {
+                    match caps.get(1).or_else(|| caps.get(2)).map(|m| m.as_str()) {
+                        Some("history") => reads.history = true,
+                        Some("usage") => reads.usage = true,
+                        _ => return Self { history: true, usage: true },
+                    }
+                }
+            }
+        }
+        reads
     }
 }
 
@@ -393,40 +436,7 @@ pub struct Verdict {
     pub obligations: Value,
 }
 
-/// Why a decision is a fail-closed deny rather than the policy's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The entry point was undefined for this input.
-    Undefined,
-    /// The entry point yielded something other than a bool or a decision object.
-    Type,
-    /// Complete rules or functions produced conflicting values.
-    Conflict,
-    /// The instruction or time budget ran out.
-    Limit,
-    /// Any other error raised while evaluating (builtin error, ...).
-    Runtime,
-    /// The decision could not be written to the audit log.
-    Audit,
-    /// An obligation could not be met: a rate or budget limit, or a
-    /// malformed limit the gate cannot enforce.
-    Obligation,
-}
-
-impl FailureKind {
-    /// Stable lowercase name, used in `Decision.error` and receipts.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Undefined => "undefined",
-            Self::Type => "type",
-            Self::Conflict => "conflict",
-            Self::Limit => "limit",
-            Self::Runtime => "runtime",
-            Self::Audit => "audit",
-            Self::Obligation => "obligation",
-        }
-    }
-}
+pub use super::decision::FailureKind;
 
 /// A failed evaluation: the kind and a reason fit to show a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,6 +459,7 @@ pub struct Evaluation {
 /// A compiled, immutable policy. Safe to share between threads; each
 /// evaluation borrows a VM from a small pool so threads never contend on one.
 pub struct Policy {
+    reads: InputReads,
     program: Arc<Program>,
     data: Value,
     options: PolicyOptions,
@@ -472,6 +483,11 @@ impl Policy {
     /// Lowercase hex SHA-256 of the modules, data and entry point.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Which on-demand parts of the input the policy reads.
+    pub fn reads(&self) -> InputReads {
+        self.reads
     }
 
     /// The merged data document.

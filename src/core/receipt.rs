@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};
 
 use super::error::{CoreError, Result};
-use super::gate::Decision;
+use super::decision::Decision;
 use super::keys::{Keyring, SigningKey, VerifyKey};
 use super::redact::{Redactor, Transform};
 
@@ -293,7 +293,6 @@ pub fn decision_body(
         json!(if decision.allowed { "allow" } else { "deny" }),
     );
     body.insert("mode".into(), json!(decision.mode.as_str()));
-    body.insert("obligations".into(), to_json(&decision.obligations)?);
     body.insert(
         "action".into(),
         json!({"name": input.pointer("/action/name").cloned().unwrap_or(Json::Null),
@@ -314,6 +313,9 @@ pub fn decision_body(
         c.insert("time".into(), t);
     }
     let reasons = clean(&json!(decision.reasons), "reasons")?;
+    // Obligations carry policy-built keys (a rate key from an email) and
+    // rewrites (a token): they pass the router like everything recorded.
+    let obligations = clean(&to_json(&decision.obligations)?, "obligations")?;
     let recorded = if record_input {
         Some(clean(&input, "input")?)
     } else {
@@ -322,6 +324,18 @@ pub fn decision_body(
     body.insert("principal".into(), principal);
     body.insert("context".into(), context);
     body.insert("reasons".into(), reasons);
+    body.insert("obligations".into(), obligations);
+    if let Some(a) = &decision.approval {
+        let comment = match &a.comment {
+            Some(c) => clean(&json!(c), "approval.comment")?,
+            None => Json::Null,
+        };
+        body.insert(
+            "approval".into(),
+            json!({"approved": a.approved && !a.timed_out, "approver": a.approver,
+                   "comment": comment, "timed_out": a.timed_out}),
+        );
+    }
     body.insert(
         "policy".into(),
         json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest}),
@@ -365,28 +379,6 @@ pub struct Approval {
     pub comment: Option<String>,
     /// True when nobody answered in time (then `approved` is false).
     pub timed_out: bool,
-}
-
-/// The payload body of an approval record, linked to its decision.
-pub fn approval_body(authorization: &Receipt, approval: &Approval) -> Result<Map<String, Json>> {
-    if authorization.kind() != "decision" {
-        return Err(CoreError::InvalidArgument(format!(
-            "an approval must name a decision receipt, not a {:?} record",
-            authorization.kind()
-        )));
-    }
-    let mut body = Map::new();
-    body.insert("kind".into(), json!("approval"));
-    body.insert(
-        "authorization".into(),
-        json!({"id": authorization.id(), "sha256": authorization.digest()}),
-    );
-    body.insert(
-        "approval".into(),
-        json!({"approved": approval.approved && !approval.timed_out, "approver": approval.approver,
-               "comment": approval.comment, "timed_out": approval.timed_out}),
-    );
-    Ok(body)
 }
 
 /// The payload body of a completion record, linked to its authorization.

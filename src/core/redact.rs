@@ -15,6 +15,7 @@ use regex::Regex;
 use serde_json::Value as Json;
 use sha2::Sha256;
 
+use super::args::Arg;
 use super::error::{CoreError, Result};
 
 /// Checks one match (checksums, ranges); false drops it.
@@ -301,6 +302,13 @@ impl Redactor {
         })
     }
 
+    /// `text` with every finding replaced by its keyed pseudonym: how receipts
+    /// record caller data, so the ledger keys sessions and limits the same way
+    /// and can be rebuilt from the log.
+    pub fn pseudonym(&self, text: &str) -> String {
+        self.redact_str(text, None, Transform::Hash, "", &mut Vec::new())
+    }
+
     /// The detector names, built-in then custom.
     pub fn names(&self) -> Vec<&str> {
         self.compiled
@@ -310,9 +318,10 @@ impl Redactor {
             .collect()
     }
 
-    /// Rewrites every string in `value` (recursively), returning the new value
-    /// and what was found. `only` limits the detectors (None: all). With
-    /// `Transform::Deny`, any finding is an error naming the detector and path.
+    /// Rewrites every string in `value` (recursively, object keys included),
+    /// returning the new value and what was found. `only` limits the
+    /// detectors (None: all). With `Transform::Deny`, any finding is an error
+    /// naming the detector and path.
     pub fn redact(
         &self,
         value: &Json,
@@ -320,58 +329,46 @@ impl Redactor {
         transform: Transform,
         path: &str,
     ) -> Result<(Json, Vec<Finding>)> {
-        let mut findings = Vec::new();
-        let out = self.walk(value, only, transform, &mut path.to_string(), &mut findings);
-        if transform == Transform::Deny {
-            if let Some(f) = findings.first() {
-                return Err(CoreError::InvalidArgument(format!(
-                    "{} found in {}: the call is refused",
-                    f.detector, f.path
-                )));
-            }
-        }
-        Ok((out, findings))
+        let (out, findings) = self.redact_arg(&Arg::from_json(value), only, transform, path)?;
+        Ok((out.to_json(), findings))
     }
 
-    fn walk(
+    /// [`Redactor::redact`] over a call's argument tree: strings and keys are
+    /// rewritten; binary data is read as UTF-8 text and rewritten when it is
+    /// text. A finding the router cannot rewrite (in binary data that is not
+    /// UTF-8, or in a value handed to the tool as it is) is an error, as is
+    /// any finding with `Transform::Deny`: a redaction that cannot be done
+    /// refuses the call.
+    pub fn redact_arg(
         &self,
-        value: &Json,
+        value: &Arg,
         only: Option<&[String]>,
         transform: Transform,
-        path: &mut String,
-        findings: &mut Vec<Finding>,
-    ) -> Json {
-        match value {
-            Json::String(s) => Json::String(self.redact_str(s, only, transform, path, findings)),
-            Json::Array(items) => Json::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let len = path.len();
-                        path.push_str(&format!("[{i}]"));
-                        let out = self.walk(v, only, transform, path, findings);
-                        path.truncate(len);
-                        out
-                    })
-                    .collect(),
-            ),
-            Json::Object(map) => Json::Object(
-                map.iter()
-                    .map(|(k, v)| {
-                        let len = path.len();
-                        if !path.is_empty() {
-                            path.push('.');
-                        }
-                        path.push_str(k);
-                        let out = self.walk(v, only, transform, path, findings);
-                        path.truncate(len);
-                        (k.clone(), out)
-                    })
-                    .collect(),
-            ),
-            other => other.clone(),
+        path: &str,
+    ) -> Result<(Arg, Vec<Finding>)> {
+        let mut walk = Walk {
+            redactor: self,
+            only,
+            transform,
+            findings: Vec::new(),
+            unrewritable: None,
+        };
+        let out = walk.arg(value, &mut path.to_string(), true);
+        let refuse = |f: &Finding, why: &str| {
+            Err(CoreError::InvalidArgument(format!(
+                "{} found in {}{why}: the call is refused",
+                f.detector, f.path
+            )))
+        };
+        if let Some(f) = &walk.unrewritable {
+            return refuse(f, ", which the gate cannot rewrite");
         }
+        if transform == Transform::Deny {
+            if let Some(f) = walk.findings.first() {
+                return refuse(f, "");
+            }
+        }
+        Ok((out, walk.findings))
     }
 
     fn redact_str(
@@ -440,6 +437,80 @@ impl Redactor {
                 format!("<{detector}:{}>", &tag[..16])
             }
             Transform::Drop | Transform::Deny => format!("[{detector}]"),
+        }
+    }
+}
+
+/// One pass of the router over an argument tree.
+struct Walk<'a> {
+    redactor: &'a Redactor,
+    only: Option<&'a [String]>,
+    transform: Transform,
+    findings: Vec<Finding>,
+    /// The first finding in a place that cannot be rewritten.
+    unrewritable: Option<Finding>,
+}
+
+impl Walk<'_> {
+    fn text(&mut self, text: &str, path: &str, rewritable: bool) -> String {
+        let before = self.findings.len();
+        let out = self
+            .redactor
+            .redact_str(text, self.only, self.transform, path, &mut self.findings);
+        if !rewritable && self.findings.len() > before && self.unrewritable.is_none() {
+            self.unrewritable = self.findings.get(before).cloned();
+        }
+        out
+    }
+
+    fn arg(&mut self, value: &Arg, path: &mut String, rewritable: bool) -> Arg {
+        match value {
+            Arg::Str(s) => Arg::Str(self.text(s, path, rewritable)),
+            Arg::Bytes { data, mutable } => match std::str::from_utf8(data) {
+                Ok(text) => Arg::Bytes {
+                    data: self.text(text, path, rewritable).into_bytes(),
+                    mutable: *mutable,
+                },
+                Err(_) => {
+                    self.text(&String::from_utf8_lossy(data), path, false);
+                    value.clone()
+                }
+            },
+            Arg::List { items, tuple } => Arg::List {
+                items: items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let len = path.len();
+                        path.push_str(&format!("[{i}]"));
+                        let out = self.arg(v, path, rewritable);
+                        path.truncate(len);
+                        out
+                    })
+                    .collect(),
+                tuple: *tuple,
+            },
+            Arg::Map(entries) => Arg::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let len = path.len();
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(k);
+                        let key = self.text(k, &format!("{path} (key)"), rewritable);
+                        let out = self.arg(v, path, rewritable);
+                        path.truncate(len);
+                        (key, out)
+                    })
+                    .collect(),
+            ),
+            Arg::Opaque { view, .. } => {
+                self.arg(view, path, false);
+                value.clone()
+            }
+            Arg::Null | Arg::Bool(_) | Arg::Int(_) | Arg::UInt(_) | Arg::Float(_) => value.clone(),
         }
     }
 }

@@ -1,0 +1,693 @@
+//! The call pipeline: the one lifecycle every entry point drives.
+//!
+//! ```text
+//! decide -> parse obligations -> rewrite and redact arguments -> approval
+//!        -> take limits -> record the decision -> run (the entry point)
+//!        -> redact the output -> record the outcome
+//! ```
+//!
+//! [`Gate::decide`] runs the stages up to approval and returns a [`Call`];
+//! the entry point obtains an approval answer when [`Call::approval`] asks
+//! for one (in its own calling convention: a thread, an event loop, a
+//! protocol message), then [`Call::authorize`] takes the limits and records
+//! the decision. Only then are [`Call::tool_args`] handed out, and the
+//! entry point reports the outcome with [`Call::complete`]. A stage out of
+//! order is an error, and every failure on the way to running is a deny
+//! whose reason names the cause.
+
+use std::sync::Arc;
+
+use regorus::Value;
+use serde_json::Value as Json;
+
+use super::args::Arg;
+use super::decision::{Decision, FailureKind, Request};
+use super::error::{CoreError, Result};
+use super::gate::{input_document, Current, Gate};
+use super::ledger::{history_entry, Budget, Rate};
+use super::obligation::{ApprovalSpec, Obligations, RedactRule};
+use super::receipt::{completion_body, decision_body, json_sha256, Approval, Outcome, Receipt};
+
+/// What an entry point can do with a call beyond deciding it. An obligation
+/// the entry point cannot meet denies the call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It runs the tool in a sandbox and applies `obligations.sandbox`.
+    pub sandbox: bool,
+    /// It hands the tool [`Call::tool_args`] (argument rewrites and redaction).
+    pub rewrite: bool,
+    /// It passes the output through [`Call::redact_output`] before the caller
+    /// sees it.
+    pub output: bool,
+}
+
+impl Capabilities {
+    /// An entry point that runs the tool in-process and can do everything but
+    /// sandboxing (a decorator, a framework adapter).
+    pub const IN_PROCESS: Self = Self {
+        sandbox: false,
+        rewrite: true,
+        output: true,
+    };
+}
+
+/// How far a call has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Decided,
+    Authorized,
+    Completed,
+}
+
+/// Limits taken for a call, kept so they can be given back.
+struct Taken {
+    rates: Vec<Rate>,
+    budgets: Vec<Budget>,
+    now: f64,
+}
+
+/// One call on its way through the pipeline.
+pub struct Call {
+    gate: Arc<Gate>,
+    current: Arc<Current>,
+    decision: Decision,
+    obligations: Obligations,
+    /// What the tool receives (rewritten and redacted) when it runs.
+    tool_args: Arg,
+    /// The session, as the ledger and the log know it (a pseudonym).
+    session: String,
+    answer: Option<Approval>,
+    stage: Stage,
+    /// None for `check()`: the caller fulfils the obligations itself.
+    capabilities: Option<Capabilities>,
+}
+
+impl Gate {
+    /// Evaluates a call and parses its obligations. `capabilities` says what
+    /// the entry point can enforce (None: a query whose caller fulfils the
+    /// obligations itself, as `check()` documents). Never fails for a deny:
+    /// every failure is a deny naming the cause.
+    pub fn decide(
+        self: &Arc<Self>,
+        request: Request,
+        capabilities: Option<Capabilities>,
+    ) -> Result<Call> {
+        let start = std::time::Instant::now();
+        let current = self.current();
+        let mut input = input_document(&request)?;
+        let session = match &input["context"]["session"] {
+            Value::String(s) => current.redactor.pseudonym(s),
+            _ => String::new(),
+        };
+        let reads = current.policy.reads();
+        let stateful = reads.history || reads.usage;
+        if stateful {
+            self.add_state(&mut input, &session, &[]);
+        }
+        let mut verdict = current.policy.evaluate(&input).outcome;
+        // input.usage.budgets shows only the budgets this decision names: the
+        // first evaluation says which; the second sees their spending.
+        if reads.usage {
+            if let Ok(v) = &verdict {
+                let keys = budget_keys(&v.obligations, &current);
+                if !keys.is_empty() {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    self.add_state(&mut input, &session, &keys);
+                    verdict = current.policy.evaluate(&input).outcome;
+                }
+            }
+        }
+        let mut decision = Decision {
+            allowed: false,
+            mode: self.mode,
+            reasons: Vec::new(),
+            obligations: Value::new_object(),
+            input,
+            policy_digest: current.digest.clone(),
+            entrypoint: current.entrypoint.clone(),
+            duration_ns: 0,
+            error: None,
+            approval: None,
+            receipt: None,
+        };
+        let mut obligations = Obligations::default();
+        match verdict {
+            Ok(v) => {
+                decision.allowed = v.allow;
+                decision.reasons = v.reasons;
+                match to_json(&v.obligations)
+                    .and_then(|json| Obligations::parse(&json, &current.redactor.names()))
+                {
+                    Ok(parsed) => {
+                        obligations = parsed;
+                        decision.obligations = v.obligations;
+                    }
+                    Err(reason) => decision.deny(FailureKind::Obligation, reason),
+                }
+            }
+            Err(f) => decision.deny(f.kind, f.message),
+        }
+        let mut tool_args = request.args;
+        if decision.allowed {
+            match prepare_args(&tool_args, &obligations, &current, capabilities) {
+                Ok(args) => tool_args = args,
+                Err(reason) => decision.deny(FailureKind::Obligation, reason),
+            }
+        }
+        decision.duration_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(Call {
+            gate: self.clone(),
+            current,
+            decision,
+            obligations,
+            tool_args,
+            session,
+            answer: None,
+            stage: Stage::Decided,
+            capabilities,
+        })
+    }
+
+    fn add_state(&self, input: &mut Value, session: &str, budget_keys: &[&str]) {
+        let (history, usage) = self.ledger.view(session, budget_keys);
+        if let Ok(root) = input.as_object_mut() {
+            root.insert(Value::from("history"), history);
+            root.insert(Value::from("usage"), usage);
+        }
+    }
+}
+
+/// The budget keys a verdict's obligations name, as the ledger knows them.
+fn budget_keys(obligations: &Value, current: &Current) -> Vec<String> {
+    to_json(obligations)
+        .and_then(|json| super::obligation::limits(&json))
+        .map(|(_, budgets)| {
+            budgets
+                .iter()
+                .map(|b| current.redactor.pseudonym(&b.key))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn to_json(value: &Value) -> std::result::Result<Json, String> {
+    serde_json::to_value(value).map_err(|e| format!("obligations cannot be read: {e}"))
+}
+
+/// The arguments the tool will receive, or the reason the entry point cannot
+/// meet the obligations.
+fn prepare_args(
+    args: &Arg,
+    obligations: &Obligations,
+    current: &Current,
+    capabilities: Option<Capabilities>,
+) -> std::result::Result<Arg, String> {
+    let Some(can) = capabilities else {
+        // A query: the caller fulfils the obligations; only a redaction that
+        // refuses outright (a deny transform that finds something) decides here.
+        if let Some(rule) = obligations.redact_args.as_ref() {
+            redact_args(args, rule, current)?;
+        }
+        return Ok(args.clone());
+    };
+    if obligations.sandbox.is_some() && !can.sandbox {
+        return Err("obligations.sandbox cannot be met: this entry point does not run the tool \
+                    in a sandbox (for a function, guard it with isolate=Sandbox(...))"
+            .into());
+    }
+    if obligations.redact_output.is_some() && !can.output {
+        return Err(
+            "obligations.redact.output cannot be met: this entry point cannot rewrite the \
+             tool's output"
+                .into(),
+        );
+    }
+    let mut out = args.clone();
+    if let Some(Json::Object(rewrite)) = &obligations.args {
+        if !can.rewrite {
+            return Err(
+                "obligations.args cannot be met: this entry point cannot replace the tool's \
+                 arguments"
+                    .into(),
+            );
+        }
+        let Arg::Map(entries) = &mut out else {
+            return Err("the call's arguments are not an object".into());
+        };
+        for (name, value) in rewrite {
+            let value = Arg::from_json(value);
+            match entries.iter_mut().find(|(k, _)| k == name) {
+                Some(entry) => entry.1 = value,
+                None => entries.push((name.clone(), value)),
+            }
+        }
+    }
+    if let Some(rule) = obligations.redact_args.as_ref() {
+        let redacted = redact_args(&out, rule, current)?;
+        if redacted != out && !can.rewrite {
+            return Err(
+                "obligations.redact.args cannot be met: the arguments hold data to redact and \
+                 this entry point cannot replace them"
+                    .into(),
+            );
+        }
+        out = redacted;
+    }
+    Ok(out)
+}
+
+/// `args` after a `redact.args` rule (the named top-level arguments, or all).
+fn redact_args(args: &Arg, rule: &RedactRule, current: &Current) -> std::result::Result<Arg, String> {
+    let Arg::Map(entries) = args else {
+        return Err("the call's arguments are not an object".into());
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let selected = rule.paths.as_ref().is_none_or(|p| p.contains(name));
+        let value = if selected {
+            current
+                .redactor
+                .redact_arg(value, rule.detectors.as_deref(), rule.transform, name)
+                .map_err(|e| format!("redaction refused the call: {}", message(&e)))?
+                .0
+        } else {
+            value.clone()
+        };
+        out.push((name.clone(), value));
+    }
+    Ok(Arg::Map(out))
+}
+
+/// A core error's message without its category prefix.
+fn message(e: &CoreError) -> String {
+    match e {
+        CoreError::InvalidArgument(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What an approver is asked about.
+#[derive(Debug, Clone)]
+pub struct ApprovalRequest<'a> {
+    /// The policy's approval obligation.
+    pub spec: &'a ApprovalSpec,
+    /// The decision waiting for the answer.
+    pub decision: &'a Decision,
+}
+
+impl Call {
+    /// The decision as it stands (final after [`Call::authorize`]).
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The typed obligations.
+    pub fn obligations(&self) -> &Obligations {
+        &self.obligations
+    }
+
+    /// What an approver must be asked, while the call waits for an answer.
+    pub fn approval(&self) -> Option<ApprovalRequest<'_>> {
+        match (&self.obligations.approval, self.stage, &self.answer) {
+            (Some(spec), Stage::Decided, None) if self.decision.allowed => Some(ApprovalRequest {
+                spec,
+                decision: &self.decision,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Gives the approver's answer (before [`Call::authorize`]).
+    pub fn answer(&mut self, answer: Approval) -> Result<()> {
+        if self.approval().is_none() {
+            return Err(CoreError::InvalidArgument(
+                "this call is not waiting for an approval".into(),
+            ));
+        }
+        self.answer = Some(answer);
+        Ok(())
+    }
+
+    /// Meets the approval, takes the limits and records the decision; the
+    /// result says whether the call may run. A call refused at any stage
+    /// gives back what it took.
+    pub fn authorize(&mut self) -> Result<&Decision> {
+        if self.stage != Stage::Decided {
+            return Err(CoreError::InvalidArgument("this call was already authorized".into()));
+        }
+        self.stage = Stage::Authorized;
+        let gate = self.gate.clone();
+        if self.decision.allowed {
+            self.meet_approval();
+        }
+        let taken = if self.decision.allowed {
+            self.take_limits()
+        } else {
+            None
+        };
+        let start = std::time::Instant::now();
+        if self.current.policy.reads().history {
+            let args = to_json(&self.decision.input["action"]["args"]).unwrap_or(Json::Null);
+            let name = self.decision.input["action"]["name"]
+                .as_string()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            gate.ledger.record(
+                &self.session,
+                history_entry(
+                    &name,
+                    self.decision.allowed,
+                    &self.time(),
+                    &json_sha256(&args).unwrap_or_default(),
+                ),
+            );
+        }
+        if let Some(log) = &gate.log {
+            // A decision that cannot be recorded is a deny: no tool runs on an
+            // authorization the log does not hold.
+            match decision_body(&self.decision, gate.record_input, &self.current.redactor)
+                .and_then(|body| log.append(body))
+            {
+                Ok(receipt) => self.decision.receipt = Some(receipt),
+                Err(e) => {
+                    if let Some(t) = &taken {
+                        gate.ledger.give_back(&t.rates, &t.budgets, t.now);
+                    }
+                    self.decision.deny(
+                        FailureKind::Audit,
+                        format!("the decision could not be recorded: {e}"),
+                    );
+                }
+            }
+        }
+        self.decision.duration_ns = self
+            .decision
+            .duration_ns
+            .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        Ok(&self.decision)
+    }
+
+    fn meet_approval(&mut self) {
+        let Some(spec) = &self.obligations.approval else {
+            return;
+        };
+        let why = spec.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        match &self.answer {
+            None => self.decision.deny(
+                FailureKind::Approval,
+                format!("pending approval{why} (no approver answered)"),
+            ),
+            Some(a) if a.timed_out => {
+                self.decision.approval = Some(a.clone());
+                self.decision
+                    .deny(FailureKind::Approval, "approval timed out".into());
+            }
+            Some(a) if !a.approved => {
+                let comment = a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
+                self.decision.approval = Some(a.clone());
+                self.decision.deny(
+                    FailureKind::Approval,
+                    format!("approval refused by {}{comment}", a.approver),
+                );
+            }
+            Some(a) => self.decision.approval = Some(a.clone()),
+        }
+    }
+
+    fn time(&self) -> String {
+        self.decision.input["context"]["time"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Rate and budget obligations, met atomically (keys as the log records
+    /// them), or the call is denied.
+    fn take_limits(&mut self) -> Option<Taken> {
+        let ob = &self.obligations;
+        if ob.rates.is_empty() && ob.budgets.is_empty() {
+            return None;
+        }
+        let redactor = &self.current.redactor;
+        let rates: Vec<Rate> = ob
+            .rates
+            .iter()
+            .map(|r| Rate {
+                key: redactor.pseudonym(&r.key),
+                ..r.clone()
+            })
+            .collect();
+        let budgets: Vec<Budget> = ob
+            .budgets
+            .iter()
+            .map(|b| Budget {
+                key: redactor.pseudonym(&b.key),
+                ..b.clone()
+            })
+            .collect();
+        let now = match chrono::DateTime::parse_from_rfc3339(&self.time()) {
+            Ok(t) => t.timestamp_micros() as f64 / 1e6,
+            Err(e) => {
+                self.decision.deny(
+                    FailureKind::Obligation,
+                    format!("cannot read context.time for rate limits: {e}"),
+                );
+                return None;
+            }
+        };
+        match self.gate.ledger.take(&rates, &budgets, now) {
+            Ok(()) => Some(Taken {
+                rates,
+                budgets,
+                now,
+            }),
+            Err(reason) => {
+                self.decision.deny(FailureKind::Obligation, reason);
+                None
+            }
+        }
+    }
+
+    /// The arguments the tool receives: the caller's, rewritten and redacted
+    /// as the obligations say. Only for an authorized call that may run.
+    pub fn tool_args(&self) -> Result<&Arg> {
+        self.runnable()?;
+        Ok(&self.tool_args)
+    }
+
+    /// `obligations.sandbox`, for an entry point that runs the tool sandboxed.
+    pub fn sandbox(&self) -> Option<&Json> {
+        self.obligations.sandbox.as_ref()
+    }
+
+    fn runnable(&self) -> Result<()> {
+        match self.stage {
+            Stage::Decided => Err(CoreError::InvalidArgument(
+                "this call has not been authorized".into(),
+            )),
+            Stage::Authorized if self.decision.blocks() => Err(CoreError::InvalidArgument(
+                "this call was denied and must not run".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The output after `obligations.redact.output` (unchanged without it).
+    /// An error means the output must not reach the caller.
+    pub fn redact_output(&self, output: &Arg) -> Result<Arg> {
+        self.runnable()?;
+        match (&self.obligations.redact_output, self.decision.allowed) {
+            (Some(rule), true) => Ok(self
+                .current
+                .redactor
+                .redact_arg(output, rule.detectors.as_deref(), rule.transform, "output")?
+                .0),
+            _ => Ok(output.clone()),
+        }
+    }
+
+    /// Whether the output passes the privacy router (so an entry point can
+    /// skip converting it when it does not).
+    pub fn redacts_output(&self) -> bool {
+        self.decision.allowed && self.obligations.redact_output.is_some()
+    }
+
+    /// Records what happened when the tool ran (once), linked to the decision
+    /// receipt; returns the completion receipt when the gate keeps a log.
+    pub fn complete(&mut self, outcome: &Outcome) -> Result<Option<Receipt>> {
+        match self.stage {
+            Stage::Authorized => {}
+            Stage::Decided => {
+                return Err(CoreError::InvalidArgument(
+                    "this call has not been authorized".into(),
+                ))
+            }
+            Stage::Completed => {
+                return Err(CoreError::InvalidArgument(
+                    "this call's outcome was already recorded".into(),
+                ))
+            }
+        }
+        self.stage = Stage::Completed;
+        match (&self.gate.log, &self.decision.receipt) {
+            (Some(log), Some(authorization)) => Ok(Some(
+                log.append(completion_body(authorization, outcome)?)?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// What the entry point said it can do.
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        self.capabilities
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::decision::Mode;
+    use crate::core::policy::{PolicyOptions, PolicySet};
+
+    const POLICY: &str = r#"package execgate
+default decision := {"allow": false, "reasons": ["default deny"]}
+decision := {"allow": true} if input.action.name == "ok"
+decision := {"allow": true, "obligations": input.action.args.ob} if input.action.name == "ob"
+"#;
+
+    fn gate(mode: Mode) -> Arc<Gate> {
+        let mut set = PolicySet::new();
+        set.add_source("p.rego", POLICY);
+        Arc::new(Gate::new(set, PolicyOptions::default(), mode).unwrap())
+    }
+
+    fn request(action: &str, args: Json) -> Request {
+        Request {
+            action: action.into(),
+            args: Arg::from_json(&args),
+            principal: Value::new_object(),
+            context: Value::from_json_str(r#"{"time": "spoofed"}"#).unwrap(),
+            time: None,
+        }
+    }
+
+    fn run(g: &Arc<Gate>, action: &str, args: Json, can: Option<Capabilities>) -> Call {
+        let mut call = g.decide(request(action, args), can).unwrap();
+        call.authorize().unwrap();
+        call
+    }
+
+    #[test]
+    fn input_document_shape_and_clock() {
+        let call = run(&gate(Mode::Enforce), "ok", serde_json::json!({}), None);
+        let d = call.decision();
+        assert!(d.allowed);
+        let time = d.input["context"]["time"].as_string().unwrap().to_string();
+        assert_ne!(time, "spoofed");
+        assert!(time.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(&time).is_ok());
+        assert_eq!(d.input["principal"]["id"], Value::Null);
+    }
+
+    #[test]
+    fn audit_mode_records_but_does_not_block() {
+        let call = run(&gate(Mode::Audit), "nope", serde_json::json!({}), None);
+        assert!(!call.decision().allowed && !call.decision().blocks());
+        assert!(call.tool_args().is_ok());
+        let call = run(&gate(Mode::Enforce), "nope", serde_json::json!({}), None);
+        assert!(call.decision().blocks() && call.tool_args().is_err());
+    }
+
+    #[test]
+    fn failed_reload_keeps_old_policy() {
+        let g = gate(Mode::Enforce);
+        let before = g.policy().digest().to_string();
+        let mut bad = PolicySet::new();
+        bad.add_source("bad.rego", "package execgate\ndecision if {");
+        assert!(g.reload(Some(bad)).is_err());
+        assert_eq!(g.policy().digest(), before);
+        assert!(run(&g, "ok", serde_json::json!({}), None).decision().allowed);
+    }
+
+    #[test]
+    fn unknown_and_unmeetable_obligations_deny() {
+        let g = gate(Mode::Enforce);
+        let ob = |o: Json| serde_json::json!({"ob": o});
+        let call = run(&g, "ob", ob(serde_json::json!({"quarantine": 1})), None);
+        assert_eq!(call.decision().error, Some(FailureKind::Obligation));
+        assert!(call.decision().reasons[0].contains("quarantine"));
+        let sandbox = ob(serde_json::json!({"sandbox": {"network": "none"}}));
+        let call = run(&g, "ob", sandbox.clone(), Some(Capabilities::IN_PROCESS));
+        assert!(call.decision().blocks());
+        assert!(call.decision().reasons[0].contains("sandbox"));
+        // A query leaves the sandbox to the caller.
+        assert!(run(&g, "ob", sandbox, None).decision().allowed);
+    }
+
+    #[test]
+    fn approval_is_pending_until_answered() {
+        let g = gate(Mode::Enforce);
+        let args = serde_json::json!({"ob": {"approval": {"reason": "prod"}}});
+        let mut call = g.decide(request("ob", args.clone()), None).unwrap();
+        assert!(call.approval().is_some());
+        let d = call.authorize().unwrap();
+        assert!(!d.allowed && d.error == Some(FailureKind::Approval));
+        let mut call = g.decide(request("ob", args), None).unwrap();
+        call.answer(Approval {
+            approved: true,
+            approver: "sre".into(),
+            ..Approval::default()
+        })
+        .unwrap();
+        assert!(call.authorize().unwrap().allowed);
+        assert!(call.authorize().is_err(), "a stage runs once");
+    }
+
+    #[test]
+    fn limits_are_taken_only_for_calls_that_proceed() {
+        let g = gate(Mode::Enforce);
+        let ob = serde_json::json!({"ob": {"approval": true,
+            "budget": {"key": "k", "limit": 1, "cost": 1}}});
+        let mut refused = g.decide(request("ob", ob.clone()), None).unwrap();
+        refused
+            .answer(Approval {
+                approved: false,
+                approver: "a".into(),
+                ..Approval::default()
+            })
+            .unwrap();
+        assert!(!refused.authorize().unwrap().allowed);
+        let mut approved = g.decide(request("ob", ob), None).unwrap();
+        approved
+            .answer(Approval {
+                approved: true,
+                approver: "a".into(),
+                ..Approval::default()
+            })
+            .unwrap();
+        assert!(approved.authorize().unwrap().allowed, "the refused call spent nothing");
+    }
+
+    #[test]
+    fn arguments_are_rewritten_then_redacted() {
+        let g = gate(Mode::Enforce);
+        let args = serde_json::json!({"to": "x", "ob": {"args": {"to": "bob@example.com"},
+            "redact": {"args": {"paths": ["to"]}}}});
+        let call = run(&g, "ob", args, Some(Capabilities::IN_PROCESS));
+        let tool = call.tool_args().unwrap().to_json();
+        assert_eq!(tool["to"], "***@example.com");
+        let deny = serde_json::json!({"card": "4111 1111 1111 1111",
+            "ob": {"redact": {"args": {"transform": "deny"}}}});
+        for can in [None, Some(Capabilities::IN_PROCESS)] {
+            let call = run(&g, "ob", deny.clone(), can);
+            assert!(call.decision().blocks(), "{can:?}");
+            assert!(call.decision().reasons[0].contains("card"));
+        }
+    }
+
+    #[test]
+    fn gate_and_call_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Gate>();
+        assert_send_sync::<Call>();
+    }
+}
