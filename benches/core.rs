@@ -5,18 +5,22 @@
 //! - `evaluate/<input>/rvm` vs `evaluate/<input>/interpreter`: the compiled RVM
 //!   program against regorus's tree-walking interpreter over the same modules,
 //!   on the same input document. The ratio is what compiling to the RVM buys.
-//! - `gate_check/<input>`: the whole `Gate::check` path (input document with the
-//!   clock reading, evaluation, decision), i.e. everything the Python binding
-//!   calls with the GIL released.
+//! - `gate_check/<input>`: the whole pipeline up to the recorded decision
+//!   (`Gate::decide` + `Call::authorize`: input document with the clock
+//!   reading, evaluation, obligations, decision), i.e. everything the Python
+//!   binding calls with the GIL released.
 //!
 //! Run with `cargo bench --bench core`. Machines here are shared: compare the
 //! ratios within one run, not absolute times across runs.
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use execgate::core::gate::{Gate, Mode, Request};
+use execgate::core::args::Arg;
+use execgate::core::decision::{Decision, Mode, Request};
+use execgate::core::gate::Gate;
 use execgate::core::policy::{Policy, PolicyOptions, PolicySet};
 use regorus::Value;
 
@@ -55,18 +59,26 @@ fn json(text: &str) -> Value {
     Value::from_json_str(text).expect("benchmark JSON is valid")
 }
 
-fn gate() -> Gate {
+fn gate() -> Arc<Gate> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/execgate/policies");
     let mut set = PolicySet::new();
     set.add_path(root.join("agent.rego"))
         .add_data_file(root.join("agent_data.json"));
-    Gate::new(set, PolicyOptions::default(), Mode::Enforce).expect("example policy compiles")
+    Arc::new(
+        Gate::new(set, PolicyOptions::default(), Mode::Enforce).expect("example policy compiles"),
+    )
+}
+
+/// The pipeline up to the recorded decision, as `gate.check()` drives it.
+fn check(gate: &Arc<Gate>, request: Request) -> Decision {
+    let mut call = gate.decide(request, None).expect("valid request");
+    call.authorize().expect("first authorization").clone()
 }
 
 fn request(input: &Input) -> Request {
     Request {
         action: input.action.to_string(),
-        args: json(input.args),
+        args: Arg::from_json(&serde_json::from_str(input.args).expect("benchmark JSON is valid")),
         principal: json(input.principal),
         context: Value::new_object(),
         time: None,
@@ -75,8 +87,8 @@ fn request(input: &Input) -> Request {
 
 /// The exact document `Gate::check` builds for `input` (clock reading
 /// included), so `Policy::evaluate` is measured on what the gate passes it.
-fn document(gate: &Gate, input: &Input) -> Value {
-    gate.check(request(input)).expect("valid request").input
+fn document(gate: &Arc<Gate>, input: &Input) -> Value {
+    check(gate, request(input)).input
 }
 
 /// Fails the benchmark run, rather than timing an error path, if an engine does
@@ -116,7 +128,7 @@ fn gate_check(c: &mut Criterion) {
     let gate = gate();
     let mut group = c.benchmark_group("gate_check");
     for input in INPUTS {
-        let decision = gate.check(request(input)).expect("valid request");
+        let decision = check(&gate, request(input));
         assert_eq!(decision.allowed, input.allow, "gate on {}", input.name);
         assert!(decision.error.is_none(), "gate failed on {}", input.name);
         // The request is built outside the timed section: in the binding it is
@@ -124,7 +136,7 @@ fn gate_check(c: &mut Criterion) {
         group.bench_function(input.name, |b| {
             b.iter_batched(
                 || request(input),
-                |req| black_box(gate.check(req)),
+                |req| black_box(check(&gate, req)),
                 BatchSize::SmallInput,
             );
         });

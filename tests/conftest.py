@@ -11,7 +11,7 @@ package execgate
 
 default decision := {"allow": false, "reasons": ["no rule allows this"]}
 
-decision := {"allow": true, "reasons": ["reads under /workspace are fine"], "obligations": {"redact": ["email"]}} if {
+decision := {"allow": true, "reasons": ["reads under /workspace are fine"], "obligations": {"annotations": {"tags": ["email"]}}} if {
     input.action.name == "fs.read"
     startswith(input.action.args.path, "/workspace/")
 }

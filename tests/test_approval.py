@@ -75,20 +75,23 @@ def test_approver_yes_and_no_are_recorded_and_linked(tmp_path: pathlib.Path, kin
     with pytest.raises(execgate.ActionDenied) as info:
         delete("users")
     assert info.value.reasons == ("approval refused by alice@example.com: not users",)
-    assert ran == ["tmp"] and len(seen) == 2 and seen[0].receipt_id
+    # The approver is asked before the decision is recorded: the answer is
+    # part of the signed decision record, so a refused call spends no limit.
+    assert ran == ["tmp"] and len(seen) == 2 and seen[0].receipt_id is None
     gate.close()
     report = execgate.verify_log(tmp_path / "audit.jsonl", key.verify_key)
     assert report.ok, (report.line, report.reason)
-    assert (report.approvals, report.completions, report.unfinished) == (2, 1, [])
+    assert (report.completions, report.unfinished) == (1, [])
     records = [
         execgate.Receipt.from_json(line)
         for line in (tmp_path / "audit.jsonl").read_text().splitlines()
     ]
-    approvals = [r for r in records if r.kind == "approval"]
-    assert [a.payload["approval"]["approved"] for a in approvals] == [True, False]
-    decision = next(r for r in records if r.kind == "decision")
-    assert approvals[0].payload["authorization"] == {"id": decision.id, "sha256": decision.digest}
-    assert approvals[0].verify(key.verify_key)
+    decisions = [r for r in records if r.kind == "decision"]
+    assert [d.payload["decision"] for d in decisions] == ["allow", "deny"]
+    answers = [d.payload["approval"] for d in decisions]
+    assert [a["approved"] for a in answers] == [True, False]
+    assert answers[1]["comment"] == "not users" and decisions[1].payload["error"] == "approval"
+    assert all(d.verify(key.verify_key) for d in decisions)
 
 
 def test_no_answer_in_time_is_a_denial(tmp_path: pathlib.Path) -> None:
@@ -106,8 +109,13 @@ def test_no_answer_in_time_is_a_denial(tmp_path: pathlib.Path) -> None:
         execgate.Receipt.from_json(line)
         for line in (tmp_path / "audit.jsonl").read_text().splitlines()
     ]
-    timed_out = next(r for r in records if r.kind == "approval").payload["approval"]
-    assert timed_out == {"approved": False, "approver": "", "comment": None, "timed_out": True}
+    timed_out = next(r for r in records if r.kind == "decision").payload["approval"]
+    assert timed_out == {
+        "approved": False,
+        "approver": "",
+        "comment": "after 0.2 s",
+        "timed_out": True,
+    }
     assert execgate.verify_log(tmp_path / "audit.jsonl", key.verify_key).unfinished == []
 
 

@@ -22,7 +22,7 @@ def test_object_decision_reasons_and_obligations_unchanged(gate: execgate.Gate) 
     d = gate.check("fs.read", {"path": "/workspace/a.txt"})
     assert d.allowed
     assert d.reasons == ("reads under /workspace are fine",)
-    assert d.obligations == {"redact": ["email"]}
+    assert d.obligations == {"annotations": {"tags": ["email"]}}
     d = gate.check("fs.read", {"path": "/etc/passwd"})
     assert not d.allowed
     assert d.reasons == ("no rule allows this",)
@@ -153,8 +153,8 @@ def test_decision_is_immutable(gate: execgate.Gate) -> None:
     d = gate.check("fs.read", {"path": "/workspace/a"})
     with pytest.raises(AttributeError):
         d.allowed = False  # type: ignore[misc]
-    d.obligations["redact"] = "tampered"
-    assert d.obligations == {"redact": ["email"]}
+    d.obligations["annotations"] = "tampered"
+    assert d.obligations == {"annotations": {"tags": ["email"]}}
 
 
 def test_example_policy_reasons(example_gate: execgate.Gate) -> None:

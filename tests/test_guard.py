@@ -69,12 +69,14 @@ def test_arguments_bound_to_names_with_defaults() -> None:
     # Binding is observed through what the decorator hands to the gate.
     captured: list[dict[str, object]] = []
 
-    class Recorder(execgate.Gate):
-        def _authorize(self, action, args, principal, context):  # type: ignore[no-untyped-def,override]
-            captured.append(args)
-            return super()._authorize(action, args, principal, context)
+    rec = execgate.Gate(POLICY)
+    start = rec.pipeline.start
 
-    rec = Recorder(POLICY)
+    def recording_start(action, args, *rest, **options):  # type: ignore[no-untyped-def]
+        captured.append(args)
+        return start(action, args, *rest, **options)
+
+    rec.pipeline.start = recording_start  # type: ignore[method-assign]
 
     @rec.guard(action="probe")
     def probe2(a: int, b: int = 2, *rest: int, c: str = "x", **extra: object) -> None:

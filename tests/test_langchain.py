@@ -132,13 +132,13 @@ def test_on_deny_raise_aborts_the_run(gate: execgate.Gate) -> None:
 def test_principal_from_configurable_and_session_from_thread(gate: execgate.Gate) -> None:
     RAN.clear()
     seen: list[execgate.Decision] = []
-    original = gate.check
+    original = gate.pipeline.authorize
 
     def spy(*a: Any, **k: Any) -> execgate.Decision:
         seen.append(original(*a, **k))
         return seen[-1]
 
-    gate.check = spy  # type: ignore[method-assign]
+    gate.pipeline.authorize = spy  # type: ignore[method-assign]
     agent = create_agent(
         script(), tools=[read_file, delete_all], middleware=[ExecgateMiddleware(gate)]
     )
@@ -319,4 +319,19 @@ def test_approval_pauses_with_an_interrupt_and_resumes(
         )
     gate.close()
     report = execgate.verify_log(tmp_path / "audit.jsonl", key.verify_key)
-    assert report.ok and report.approvals == 2 and report.unfinished == []
+    assert report.ok and report.unfinished == []
+    decisions = [
+        p
+        for p in (
+            execgate.Receipt.from_json(line).payload
+            for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+        )
+        if p["kind"] == "decision"
+    ]
+    # The pause is a deny pending approval; the resumed run's decision carries the answer.
+    assert [(d["decision"], d.get("error")) for d in decisions] == [
+        ("deny", "approval"),
+        ("allow" if answer else "deny", None if answer else "approval"),
+    ]
+    assert "approval" not in decisions[0]
+    assert decisions[1]["approval"]["approver"] == "bob"

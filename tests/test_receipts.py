@@ -153,17 +153,10 @@ def test_record_outcome_links_to_authorization() -> None:
         execgate.Gate(POLICY).record_outcome(d.receipt)
 
 
-def test_guard_records_completion_for_results_and_exceptions() -> None:
+def test_guard_records_completion_for_results_and_exceptions(tmp_path) -> None:
     key = SigningKey.generate()
-    gate = execgate.Gate(POLICY, key=key)
-    completions: list[execgate.Receipt] = []
-    original = gate._complete
-
-    def spy(*a):  # type: ignore[no-untyped-def]
-        completions.append(original(*a))
-        return completions[-1]
-
-    gate._complete = spy  # type: ignore[method-assign]
+    log = tmp_path / "audit.jsonl"
+    gate = execgate.Gate(POLICY, key=key, audit=log)
 
     @gate.guard(action="ok")
     def tool(x: int) -> bytes:
@@ -174,6 +167,9 @@ def test_guard_records_completion_for_results_and_exceptions() -> None:
     assert tool(1) == b"\x00\x01"
     with pytest.raises(KeyError):
         tool(-1)
+    gate.close()
+    records = [execgate.Receipt.from_json(line) for line in log.read_text().splitlines()]
+    completions = [r for r in records if r.payload["kind"] == "completion"]
     assert [c.payload["outcome"]["status"] for c in completions] == ["ok", "error"]
     assert (
         completions[0].payload["outcome"]["output_sha256"]

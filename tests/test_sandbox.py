@@ -293,8 +293,9 @@ def test_a_policy_cannot_loosen_the_sandbox() -> None:
 
 def test_unenforceable_obligation_fails_closed() -> None:
     gate = execgate.Gate(POLICY.replace('"network": "none"', '"gpu": "none"'))
-    with pytest.raises(execgate.SandboxError, match="unknown key"):
+    with pytest.raises(execgate.ActionDenied, match="unknown key") as info:
         gate.run(["/bin/sh", "-c", "echo should not run"])
+    assert info.value.decision.error == "obligation"
 
 
 ISOLATING = execgate.Gate(

@@ -20,7 +20,8 @@ decision := {"allow": true, "obligations": {
 
 
 def test_history_and_usage_are_in_the_input() -> None:
-    gate = execgate.Gate("package execgate\ndecision := true\n", history=2)
+    reads_history = "package execgate\ndecision := count(input.history) >= 0\n"
+    gate = execgate.Gate(reads_history, history=2)
     with execgate.context(session="s-1"):
         for name in ("a", "b", "c"):
             gate.check(name, {"x": 1})
@@ -77,7 +78,7 @@ def test_racing_threads_get_exactly_the_limit() -> None:
 
 def test_budget_cannot_be_overspent_concurrently() -> None:
     gate = execgate.Gate(RATE_AND_BUDGET)
-    with_usage = execgate.Gate(RATE_AND_BUDGET, history=4)
+    with_usage = execgate.Gate(RATE_AND_BUDGET + "_spent := input.usage\n")
     with_usage.check("buy", {"cost": 1}, principal={"id": "u"})
     # usage is what was spent before this call
     second = with_usage.check("buy", {"cost": 1}, principal={"id": "u"})
@@ -99,7 +100,7 @@ def test_budget_cannot_be_overspent_concurrently() -> None:
     assert sum(granted) == 48  # 16 purchases of 3 fit in 50; the 17th would make 51
     d = gate.check("buy", {"cost": 3}, principal={"id": "q"})
     assert "budget exceeded: spend:q has spent 48 of 50" in d.reasons[0]
-    assert "usage" not in d.input  # history (and usage) are off by default
+    assert "usage" not in d.input  # a policy that does not read them gets neither
 
 
 def test_a_restart_keeps_the_counts(tmp_path: pathlib.Path) -> None:

@@ -35,18 +35,25 @@ class ApprovalRequest:
     decision: Decision = field(repr=False, compare=False)
 
     @classmethod
-    def of(cls, decision: Decision) -> ApprovalRequest:
-        ob = decision.obligations.get("approval")
-        ob = ob if isinstance(ob, Mapping) else {}
+    def of(cls, decision: Decision, spec: Mapping[str, Any] | None = None) -> ApprovalRequest:
+        """The request for ``decision``; ``spec`` is the pipeline's parsed
+        ``obligations.approval`` (read from the decision when not given)."""
+        if spec is None:
+            ob = decision.obligations.get("approval")
+            ob = ob if isinstance(ob, Mapping) else {}
+            who = ob.get("approvers") or ob.get("approver") or ()
+            spec = {
+                "reason": ob.get("reason"),
+                "approvers": [who] if isinstance(who, str) else list(who),
+            }
         doc = decision.input
-        who = ob.get("approvers") or ob.get("approver") or ()
         return cls(
             action=decision.action,
             args=doc["action"]["args"],
             principal=doc["principal"],
             context=doc["context"],
-            reason=ob.get("reason"),
-            approvers=tuple([who] if isinstance(who, str) else who),
+            reason=spec.get("reason"),
+            approvers=tuple(spec.get("approvers") or ()),
             receipt_id=None if decision.receipt is None else decision.receipt.id,
             decision=decision,
         )

@@ -168,9 +168,15 @@ def _check(args: argparse.Namespace) -> int:
     # The input file is the clock here: a recorded context.time is kept, so a
     # decision can be reproduced.
     time = context.pop("time", None)
-    decision = gate._native.check(
-        action["name"], action.get("args") or {}, doc.get("principal") or {}, context, time
+    call = gate.pipeline.start(
+        action["name"],
+        action.get("args") or {},
+        doc.get("principal") or {},
+        context,
+        query=True,
+        time=time,
     )
+    decision = gate.pipeline.authorize(call)
     out = decision.to_dict()
     json.dump(out, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
@@ -307,13 +313,15 @@ def _replay(args: argparse.Namespace) -> int:
             context = dict(doc.get("context") or {})
             # The recorded time: a decision is replayed as of when it was made.
             time = context.pop("time", None)
-            new = gate._native.check(
+            call = gate.pipeline.start(
                 doc["action"]["name"],
                 doc["action"].get("args") or {},
                 doc.get("principal") or {},
                 context,
-                time,
+                query=True,
+                time=time,
             )
+            new = gate.pipeline.authorize(call)
             replayed += 1
             was = p["decision"] == "allow"
             if new.allowed != was:

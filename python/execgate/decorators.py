@@ -1,13 +1,23 @@
-"""``@gate.guard``: authorize every call of a function before its body runs."""
+"""``@gate.guard``: authorize every call of a function before its body runs.
+
+The decorator adapts a Python call to the call pipeline (:mod:`execgate.pipeline`):
+it binds the arguments to parameter names, hands them to the pipeline, and calls
+the body with exactly the arguments the pipeline gives back (what the policy
+judged, rewritten and redacted as the obligations say).
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from execgate.errors import ArgumentError
+from execgate.pipeline import Run, raise_if_blocked
+
 if TYPE_CHECKING:
+    from execgate._core import Call, Decision
     from execgate.gate import Gate
     from execgate.sandbox import Sandbox
 
@@ -16,41 +26,56 @@ __all__ = ["guard"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_FAST_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_P = inspect.Parameter
+_PLAIN_KINDS = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
 
 
 class _Binder:
-    """Binds call arguments to parameter names, defaults applied.
+    """Binds call arguments to parameter names (defaults applied) for the
+    policy, and rebuilds the call from what the pipeline returns.
 
-    The signature is inspected once, at decoration. Plain signatures (no
-    ``*args``, ``**kwargs`` or positional-only parameters) take a fast path;
-    anything else, and any call that does not fit, goes through
-    :meth:`inspect.Signature.bind`, which raises the usual ``TypeError``.
-    A leading ``self``/``cls`` parameter is not passed to the policy.
+    ``**kwargs`` entries join the named parameters; one that collides with a
+    parameter name (``f(*paths, **options)`` called with ``paths=...``) is an
+    :class:`ArgumentError`, so the policy cannot be shown a decoy. A leading
+    ``self``/``cls`` is not passed to the policy. Plain signatures (no ``*``,
+    ``**`` or positional-only parameters) take a fast path.
     """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
-        self.skip = params[0].name if params and params[0].name in ("self", "cls") else None
-        self.fast = all(p.kind in _FAST_KINDS for p in params)
-        self.positional = [
-            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        ]
+        first = params[0] if params else None
+        self.skip = (
+            first.name
+            if first is not None
+            and first.name in ("self", "cls")
+            and first.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+            else None
+        )
+        self.params = [p for p in params if p.name != self.skip]
+        self.plain = all(p.kind in _PLAIN_KINDS for p in params)
+        self.positional = [p.name for p in params if p.kind is _P.POSITIONAL_OR_KEYWORD]
         self.names = frozenset(p.name for p in params)
         self.defaults = [(p.name, p.default) for p in params if p.default is not p.empty]
-        self.var_keyword = next(
-            (p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None
-        )
+        self.var_keyword = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)
+        self.qualname = getattr(fn, "__qualname__", repr(fn))
 
-    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        bound = self._fast(args, kwargs) if self.fast else None
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        bound = self._fast(args, kwargs) if self.plain else None
         if bound is None:
             b = self.signature.bind(*args, **kwargs)
             b.apply_defaults()
             bound = dict(b.arguments)
             if self.var_keyword is not None:
-                bound.update(bound.pop(self.var_keyword))
+                extra = bound.pop(self.var_keyword)
+                clash = sorted(self.names & extra.keys())
+                if clash:
+                    raise ArgumentError(
+                        f"{self.qualname}: keyword argument {clash[0]!r} collides with the "
+                        f"parameter of that name",
+                        argument=f"args.{clash[0]}",
+                    )
+                bound.update(extra)
         if self.skip is not None:
             bound.pop(self.skip, None)
         return bound
@@ -71,18 +96,52 @@ class _Binder:
                 return None  # a required argument is missing: let bind() raise
         return bound
 
+    def rebuild(
+        self, tool: dict[str, Any], args: tuple[Any, ...]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call to make with the pipeline's arguments ``tool``."""
+        head = args[:1] if self.skip is not None else ()
+        rest = dict(tool)
+        positional = list(head)
+        keywords: dict[str, Any] = {}
+        for p in self.params:
+            if p.kind is _P.VAR_POSITIONAL:
+                positional.extend(rest.pop(p.name, ()))
+            elif p.kind is _P.VAR_KEYWORD:
+                continue
+            elif p.name not in rest:
+                continue  # left to the function's own default
+            elif p.kind is _P.KEYWORD_ONLY or (self.plain and p.kind is _P.POSITIONAL_OR_KEYWORD):
+                keywords[p.name] = rest.pop(p.name)
+            else:
+                positional.append(rest.pop(p.name))
+        if rest:
+            if self.var_keyword is None:
+                name = sorted(rest)[0]
+                raise ArgumentError(
+                    f"{self.qualname} has no parameter {name!r} for the policy's argument rewrite",
+                    argument=f"args.{name}",
+                )
+            keywords.update(rest)
+        return tuple(positional), keywords
 
-def _redacted_call(
-    gate: Gate, decision: Any, bind: _Binder, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The call's arguments after ``obligations.redact.args`` (unchanged without it)."""
-    if gate._redaction(decision, "args") is None:
-        return args, kwargs
-    bound = bind.signature.bind(*args, **kwargs)
-    names = [n for n in bound.arguments if n != bind.skip]
-    new = gate._redact_args(decision, {n: bound.arguments[n] for n in names})
-    bound.arguments.update(new)
-    return bound.args, bound.kwargs
+
+def _redacted(gen: Generator[Any, Any, Any], run: Run) -> Generator[Any, Any, Any]:
+    """``yield from gen`` with every item passed through the output redaction."""
+    try:
+        item = next(gen)
+        while True:
+            try:
+                sent = yield run.output(item)
+            except GeneratorExit:
+                gen.close()
+                raise
+            except BaseException as e:  # forwarded to the tool, as yield from does
+                item = gen.throw(e)
+            else:
+                item = gen.send(sent)
+    except StopIteration as stop:
+        return stop.value
 
 
 def guard(
@@ -101,77 +160,95 @@ def guard(
     :class:`~execgate.errors.ActionDenied` and the body never runs. With a
     receipting gate, each call that ran gets a completion record.
     """
+    if _is_langchain_tool(fn):  # @gate.guard over LangChain's @tool
+        from execgate.integrations.langchain import guard_tool
+
+        return guard_tool(fn, gate, action=action)  # type: ignore[arg-type,return-value]
     name = action or fn.__qualname__
-    bind = _Binder(fn)
-    authorize = gate._authorize
+    binder = _Binder(fn)
+    pipeline = gate.pipeline
     principal = dict(principal) if principal else None
     context = dict(context) if context else None
     wrapper: Callable[..., Any]
 
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
+        call = pipeline.start(
+            name, binder.bind(args, kwargs), principal, context, sandbox=isolate is not None
+        )
+        return call, pipeline.authorize(call)
+
+    async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
+        call = pipeline.start(name, binder.bind(args, kwargs), principal, context)
+        return call, await pipeline.aauthorize(call)
+
+    def arguments(
+        call: Call, decision: Decision, args: tuple[Any, ...]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        raise_if_blocked(call, decision)
+        return binder.rebuild(call.arguments(), args)
+
     if isolate is not None:
-        if not (
-            inspect.isfunction(fn)
-            and not inspect.iscoroutinefunction(fn)
-            and not inspect.isgeneratorfunction(fn)
-            and not inspect.isasyncgenfunction(fn)
-        ):
-            raise TypeError("isolate= supports plain (sync, non-generator) functions")
-        if "<locals>" in fn.__qualname__:
-            raise TypeError(
-                f"isolate= needs a function the child can import; {fn.__qualname__} is local"
-            )
-        run_isolated = gate._run_isolated
+        from execgate.isolate import run_isolated, check_isolatable
+
+        check_isolatable(fn)
+        box = isolate
 
         @functools.wraps(fn)
         def isolated(*args: Any, **kwargs: Any) -> Any:
-            decision = authorize(name, bind(args, kwargs), principal, context)
-            return run_isolated(fn, args, kwargs, isolate, decision)
+            call, decision = begin(args, kwargs)
+            a, k = arguments(call, decision, args)
+            return run_isolated(call, decision, fn, a, k, box)
 
         isolated.__execgate_action__ = name  # type: ignore[attr-defined]
-        return isolated
+        return isolated  # type: ignore[return-value]
 
-    # When the gate keeps receipts, the outcome of every authorized call
-    # (result digest or exception type, duration) is recorded as a completion.
-    recording = gate._recording
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            decision = authorize(name, bind(args, kwargs), principal, context)
-            args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
-            with recording(decision.receipt) as call:
-                call.result = await fn(*args, **kwargs)  # type: ignore[misc]
-            return gate._redact_output(decision, call.result)
+            call, decision = await abegin(args, kwargs)
+            a, k = arguments(call, decision, args)
+            with Run(call, decision) as run:
+                run.result = await fn(*a, **k)  # type: ignore[misc]
+            return run.output(run.result)
 
     elif inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            decision = authorize(name, bind(args, kwargs), principal, context)
-            with recording(decision.receipt):
-                async for item in fn(*args, **kwargs):  # type: ignore[attr-defined]
-                    yield item
+        async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            call, decision = await abegin(args, kwargs)
+            a, k = arguments(call, decision, args)
+            with Run(call, decision) as run:
+                async for item in fn(*a, **k):  # type: ignore[attr-defined]
+                    yield run.output(item)
 
     elif inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            decision = authorize(name, bind(args, kwargs), principal, context)
-            with recording(decision.receipt) as call:
-                call.result = yield from fn(*args, **kwargs)
-            return call.result
+            call, decision = begin(args, kwargs)
+            a, k = arguments(call, decision, args)
+            with Run(call, decision) as run:
+                run.result = yield from _redacted(fn(*a, **k), run)  # type: ignore[arg-type]
+            return run.result
 
     else:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            decision = authorize(name, bind(args, kwargs), principal, context)
-            if decision.receipt is None and not decision.obligations:
-                return fn(*args, **kwargs)  # the fast path: nothing to record or apply
-            args, kwargs = _redacted_call(gate, decision, bind, args, kwargs)
-            with recording(decision.receipt) as call:
-                call.result = fn(*args, **kwargs)
-            return gate._redact_output(decision, call.result)
+            call, decision = begin(args, kwargs)
+            a, k = arguments(call, decision, args)
+            with Run(call, decision) as run:
+                run.result = fn(*a, **k)
+            return run.output(run.result)
 
     wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
-    return wrapper
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_langchain_tool(obj: object) -> bool:
+    """A LangChain BaseTool, recognized without importing LangChain."""
+    return any(
+        c.__name__ == "BaseTool" and c.__module__.startswith("langchain_core")
+        for c in type(obj).__mro__
+    )

@@ -16,7 +16,9 @@ __all__ = [
     "ApprovalRequired",
     "ArgumentError",
     "AuditLogError",
+    "ConfigurationError",
     "ExecgateError",
+    "IsolatedError",
     "PolicyError",
     "SandboxError",
     "SignatureError",
@@ -60,6 +62,11 @@ class PolicyError(ExecgateError):
         self.column = column
 
 
+class ConfigurationError(ExecgateError, ValueError):
+    """An option or value execgate cannot accept (a mode, a timeout, a limit,
+    a sandbox setting), or an API used out of order. The message names it."""
+
+
 class ArgumentError(ExecgateError, TypeError):
     """A call argument cannot be turned into policy input; the tool did not run.
 
@@ -97,6 +104,20 @@ class SandboxError(ExecgateError):
     def __init__(self, message: str, *, completed: object | None = None) -> None:
         super().__init__(message)
         self.completed = completed
+
+
+class IsolatedError(SandboxError):
+    """An isolated tool's body raised an exception the parent does not rebuild.
+
+    ``type_name`` and ``module`` name the child's exception class, ``message``
+    is its text; nothing else crosses from the child.
+    """
+
+    def __init__(self, type_name: str, module: str, message: str) -> None:
+        super().__init__(f"isolated call raised {module}.{type_name}: {message}")
+        self.type_name = type_name
+        self.module = module
+        self.message = message
 
 
 class ApprovalRequired(ExecgateError):

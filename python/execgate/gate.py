@@ -8,19 +8,16 @@ import datetime as dt
 import hashlib
 import os
 import pathlib
-import pickle
-import sys
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
 from execgate._core import AuditLog, Decision, Receipt, SigningKey
-from execgate.approval import ApprovalRequest, Approver, ask
-from execgate.context import _context, _principal
+from execgate.approval import Approver
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError, SandboxError
+from execgate.errors import ActionDenied
+from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
@@ -37,34 +34,6 @@ DataLike = (
     | os.PathLike[str]
     | Sequence[Mapping[str, Any] | str | os.PathLike[str]]
 )
-
-
-class _Outcome:
-    """The completion record of one call, written when its ``with`` block ends."""
-
-    __slots__ = ("gate", "receipt", "result", "start")
-
-    def __init__(self, gate: Gate, receipt: Receipt | None) -> None:
-        self.gate = gate
-        self.receipt = receipt
-        self.result: Any = None
-        self.start = 0
-
-    def __enter__(self) -> _Outcome:
-        self.start = time.perf_counter_ns()
-        return self
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if self.receipt is not None:
-            self.gate._complete(self.receipt, self.start, None if exc else self.result, exc)
-
-
-def _is_langchain_tool(obj: object) -> bool:
-    """A LangChain BaseTool, recognized without importing LangChain."""
-    return any(
-        c.__name__ == "BaseTool" and c.__module__.startswith("langchain_core")
-        for c in type(obj).__mro__
-    )
 
 
 class GuardDecorator(Protocol):
@@ -117,6 +86,10 @@ def _close_open_logs() -> None:
             pass
 
 
+def _mapping(args: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return args if args is None or type(args) is dict else dict(args)
+
+
 def _audit_log(
     key: SigningKey | str | os.PathLike[str] | None,
     audit: str | os.PathLike[str] | AuditLog | None,
@@ -133,12 +106,6 @@ def _audit_log(
     log = AuditLog(os.fspath(audit) if audit is not None else None, signing_key)
     _open_logs.add(log)
     return log
-
-
-def _rfc3339(moment: dt.datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("the gate clock returned a naive datetime; it must be time-zone aware")
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Gate:
@@ -162,16 +129,18 @@ class Gate:
 
     A policy can require human approval (``obligations.approval`` with a
     ``reason`` and ``approvers``): ``approver`` is asked (see
-    :mod:`execgate.approval`); without one the call raises
-    :class:`ApprovalRequired`; no answer within ``approval_timeout`` seconds
-    denies.
+    :mod:`execgate.approval`); without one the call is denied as pending
+    approval (guarded calls raise :class:`ApprovalRequired`); no answer within
+    ``approval_timeout`` seconds denies.
 
-    ``history`` is how many past decisions per session (``context.session``)
-    policies see as ``input.history`` (0, the default, leaves ``input.history``
-    and ``input.usage`` out: they cost about 2 us a check); ``input.usage``
-    has the session's call count and the budgets spent. ``rate`` and
+    When the policy reads ``input.history`` or ``input.usage``, the gate keeps
+    the last ``history`` decisions per session (``context.session``, default
+    32) for it; a policy that reads neither costs nothing. ``rate`` and
     ``budget`` obligations are enforced atomically, and rebuilt from the audit
     log when the gate opens it.
+
+    Every entry point drives the same call pipeline, :attr:`pipeline` (see
+    :mod:`execgate.pipeline` and the README's "Call pipeline").
     """
 
     def __init__(
@@ -187,12 +156,12 @@ class Gate:
         key: SigningKey | str | os.PathLike[str] | None = None,
         audit: str | os.PathLike[str] | AuditLog | None = None,
         record_input: bool = False,
-        history: int = 0,
+        history: int | None = None,
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
     ) -> None:
         self._log = _audit_log(key, audit)
-        self._native = _core.Gate(
+        native = _core.Gate(
             **_policy_spec(policy, data),
             entrypoint=entrypoint,
             mode=mode,
@@ -202,9 +171,11 @@ class Gate:
             record_input=record_input,
             history=history,
         )
-        self._clock = clock
-        self._approver = approver
-        self._approval_timeout = approval_timeout
+        self._native = native
+        #: The call pipeline every entry point drives.
+        self.pipeline = Pipeline(
+            native, clock=clock, approver=approver, approval_timeout=approval_timeout
+        )
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **options: Any) -> Gate:
@@ -221,10 +192,18 @@ class Gate:
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Evaluates ``action`` with ``args``. Never raises for a deny."""
-        if args is not None and type(args) is not dict:
-            args = dict(args)
-        return self._decide(action, args, principal, context)
+        """Decides ``action`` with ``args``: ``allowed`` means the call may run
+        now. Never raises for a deny.
+
+        The configured approver is asked when the policy requires approval
+        (without one the decision is a deny pending approval), and rate and
+        budget obligations are taken. Obligations ``check`` cannot fulfil
+        itself stay on the decision: a caller that acts on it must apply
+        ``obligations.sandbox``, ``redact`` and ``args`` (or use ``guard``,
+        ``run`` or an integration, which do).
+        """
+        call = self.pipeline.start(action, _mapping(args), principal, context, query=True)
+        return self.pipeline.authorize(call)
 
     def enforce(
         self,
@@ -234,122 +213,12 @@ class Gate:
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Decision:
-        """Like :meth:`check`, but raises :class:`ActionDenied` when the call is blocked."""
-        if args is not None and type(args) is not dict:
-            args = dict(args)
-        return self._authorize(action, args or {}, principal, context)
-
-    def _decide(
-        self,
-        action: str,
-        args: dict[str, Any] | None,
-        principal: Mapping[str, Any] | None,
-        context: Mapping[str, Any] | None,
-    ) -> Decision:
-        """The one path to the native check: ambient values, explicit overrides, clock."""
-        p = _principal.get()
-        if principal:
-            p = {**p, **principal}
-        c = _context.get()
-        if context:
-            c = {**c, **context}
-        now = _rfc3339(self._clock()) if self._clock is not None else None
-        return self._native.check(action, args, p, c, now)
-
-    def _authorize(
-        self,
-        action: str,
-        args: dict[str, Any],
-        principal: Mapping[str, Any] | None,
-        context: Mapping[str, Any] | None,
-    ) -> Decision:
-        """Decide; raise ActionDenied when blocked; obtain approval when required."""
-        decision = self._decide(action, args, principal, context)
-        if decision.blocked:
-            raise ActionDenied(decision)
-        if decision.allowed and "approval" in decision.obligations:
-            self._approve(decision)
+        """Like :meth:`check`, but raises :class:`ActionDenied` (or
+        :class:`ApprovalRequired`) when the call is blocked."""
+        call = self.pipeline.start(action, _mapping(args), principal, context, query=True)
+        decision = self.pipeline.authorize(call)
+        raise_if_blocked(call, decision)
         return decision
-
-    def _approve(self, decision: Decision) -> None:
-        request = ApprovalRequest.of(decision)
-        if self._approver is None:
-            raise ApprovalRequired(request)
-        answer = ask(self._approver, request, self._approval_timeout)
-        approved = answer is not None and answer.approved
-        if decision.receipt is not None:
-            self._native.record_approval(
-                decision.receipt,
-                approved=approved,
-                approver="" if answer is None else answer.approver,
-                comment=None if answer is None else answer.comment,
-                timed_out=answer is None,
-            )
-        if not approved:
-            why = (
-                f"approval timed out after {self._approval_timeout:g} s"
-                if answer is None
-                else f"approval refused by {answer.approver}"
-                + (f": {answer.comment}" if answer.comment else "")
-            )
-            raise ActionDenied(decision, (why,))
-
-    @staticmethod
-    def _redaction(decision: Decision, where: str) -> Mapping[str, Any] | None:
-        """``obligations.redact[where]`` (``args`` or ``output``), or None."""
-        spec = (decision.obligations.get("redact") or {}).get(where)
-        if not spec:
-            return None
-        return spec if isinstance(spec, Mapping) else {}
-
-    def _apply_redaction(
-        self, decision: Decision, spec: Mapping[str, Any], value: Any, path: str
-    ) -> Any:
-        """Runs the privacy router on ``value``; a ``deny`` that finds something refuses."""
-        try:
-            out, _ = self._native.redact(
-                value,
-                transform=spec.get("transform", "mask"),
-                detectors=spec.get("detectors"),
-                path=path,
-            )
-        except ExecgateError as e:
-            raise ActionDenied(decision, (f"redaction refused the call: {e}",)) from None
-        return out
-
-    def _redact_output(self, decision: Decision, value: Any) -> Any:
-        """The output after ``obligations.redact.output`` (unchanged without it)."""
-        spec = self._redaction(decision, "output")
-        return value if spec is None else self._apply_redaction(decision, spec, value, "output")
-
-    def _redact_args(self, decision: Decision, args: dict[str, Any]) -> dict[str, Any]:
-        """The arguments a tool receives: those named in ``obligations.redact.args.paths``
-        (all, when none are named) rewritten by the privacy router."""
-        spec = self._redaction(decision, "args")
-        if spec is None:
-            return args
-        names = spec.get("paths")
-        return {
-            k: (self._apply_redaction(decision, spec, v, k) if names is None or k in names else v)
-            for k, v in args.items()
-        }
-
-    def _recording(self, receipt: Receipt | None) -> _Outcome:
-        """Used by ``@guard``: ``with gate._recording(receipt) as call: call.result = ...``
-        times the call and, with a receipt, records its completion (result or exception)."""
-        return _Outcome(self, receipt)
-
-    def _complete(
-        self, receipt: Receipt, start_ns: int, output: Any, error: BaseException | None
-    ) -> Receipt:
-        """Used by ``@guard``: the completion record of a call that ran."""
-        return self._native.record_outcome(
-            receipt,
-            status="ok" if error is None else "error",
-            duration_ns=time.perf_counter_ns() - start_ns,
-            output=output,
-            error_type=None if error is None else type(error).__qualname__,
-        )
 
     # -- decorators ---------------------------------------------------------
 
@@ -381,14 +250,11 @@ class Gate:
         ``@gate.guard(action="fs.read", principal=..., context=...)`` sets it
         and fixed principal/context values (which override ambient ones).
         ``isolate=Sandbox(...)`` runs the body in a sandboxed child process
-        (module-level sync functions; arguments and result are pickled).
+        (module-level sync functions; arguments and result cross as JSON, see
+        :mod:`execgate.isolate`).
         """
 
         def decorate(f: Callable[..., Any], /) -> Callable[..., Any]:
-            if _is_langchain_tool(f):  # @gate.guard over @tool
-                from execgate.integrations.langchain import guard_tool
-
-                return guard_tool(f, self, action=action)  # type: ignore[arg-type,return-value]
             return _guard(
                 self, f, action=action, principal=principal, context=context, isolate=isolate
             )
@@ -410,88 +276,32 @@ class Gate:
         """Authorizes ``argv``, runs it sandboxed, and records the outcome.
 
         The policy sees ``input.action.args = {"argv": [...], "sandbox": {...}}``
-        and may tighten the sandbox with ``obligations.sandbox``. A denied run
-        never starts (:class:`ActionDenied`). With receipts, the completion
-        record carries exit status, limit hit, usage, output digests, the
-        protections in force and the effective sandbox.
+        and may tighten the sandbox with ``obligations.sandbox``; an ``args``
+        rewrite may replace ``argv``. A denied run never starts
+        (:class:`ActionDenied`). With receipts, the completion record carries
+        exit status, limit hit, usage, output digests, the protections in force
+        and the effective sandbox. ``obligations.redact.output`` applies to
+        stdout and stderr.
         """
         box = sandbox if sandbox is not None else Sandbox()
-        argv = [os.fspath(a) for a in argv]
-        decision = self._authorize(
-            action, {"argv": argv, "sandbox": box.request()}, principal, context
+        call = self.pipeline.start(
+            action,
+            {"argv": [os.fspath(a) for a in argv], "sandbox": box.request()},
+            principal,
+            context,
+            sandbox=True,
         )
-        return self._sandboxed(argv, box, stdin, decision)
-
-    def _sandboxed(
-        self, argv: list[str], box: Sandbox, stdin: bytes | str | None, decision: Decision
-    ) -> Completed:
-        """Runs an authorized command and records its completion (one place for both)."""
-        receipt = decision.receipt
-        start = time.perf_counter_ns()
-        try:
-            done = box.run(argv, stdin=stdin, obligation=decision.obligations.get("sandbox"))
-        except BaseException as e:
-            if receipt is not None:
-                self._complete(receipt, start, None, e)
-            raise
-        if receipt is not None:
-            failure = done.limit_hit or (
-                f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}"
-            )
-            self._native.record_outcome(
-                receipt,
-                status="ok" if done.ok else "error",
-                duration_ns=time.perf_counter_ns() - start,
-                error_type=None if done.ok else failure,
-                extra={
-                    "exit_code": done.exit_code,
-                    "signal": done.signal,
-                    "limit_hit": done.limit_hit,
-                    "truncated": done.truncated,
-                    "usage": dict(done.usage),
-                    "stdout_sha256": hashlib.sha256(done.stdout).hexdigest(),
-                    "stderr_sha256": hashlib.sha256(done.stderr).hexdigest(),
-                    "protections": dict(done.protections),
-                    "sandbox": dict(done.sandbox),
-                },
-            )
-        return done
-
-    def _run_isolated(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        box: Sandbox,
-        decision: Decision,
-    ) -> Any:
-        """Used by ``@guard(isolate=...)``: the body runs in a sandboxed child."""
-        # The child must import the function: it gets this interpreter, this
-        # sys.path (readable, and as PYTHONPATH), and nothing else.
-        paths = [p for p in {os.path.realpath(p) for p in sys.path if p} if os.path.exists(p)]
-        paths += [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
-        env = {**(box.env or {}), "PYTHONPATH": os.pathsep.join(paths)}
-        child_box = dataclasses.replace(box, read=[*box.read, *paths], env=env)
-        request = pickle.dumps((fn.__module__, fn.__qualname__, args, kwargs))
-        argv = [os.path.realpath(sys.executable), "-m", "execgate._isolate"]
-        done = self._sandboxed(argv, child_box, request, decision)
-        if done.limit_hit is not None or done.exit_code != 0:
-            raise SandboxError(
-                f"isolated {fn.__qualname__} did not finish: "
-                + (
-                    f"limit {done.limit_hit} hit"
-                    if done.limit_hit
-                    else f"exit {done.exit_code}, signal {done.signal}"
-                )
-                + (f"\n{done.stderr.decode(errors='replace')[-2000:]}" if done.stderr else ""),
-                completed=done,
-            )
-        status, value = pickle.loads(done.stdout)
-        if status == "ok":
-            return value
-        if status == "error":
-            raise value
-        raise SandboxError(f"isolated {fn.__qualname__}: {value}", completed=done)
+        decision = self.pipeline.authorize(call)
+        raise_if_blocked(call, decision)
+        argv = call.arguments()["argv"]
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ActionDenied(decision, ("obligations.args.argv must be a list of strings",))
+        run, done = run_sandboxed(call, decision, argv, box, stdin)
+        if not run.call.redacts_output:
+            return done
+        return dataclasses.replace(
+            done, stdout=run.output(done.stdout), stderr=run.output(done.stderr)
+        )
 
     async def arun(self, argv: Sequence[str], **options: Any) -> Completed:
         """:meth:`run` without blocking the event loop."""
@@ -583,3 +393,36 @@ class Gate:
         return (
             f"<Gate mode={self.mode} entrypoint={self.entrypoint} policy={self.policy_digest[:12]}>"
         )
+
+
+def run_sandboxed(
+    call: _core.Call,
+    decision: Decision,
+    argv: list[str],
+    box: Sandbox,
+    stdin: bytes | str | None,
+) -> tuple[Run, Completed]:
+    """Runs an authorized command under its sandbox (tightened by
+    ``obligations.sandbox``) and records its completion: ``gate.run`` and
+    ``isolate=`` share it. The caller applies the output redaction to what
+    it shows (``run.output``)."""
+    with Run(call, decision) as run:
+        done = box.run(argv, stdin=stdin, obligation=call.sandbox)
+        run.result = done.stdout
+        failure = done.limit_hit or (
+            f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}"
+        )
+        run.extra = {
+            "exit_code": done.exit_code,
+            "signal": done.signal,
+            "limit_hit": done.limit_hit,
+            "truncated": done.truncated,
+            "usage": dict(done.usage),
+            "stdout_sha256": hashlib.sha256(done.stdout).hexdigest(),
+            "stderr_sha256": hashlib.sha256(done.stderr).hexdigest(),
+            "protections": dict(done.protections),
+            "sandbox": dict(done.sandbox),
+        }
+        if not done.ok:
+            run.error = failure
+    return run, done

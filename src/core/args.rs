@@ -71,7 +71,9 @@ impl Arg {
             Self::Float(f) => Value::from(*f),
             Self::Str(s) => Value::from(s.as_str()),
             Self::Bytes { data, .. } => bytes_view(data).to_value(),
-            Self::List { items, .. } => Value::from(items.iter().map(Arg::to_value).collect::<Vec<_>>()),
+            Self::List { items, .. } => {
+                Value::from(items.iter().map(Arg::to_value).collect::<Vec<_>>())
+            }
             Self::Map(entries) => {
                 let mut out = Value::new_object();
                 if let Ok(map) = out.as_object_mut() {
@@ -126,6 +128,16 @@ impl Arg {
                     .map(|(k, v)| (k.clone(), Self::from_json(v)))
                     .collect(),
             ),
+        }
+    }
+
+    /// The SHA-256 an outcome record gives an output: bytes as they are, text
+    /// as UTF-8, anything else as the RFC 8785 JSON of the policy's view.
+    pub fn digest(&self) -> super::error::Result<String> {
+        match self {
+            Self::Bytes { data, .. } => Ok(sha256_hex(data)),
+            Self::Str(s) => Ok(sha256_hex(s.as_bytes())),
+            other => super::receipt::json_sha256(&other.to_json()),
         }
     }
 

@@ -13,9 +13,18 @@ pub enum CoreError {
     #[error("{}", .0)]
     Policy(#[from] PolicyLoadError),
 
-    /// A caller passed something the core cannot accept.
+    /// A caller passed an option or value the core cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A call argument cannot be turned into policy input; the tool does not run.
+    #[error("{message}")]
+    Argument {
+        /// What is wrong with it.
+        message: String,
+        /// The dotted path of the value at fault, e.g. `args.items[2]`.
+        argument: String,
+    },
 
     /// A key cannot be read, parsed or used.
     #[error("{}{message}", .path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]

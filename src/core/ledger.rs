@@ -12,10 +12,9 @@ use parking_lot::Mutex;
 use regorus::Value;
 use serde_json::Value as Json;
 
-/// Default number of history entries kept per session: none. History costs
-/// about 2 us a check (a digest of the arguments, and the entries as input),
-/// so policies that read `input.history` or `input.usage` ask for it.
-pub const DEFAULT_HISTORY: usize = 0;
+/// Default number of history entries kept per session, for policies that
+/// read `input.history` (a policy that does not read it keeps none).
+pub const DEFAULT_HISTORY: usize = 32;
 
 /// A `rate` obligation: at most `limit` calls per `window` seconds per `key`.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,15 +61,11 @@ impl Ledger {
         }
     }
 
-    /// How many entries per session are kept (0: no history).
-    pub fn history_len(&self) -> usize {
-        self.history_len
-    }
-
     /// `input.history` and `input.usage` for a session. `usage.budgets` shows
-    /// only the `budget_keys` named (those of the decision being made), never
-    /// every principal's spending.
-    pub fn view(&self, session: &str, budget_keys: &[&str]) -> (Value, Value) {
+    /// only the budgets named (those of the decision being made, as
+    /// `(key the policy built, key the ledger keeps)`), never every
+    /// principal's spending.
+    pub fn view(&self, session: &str, budget_keys: &[(String, String)]) -> (Value, Value) {
         let inner = self.inner.lock();
         let history: Vec<Value> = inner
             .history
@@ -85,9 +80,9 @@ impl Ledger {
             );
             let mut budgets = Value::new_object();
             if let Ok(b) = budgets.as_object_mut() {
-                for k in budget_keys {
-                    let spent = inner.spent.get(*k).copied().unwrap_or(0.0);
-                    b.insert(Value::from(*k), Value::from(spent));
+                for (shown, kept) in budget_keys {
+                    let spent = inner.spent.get(kept).copied().unwrap_or(0.0);
+                    b.insert(Value::from(shown.as_str()), Value::from(spent));
                 }
             }
             map.insert(Value::from("budgets"), budgets);

@@ -73,7 +73,12 @@ impl Obligations {
         let object = match value {
             Json::Null => return Ok(Self::default()),
             Json::Object(o) => o,
-            other => return Err(format!("obligations must be an object, not {}", kind(other))),
+            other => {
+                return Err(format!(
+                    "obligations must be an object, not {}",
+                    kind(other)
+                ))
+            }
         };
         let mut out = Self::default();
         for (key, value) in object {
@@ -91,21 +96,17 @@ impl Obligations {
                 }
                 "args" => match value {
                     Json::Object(_) => out.args = Some(value.clone()),
-                    other => {
-                        return Err(format!(
-                            "obligations.args must be an object of argument names to values, not {}",
-                            kind(other)
-                        ))
-                    }
+                    other => return Err(format!(
+                        "obligations.args must be an object of argument names to values, not {}",
+                        kind(other)
+                    )),
                 },
                 ANNOTATIONS => out.annotations = Some(value.clone()),
-                other => {
-                    return Err(format!(
-                        "unknown obligation {other:?}: the gate cannot enforce it (known: approval, \
+                other => return Err(format!(
+                    "unknown obligation {other:?}: the gate cannot enforce it (known: approval, \
                          rate, budget, redact, sandbox, args; non-enforced information goes under \
                          {ANNOTATIONS:?})"
-                    ))
-                }
+                )),
             }
         }
         Ok(out)
@@ -155,7 +156,10 @@ fn fields<'a>(
     allowed: &[&str],
 ) -> Result<&'a Map<String, Json>, String> {
     let Json::Object(o) = value else {
-        return Err(format!("obligations.{what} must be an object, not {}", kind(value)));
+        return Err(format!(
+            "obligations.{what} must be an object, not {}",
+            kind(value)
+        ));
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(format!(
@@ -174,7 +178,10 @@ fn string_list(value: &Json, what: &str) -> Result<Vec<String>, String> {
             .map(|i| i.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| format!("obligations.{what} must be a list of strings")),
-        other => Err(format!("obligations.{what} must be a list of strings, not {}", kind(other))),
+        other => Err(format!(
+            "obligations.{what} must be a list of strings, not {}",
+            kind(other)
+        )),
     }
 }
 
@@ -224,7 +231,9 @@ fn each<T>(
 fn key(o: &Map<String, Json>, what: &str) -> Result<String, String> {
     match o.get("key") {
         Some(Json::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(format!("obligations.{what} needs a non-empty string \"key\"")),
+        _ => Err(format!(
+            "obligations.{what} needs a non-empty string \"key\""
+        )),
     }
 }
 
@@ -239,7 +248,9 @@ fn rate(value: &Json, what: &str) -> Result<Rate, String> {
     let o = fields(value, what, &["key", "limit", "window_seconds"])?;
     let limit = amount(o, "limit", what, MAX_AMOUNT)?;
     if limit.fract() != 0.0 {
-        return Err(format!("obligations.{what}.limit must be a whole number of calls"));
+        return Err(format!(
+            "obligations.{what}.limit must be a whole number of calls"
+        ));
     }
     let window = amount(o, "window_seconds", what, MAX_WINDOW_SECONDS)?;
     if window <= 0.0 {
@@ -281,9 +292,9 @@ fn redact(value: &Json, detectors: &[&str]) -> Result<RedactPair, String> {
         let r = fields(value, &what, allowed)?;
         let transform = match r.get("transform") {
             None => Transform::Mask,
-            Some(Json::String(t)) => t
-                .parse()
-                .map_err(|_| format!("obligations.{what}.transform must be mask, hash, drop or deny, not {t:?}"))?,
+            Some(Json::String(t)) => t.parse().map_err(|_| {
+                format!("obligations.{what}.transform must be mask, hash, drop or deny, not {t:?}")
+            })?,
             Some(other) => {
                 return Err(format!(
                     "obligations.{what}.transform must be a string, not {}",
@@ -359,15 +370,30 @@ mod tests {
             (json!({"redact": {"args": {"detectors": ["nope"]}}}), "nope"),
             (json!({"redact": {"args": {"transform": "shred"}}}), "shred"),
             (json!({"redact": {"inputs": true}}), "inputs"),
-            (json!({"rate": {"key": "k", "limit": 1.5, "window_seconds": 1}}), "limit"),
-            (json!({"rate": {"key": "k", "limit": 1, "window_seconds": 1e300}}), "window_seconds"),
-            (json!({"rate": {"key": "k", "limit": 1, "window_seconds": 0}}), "window_seconds"),
+            (
+                json!({"rate": {"key": "k", "limit": 1.5, "window_seconds": 1}}),
+                "limit",
+            ),
+            (
+                json!({"rate": {"key": "k", "limit": 1, "window_seconds": 1e300}}),
+                "window_seconds",
+            ),
+            (
+                json!({"rate": {"key": "k", "limit": 1, "window_seconds": 0}}),
+                "window_seconds",
+            ),
             (json!({"rate": {"limit": 1, "window_seconds": 1}}), "key"),
-            (json!({"budget": {"key": "k", "limit": -1, "cost": 1}}), "limit"),
+            (
+                json!({"budget": {"key": "k", "limit": -1, "cost": 1}}),
+                "limit",
+            ),
             (json!({"approval": "yes"}), "approval"),
             (json!({"approval": {"reason": 3}}), "reason"),
             (json!({"args": ["x"]}), "args"),
-            (json!({"sandbox": {"limits": {"wall_seconds": 1e300}}}), "wall_seconds"),
+            (
+                json!({"sandbox": {"limits": {"wall_seconds": 1e300}}}),
+                "wall_seconds",
+            ),
             (json!({"sandbox": {"jail": true}}), "jail"),
             (json!([1]), "obligations"),
         ] {

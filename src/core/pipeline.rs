@@ -111,7 +111,6 @@ impl Gate {
             if let Ok(v) = &verdict {
                 let keys = budget_keys(&v.obligations, &current);
                 if !keys.is_empty() {
-                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                     self.add_state(&mut input, &session, &keys);
                     verdict = current.policy.evaluate(&input).outcome;
                 }
@@ -168,7 +167,7 @@ impl Gate {
         })
     }
 
-    fn add_state(&self, input: &mut Value, session: &str, budget_keys: &[&str]) {
+    fn add_state(&self, input: &mut Value, session: &str, budget_keys: &[(String, String)]) {
         let (history, usage) = self.ledger.view(session, budget_keys);
         if let Ok(root) = input.as_object_mut() {
             root.insert(Value::from("history"), history);
@@ -177,14 +176,18 @@ impl Gate {
     }
 }
 
-/// The budget keys a verdict's obligations name, as the ledger knows them.
-fn budget_keys(obligations: &Value, current: &Current) -> Vec<String> {
+/// The budget keys a verdict's obligations name, with the keys the ledger
+/// keeps them under.
+fn budget_keys(obligations: &Value, current: &Current) -> Vec<(String, String)> {
     to_json(obligations)
         .and_then(|json| super::obligation::limits(&json))
         .map(|(_, budgets)| {
             budgets
-                .iter()
-                .map(|b| current.redactor.pseudonym(&b.key))
+                .into_iter()
+                .map(|b| {
+                    let kept = current.redactor.pseudonym(&b.key);
+                    (b.key, kept)
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -211,9 +214,11 @@ fn prepare_args(
         return Ok(args.clone());
     };
     if obligations.sandbox.is_some() && !can.sandbox {
-        return Err("obligations.sandbox cannot be met: this entry point does not run the tool \
+        return Err(
+            "obligations.sandbox cannot be met: this entry point does not run the tool \
                     in a sandbox (for a function, guard it with isolate=Sandbox(...))"
-            .into());
+                .into(),
+        );
     }
     if obligations.redact_output.is_some() && !can.output {
         return Err(
@@ -257,7 +262,11 @@ fn prepare_args(
 }
 
 /// `args` after a `redact.args` rule (the named top-level arguments, or all).
-fn redact_args(args: &Arg, rule: &RedactRule, current: &Current) -> std::result::Result<Arg, String> {
+fn redact_args(
+    args: &Arg,
+    rule: &RedactRule,
+    current: &Current,
+) -> std::result::Result<Arg, String> {
     let Arg::Map(entries) = args else {
         return Err("the call's arguments are not an object".into());
     };
@@ -333,7 +342,9 @@ impl Call {
     /// gives back what it took.
     pub fn authorize(&mut self) -> Result<&Decision> {
         if self.stage != Stage::Decided {
-            return Err(CoreError::InvalidArgument("this call was already authorized".into()));
+            return Err(CoreError::InvalidArgument(
+                "this call was already authorized".into(),
+            ));
         }
         self.stage = Stage::Authorized;
         let gate = self.gate.clone();
@@ -391,19 +402,32 @@ impl Call {
         let Some(spec) = &self.obligations.approval else {
             return;
         };
-        let why = spec.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let why = spec
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         match &self.answer {
             None => self.decision.deny(
                 FailureKind::Approval,
                 format!("pending approval{why} (no approver answered)"),
             ),
             Some(a) if a.timed_out => {
+                let after = a
+                    .comment
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default();
                 self.decision.approval = Some(a.clone());
                 self.decision
-                    .deny(FailureKind::Approval, "approval timed out".into());
+                    .deny(FailureKind::Approval, format!("approval timed out{after}"));
             }
             Some(a) if !a.approved => {
-                let comment = a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
+                let comment = a
+                    .comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
                 self.decision.approval = Some(a.clone());
                 self.decision.deny(
                     FailureKind::Approval,
@@ -530,9 +554,9 @@ impl Call {
         }
         self.stage = Stage::Completed;
         match (&self.gate.log, &self.decision.receipt) {
-            (Some(log), Some(authorization)) => Ok(Some(
-                log.append(completion_body(authorization, outcome)?)?,
-            )),
+            (Some(log), Some(authorization)) => {
+                Ok(Some(log.append(completion_body(authorization, outcome)?)?))
+            }
             _ => Ok(None),
         }
     }
@@ -605,7 +629,11 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
         bad.add_source("bad.rego", "package execgate\ndecision if {");
         assert!(g.reload(Some(bad)).is_err());
         assert_eq!(g.policy().digest(), before);
-        assert!(run(&g, "ok", serde_json::json!({}), None).decision().allowed);
+        assert!(
+            run(&g, "ok", serde_json::json!({}), None)
+                .decision()
+                .allowed
+        );
     }
 
     #[test]
@@ -664,7 +692,10 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
                 ..Approval::default()
             })
             .unwrap();
-        assert!(approved.authorize().unwrap().allowed, "the refused call spent nothing");
+        assert!(
+            approved.authorize().unwrap().allowed,
+            "the refused call spent nothing"
+        );
     }
 
     #[test]
@@ -681,6 +712,31 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
             let call = run(&g, "ob", deny.clone(), can);
             assert!(call.decision().blocks(), "{can:?}");
             assert!(call.decision().reasons[0].contains("card"));
+        }
+    }
+
+    #[test]
+    fn history_is_kept_exactly_when_the_policy_reads_it() {
+        for (text, history, usage) in [
+            ("decision := count(input.history) >= 0", true, false),
+            (
+                "decision := input[\"usage\"].session_calls >= 0",
+                false,
+                true,
+            ),
+            ("decision := f(input)\nf(x) := true", true, true),
+            ("decision := input[k] == 1 if some k in [\"a\"]", true, true),
+            (
+                "decision := input.action.name == \"history\" # input.usage",
+                false,
+                false,
+            ),
+        ] {
+            let mut set = PolicySet::new();
+            set.add_source("p.rego", format!("package execgate\n{text}\n"));
+            let g = Gate::new(set, PolicyOptions::default(), Mode::Enforce).unwrap();
+            let reads = g.policy().reads();
+            assert_eq!((reads.history, reads.usage), (history, usage), "{text}");
         }
     }
 

@@ -217,14 +217,17 @@ impl InputReads {
         static PATTERN: OnceLock<Option<regex::Regex>> = OnceLock::new();
         let pattern = PATTERN.get_or_init(|| {
             regex::Regex::new(
-                r#"input\s*(?:\.\s*(history|usage)|\[\s*"(history|usage)"|\[|[^.\[\w\s]|\s*$)"#,
+                r#"\binput\s*(?:\.\s*(history|usage)\b|\[\s*"(history|usage)"|\[|[^.\[\w\s]|\s*$)"#,
             )
             .ok()
         });
         let mut reads = Self::default();
         for (_, text) in modules {
             let Some(pattern) = pattern else {
-                return Self { history: true, usage: true };
+                return Self {
+                    history: true,
+                    usage: true,
+                };
             };
             for line in text.lines() {
                 let code = line.split('#').next().unwrap_or("");
@@ -232,7 +235,12 @@ impl InputReads {
                     match caps.get(1).or_else(|| caps.get(2)).map(|m| m.as_str()) {
                         Some("history") => reads.history = true,
                         Some("usage") => reads.usage = true,
-                        _ => return Self { history: true, usage: true },
+                        _ => {
+                            return Self {
+                                history: true,
+                                usage: true,
+                            }
+                        }
                     }
                 }
             }

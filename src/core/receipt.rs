@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};
 
-use super::error::{CoreError, Result};
 use super::decision::Decision;
+use super::error::{CoreError, Result};
 use super::keys::{Keyring, SigningKey, VerifyKey};
 use super::redact::{Redactor, Transform};
 

@@ -454,9 +454,9 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn text(&mut self, text: &str, path: &str, rewritable: bool) -> String {
         let before = self.findings.len();
-        let out = self
-            .redactor
-            .redact_str(text, self.only, self.transform, path, &mut self.findings);
+        let out =
+            self.redactor
+                .redact_str(text, self.only, self.transform, path, &mut self.findings);
         if !rewritable && self.findings.len() > before && self.unrewritable.is_none() {
             self.unrewritable = self.findings.get(before).cloned();
         }

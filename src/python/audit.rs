@@ -2,22 +2,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
 use crate::core::audit::{verify_log, AuditLog, AuditOptions, Durability, Signing, VerifyReport};
+use crate::core::error::CoreError;
 
-fn seconds(value: f64, name: &str) -> PyResult<Duration> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(PyValueError::new_err(format!(
-            "{name} must be a positive number of seconds"
-        )))
-    }
+fn invalid(message: impl Into<String>) -> PyErr {
+    CoreError::InvalidArgument(message.into()).into()
 }
 
 /// The hash-chained, signed audit log (or an in-memory chain when `path` is None).
@@ -47,7 +41,7 @@ impl PyAuditLog {
             "batch" => Durability::Batch(seconds(batch_interval, "batch_interval")?),
             "always" => Durability::Always,
             other => {
-                return Err(PyValueError::new_err(format!(
+                return Err(invalid(format!(
                     "durability must be \"none\", \"batch\" or \"always\", not {other:?}"
                 )))
             }
@@ -58,9 +52,9 @@ impl PyAuditLog {
                 every: checkpoint_every,
                 interval: seconds(checkpoint_interval, "checkpoint_interval")?,
             },
-            "checkpoint" => return Err(PyValueError::new_err("checkpoint_every must be positive")),
+            "checkpoint" => return Err(invalid("checkpoint_every must be positive")),
             other => {
-                return Err(PyValueError::new_err(format!(
+                return Err(invalid(format!(
                     "signing must be \"record\" or \"checkpoint\", not {other:?}"
                 )))
             }

@@ -1,131 +1,324 @@
-//! Python objects to regorus values and back.
+//! Python objects to argument trees ([`Arg`]) and back.
 //!
-//! JSON-native types (str, int, float, bool, None, list, tuple, dict with str
-//! keys) are converted here without calling into Python. Everything else is
-//! handed to `execgate._convert.to_json`, the one place that defines the rules
-//! for dates, paths, enums, bytes, dataclasses and pydantic models; what it
-//! rejects raises `ArgumentError` naming the argument.
+//! One conversion serves both sides of the gate: the policy judges the tree
+//! and the tool receives what is rebuilt from it, so both see the same
+//! values. JSON-native types are read by their real content (a `str`
+//! subclass by its characters, never its `__str__`; a `dict` subclass by its
+//! storage, never an overridden `items`); the tool receives plain copies.
+//! Everything else is handed to `execgate._convert.to_json`, the one place
+//! that defines the rules for dates, paths, enums, dataclasses and pydantic
+//! models: it returns what the policy sees and what the tool receives.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
+use std::time::Duration;
+
 use regorus::Value;
 
-use super::errors::argument_error;
+use crate::core::args::Arg;
+use crate::core::error::CoreError;
 
 static TO_JSON: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Deepest nesting accepted, so a self-referencing structure cannot recurse forever.
 const MAX_DEPTH: usize = 64;
 
-/// Converts `obj` to a value; `path` names it in errors (e.g. `args.items[2]`).
-pub fn to_value(obj: &Bound<'_, PyAny>, path: &mut String, depth: usize) -> PyResult<Value> {
-    let py = obj.py();
-    if depth > MAX_DEPTH {
-        return Err(argument_error(
-            py,
-            path,
-            format!("argument {path} is nested more than {MAX_DEPTH} levels deep"),
-        ));
+/// Checks a number of seconds a caller passed: finite, positive, and small
+/// enough to be a duration.
+pub fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(CoreError::InvalidArgument(format!(
+            "{what} must be a positive number of seconds, not {value}"
+        ))
+        .into());
     }
-    if let Ok(s) = obj.cast_exact::<PyString>() {
-        return Ok(Value::from(s.to_str()?));
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        CoreError::InvalidArgument(format!("{what} is out of range: {value} seconds")).into()
+    })
+}
+
+/// A conversion failure naming the argument.
+pub fn argument_error(path: &str, message: String) -> PyErr {
+    CoreError::Argument {
+        message,
+        argument: path.to_string(),
     }
-    if obj.is_none() {
-        return Ok(Value::Null);
-    }
-    if let Ok(b) = obj.cast_exact::<PyBool>() {
-        return Ok(Value::from(b.is_true()));
-    }
-    if let Ok(i) = obj.cast_exact::<PyInt>() {
-        if let Ok(v) = i.extract::<i64>() {
-            return Ok(Value::from(v));
-        }
-        if let Ok(v) = i.extract::<u64>() {
-            return Ok(Value::from(v));
-        }
-        return Err(argument_error(
-            py,
-            path,
-            format!("argument {path} is an integer outside the 64-bit range"),
-        ));
-    }
-    if let Ok(f) = obj.cast_exact::<PyFloat>() {
-        let v = f.value();
-        if !v.is_finite() {
+    .into()
+}
+
+/// Converts values, keeping the originals the tool is to receive as they are.
+#[derive(Default)]
+pub struct Converter {
+    /// Originals referenced by [`Arg::Opaque`] handles.
+    pub handles: Vec<Py<PyAny>>,
+}
+
+impl Converter {
+    /// Converts `obj`; `path` names it in errors (e.g. `args.items[2]`).
+    pub fn arg(
+        &mut self,
+        obj: &Bound<'_, PyAny>,
+        path: &mut String,
+        depth: usize,
+    ) -> PyResult<Arg> {
+        let py = obj.py();
+        if depth > MAX_DEPTH {
             return Err(argument_error(
-                py,
                 path,
-                format!("argument {path} is {v}, which JSON cannot represent"),
+                format!("argument {path} is nested more than {MAX_DEPTH} levels deep"),
             ));
         }
-        return Ok(Value::from(v));
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            return text(s, path).map(Arg::Str);
+        }
+        if obj.is_none() {
+            return Ok(Arg::Null);
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            return Ok(Arg::Bool(b.is_true()));
+        }
+        if obj.is_exact_instance_of::<PyInt>()
+            || obj.is_exact_instance_of::<PyFloat>()
+            || obj.is_exact_instance_of::<PyDict>()
+            || obj.is_exact_instance_of::<PyList>()
+            || obj.is_exact_instance_of::<PyTuple>()
+            || obj.is_exact_instance_of::<PyBytes>()
+            || obj.is_exact_instance_of::<PyByteArray>()
+        {
+            return self.native(obj, path, depth);
+        }
+        // Not a JSON-native type: the documented rules in Python say what the
+        // policy sees and what the tool receives (or that it is a subclass of
+        // a native type, read here by its real content).
+        let to_json = TO_JSON.import(py, "execgate._convert", "to_json")?;
+        let native = NATIVE.import(py, "execgate._convert", "NATIVE")?;
+        let converted = to_json.call1((obj, path.as_str()))?;
+        if converted.is(native) {
+            return self.native(obj, path, depth);
+        }
+        let (view, original): (Bound<'_, PyAny>, Bound<'_, PyAny>) = converted.extract()?;
+        if view.is(obj) {
+            return Err(argument_error(
+                path,
+                format!("argument {path}: converter returned the object unchanged"),
+            ));
+        }
+        let view = self.arg(&view, path, depth + 1)?;
+        self.handles.push(original.unbind());
+        Ok(Arg::Opaque {
+            view: Box::new(view),
+            handle: self.handles.len() - 1,
+        })
     }
-    if let Ok(d) = obj.cast_exact::<PyDict>() {
-        return dict_to_value(d, path, depth);
-    }
-    if let Ok(l) = obj.cast_exact::<PyList>() {
-        return sequence_to_value(l.iter(), path, depth);
-    }
-    if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        return sequence_to_value(t.iter(), path, depth);
-    }
-    // Not a JSON-native type: apply the documented rules in Python.
-    let to_json = TO_JSON.import(py, "execgate._convert", "to_json")?;
-    match to_json.call1((obj, path.as_str())) {
-        Ok(converted) if converted.is(obj) => Err(argument_error(
-            py,
+
+    /// A value of a JSON-native type or a subclass of one, by its content.
+    fn native(&mut self, obj: &Bound<'_, PyAny>, path: &mut String, depth: usize) -> PyResult<Arg> {
+        if let Ok(s) = obj.cast::<PyString>() {
+            return text(s, path).map(Arg::Str);
+        }
+        if let Ok(i) = obj.cast::<PyInt>() {
+            if let Ok(v) = i.extract::<i64>() {
+                return Ok(Arg::Int(v));
+            }
+            if let Ok(v) = i.extract::<u64>() {
+                return Ok(Arg::UInt(v));
+            }
+            return Err(argument_error(
+                path,
+                format!("argument {path} is an integer outside the 64-bit range"),
+            ));
+        }
+        if let Ok(f) = obj.cast::<PyFloat>() {
+            let v = f.value();
+            if !v.is_finite() {
+                return Err(argument_error(
+                    path,
+                    format!("argument {path} is {v}, which JSON cannot represent"),
+                ));
+            }
+            return Ok(Arg::Float(v));
+        }
+        if let Ok(d) = obj.cast::<PyDict>() {
+            return self.dict(d, path, depth);
+        }
+        if let Ok(l) = obj.cast::<PyList>() {
+            // A snapshot of the storage: the tool gets this copy, so a list
+            // changed while it is converted cannot show the policy one thing
+            // and the tool another; a change is refused all the same.
+            let items = l.as_sequence().to_tuple()?;
+            let arg = self.sequence(items.iter(), path, depth, false)?;
+            if l.len() != items.len() {
+                return Err(changed(path));
+            }
+            return Ok(arg);
+        }
+        if let Ok(t) = obj.cast::<PyTuple>() {
+            return self.sequence(t.iter(), path, depth, true);
+        }
+        if let Ok(b) = obj.cast::<PyBytes>() {
+            return Ok(Arg::Bytes {
+                data: b.as_bytes().to_vec(),
+                mutable: false,
+            });
+        }
+        if let Ok(b) = obj.cast::<PyByteArray>() {
+            return Ok(Arg::Bytes {
+                data: b.to_vec(),
+                mutable: true,
+            });
+        }
+        Err(argument_error(
             path,
-            format!("argument {path}: converter returned the object unchanged"),
+            format!("argument {path} has a type the converter cannot read"),
+        ))
+    }
+
+    /// A dict with str keys, read from its storage.
+    pub fn dict(
+        &mut self,
+        d: &Bound<'_, PyDict>,
+        path: &mut String,
+        depth: usize,
+    ) -> PyResult<Arg> {
+        let items = d.items();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+            let Ok(key) = k.cast::<PyString>() else {
+                return Err(argument_error(
+                    path,
+                    format!(
+                        "argument {path} has a key of type {}; only str keys are supported",
+                        k.get_type().name()?
+                    ),
+                ));
+            };
+            let key = text(key, path)?;
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&key);
+            let value = self.arg(&v, path, depth + 1)?;
+            path.truncate(len);
+            out.push((key, value));
+        }
+        if d.len() != out.len() {
+            return Err(changed(path));
+        }
+        Ok(Arg::Map(out))
+    }
+
+    fn sequence<'py>(
+        &mut self,
+        items: impl Iterator<Item = Bound<'py, PyAny>>,
+        path: &mut String,
+        depth: usize,
+        tuple: bool,
+    ) -> PyResult<Arg> {
+        let mut out = Vec::new();
+        for (i, item) in items.enumerate() {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            out.push(self.arg(&item, path, depth + 1)?);
+            path.truncate(len);
+        }
+        Ok(Arg::List { items: out, tuple })
+    }
+
+    /// Rebuilds Python values from a tree: plain copies, and the originals of
+    /// opaque values.
+    pub fn to_python<'py>(&self, py: Python<'py>, arg: &Arg) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match arg {
+            Arg::Null => py.None().into_bound(py),
+            Arg::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+            Arg::Int(i) => i.into_pyobject(py)?.into_any(),
+            Arg::UInt(u) => u.into_pyobject(py)?.into_any(),
+            Arg::Float(f) => PyFloat::new(py, *f).into_any(),
+            Arg::Str(s) => PyString::new(py, s).into_any(),
+            Arg::Bytes { data, mutable } => {
+                if *mutable {
+                    PyByteArray::new(py, data).into_any()
+                } else {
+                    PyBytes::new(py, data).into_any()
+                }
+            }
+            Arg::List { items, tuple } => {
+                let items = items
+                    .iter()
+                    .map(|i| self.to_python(py, i))
+                    .collect::<PyResult<Vec<_>>>()?;
+                if *tuple {
+                    PyTuple::new(py, items)?.into_any()
+                } else {
+                    PyList::new(py, items)?.into_any()
+                }
+            }
+            Arg::Map(entries) => {
+                let d = PyDict::new(py);
+                for (k, v) in entries {
+                    d.set_item(k, self.to_python(py, v)?)?;
+                }
+                d.into_any()
+            }
+            Arg::Opaque { handle, .. } => match self.handles.get(*handle) {
+                Some(original) => original.bind(py).clone(),
+                None => {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "argument tree names an unknown value {handle}"
+                    ))
+                    .into())
+                }
+            },
+        })
+    }
+}
+
+fn changed(path: &str) -> PyErr {
+    let what = if path.is_empty() {
+        "the arguments"
+    } else {
+        path
+    };
+    argument_error(
+        path,
+        format!("argument {what} changed while it was being converted"),
+    )
+}
+
+/// The characters of a str (or subclass), or an error naming the argument.
+fn text(s: &Bound<'_, PyString>, path: &str) -> PyResult<String> {
+    match s.to_str() {
+        Ok(t) => Ok(t.to_string()),
+        Err(_) => Err(argument_error(
+            path,
+            format!("argument {path} is not valid Unicode text (it holds a lone surrogate)"),
         )),
-        Ok(converted) => to_value(&converted, path, depth + 1),
-        Err(e) => Err(e),
     }
 }
 
-/// Converts a dict with str keys to an object value.
-pub fn dict_to_value(d: &Bound<'_, PyDict>, path: &mut String, depth: usize) -> PyResult<Value> {
-    let mut out = Value::new_object();
-    let map = out
-        .as_object_mut()
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-    for (k, v) in d.iter() {
-        let Ok(key) = k.cast::<PyString>() else {
-            return Err(argument_error(
-                d.py(),
-                path,
-                format!(
-                    "argument {path} has a key of type {}; only str keys are supported",
-                    k.get_type().name()?
-                ),
-            ));
-        };
-        let key = key.to_str()?;
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(key);
-        let value = to_value(&v, path, depth + 1)?;
-        path.truncate(len);
-        map.insert(Value::from(key), value);
-    }
-    Ok(out)
+/// The policy's view of `obj` (a data document, a query's arguments).
+pub fn to_value(obj: &Bound<'_, PyAny>, path: &str) -> PyResult<Value> {
+    Ok(Converter::default()
+        .arg(obj, &mut path.to_string(), 0)?
+        .to_value())
 }
 
-fn sequence_to_value<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-    path: &mut String,
-    depth: usize,
-) -> PyResult<Value> {
-    let mut out = Vec::new();
-    for (i, item) in items.enumerate() {
-        let len = path.len();
-        path.push_str(&format!("[{i}]"));
-        out.push(to_value(&item, path, depth + 1)?);
-        path.truncate(len);
+/// An argument tree of a dict's entries (`args`, `principal`, `context`),
+/// empty for None.
+pub fn optional_object(
+    conv: &mut Converter,
+    obj: Option<&Bound<'_, PyDict>>,
+    name: &str,
+) -> PyResult<Arg> {
+    match obj {
+        None => Ok(Arg::empty()),
+        Some(d) => conv.dict(d, &mut name.to_string(), 0),
     }
-    Ok(Value::from(out))
 }
 
 /// Converts a value to plain Python objects (sets become lists).

@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyType};
 use crate::core::error::CoreError;
 
 static POLICY_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static EXECGATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static CONFIGURATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SIGNATURE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static AUDIT_LOG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -33,15 +33,6 @@ fn raise(
         Ok(instance) => PyErr::from_value(instance),
         Err(e) => e,
     }
-}
-
-/// An `ArgumentError` naming the argument (dotted path) that could not be used.
-pub fn argument_error(py: Python<'_>, argument: &str, message: String) -> PyErr {
-    let fields = PyDict::new(py);
-    if let Err(e) = fields.set_item("argument", argument) {
-        return e;
-    }
-    raise(py, &ARGUMENT_ERROR, "ArgumentError", message, Some(fields))
 }
 
 impl From<CoreError> for PyErr {
@@ -66,8 +57,19 @@ impl From<CoreError> for PyErr {
                     Err(err) => err,
                 }
             }
-            CoreError::InvalidArgument(message) => {
-                raise(py, &EXECGATE_ERROR, "ExecgateError", message, None)
+            CoreError::InvalidArgument(message) => raise(
+                py,
+                &CONFIGURATION_ERROR,
+                "ConfigurationError",
+                message,
+                None,
+            ),
+            CoreError::Argument { message, argument } => {
+                let fields = PyDict::new(py);
+                match fields.set_item("argument", argument) {
+                    Ok(()) => raise(py, &ARGUMENT_ERROR, "ArgumentError", message, Some(fields)),
+                    Err(e) => e,
+                }
             }
             CoreError::Key { ref path, .. } => {
                 let fields = PyDict::new(py);

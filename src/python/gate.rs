@@ -1,19 +1,22 @@
 //! `execgate._core.Gate` and `execgate._core.Decision`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::audit::PyAuditLog;
-use super::convert::{dict_to_value, to_python, to_value};
+use super::convert::{json_to_python, optional_object, seconds, to_python, to_value, Converter};
 use super::keys::PyReceipt;
-use crate::core::gate::{Decision, Gate, Mode, Request};
+use crate::core::decision::{Decision, Mode, Request};
+use crate::core::gate::Gate;
+use crate::core::pipeline::{Call, Capabilities};
 use crate::core::policy::{
     PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
 };
-use crate::core::receipt::{json_sha256, sha256_hex, Approval, Outcome};
+use crate::core::receipt::{Approval, Outcome};
 
 /// Builds a policy set from the already-classified pieces the Python layer passes.
 fn policy_set(
@@ -30,20 +33,12 @@ fn policy_set(
         set.add_path(path);
     }
     for (i, d) in data.iter().enumerate() {
-        let mut path = String::from("data");
-        set.add_data(format!("<data {i}>"), dict_to_value(d, &mut path, 0)?);
+        set.add_data(format!("<data {i}>"), to_value(d.as_any(), "data")?);
     }
     for path in data_files {
         set.add_data_file(path);
     }
     Ok(set)
-}
-
-fn optional_object(obj: Option<&Bound<'_, PyDict>>, name: &str) -> PyResult<regorus::Value> {
-    match obj {
-        None => Ok(regorus::Value::new_object()),
-        Some(d) => dict_to_value(d, &mut name.to_string(), 0),
-    }
 }
 
 /// Lists the `test_*` rules of the given policy files as (file, rule path).
@@ -81,10 +76,10 @@ pub fn run_rego_test(
     })
 }
 
-/// The native gate: compiled policy, evaluation and reload.
+/// The native gate: compiled policy, the call pipeline, reload.
 #[pyclass(frozen, name = "Gate", module = "execgate._core")]
 pub struct PyGate {
-    inner: Gate,
+    inner: Arc<Gate>,
 }
 
 #[pymethods]
@@ -93,7 +88,7 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        log=None, record_input=false, history=crate::core::ledger::DEFAULT_HISTORY))]
+                        log=None, record_input=false, history=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,33 +102,36 @@ impl PyGate {
         timeout: f64,
         log: Option<PyRef<'_, PyAuditLog>>,
         record_input: bool,
-        history: usize,
+        history: Option<usize>,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "timeout must be a positive number of seconds",
-            ));
-        }
         let options = PolicyOptions {
             entrypoint,
             max_instructions,
-            timeout: Duration::from_secs_f64(timeout),
+            timeout: seconds(timeout, "timeout")?,
         };
         let set = policy_set(sources, paths, data, data_files)?;
-        let mut inner = py
-            .detach(|| Gate::new(set, options, mode))?
-            .with_history(history);
+        let mut inner = py.detach(|| Gate::new(set, options, mode))?;
+        if let Some(len) = history {
+            inner = inner.with_history(len)?;
+        }
         if let Some(log) = log {
             let log = log.inner.clone();
             inner = py.detach(|| inner.with_log(log, record_input))?;
         }
-        Ok(Self { inner })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
-    /// Evaluates one call. Never raises for a deny.
-    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None))]
-    fn check(
+    /// Evaluates one call and parses its obligations: the first stages of the
+    /// pipeline. `sandbox`, `rewrite` and `output` say what the entry point
+    /// can enforce; `query=True` (for `check()`) leaves the obligations to the
+    /// caller. Never raises for a deny.
+    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None, *,
+                        query=false, sandbox=false, rewrite=true, output=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
         &self,
         py: Python<'_>,
         action: String,
@@ -141,16 +139,31 @@ impl PyGate {
         principal: Option<&Bound<'_, PyDict>>,
         context: Option<&Bound<'_, PyDict>>,
         time: Option<String>,
-    ) -> PyResult<PyDecision> {
+        query: bool,
+        sandbox: bool,
+        rewrite: bool,
+        output: bool,
+    ) -> PyResult<PyCall> {
+        let mut conv = Converter::default();
+        let args = optional_object(&mut conv, args, "args")?;
+        let mut side = Converter::default();
         let request = Request {
             action,
-            args: optional_object(args, "args")?,
-            principal: optional_object(principal, "principal")?,
-            context: optional_object(context, "context")?,
+            args,
+            principal: optional_object(&mut side, principal, "principal")?.to_value(),
+            context: optional_object(&mut side, context, "context")?.to_value(),
             time,
         };
-        let decision = py.detach(|| self.inner.check(request))?;
-        Ok(PyDecision { inner: decision })
+        let capabilities = (!query).then_some(Capabilities {
+            sandbox,
+            rewrite,
+            output,
+        });
+        let gate = self.inner.clone();
+        let call = py.detach(|| gate.decide(request, capabilities))?;
+        Ok(PyCall {
+            state: Mutex::new(CallState { call, conv }),
+        })
     }
 
     /// Recompiles and swaps the policy in atomically; with no arguments,
@@ -179,11 +192,8 @@ impl PyGate {
         Ok(py.detach(|| self.inner.reload(set))?)
     }
 
-    /// Records the outcome of an authorized call as a completion receipt.
-    ///
-    /// The output is digested as: bytes as they are, str as UTF-8, anything
-    /// else as the RFC 8785 JSON of its argument conversion; an output that
-    /// cannot be converted gets no digest and its type name is recorded.
+    /// Records the outcome of a call its caller ran itself (after a bare
+    /// `check()`), linked to the decision's receipt.
     #[pyo3(signature = (receipt, *, status, duration_ns=0, output=None, error_type=None, extra=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_outcome(
@@ -196,52 +206,9 @@ impl PyGate {
         error_type: Option<String>,
         extra: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyReceipt> {
-        let extra: serde_json::Map<String, serde_json::Value> = match extra {
-            Some(d) => pythonize::depythonize(d.as_any())?,
-            None => serde_json::Map::new(),
-        };
-        let mut outcome = Outcome {
-            status,
-            error_type,
-            duration_ns,
-            extra,
-            ..Outcome::default()
-        };
-        if let Some(out) = output {
-            match output_digest(&out) {
-                Ok(digest) => outcome.output_sha256 = Some(digest),
-                Err(_) => {
-                    outcome.extra.insert(
-                        "output_type".into(),
-                        serde_json::Value::String(out.get_type().name()?.to_string()),
-                    );
-                }
-            }
-        }
+        let outcome = outcome(status, duration_ns, output.as_ref(), error_type, extra)?;
         let authorization = receipt.inner.clone();
         let inner = py.detach(|| self.inner.record_outcome(&authorization, &outcome))?;
-        Ok(PyReceipt { inner })
-    }
-
-    /// Records a human's answer to a decision that required approval.
-    #[pyo3(signature = (receipt, *, approved, approver, comment=None, timed_out=false))]
-    fn record_approval(
-        &self,
-        py: Python<'_>,
-        receipt: PyRef<'_, PyReceipt>,
-        approved: bool,
-        approver: String,
-        comment: Option<String>,
-        timed_out: bool,
-    ) -> PyResult<PyReceipt> {
-        let approval = Approval {
-            approved,
-            approver,
-            comment,
-            timed_out,
-        };
-        let authorization = receipt.inner.clone();
-        let inner = py.detach(|| self.inner.record_approval(&authorization, &approval))?;
         Ok(PyReceipt { inner })
     }
 
@@ -256,18 +223,14 @@ impl PyGate {
         detectors: Option<Vec<String>>,
         path: String,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let transform: crate::core::redact::Transform = transform.parse()?;
-        let json = serde_json::to_value(to_value(&value, &mut path.clone(), 0)?)
-            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-        let redactor = self.inner.redactor();
-        let (out, findings) =
-            py.detach(|| redactor.redact(&json, detectors.as_deref(), transform, &path))?;
-        let report = serde_json::to_value(&findings)
-            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-        Ok((
-            super::convert::json_to_python(py, &out)?,
-            super::convert::json_to_python(py, &report)?,
-        ))
+        super::redact::run(
+            py,
+            &self.inner.redactor(),
+            &value,
+            transform,
+            detectors,
+            &path,
+        )
     }
 
     /// The audit log this gate writes, if any.
@@ -302,17 +265,172 @@ impl PyGate {
     }
 }
 
-fn output_digest(out: &Bound<'_, PyAny>) -> PyResult<String> {
-    if let Ok(b) = out.cast::<pyo3::types::PyBytes>() {
-        return Ok(sha256_hex(b.as_bytes()));
+/// The outcome record's fields from what an entry point reports. The output
+/// is digested as: bytes as they are, str as UTF-8, anything else as the
+/// RFC 8785 JSON of its argument conversion; an output that cannot be
+/// converted gets no digest and its type name is recorded.
+fn outcome(
+    status: String,
+    duration_ns: u64,
+    output: Option<&Bound<'_, PyAny>>,
+    error_type: Option<String>,
+    extra: Option<Bound<'_, PyDict>>,
+) -> PyResult<Outcome> {
+    let extra: serde_json::Map<String, serde_json::Value> = match extra {
+        Some(d) => pythonize::depythonize(d.as_any())?,
+        None => serde_json::Map::new(),
+    };
+    let mut outcome = Outcome {
+        status,
+        error_type,
+        duration_ns,
+        extra,
+        ..Outcome::default()
+    };
+    if let Some(out) = output {
+        match Converter::default().arg(out, &mut String::from("output"), 0) {
+            Ok(arg) => outcome.output_sha256 = Some(arg.digest()?),
+            Err(_) => {
+                outcome.extra.insert(
+                    "output_type".into(),
+                    serde_json::Value::String(out.get_type().name()?.to_string()),
+                );
+            }
+        }
     }
-    if let Ok(s) = out.cast::<pyo3::types::PyString>() {
-        return Ok(sha256_hex(s.to_str()?.as_bytes()));
+    Ok(outcome)
+}
+
+struct CallState {
+    call: Call,
+    /// The converter of the call's arguments: it holds the originals the tool
+    /// receives as they are.
+    conv: Converter,
+}
+
+/// One call on its way through the pipeline (see `core::pipeline`). Each
+/// method is one stage; a stage out of order raises.
+#[pyclass(frozen, name = "Call", module = "execgate._core")]
+pub struct PyCall {
+    state: Mutex<CallState>,
+}
+
+#[pymethods]
+impl PyCall {
+    /// The decision as it stands (final after `authorize()`).
+    #[getter]
+    fn decision(&self) -> PyDecision {
+        PyDecision {
+            inner: self.state.lock().call.decision().clone(),
+        }
     }
-    let value = to_value(out, &mut String::from("output"), 0)?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    Ok(json_sha256(&json)?)
+
+    /// What an approver must be asked (`{"reason", "approvers"}`), while the
+    /// call waits for an answer; None otherwise.
+    #[getter]
+    fn approval<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let state = self.state.lock();
+        let Some(request) = state.call.approval() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("reason", request.spec.reason.as_deref())?;
+        d.set_item("approvers", request.spec.approvers.clone())?;
+        Ok(Some(d))
+    }
+
+    /// Gives the approver's answer.
+    #[pyo3(signature = (*, approved, approver, comment=None, timed_out=false))]
+    fn answer(
+        &self,
+        approved: bool,
+        approver: String,
+        comment: Option<String>,
+        timed_out: bool,
+    ) -> PyResult<()> {
+        Ok(self.state.lock().call.answer(Approval {
+            approved,
+            approver,
+            comment,
+            timed_out,
+        })?)
+    }
+
+    /// Meets the approval, takes the limits and records the decision;
+    /// returns the final decision.
+    fn authorize(&self, py: Python<'_>) -> PyResult<PyDecision> {
+        py.detach(|| {
+            let mut state = self.state.lock();
+            let decision = state.call.authorize()?.clone();
+            Ok(PyDecision { inner: decision })
+        })
+    }
+
+    /// The arguments the tool receives (rewritten and redacted), as a dict.
+    fn arguments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let state = self.state.lock();
+        let args = state.call.tool_args()?;
+        state.conv.to_python(py, args)
+    }
+
+    /// `obligations.sandbox`, for an entry point that runs the tool sandboxed.
+    #[getter]
+    fn sandbox<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let state = self.state.lock();
+        state
+            .call
+            .sandbox()
+            .map(|s| json_to_python(py, s))
+            .transpose()
+    }
+
+    /// Whether `redact_output` changes anything (so entry points can skip it).
+    #[getter]
+    fn redacts_output(&self) -> bool {
+        self.state.lock().call.redacts_output()
+    }
+
+    /// `value` after `obligations.redact.output`. Raises when it holds what
+    /// the router must refuse or cannot rewrite: then it must not be shown.
+    fn redact_output<'py>(
+        &self,
+        py: Python<'py>,
+        value: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let state = self.state.lock();
+        if !state.call.redacts_output() {
+            return Ok(value);
+        }
+        let mut conv = Converter::default();
+        let arg = conv.arg(&value, &mut String::from("output"), 0)?;
+        let out = py.detach(|| state.call.redact_output(&arg))?;
+        conv.to_python(py, &out)
+    }
+
+    /// Records what happened when the tool ran (once). Returns the
+    /// completion receipt when the gate keeps a log.
+    #[pyo3(signature = (*, status, duration_ns=0, output=None, error_type=None, extra=None))]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        status: String,
+        duration_ns: u64,
+        output: Option<Bound<'_, PyAny>>,
+        error_type: Option<String>,
+        extra: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<Option<PyReceipt>> {
+        // Without a receipt nothing is recorded: skip digesting the output.
+        let recorded = self.state.lock().call.decision().receipt.is_some();
+        let outcome = if recorded {
+            outcome(status, duration_ns, output.as_ref(), error_type, extra)?
+        } else {
+            Outcome::default()
+        };
+        py.detach(|| {
+            let receipt = self.state.lock().call.complete(&outcome)?;
+            Ok(receipt.map(|inner| PyReceipt { inner }))
+        })
+    }
 }
 
 /// An immutable authorization decision.
@@ -383,6 +501,21 @@ impl PyDecision {
     #[getter]
     fn error(&self) -> Option<&'static str> {
         self.inner.error.map(|k| k.as_str())
+    }
+
+    /// The approver's answer (`{"approved", "approver", "comment",
+    /// "timed_out"}`) when the policy required approval and one was given.
+    #[getter]
+    fn approval<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(a) = &self.inner.approval else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("approved", a.approved && !a.timed_out)?;
+        d.set_item("approver", &a.approver)?;
+        d.set_item("comment", a.comment.as_deref())?;
+        d.set_item("timed_out", a.timed_out)?;
+        Ok(Some(d))
     }
 
     /// The signed receipt, when the gate has a key (None otherwise).

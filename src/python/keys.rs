@@ -150,9 +150,10 @@ pub fn keyring(
         ring.add_dir(dir)?;
     }
     if ring.is_empty() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "no verification keys given",
-        ));
+        return Err(crate::core::error::CoreError::InvalidArgument(
+            "no verification keys given".into(),
+        )
+        .into());
     }
     Ok(ring)
 }

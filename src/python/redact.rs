@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use pyo3::prelude::*;
 
-use super::convert::{json_to_python, to_value};
+use super::convert::{json_to_python, Converter};
+use crate::core::error::CoreError;
 use crate::core::redact::{Redactor, Transform};
 
 /// Returns `(new_value, report)`: `value` with every finding transformed,
@@ -19,22 +20,35 @@ pub fn redact<'py>(
     key: Vec<u8>,
     custom: BTreeMap<String, String>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let transform: Transform = transform.parse()?;
     let redactor = Redactor::new(&custom, &key)?;
+    run(py, &redactor, &value, transform, detectors, "")
+}
+
+/// One redaction with `redactor`: the module function and `Gate.redact`.
+pub fn run<'py>(
+    py: Python<'py>,
+    redactor: &Redactor,
+    value: &Bound<'py, PyAny>,
+    transform: &str,
+    detectors: Option<Vec<String>>,
+    path: &str,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let transform: Transform = transform.parse()?;
     if let Some(names) = &detectors {
         let known = redactor.names();
         if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(CoreError::InvalidArgument(format!(
                 "unknown detector {unknown:?}; known: {}",
                 known.join(", ")
-            )));
+            ))
+            .into());
         }
     }
-    let json = serde_json::to_value(to_value(&value, &mut String::from("value"), 0)?)
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let mut conv = Converter::default();
+    let arg = conv.arg(value, &mut path.to_string(), 0)?;
     let (out, findings) =
-        py.detach(|| redactor.redact(&json, detectors.as_deref(), transform, ""))?;
-    let report = serde_json::to_value(&findings)
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    Ok((json_to_python(py, &out)?, json_to_python(py, &report)?))
+        py.detach(|| redactor.redact_arg(&arg, detectors.as_deref(), transform, path))?;
+    let report =
+        serde_json::to_value(&findings).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+    Ok((conv.to_python(py, &out)?, json_to_python(py, &report)?))
 }

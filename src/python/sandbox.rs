@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde::Deserialize;
 
-use super::convert::json_to_python;
+use super::convert::{json_to_python, seconds};
+use crate::core::error::CoreError;
 use crate::core::sandbox::{self, Limits, Network, Sandbox};
 
 #[derive(Deserialize)]
@@ -42,7 +42,7 @@ struct Spec {
 }
 
 fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
-    let err = |m: &str| pyo3::exceptions::PyValueError::new_err(m.to_string());
+    let err = |m: &str| PyErr::from(CoreError::InvalidArgument(m.to_string()));
     let network = match spec.network {
         NetworkSpec::Named(n) if n == "none" => Network::None,
         NetworkSpec::Named(n) if n == "host" => Network::Host,
@@ -53,8 +53,7 @@ fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
     };
     let wall = match spec.wall_seconds {
         None => None,
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(_) => return Err(err("wall must be a positive number of seconds")),
+        Some(s) => Some(seconds(s, "wall")?),
     };
     Ok(Sandbox {
         limits: Limits {
@@ -99,8 +98,7 @@ pub fn run_sandboxed<'py>(
     let done = py.detach(|| sandbox::run(&argv, &sandbox))?;
     let out = json_to_python(
         py,
-        &serde_json::to_value(&done)
-            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?,
+        &serde_json::to_value(&done).map_err(|e| CoreError::InvalidArgument(e.to_string()))?,
     )?
     .cast_into::<PyDict>()?;
     out.set_item("stdout", PyBytes::new(py, &done.stdout))?;

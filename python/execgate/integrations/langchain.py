@@ -17,7 +17,6 @@ ambient ``execgate.principal(...)`` / ``execgate.context(...)`` blocks.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,9 +25,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 
-from execgate._core import Decision, Receipt
-from execgate.approval import Approval, ApprovalRequest
-from execgate.errors import ActionDenied
+from execgate._core import Call, Decision
+from execgate.approval import ApprovalRequest
+from execgate.errors import ActionDenied, ConfigurationError
+from execgate.pipeline import Run, raise_if_blocked
 
 if TYPE_CHECKING:
     from langgraph.prebuilt.tool_node import ToolCallRequest
@@ -110,14 +110,15 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     :class:`~execgate.ActionDenied`. ``principal``, ``purpose`` and ``session``
     are defaults used when the run does not name them. ``actions`` maps tool
     names to policy action names (``{"read_file": "fs.read"}``); unmapped tools
-    use their own name. An obligation ``args`` (an object) replaces the
-    arguments the tool receives.
+    use their own name. Argument rewrites and redaction reach the tool; output
+    redaction covers the ``ToolMessage`` content, also inside a returned
+    ``Command`` (a result whose text it cannot find is withheld).
 
     A decision that requires approval (``obligations.approval``) pauses the run
     with LangGraph's ``interrupt`` (the agent needs a checkpointer); resume it
     with ``Command(resume={"approved": bool, "approver": ..., "comment": ...})``.
-    The pause is recorded as a not-approved answer to the first decision; the
-    resumed run decides again and records the human's answer to that one.
+    The pause is recorded as a deny pending approval; the resumed run decides
+    again and records the human's answer with that decision.
     ``approval="gate"`` asks the gate's own approver instead.
     """
 
@@ -134,56 +135,30 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     ) -> None:
         super().__init__()
         if on_deny not in ("message", "raise"):
-            raise ValueError(f'on_deny must be "message" or "raise", not {on_deny!r}')
+            raise ConfigurationError(f'on_deny must be "message" or "raise", not {on_deny!r}')
+        if approval not in ("interrupt", "gate"):
+            raise ConfigurationError(f'approval must be "interrupt" or "gate", not {approval!r}')
         self.gate = gate
         self.on_deny = on_deny
         self._defaults = {"principal": principal, "purpose": purpose, "session": session}
         self._actions = dict(actions or {})
         self.approval = approval
 
-    def _authorize(
-        self, request: ToolCallRequest
-    ) -> tuple[ToolCallRequest, Decision, ToolMessage | None]:
+    def _start(self, request: ToolCallRequest) -> Call:
         call = request.tool_call
         principal, context = _who_and_why(request, self._defaults)
         action = self._actions.get(call["name"], call["name"])
-        decision = self.gate.check(
-            action, dict(call.get("args") or {}), principal=principal, context=context
+        return self.gate.pipeline.start(
+            action, dict(call.get("args") or {}), principal, context
         )
-        if decision.blocked:
-            return self._refuse(request, decision, ActionDenied(decision))
-        if "approval" in decision.obligations:
-            try:
-                self._approve(decision)
-            except ActionDenied as refused:
-                return self._refuse(request, decision, refused)
-        rewritten = decision.obligations.get("args")
-        args = dict(rewritten) if isinstance(rewritten, Mapping) else dict(call.get("args") or {})
-        try:
-            args = self.gate._redact_args(decision, args)
-        except ActionDenied as refused:
-            return self._refuse(request, decision, refused)
-        if args != call.get("args"):
-            request = request.override(tool_call={**call, "args": args})
-        return request, decision, None
 
-    def _refuse(
-        self, request: ToolCallRequest, decision: Decision, refusal: ActionDenied
-    ) -> tuple[ToolCallRequest, Decision, ToolMessage | None]:
-        if self.on_deny == "raise":
-            raise refusal
-        call = request.tool_call
-        return request, decision, _denial(decision, call.get("id"), call["name"], refusal.reasons)
-
-    def _approve(self, decision: Decision) -> None:
-        """Obtains approval or raises ActionDenied (or ApprovalRequired)."""
-        if self.approval == "gate":
-            self.gate._approve(decision)
-            return
+    def _interrupt(self, call: Call) -> None:
+        """Pauses the run for a human (LangGraph ``interrupt``) and gives the
+        pipeline the answer the run was resumed with."""
         from langgraph.errors import GraphInterrupt
         from langgraph.types import interrupt
 
-        request = ApprovalRequest.of(decision)
+        request = ApprovalRequest.of(call.decision, call.approval)
         try:
             answer = interrupt(
                 {
@@ -192,99 +167,158 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
                     "args": dict(request.args),
                     "reason": request.reason,
                     "approvers": list(request.approvers),
-                    "receipt": request.receipt_id,
                 }
             )
         except GraphInterrupt:
-            if decision.receipt is not None:
-                self.gate._native.record_approval(
-                    decision.receipt,
-                    approved=False,
-                    approver="",
-                    comment="paused for human approval",
-                )
+            call.authorize()  # recorded as a deny pending approval
             raise
         if isinstance(answer, Mapping):
-            approval = Approval(
-                bool(answer.get("approved")),
-                str(answer.get("approver") or "unknown"),
-                answer.get("comment"),
+            call.answer(
+                approved=answer.get("approved") is True,
+                approver=str(answer.get("approver") or "unknown"),
+                comment=answer.get("comment"),
             )
         else:
-            approval = Approval(answer is True, "unknown")
-        if decision.receipt is not None:
-            self.gate._native.record_approval(
-                decision.receipt,
-                approved=approval.approved,
-                approver=approval.approver,
-                comment=approval.comment,
-            )
-        if not approval.approved:
-            why = f"approval refused by {approval.approver}"
-            raise ActionDenied(
-                decision, (why + (f": {approval.comment}" if approval.comment else ""),)
-            )
+            call.answer(approved=answer is True, approver="unknown")
 
-    def _finish(
-        self, decision: Decision, start: int, result: Any, error: BaseException | None
-    ) -> Any:
-        receipt: Receipt | None = decision.receipt
-        output = getattr(result, "content", None) if error is None else None
-        if receipt is not None:
-            self.gate._complete(receipt, start, output, error)
-        if isinstance(result, ToolMessage):
-            # Egress: what the model sees of the output passes the privacy router.
-            result.content = self.gate._redact_output(decision, result.content)
-            result.response_metadata = {**result.response_metadata, "execgate": _meta(decision)}
+    def _authorized(
+        self, request: ToolCallRequest, call: Call, decision: Decision
+    ) -> tuple[ToolCallRequest, ToolMessage | None]:
+        if decision.blocked:
+            tool_call = request.tool_call
+            if self.on_deny == "raise":
+                raise_if_blocked(call, decision)
+            return request, _denial(
+                decision, tool_call.get("id"), tool_call["name"], decision.reasons
+            )
+        args = call.arguments()
+        if args != request.tool_call.get("args"):
+            request = request.override(tool_call={**request.tool_call, "args": args})
+        return request, None
+
+    def _authorize(self, request: ToolCallRequest) -> tuple[Call, Decision]:
+        call = self._start(request)
+        if call.approval is not None and self.approval == "interrupt":
+            self._interrupt(call)
+        return call, self.gate.pipeline.authorize(call)
+
+    async def _aauthorize(self, request: ToolCallRequest) -> tuple[Call, Decision]:
+        call = self._start(request)
+        if call.approval is not None and self.approval == "interrupt":
+            self._interrupt(call)
+        return call, await self.gate.pipeline.aauthorize(call)
+
+    @staticmethod
+    def _shown(run: Run, result: Any) -> Any:
+        """What the model sees of a result: every ToolMessage's content after
+        the output redaction, with the decision in its metadata."""
+        messages = (
+            [result]
+            if isinstance(result, ToolMessage)
+            else _command_messages(result)
+        )
+        if messages is None:
+            if run.call.redacts_output:
+                raise ActionDenied(
+                    run.decision,
+                    (
+                        f"the output was withheld: a {type(result).__name__} result cannot "
+                        "be redacted",
+                    ),
+                )
+            return result
+        for message in messages:
+            message.content = run.output(message.content)
+            message.response_metadata = {
+                **message.response_metadata,
+                "execgate": _meta(run.decision),
+            }
         return result
+
+    def _refused(self, request: ToolCallRequest, refusal: ActionDenied) -> ToolMessage:
+        if self.on_deny == "raise":
+            raise refusal
+        tool_call = request.tool_call
+        return _denial(refusal.decision, tool_call.get("id"), tool_call["name"], refusal.reasons)
 
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
-        request, decision, denied = self._authorize(request)
+        call, decision = self._authorize(request)
+        request, denied = self._authorized(request, call, decision)
         if denied is not None:
             return denied
-        start = time.perf_counter_ns()
-        try:
+        with Run(call, decision) as run:
             result = handler(request)
-        except BaseException as e:
-            self._finish(decision, start, None, e)
-            raise
-        return self._finish(decision, start, result, None)
+            run.result = _output(result)
+        try:
+            return self._shown(run, result)
+        except ActionDenied as refusal:
+            return self._refused(request, refusal)
 
     async def awrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        request, decision, denied = self._authorize(request)
+        call, decision = await self._aauthorize(request)
+        request, denied = self._authorized(request, call, decision)
         if denied is not None:
             return denied
-        start = time.perf_counter_ns()
-        try:
+        with Run(call, decision) as run:
             result = await handler(request)
-        except BaseException as e:
-            self._finish(decision, start, None, e)
-            raise
-        return self._finish(decision, start, result, None)
+            run.result = _output(result)
+        try:
+            return self._shown(run, result)
+        except ActionDenied as refusal:
+            return self._refused(request, refusal)
+
+
+def _command_messages(result: Any) -> list[ToolMessage] | None:
+    """The ToolMessages a returned ``Command`` carries (None: not a Command
+    whose messages can be found)."""
+    update = getattr(result, "update", None)
+    if not (type(result).__name__ == "Command" and isinstance(update, Mapping)):
+        return None
+    messages = update.get("messages")
+    if not isinstance(messages, list):
+        return [] if "messages" not in update else None
+    if not all(isinstance(m, ToolMessage) or not hasattr(m, "content") for m in messages):
+        return None
+    return [m for m in messages if isinstance(m, ToolMessage)]
+
+
+def _output(result: Any) -> Any:
+    """What the completion record digests of a tool's result."""
+    if isinstance(result, ToolMessage):
+        return result.content
+    messages = _command_messages(result)
+    return None if messages is None else [m.content for m in messages]
 
 
 class ExecgateCallbackHandler(BaseCallbackHandler):
     """Gates tools on paths that only take callbacks (``AgentExecutor``, a plain
     ``tool.invoke(..., config={"callbacks": [handler]})``, chains).
 
-    ``on_tool_start`` checks the call; with ``raise_error=True`` (default) a
-    blocked call raises :class:`~execgate.ActionDenied` before the tool runs,
-    for sync and async tools alike. A callback cannot change arguments, return
-    a message to the model, or record completions: use the middleware for that.
+    ``on_tool_start`` decides the call and raises
+    :class:`~execgate.ActionDenied` (or :class:`~execgate.ApprovalRequired`)
+    before a blocked tool runs, for sync and async tools alike; the gate's
+    approver is asked when the policy requires approval. A callback cannot
+    change arguments or what the model sees, so a decision whose obligations
+    need that (an argument rewrite, a redaction that would change the
+    arguments, output redaction, a sandbox) is denied: use the middleware for
+    those. Completions are recorded from ``on_tool_end`` / ``on_tool_error``.
     """
 
-    def __init__(self, gate: Gate, *, raise_error: bool = True) -> None:
+    # A callback's exception must stop the tool: never let LangChain swallow it.
+    raise_error = True
+
+    def __init__(self, gate: Gate) -> None:
         self.gate = gate
-        self.raise_error = raise_error
         self.decisions: list[Decision] = []
+        self._running: dict[Any, Run] = {}
 
     def on_tool_start(
         self,
@@ -292,14 +326,29 @@ class ExecgateCallbackHandler(BaseCallbackHandler):
         input_str: str,
         *,
         inputs: dict[str, Any] | None = None,
+        run_id: Any = None,
         **kwargs: Any,
     ) -> None:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         args = dict(inputs) if inputs is not None else {"input": input_str}
-        decision = self.gate.check(name, args)
+        pipeline = self.gate.pipeline
+        call = pipeline.start(name, args, rewrite=False, output=False)
+        decision = pipeline.authorize(call)
         self.decisions.append(decision)
-        if decision.blocked:
-            raise ActionDenied(decision)
+        raise_if_blocked(call, decision)
+        run = Run(call, decision)
+        self._running[run_id] = run.__enter__()
+
+    def on_tool_end(self, output: Any, *, run_id: Any = None, **kwargs: Any) -> None:
+        run = self._running.pop(run_id, None)
+        if run is not None:
+            run.result = getattr(output, "content", output)
+            run.__exit__(None, None, None)
+
+    def on_tool_error(self, error: BaseException, *, run_id: Any = None, **kwargs: Any) -> None:
+        run = self._running.pop(run_id, None)
+        if run is not None:
+            run.__exit__(type(error), error, None)
 
 
 def guard_tool(tool: BaseTool, gate: Gate, *, action: str | None = None) -> BaseTool:

@@ -296,9 +296,10 @@ impl Sandbox {
                             "open_files" => policy.open_files = Some(whole),
                             "processes" => policy.processes = Some(whole),
                             "wall_seconds" => {
-                                policy.wall = Some(Duration::try_from_secs_f64(n).map_err(|_| {
-                                    bad(format!("limits.{name} is out of range: {n}"))
-                                })?)
+                                policy.wall =
+                                    Some(Duration::try_from_secs_f64(n).map_err(|_| {
+                                        bad(format!("limits.{name} is out of range: {n}"))
+                                    })?)
                             }
                             "output_bytes" => policy.output_bytes = whole as usize,
                             other => return Err(bad(format!("unknown limit {other:?}"))),

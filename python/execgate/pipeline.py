@@ -1,0 +1,174 @@
+"""The call pipeline, as entry points drive it.
+
+The stages and their rules live in the native core (``execgate._core.Call``):
+decide, parse obligations, rewrite and redact the arguments, approval, take
+limits, record the decision, then (after the tool ran) redact the output and
+record the outcome. This module only adapts that object to Python's calling
+conventions: ambient principal and context, the gate's clock, asking an
+approver in a thread or from an event loop, timing the tool and turning a
+refusal into the right exception. Every entry point (decorators, ``gate.run``,
+``isolate=``, the framework adapters, the CLI) uses it; none interprets an
+obligation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from execgate._core import Call, Decision
+from execgate._core import Gate as NativeGate
+from execgate.approval import Approval, ApprovalRequest, Approver, ask
+from execgate.context import _context, _principal
+from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError
+
+__all__ = ["Pipeline", "Run", "raise_if_blocked"]
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("the gate clock returned a naive datetime; it must be time-zone aware")
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def raise_if_blocked(call: Call, decision: Decision) -> None:
+    """Raises what a blocked call means: :class:`ApprovalRequired` while an
+    approval is pending with nobody to ask, :class:`ActionDenied` otherwise."""
+    if not decision.blocked:
+        return
+    if decision.error == "approval" and decision.approval is None:
+        raise ApprovalRequired(ApprovalRequest.of(decision))
+    raise ActionDenied(decision)
+
+
+class Pipeline:
+    """One gate's pipeline: how an entry point starts, authorizes, runs and
+    completes a call. Reached as ``gate.pipeline``."""
+
+    def __init__(
+        self,
+        native: NativeGate,
+        *,
+        clock: Callable[[], dt.datetime] | None,
+        approver: Approver | None,
+        approval_timeout: float,
+    ) -> None:
+        self.native = native
+        self.clock = clock
+        self.approver = approver
+        self.approval_timeout = approval_timeout
+
+    def start(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        *,
+        query: bool = False,
+        sandbox: bool = False,
+        rewrite: bool = True,
+        output: bool = True,
+        time: str | None = None,
+    ) -> Call:
+        """Decides a call. ``sandbox``, ``rewrite`` and ``output`` say what the
+        entry point will enforce (an obligation it cannot meet denies);
+        ``query`` leaves the obligations to the caller (``check()``)."""
+        p = _principal.get()
+        if principal:
+            p = {**p, **principal}
+        c = _context.get()
+        if context:
+            c = {**c, **context}
+        if time is None and self.clock is not None:
+            time = _rfc3339(self.clock())
+        return self.native.decide(
+            action,
+            args,
+            p,
+            c,
+            time,
+            query=query,
+            sandbox=sandbox,
+            rewrite=rewrite,
+            output=output,
+        )
+
+    def _request(self, call: Call) -> ApprovalRequest | None:
+        if call.approval is None or self.approver is None:
+            return None
+        return ApprovalRequest.of(call.decision, call.approval)
+
+    def _answer(self, call: Call, answer: Approval | None) -> None:
+        if answer is None:
+            call.answer(
+                approved=False,
+                approver="",
+                comment=f"after {self.approval_timeout:g} s",
+                timed_out=True,
+            )
+        else:
+            call.answer(approved=answer.approved, approver=answer.approver, comment=answer.comment)
+
+    def authorize(self, call: Call) -> Decision:
+        """Asks the approver when the policy requires it (in a thread, with the
+        timeout), then takes the limits and records the decision."""
+        request = self._request(call)
+        if request is not None:
+            assert self.approver is not None
+            self._answer(call, ask(self.approver, request, self.approval_timeout))
+        return call.authorize()
+
+    async def aauthorize(self, call: Call) -> Decision:
+        """:meth:`authorize` without blocking the event loop while a human decides."""
+        request = self._request(call)
+        if request is not None:
+            import asyncio  # imported here: it costs ~10 ms at import time
+
+            assert self.approver is not None
+            answer = await asyncio.to_thread(ask, self.approver, request, self.approval_timeout)
+            self._answer(call, answer)
+        return call.authorize()
+
+
+class Run:
+    """``with Run(call, decision) as run: run.result = tool(...)`` times the
+    tool and records its outcome when the block ends: ``ok``, or ``error``
+    with the exception's type (or ``run.error``, for a failure the tool
+    reported without raising), and ``run.extra`` fields. :meth:`output` is
+    what the caller may see of a result (after ``obligations.redact.output``)."""
+
+    __slots__ = ("call", "decision", "error", "extra", "result", "start")
+
+    def __init__(self, call: Call, decision: Decision) -> None:
+        self.call = call
+        self.decision = decision
+        self.result: Any = None
+        self.error: str | None = None
+        self.extra: dict[str, Any] | None = None
+        self.start = 0
+
+    def __enter__(self) -> Run:
+        self.start = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        error = type(exc).__qualname__ if exc is not None else self.error
+        self.call.complete(
+            status="ok" if error is None else "error",
+            duration_ns=time.perf_counter_ns() - self.start,
+            output=self.result if exc is None else None,
+            error_type=error,
+            extra=self.extra,
+        )
+
+    def output(self, value: Any) -> Any:
+        """``value`` as the caller may see it; a refusal raises ActionDenied."""
+        if not self.call.redacts_output:
+            return value
+        try:
+            return self.call.redact_output(value)
+        except ExecgateError as e:
+            raise ActionDenied(self.decision, (f"the output was withheld: {e}",)) from None
