@@ -11,7 +11,8 @@ use super::convert::{dict_to_value, to_python, to_value};
 use super::keys::PyReceipt;
 use crate::core::gate::{Decision, Gate, Mode, Request};
 use crate::core::policy::{
-    PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
+    PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MAX_MEMORY,
+    DEFAULT_TIMEOUT,
 };
 use crate::core::receipt::{json_sha256, sha256_hex, Approval, Outcome};
 
@@ -93,7 +94,7 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        log=None, record_input=false, history=crate::core::ledger::DEFAULT_HISTORY))]
+                        max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=crate::core::ledger::DEFAULT_HISTORY))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +106,7 @@ impl PyGate {
         mode: &str,
         max_instructions: usize,
         timeout: f64,
+        max_memory: u64,
         log: Option<PyRef<'_, PyAuditLog>>,
         record_input: bool,
         history: usize,
@@ -119,6 +121,7 @@ impl PyGate {
             entrypoint,
             max_instructions,
             timeout: Duration::from_secs_f64(timeout),
+            max_memory,
         };
         let set = policy_set(sources, paths, data, data_files)?;
         let mut inner = py
@@ -299,6 +302,11 @@ impl PyGate {
     #[getter]
     fn timeout(&self) -> f64 {
         self.inner.options().timeout.as_secs_f64()
+    }
+
+    #[getter]
+    fn max_memory(&self) -> u64 {
+        self.inner.options().max_memory
     }
 }
 
