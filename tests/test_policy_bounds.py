@@ -159,7 +159,7 @@ def test_fifo_and_oversized_key_files_are_refused_quickly(tmp_path: pathlib.Path
     start = time.monotonic()
     fifo = _fifo(tmp_path, "k.pem")
     os.chmod(fifo, 0o600)
-    with pytest.raises(execgate.ExecgateError, match="not a file|FIFO"):
+    with pytest.raises(execgate.ExecgateError, match=r"not a file|FIFO"):
         execgate.SigningKey.from_pem(fifo)
     big = tmp_path / "big.pem"
     with big.open("wb") as f:

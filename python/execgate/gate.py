@@ -150,8 +150,9 @@ class Gate:
     ``mode="audit"`` never blocks: decisions still say what the policy decided.
     ``max_instructions``, ``timeout`` (seconds) and ``max_memory`` (bytes of
     builtin output, 64 MiB by default) bound each evaluation; exceeding any of
-    them, or a result arriving after the timeout, denies with ``error="limit"``. ``clock`` replaces the system clock for
-    ``context.time`` (a callable returning an aware datetime).
+    them, or a result arriving after the timeout, denies with ``error="limit"``.
+    ``clock`` replaces the system clock for ``context.time`` (a callable
+    returning an aware datetime).
 
     With ``key`` (a SigningKey or a PKCS#8 PEM path) every decision carries a
     signed ``receipt``; with ``audit`` (a path, or an :class:`AuditLog` for

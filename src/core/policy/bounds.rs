@@ -152,7 +152,10 @@ const GUARDED: &[(&str, Estimator)] = &[
 
 /// One guard function per entry of [`GUARDED`], by index (builtins are plain
 /// function pointers, so the index is a const parameter).
-const GUARDS: [fn(&Span, &[Ref<Expr>], &[Value], bool) -> anyhow::Result<Value>; 28] = [
+/// A builtin as regorus calls it.
+type BuiltinFn = fn(&Span, &[Ref<Expr>], &[Value], bool) -> anyhow::Result<Value>;
+
+const GUARDS: [BuiltinFn; 28] = [
     guarded::<0>,
     guarded::<1>,
     guarded::<2>,
@@ -411,7 +414,7 @@ fn est_replace_n(args: &[Value], _cap: u64) -> Result<u64, String> {
                 str_arg(Some(new)).len() as u64,
             );
             if new > old {
-                let matches = if old == 0 { len + 1 } else { len / old };
+                let matches = len.checked_div(old).unwrap_or(len + 1);
                 len = len.saturating_add(matches.saturating_mul(new - old));
             }
         }
