@@ -77,6 +77,17 @@ decision := {"allow": count(deny) == 0, "reasons": sort([r | some r in deny])}"#
             "{}",
         ),
         (
+            "guarded builtins within the memory budget",
+            r#"package execgate
+n := count(numbers.range(1, 50)) + count(numbers.range_step(0, 20, 5))
+s := replace(concat("-", ["a", "b", input.principal.id]), "-", "--")
+w := sprintf("%5d|%v|%.2f", [n, s, 1.5])
+hosts := net.cidr_expand("10.0.0.0/30")
+decision := {"allow": n == 55, "reasons": [w, json.marshal(hosts), base64.encode(s)]}"#
+                .into(),
+            "{}",
+        ),
+        (
             "conflicting complete rules",
             r#"package execgate
 decision := true if input.action.args.a == 1

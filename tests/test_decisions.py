@@ -118,6 +118,7 @@ def test_time_limit_denies_and_names_the_limit() -> None:
     gate = execgate.Gate(
         "package execgate\ndecision := count([x | some i in numbers.range(1, 5000000); x := i * 2]) > 0\n",
         max_instructions=10**9,
+        max_memory=1 << 30,
         timeout=0.02,
     )
     d = gate.check("x")

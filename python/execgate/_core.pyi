@@ -36,6 +36,7 @@ class Gate:
         mode: str = "enforce",
         max_instructions: int = ...,
         timeout: float = ...,
+        max_memory: int = ...,
         log: AuditLog | None = None,
         record_input: bool = False,
         history: int = ...,
@@ -95,6 +96,8 @@ class Gate:
     def max_instructions(self) -> int: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def max_memory(self) -> int: ...
 
 @final
 class Decision:

@@ -115,9 +115,11 @@ class Gate:
     recursively, ``*_test.rego`` skipped), or a list of any of these. ``data``
     is a dict, a JSON/YAML file, or a list of them, merged into ``data``.
     ``mode="audit"`` never blocks: decisions still say what the policy decided.
-    ``max_instructions`` and ``timeout`` (seconds) bound each evaluation;
-    exceeding either denies. ``clock`` replaces the system clock for
-    ``context.time`` (a callable returning an aware datetime).
+    ``max_instructions``, ``timeout`` (seconds) and ``max_memory`` (bytes of
+    builtin output, 64 MiB by default) bound each evaluation; exceeding any of
+    them, or a result arriving after the timeout, denies with ``error="limit"``.
+    ``clock`` replaces the system clock for ``context.time`` (a callable
+    returning an aware datetime).
 
     With ``key`` (a SigningKey or a PKCS#8 PEM path) every decision carries a
     signed ``receipt``; with ``audit`` (a path, or an :class:`AuditLog` for
@@ -152,6 +154,7 @@ class Gate:
         mode: Literal["enforce", "audit"] = "enforce",
         max_instructions: int = 1_000_000,
         timeout: float = 0.1,
+        max_memory: int = 64 << 20,
         clock: Callable[[], dt.datetime] | None = None,
         key: SigningKey | str | os.PathLike[str] | None = None,
         audit: str | os.PathLike[str] | AuditLog | None = None,
@@ -167,6 +170,7 @@ class Gate:
             mode=mode,
             max_instructions=max_instructions,
             timeout=timeout,
+            max_memory=max_memory,
             log=self._log,
             record_input=record_input,
             history=history,
@@ -340,6 +344,11 @@ class Gate:
     @property
     def max_instructions(self) -> int:
         return self._native.max_instructions
+
+    @property
+    def max_memory(self) -> int:
+        """The evaluation memory budget in bytes."""
+        return self._native.max_memory
 
     @property
     def timeout(self) -> float:

@@ -31,7 +31,10 @@ fn key_error(path: Option<&Path>, message: impl Into<String>) -> CoreError {
     }
 }
 
-/// Reads a key file, refusing a private key readable by group or others.
+/// Reads a key file, refusing a private key readable by group or others, and
+/// anything that is not a regular file of at most
+/// [`MAX_KEY_FILE_BYTES`](super::policy::MAX_KEY_FILE_BYTES) (a FIFO, a
+/// device or a huge file is refused without blocking or reading it whole).
 fn read_key_file(path: &Path, private: bool) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path)
         .map_err(|e| key_error(Some(path), format!("cannot read key file: {e}")))?;
@@ -47,7 +50,8 @@ fn read_key_file(path: &Path, private: bool) -> Result<Vec<u8>> {
             ),
         ));
     }
-    std::fs::read(path).map_err(|e| key_error(Some(path), format!("cannot read key file: {e}")))
+    super::policy::files::read_regular_file(path, super::policy::MAX_KEY_FILE_BYTES)
+        .map_err(|e| key_error(Some(path), format!("cannot read key file: key file {e}")))
 }
 
 /// An Ed25519 private key and its key id.

@@ -14,7 +14,8 @@ use crate::core::decision::{Decision, Mode, Request};
 use crate::core::gate::Gate;
 use crate::core::pipeline::{Call, Capabilities};
 use crate::core::policy::{
-    PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TIMEOUT,
+    PolicyOptions, PolicySet, DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MAX_MEMORY,
+    DEFAULT_TIMEOUT,
 };
 use crate::core::receipt::{Approval, Outcome};
 
@@ -88,7 +89,7 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        log=None, record_input=false, history=None))]
+                        max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -100,6 +101,7 @@ impl PyGate {
         mode: &str,
         max_instructions: usize,
         timeout: f64,
+        max_memory: u64,
         log: Option<PyRef<'_, PyAuditLog>>,
         record_input: bool,
         history: Option<usize>,
@@ -109,6 +111,7 @@ impl PyGate {
             entrypoint,
             max_instructions,
             timeout: seconds(timeout, "timeout")?,
+            max_memory,
         };
         let set = policy_set(sources, paths, data, data_files)?;
         let mut inner = py.detach(|| Gate::new(set, options, mode))?;
@@ -262,6 +265,11 @@ impl PyGate {
     #[getter]
     fn timeout(&self) -> f64 {
         self.inner.options().timeout.as_secs_f64()
+    }
+
+    #[getter]
+    fn max_memory(&self) -> u64 {
+        self.inner.options().max_memory
     }
 }
 
