@@ -30,6 +30,4 @@ def verify_log(
     """
     items = [keys] if isinstance(keys, VerifyKey) else list(keys)
     loaded = [k if isinstance(k, VerifyKey) else VerifyKey.from_pem(os.fspath(k)) for k in items]
-    return _core.verify(
-        os.fspath(path), loaded, os.fspath(keyring) if keyring else None, progress
-    )
+    return _core.verify(os.fspath(path), loaded, os.fspath(keyring) if keyring else None, progress)

@@ -343,9 +343,11 @@ impl Verifier {
                 let (id, sha) = authorization_link(payload);
                 match self.link(id, sha) {
                     Some(auth) if auth.open => auth.open = false,
-                    Some(_) => return Err(format!(
+                    Some(_) => {
+                        return Err(format!(
                         "second completion for authorization {id}, or completion of a denied call"
-                    )),
+                    ))
+                    }
                     None => {
                         return Err(format!("completion links to unknown authorization {id:?}"))
                     }
