@@ -219,9 +219,9 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"  keys seen : {', '.join(report.keys) or '-'}")
     if report.unfinished:
         print(
-            f"  authorized but unfinished ({len(report.unfinished)}): "
+            f"  authorized but unfinished ({report.unfinished_count}): "
             + ", ".join(report.unfinished[:10])
-            + (" ..." if len(report.unfinished) > 10 else "")
+            + (" ..." if report.unfinished_count > 10 else "")
         )
     if report.ok and report.records == 0:
         print("  EMPTY: the log holds no records; there is nothing to verify")

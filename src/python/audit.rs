@@ -161,7 +161,12 @@ impl PyVerifyReport {
     fn keys(&self) -> Vec<String> {
         self.inner.keys.iter().cloned().collect()
     }
-    /// Receipt ids of allowed calls with no completion record.
+    /// How many allowed calls have no completion record.
+    #[getter]
+    fn unfinished_count(&self) -> u64 {
+        self.inner.unfinished_count
+    }
+    /// Receipt ids of allowed calls with no completion record (the first 1000).
     #[getter]
     fn unfinished(&self) -> Vec<String> {
         self.inner.unfinished.clone()

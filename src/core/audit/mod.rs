@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use super::error::CoreError;
 
-pub use verify::{verify_log, verify_log_with_progress, Incident, VerifyFailure, VerifyReport};
+pub use verify::{
+    verify_log, verify_log_with_progress, Incident, VerifyFailure, VerifyReport, UNFINISHED_LISTED,
+};
 pub use writer::AuditLog;
 
 /// The longest line (record) a log may hold. The writer refuses to append a

@@ -2,8 +2,8 @@
 //!
 //! Memory is one line (at most [`MAX_RECORD_BYTES`]), a batch of pending
 //! signatures, the unsigned records still waiting for a checkpoint, and a
-//! compact entry (48 bytes) per decision record for linking completions and
-//! approvals; never the whole file.
+//! compact entry (about 50 bytes) per decision that is still open or was
+//! denied, for linking completions and approvals; never the whole file.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -63,8 +63,11 @@ pub struct VerifyReport {
     /// Key ids that signed records.
     pub keys: BTreeSet<String>,
     /// Ids of decisions that let a call run (allowed, or in audit mode) with
-    /// no completion record: authorized but never finished.
+    /// no completion record: authorized but never finished. At most
+    /// [`UNFINISHED_LISTED`] of them, the earliest; `unfinished_count` has the number.
     pub unfinished: Vec<String>,
+    /// How many decisions are authorized but never finished.
+    pub unfinished_count: u64,
     /// Recovery records that name tampering (truncation, rewritten records).
     pub incidents: Vec<Incident>,
     /// The first problem, or `None` when every record checks out.
@@ -87,6 +90,8 @@ struct PendingSig {
 }
 
 const BATCH: usize = 256;
+/// How many unfinished decision ids a report names (it counts them all).
+pub const UNFINISHED_LISTED: usize = 1000;
 /// How often (in bytes read) the progress callback is called.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 
@@ -98,7 +103,7 @@ struct Authorization {
 
 /// A compact, fixed-size key for a record id: the UUID's bytes for the ids
 /// execgate writes (so they can be printed again), a hash for anything else.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum IdKey {
     Uuid([u8; 16]),
     Hashed([u8; 16]),
@@ -240,11 +245,23 @@ impl Verifier {
             });
             return self.report;
         }
-        let mut unfinished: Vec<String> = self
+        // Only the first UNFINISHED_LISTED ids are named (UUIDv7 byte order is
+        // time order), so a log of a million `check()` calls does not make a
+        // million strings.
+        let mut open: Vec<IdKey> = self
             .decisions
             .iter()
             .filter(|(_, a)| a.open)
-            .map(|(k, _)| match k {
+            .map(|(k, _)| *k)
+            .collect();
+        self.report.unfinished_count = open.len() as u64;
+        if open.len() > UNFINISHED_LISTED {
+            open.select_nth_unstable(UNFINISHED_LISTED);
+            open.truncate(UNFINISHED_LISTED);
+        }
+        let mut unfinished: Vec<String> = open
+            .iter()
+            .map(|k| match k {
                 IdKey::Uuid(b) => uuid::Uuid::from_bytes(*b).to_string(),
                 IdKey::Hashed(_) => self.other_ids.get(k).cloned().unwrap_or_default(),
             })
@@ -342,7 +359,12 @@ impl Verifier {
             "completion" => {
                 let (id, sha) = authorization_link(payload);
                 match self.link(id, sha) {
-                    Some(auth) if auth.open => auth.open = false,
+                    // Finished: forgotten, so memory follows the calls still
+                    // open, not the length of the log. A second completion
+                    // then links to nothing.
+                    Some(auth) if auth.open => {
+                        self.decisions.remove(&id_key(id));
+                    }
                     Some(_) => {
                         return Err(format!(
                         "second completion for authorization {id}, or completion of a denied call"
