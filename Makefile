@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.deps-installed
 TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help develop release test test-rust test-python lint fmt bench demo clean
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ lint: develop ## clippy, rustfmt, ruff, mypy and stubtest
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy python/execgate
 	$(BIN)/python -m mypy.stubtest execgate._core
+
+fuzz-smoke: ## run each fuzz target (tests/fuzz.rs) briefly over its seed corpus and random inputs
+	cargo test --quiet --test fuzz
 
 fmt: $(STAMP) ## format Rust and Python sources
 	cargo fmt

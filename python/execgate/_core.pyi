@@ -1,6 +1,7 @@
 """Typed stubs for the native extension ``execgate._core``."""
 
 import os
+from collections.abc import Callable
 from typing import Any, final
 
 __all__ = [
@@ -232,12 +233,19 @@ class VerifyReport:
     @property
     def unfinished(self) -> list[str]: ...
     @property
+    def unfinished_count(self) -> int: ...
+    @property
+    def incidents(self) -> list[tuple[int, str]]: ...
+    @property
     def line(self) -> int | None: ...
     @property
     def reason(self) -> str | None: ...
 
 def verify(
-    path: str | os.PathLike[str], keys: list[VerifyKey] = ..., keyring_dir: str | None = None
+    path: str | os.PathLike[str],
+    keys: list[VerifyKey] = ...,
+    keyring_dir: str | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> VerifyReport: ...
 def run_sandboxed(
     argv: list[str], spec: dict[str, Any], stdin: bytes = ..., obligation: Any = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -208,7 +209,12 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.key and not args.keyring:
         print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
         return EXIT_ERROR
-    report = verify_log(args.log, args.key, keyring=args.keyring)
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    try:
+        report = verify_log(args.log, args.key, keyring=args.keyring, progress=bar)
+    finally:
+        if bar is not None:
+            bar.done()
     span = f"{report.first_ts} .. {report.last_ts}" if report.first_ts else "-"
     print(
         f"{args.log}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
@@ -219,15 +225,49 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"  keys seen : {', '.join(report.keys) or '-'}")
     if report.unfinished:
         print(
-            f"  authorized but unfinished ({len(report.unfinished)}): "
+            f"  authorized but unfinished ({report.unfinished_count}): "
             + ", ".join(report.unfinished[:10])
-            + (" ..." if len(report.unfinished) > 10 else "")
+            + (" ..." if report.unfinished_count > 10 else "")
         )
+    if report.ok and report.records == 0:
+        print("  EMPTY: the log holds no records; there is nothing to verify")
+        return EXIT_DENY
     if report.ok:
         print("  VALID: every signature, link and sequence number checks out")
         return EXIT_OK
+    if report.incidents and report.line == report.incidents[0][0]:
+        print(
+            f"  NOT WHOLE: every record verifies, but writers recorded "
+            f"{len(report.incidents)} incident(s):"
+        )
+        for line, reason in report.incidents[:10]:
+            print(f"    line {line}: {reason}")
+        return EXIT_DENY
     print(f"  INVALID at line {report.line}: {report.reason}")
     return EXIT_DENY
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (used only when stderr is a terminal)."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        width = 30
+        fraction = min(done / total, 1.0) if total else 1.0
+        filled = int(fraction * width)
+        sys.stderr.write(
+            f"\r  verifying [{'#' * filled}{'.' * (width - filled)}] "
+            f"{fraction:6.1%}  {done / 2**20:,.0f}/{total / 2**20:,.0f} MiB"
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 EXIT_DENIED, EXIT_SANDBOX = 126, 125
@@ -354,17 +394,26 @@ def _replay(args: argparse.Namespace) -> int:
 def _log_show(args: argparse.Namespace) -> int:
     from execgate._core import Receipt
 
-    with open(args.log, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                payload = Receipt.from_json(line).payload
-            except ExecgateError as e:
-                print(f"{number:>6}  <unreadable: {e}>")
-                continue
-            if args.json:
-                print(json.dumps(payload, sort_keys=True))
-                continue
-            print(_describe(number, payload))
+    try:
+        with open(args.log, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    payload = Receipt.from_json(raw.decode("utf-8")).payload
+                except UnicodeDecodeError:
+                    print(f"{number:>6}  <unreadable: not UTF-8 text; not an audit log line>")
+                    continue
+                except ExecgateError as e:
+                    print(f"{number:>6}  <unreadable: {e}>")
+                    continue
+                if args.json:
+                    print(json.dumps(payload, sort_keys=True))
+                    continue
+                print(_describe(number, payload))
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `execgate log show LOG | head`: the reader has seen enough.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -372,22 +421,28 @@ def _describe(number: int, p: dict[str, Any]) -> str:
     head = f"{number:>6}  seq={p.get('seq')}  {p.get('ts')}  {p.get('kind', '?'):<10}"
     kind = p.get("kind")
     if kind == "decision":
-        who = (p.get("principal") or {}).get("id")
-        reasons = "; ".join(p.get("reasons") or [])
+        principal, action = p.get("principal"), p.get("action")
+        who = principal.get("id") if isinstance(principal, dict) else None
+        name = action.get("name") if isinstance(action, dict) else None
+        reasons = "; ".join(str(r) for r in (p.get("reasons") or []))
         return (
-            f"{head} {p.get('decision', '?').upper():<5} {p['action']['name']} by {who}"
+            f"{head} {str(p.get('decision', '?')).upper():<5} {name} by {who}"
             + (f"  [{reasons}]" if reasons else "")
             + f"  id={p.get('id')}"
         )
     if kind == "completion":
-        outcome = p.get("outcome") or {}
-        return (
-            f"{head} {outcome.get('status')} for {p['authorization']['id']}"
-            f"  {outcome.get('duration_ns', 0) / 1e6:.3f} ms"
-        )
+        outcome, auth = p.get("outcome"), p.get("authorization")
+        outcome = outcome if isinstance(outcome, dict) else {}
+        auth_id = auth.get("id") if isinstance(auth, dict) else None
+        duration = outcome.get("duration_ns")
+        ms = f"{duration / 1e6:.3f} ms" if isinstance(duration, (int, float)) else "?"
+        return f"{head} {outcome.get('status')} for {auth_id}  {ms}"
     if kind == "recovery":
-        rec = p.get("recovered") or {}
-        return f"{head} moved {rec.get('bytes')} torn bytes to {rec.get('side_file')}"
+        rec = p.get("recovered")
+        rec = rec if isinstance(rec, dict) else {}
+        if rec.get("cause", "torn_tail") == "torn_tail":
+            return f"{head} moved {rec.get('bytes')} torn bytes to {rec.get('side_file')}"
+        return f"{head} {rec.get('cause')}: {rec.get('reason')}"
     if kind == "checkpoint":
         return f"{head} seals the chain up to here"
     return head

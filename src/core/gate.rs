@@ -9,14 +9,12 @@ use parking_lot::{Mutex, RwLock};
 use regorus::Value;
 
 use super::audit::AuditLog;
-use super::decision::{Mode, Request};
+use super::decision::{now_rfc3339, Mode, Request};
 use super::error::{CoreError, Result};
 use super::ledger::{Ledger, DEFAULT_HISTORY};
 use super::policy::{Policy, PolicyOptions, PolicySet};
 use super::receipt::{completion_body, Outcome, Receipt};
 use super::redact::Redactor;
-
-pub use super::decision::{now_rfc3339, Decision};
 
 /// The policy in force, with what is derived from it.
 pub(crate) struct Current {

@@ -96,17 +96,21 @@ impl Obligations {
                 }
                 "args" => match value {
                     Json::Object(_) => out.args = Some(value.clone()),
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "obligations.args must be an object of argument names to values, not {}",
                         kind(other)
-                    )),
+                    ))
+                    }
                 },
                 ANNOTATIONS => out.annotations = Some(value.clone()),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown obligation {other:?}: the gate cannot enforce it (known: approval, \
                          rate, budget, redact, sandbox, args; non-enforced information goes under \
                          {ANNOTATIONS:?})"
-                )),
+                ))
+                }
             }
         }
         Ok(out)

@@ -207,7 +207,18 @@ impl Receipt {
         let mut unknown = Vec::new();
         for (kid, sig) in &self.signatures {
             match keyring.get(kid) {
-                Some(key) if key.verify(&message, sig) => return Ok(kid.clone()),
+                Some(key) if key.verify(&message, sig) => {
+                    // The payload names its signer; a record signed by one key
+                    // but claiming another is not what either key vouched for.
+                    let claimed = self.payload.get("kid").and_then(Json::as_str);
+                    if claimed != Some(kid.as_str()) {
+                        return Err(CoreError::Signature(format!(
+                            "payload kid {} does not match the key that signed it ({kid})",
+                            claimed.unwrap_or("(none)")
+                        )));
+                    }
+                    return Ok(kid.clone());
+                }
                 Some(_) => return Err(CoreError::Signature(format!("bad signature by key {kid}"))),
                 None => unknown.push(kid.as_str()),
             }
@@ -469,7 +480,8 @@ mod tests {
         let mut body = Map::new();
         body.insert("kind".into(), json!("decision"));
         body.insert("id".into(), json!("r1"));
-        let r = Receipt::seal(body, Some(&key)).unwrap();
+        body.insert("kid".into(), json!(key.kid()));
+        let r = Receipt::seal(body.clone(), Some(&key)).unwrap();
         r.verify(&key.verify_key()).unwrap();
         let again = Receipt::from_json(r.envelope()).unwrap();
         again.verify(&key.verify_key()).unwrap();
@@ -479,5 +491,13 @@ mod tests {
         assert!(Receipt::from_json(&tampered)
             .and_then(|t| t.verify(&key.verify_key()))
             .is_err());
+        // Signed by `key` but claiming another signer: not what the key vouched for.
+        body.insert("kid".into(), json!(SigningKey::generate().kid()));
+        let e = Receipt::seal(body, Some(&key))
+            .unwrap()
+            .verify(&key.verify_key())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match the key that signed it"), "{e}");
     }
 }

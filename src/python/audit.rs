@@ -7,7 +7,9 @@ use pyo3::prelude::*;
 
 use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
-use crate::core::audit::{verify_log, AuditLog, AuditOptions, Durability, Signing, VerifyReport};
+use crate::core::audit::{
+    verify_log_with_progress, AuditLog, AuditOptions, Durability, Signing, VerifyReport,
+};
 use crate::core::error::CoreError;
 
 fn invalid(message: impl Into<String>) -> PyErr {
@@ -153,40 +155,79 @@ impl PyVerifyReport {
     fn keys(&self) -> Vec<String> {
         self.inner.keys.iter().cloned().collect()
     }
-    /// Receipt ids of allowed calls with no completion record.
+    /// How many allowed calls have no completion record.
+    #[getter]
+    fn unfinished_count(&self) -> u64 {
+        self.inner.unfinished_count
+    }
+    /// Receipt ids of allowed calls with no completion record (the first 1000).
     #[getter]
     fn unfinished(&self) -> Vec<String> {
         self.inner.unfinished.clone()
     }
-    /// 1-based line of the first problem, or None.
+    /// (line, reason) of each recovery record that names tampering a writer
+    /// found (a truncation, rewritten records).
+    #[getter]
+    fn incidents(&self) -> Vec<(u64, String)> {
+        self.inner
+            .incidents
+            .iter()
+            .map(|i| (i.line, i.reason.clone()))
+            .collect()
+    }
+    /// 1-based line of the first problem (or else of the first incident), or None.
     #[getter]
     fn line(&self) -> Option<u64> {
-        self.inner.failure.as_ref().map(|f| f.line)
+        match (&self.inner.failure, self.inner.incidents.first()) {
+            (Some(f), _) => Some(f.line),
+            (None, Some(i)) => Some(i.line),
+            (None, None) => None,
+        }
     }
     /// Why that line is bad, or None.
     #[getter]
     fn reason(&self) -> Option<&str> {
-        self.inner.failure.as_ref().map(|f| f.reason.as_str())
+        match (&self.inner.failure, self.inner.incidents.first()) {
+            (Some(f), _) => Some(f.reason.as_str()),
+            (None, Some(i)) => Some(i.reason.as_str()),
+            (None, None) => None,
+        }
     }
 
     fn __repr__(&self) -> String {
-        match &self.inner.failure {
-            None => format!("<VerifyReport ok records={}>", self.inner.records),
-            Some(f) => format!("<VerifyReport FAILED line {}: {}>", f.line, f.reason),
+        match (&self.inner.failure, self.inner.incidents.first()) {
+            (None, None) => format!("<VerifyReport ok records={}>", self.inner.records),
+            (Some(f), _) => format!("<VerifyReport FAILED line {}: {}>", f.line, f.reason),
+            (None, Some(i)) => format!("<VerifyReport INCIDENT line {}: {}>", i.line, i.reason),
         }
     }
 }
 
-/// Verifies the log at `path` with `keys` and/or a `keyring` directory.
+/// Verifies the log at `path` with `keys` and/or a `keyring` directory,
+/// streaming; `progress(bytes_read, total_bytes)` is called every few MiB.
 #[pyfunction]
-#[pyo3(signature = (path, keys=Vec::new(), keyring_dir=None))]
+#[pyo3(signature = (path, keys=Vec::new(), keyring_dir=None, progress=None))]
 pub fn verify(
     py: Python<'_>,
     path: PathBuf,
     keys: Vec<PyRef<'_, PyVerifyKey>>,
     keyring_dir: Option<PathBuf>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<PyVerifyReport> {
     let ring = keyring(&keys, keyring_dir.as_deref())?;
-    let inner = py.detach(|| verify_log(&path, &ring))?;
+    let mut raised: Option<PyErr> = None;
+    let inner = py.detach(|| {
+        let mut report = |done: u64, total: u64| {
+            if let (Some(cb), None) = (&progress, &raised) {
+                if let Err(e) = Python::attach(|py| cb.call1(py, (done, total)).map(drop)) {
+                    raised = Some(e);
+                }
+            }
+        };
+        verify_log_with_progress(&path, &ring, &mut report)
+    })?;
+    if let Some(e) = raised {
+        return Err(e);
+    }
     Ok(PyVerifyReport { inner })
 }

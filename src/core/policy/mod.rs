@@ -363,7 +363,6 @@ pub(super) fn timer(limit: Duration) -> ExecutionTimerConfig {
 
 pub use crate::core::decision::FailureKind;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,211 @@
+//! What a writer does with a file it did not leave that way: find the last
+//! complete record (in time linear in the bytes scanned), move a torn tail
+//! aside, and describe what it found in a signed `recovery` record.
+//!
+//! `recovered.cause` says which situation a recovery record names:
+//! - `torn_tail`: a writer stopped mid-line; the bytes were moved to a side
+//!   file. A crash, not an attack.
+//! - `truncated`: the file became shorter than this writer's known head; the
+//!   records past the cut are gone. The record names the head the writer
+//!   expected and the one it found.
+//! - `unverified_head`: the last record is unsigned in per-record mode, has a
+//!   bad signature, or is signed by a key this writer cannot check (for
+//!   example the key before a rotation). The writer chains on, and says so.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use super::MAX_RECORD_BYTES;
+
+/// Scan and copy granularity.
+const CHUNK: usize = 64 * 1024;
+
+/// The end of the file as the tail scan found it.
+pub(super) struct Tail {
+    /// Length up to and including the last `'\n'` (0 when there is none).
+    pub good_len: u64,
+    /// The bytes of the last complete line (without its `'\n'`).
+    pub last: Option<Vec<u8>>,
+}
+
+/// The position of the last `'\n'` in `[0, end)`, reading backwards in
+/// fixed-size chunks: each byte is read and searched once.
+fn rfind_newline(file: &File, end: u64, buf: &mut [u8]) -> std::io::Result<Option<u64>> {
+    let mut hi = end;
+    while hi > 0 {
+        let lo = hi.saturating_sub(buf.len() as u64);
+        let n = usize::try_from(hi - lo).unwrap_or(buf.len()).min(buf.len());
+        let chunk = &mut buf[..n];
+        file.read_exact_at(chunk, lo)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            return Ok(Some(lo + i as u64));
+        }
+        hi = lo;
+    }
+    Ok(None)
+}
+
+/// Finds the last complete line of a file of length `len`. Linear in the
+/// bytes after the second-to-last newline; the last line itself is read only
+/// when it is no longer than [`MAX_RECORD_BYTES`].
+pub(super) fn scan_tail(file: &File, len: u64) -> std::io::Result<Tail> {
+    let mut buf = vec![0u8; CHUNK];
+    let Some(last_nl) = rfind_newline(file, len, &mut buf)? else {
+        return Ok(Tail {
+            good_len: 0,
+            last: None,
+        });
+    };
+    let start = rfind_newline(file, last_nl, &mut buf)?.map_or(0, |p| p + 1);
+    let line_len = last_nl - start;
+    if line_len > MAX_RECORD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the last record is {line_len} bytes long, more than a record may be ({MAX_RECORD_BYTES})"),
+        ));
+    }
+    let mut line = vec![0u8; usize::try_from(line_len).unwrap_or(0)];
+    file.read_exact_at(&mut line, start)?;
+    Ok(Tail {
+        good_len: last_nl + 1,
+        last: Some(line),
+    })
+}
+
+/// What was moved out of the log.
+pub(super) struct MovedAside {
+    pub bytes: u64,
+    pub sha256: String,
+    pub side_file: PathBuf,
+}
+
+/// Copies `[from, to)` of `file` to a new side file beside `path` (streamed,
+/// hashed on the way), syncs it, then truncates the log to `from`.
+pub(super) fn move_aside(
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> std::result::Result<MovedAside, (PathBuf, String, std::io::Error)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let side = PathBuf::from(format!("{}.torn-{nanos}", path.display()));
+    let fail = |p: &Path, what: &str, e: std::io::Error| (p.to_path_buf(), what.to_string(), e);
+    let mut side_file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&side)
+        .map_err(|e| fail(&side, "cannot create side file", e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).unwrap_or(CHUNK).min(CHUNK);
+        let chunk = &mut buf[..n];
+        file.read_exact_at(chunk, at)
+            .map_err(|e| fail(path, "cannot read torn tail", e))?;
+        hasher.update(&*chunk);
+        side_file
+            .write_all(chunk)
+            .map_err(|e| fail(&side, "cannot write side file", e))?;
+        at += n as u64;
+    }
+    side_file
+        .sync_all()
+        .map_err(|e| fail(&side, "cannot write side file", e))?;
+    file.set_len(from)
+        .map_err(|e| fail(path, "cannot truncate torn tail", e))?;
+    Ok(MovedAside {
+        bytes: to - from,
+        sha256: hex::encode(hasher.finalize()),
+        side_file: side,
+    })
+}
+
+/// The body of a recovery record: `cause`, a human `reason`, and the facts.
+pub(super) fn recovery_body(
+    cause: &str,
+    reason: String,
+    facts: Map<String, Json>,
+) -> Map<String, Json> {
+    let mut recovered = facts;
+    recovered.insert("cause".into(), json!(cause));
+    recovered.insert("reason".into(), json!(reason));
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("recovery"));
+    body.insert("recovered".into(), Json::Object(recovered));
+    body
+}
+
+/// Whether a recovery `cause` records something done to the log by someone
+/// other than a crashing writer (the verifier reports those as incidents).
+pub(super) fn is_incident(cause: Option<&str>) -> bool {
+    !matches!(cause, None | Some("torn_tail" | "unverified_head"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(bytes: &[u8]) -> (PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("execgate-tail-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn finds_the_last_complete_line() {
+        for (text, good, last) in [
+            (&b""[..], 0, None),
+            (b"abc", 0, None),
+            (b"a\n", 2, Some(&b"a"[..])),
+            (b"a\nbb\n", 5, Some(b"bb")),
+            (b"a\nbb\ntorn", 5, Some(b"bb")),
+            (b"\n\n", 2, Some(b"")),
+        ] {
+            let (_, f) = file_with(text);
+            let tail = scan_tail(&f, text.len() as u64).unwrap();
+            assert_eq!(tail.good_len, good, "{text:?}");
+            assert_eq!(tail.last.as_deref(), last, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn lines_across_chunk_boundaries() {
+        let mut text = vec![b'x'; 3 * CHUNK + 17];
+        text.push(b'\n');
+        text.extend(vec![b'y'; 2 * CHUNK + 5]);
+        text.push(b'\n');
+        text.extend(vec![b'z'; CHUNK + 1]);
+        let (path, f) = file_with(&text);
+        let tail = scan_tail(&f, text.len() as u64).unwrap();
+        assert_eq!(tail.good_len, (5 * CHUNK + 17 + 5 + 2) as u64);
+        assert_eq!(tail.last.unwrap(), vec![b'y'; 2 * CHUNK + 5]);
+        let moved = move_aside(&f, &path, tail.good_len, text.len() as u64)
+            .map_err(|e| e.2)
+            .unwrap();
+        assert_eq!(moved.bytes, (CHUNK + 1) as u64);
+        assert_eq!(
+            std::fs::read(&moved.side_file).unwrap(),
+            vec![b'z'; CHUNK + 1]
+        );
+        assert_eq!(f.metadata().unwrap().len(), tail.good_len);
+    }
+}

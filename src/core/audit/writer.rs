@@ -1,0 +1,826 @@
+//! [`AuditLog`]: appends records to one hash chain.
+//!
+//! Writers in many threads (one mutex) and many processes (an exclusive
+//! `flock` around reading the head and appending) produce one chain with
+//! contiguous sequence numbers. Each line goes out in one `write` on an
+//! `O_APPEND` descriptor. Under the lock, before each append, the writer
+//! checks that the path still names the file it holds (same device and
+//! inode) and that the file is not shorter than what it last saw; when the
+//! file moved, it reads and checks the new head before chaining onto it
+//! (see [`super::recovery`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value as Json};
+
+use super::recovery::{move_aside, recovery_body, scan_tail};
+use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
+use crate::core::decision::now_rfc3339;
+use crate::core::error::{CoreError, Result};
+use crate::core::keys::{SigningKey, VerifyKey};
+use crate::core::receipt::{Receipt, FORMAT_VERSION};
+
+/// The chain head as this writer last saw it.
+struct State {
+    /// `None` for an in-memory chain or after close.
+    file: Option<File>,
+    closed: bool,
+    seq: u64,
+    head: Option<String>,
+    /// File length after this writer's last read or write (`None` before the
+    /// first read); a different length under the lock means someone else
+    /// changed the file.
+    known_len: Option<u64>,
+    /// Device and inode of the file this writer holds.
+    identity: (u64, u64),
+    /// `seq` ranges of this writer's unsigned records not yet sealed by one of
+    /// its checkpoints (checkpoint mode).
+    pending: Vec<(u64, u64)>,
+    unsigned: u64,
+    last_signed: Instant,
+    dirty: bool,
+}
+
+pub(super) struct Inner {
+    path: Option<PathBuf>,
+    key: SigningKey,
+    verify_key: VerifyKey,
+    options: AuditOptions,
+    state: Mutex<State>,
+}
+
+/// A hash-chained, signed, append-only log. Cheap to share (`Arc` inside).
+pub struct AuditLog {
+    inner: Arc<Inner>,
+    ticker: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.inner.path)
+            .field("kid", &self.inner.key.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds the exclusive file lock; released on drop.
+struct FileLock<'a>(&'a File);
+
+impl<'a> FileLock<'a> {
+    fn acquire(file: &'a File, path: &Path) -> Result<Self> {
+        file.lock().map_err(|e| io_error(path, "cannot lock", e))?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // Closing the descriptor would release it too; an error here leaves
+        // nothing to undo.
+        let _ = self.0.unlock();
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the log at `path`, recovering a torn tail.
+    /// A symbolic link at `path` is refused, not followed.
+    pub fn open(path: &Path, key: SigningKey, options: AuditOptions) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io_error(
+                        path,
+                        "cannot open",
+                        "the path is a symbolic link, which the log does not follow",
+                    )
+                } else {
+                    io_error(path, "cannot open", e)
+                }
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| io_error(path, "cannot stat", e))?;
+        if !meta.is_file() {
+            return Err(io_error(path, "cannot open", "not a regular file"));
+        }
+        let inner = Inner::new(Some(path.to_path_buf()), key, options, None);
+        {
+            let mut st = inner.state.lock();
+            st.identity = (meta.dev(), meta.ino());
+            let lock = FileLock::acquire(&file, path)?;
+            inner.sync_head(&mut st, &file)?;
+            drop(lock);
+            st.file = Some(file);
+        }
+        let log = Self {
+            inner,
+            ticker: Mutex::new(None),
+        };
+        log.start_ticker();
+        Ok(log)
+    }
+
+    /// A chain kept in memory only: receipts are signed and chained, nothing
+    /// is written (for a gate with a key and no log file).
+    pub fn in_memory(key: SigningKey, options: AuditOptions) -> Self {
+        let inner = Inner::new(None, key, options, Some(0));
+        Self {
+            inner,
+            ticker: Mutex::new(None),
+        }
+    }
+
+    /// The log file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The signing key's public half.
+    pub fn verify_key(&self) -> VerifyKey {
+        self.inner.verify_key.clone()
+    }
+
+    /// A key derived from the signing key for another purpose.
+    pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
+        self.inner.key.derive(purpose)
+    }
+
+    /// The options the log writes with.
+    pub fn options(&self) -> AuditOptions {
+        self.inner.options
+    }
+
+    /// Appends a record with `body` and the chain fields; returns its receipt
+    /// once it is written (and, with `Durability::Always`, synced).
+    pub fn append(&self, body: Map<String, Json>) -> Result<Receipt> {
+        self.inner.append(body)
+    }
+
+    /// Seals pending checkpoint-mode records, syncs, and closes the file.
+    /// Later appends fail. Safe to call twice.
+    pub fn close(&self) -> Result<()> {
+        if let Some((stop, handle)) = self.ticker.lock().take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let mut st = self.inner.state.lock();
+        if st.closed {
+            return Ok(());
+        }
+        let result = self.inner.seal_and_sync(&mut st);
+        st.closed = true;
+        st.file = None;
+        result
+    }
+
+    /// Background fsync (batch durability) and checkpoint timer.
+    fn start_ticker(&self) {
+        let batch = match self.inner.options.durability {
+            Durability::Batch(d) => Some(d),
+            _ => None,
+        };
+        let checkpoint = match self.inner.options.signing {
+            Signing::Checkpoint { interval, .. } => Some(interval),
+            Signing::Record => None,
+        };
+        let Some(period) = [batch, checkpoint].into_iter().flatten().min() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel::<()>();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("execgate-audit".into())
+            .spawn(move || {
+                // A message or a disconnect both mean stop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.tick();
+                }
+            });
+        if let Ok(handle) = spawned {
+            *self.ticker.lock() = Some((tx, handle));
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// What kind of record [`Inner::write_record`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seal {
+    /// As the signing mode says.
+    Mode,
+    /// Signed whatever the mode (recovery records).
+    Signed,
+    /// A checkpoint: signed, and naming this writer's unsealed records.
+    Checkpoint,
+}
+
+impl Inner {
+    fn new(
+        path: Option<PathBuf>,
+        key: SigningKey,
+        options: AuditOptions,
+        known_len: Option<u64>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            verify_key: key.verify_key(),
+            key,
+            options,
+            state: Mutex::new(State {
+                file: None,
+                closed: false,
+                seq: 0,
+                head: None,
+                known_len,
+                identity: (0, 0),
+                pending: Vec::new(),
+                unsigned: 0,
+                last_signed: Instant::now(),
+                dirty: false,
+            }),
+        })
+    }
+
+    fn path_for_errors(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new("<memory>"))
+    }
+
+    fn append(&self, body: Map<String, Json>) -> Result<Receipt> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(io_error(
+                self.path_for_errors(),
+                "cannot append",
+                "the log is closed",
+            ));
+        }
+        let receipt = self.write_record(&mut st, body, Seal::Mode)?;
+        if let Signing::Checkpoint { every, .. } = self.options.signing {
+            if st.unsigned >= every {
+                self.write_checkpoint(&mut st)?;
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// Adds the chain fields, seals, and writes one record under the file lock.
+    fn write_record(&self, st: &mut State, body: Map<String, Json>, seal: Seal) -> Result<Receipt> {
+        let Some(file) = st.file.take() else {
+            // In-memory chain.
+            let receipt = self.seal(st, body, seal)?;
+            self.advance(st, &receipt, 0, seal);
+            return Ok(receipt);
+        };
+        let result = (|| {
+            let path = self.path_for_errors();
+            let _lock = FileLock::acquire(&file, path)?;
+            self.sync_head(st, &file)?;
+            let receipt = self.seal(st, body, seal)?;
+            self.write_line(st, &file, &receipt, seal)?;
+            Ok(receipt)
+        })();
+        st.file = Some(file);
+        result
+    }
+
+    /// Appends `receipt` as one line (the file lock held).
+    fn write_line(&self, st: &mut State, file: &File, receipt: &Receipt, seal: Seal) -> Result<()> {
+        let path = self.path_for_errors();
+        let mut line = Vec::with_capacity(receipt.envelope().len() + 1);
+        line.extend_from_slice(receipt.envelope().as_bytes());
+        line.push(b'\n');
+        if line.len() as u64 > MAX_RECORD_BYTES {
+            return Err(io_error(
+                path,
+                "cannot append",
+                format!(
+                    "the record is {} bytes, more than a record may be ({MAX_RECORD_BYTES})",
+                    line.len()
+                ),
+            ));
+        }
+        let start = st.known_len.unwrap_or(0);
+        if let Err(e) = (&*file).write_all(&line) {
+            // Never leave a partial line behind: cut back to where we started.
+            let _ = file.set_len(start);
+            return Err(io_error(path, "cannot append", e));
+        }
+        if self.options.durability == Durability::Always || seal == Seal::Signed {
+            file.sync_data()
+                .map_err(|e| io_error(path, "cannot sync", e))?;
+        } else {
+            st.dirty = true;
+        }
+        self.advance(st, receipt, line.len() as u64, seal);
+        Ok(())
+    }
+
+    fn seal(&self, st: &State, mut body: Map<String, Json>, seal: Seal) -> Result<Receipt> {
+        body.insert("v".into(), json!(FORMAT_VERSION));
+        body.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
+        body.insert("seq".into(), json!(st.seq + 1));
+        body.insert("ts".into(), json!(now_rfc3339()));
+        body.insert("kid".into(), json!(self.key.kid()));
+        body.insert("prev".into(), json!(st.head));
+        body.insert("signing".into(), json!(self.options.signing.as_str()));
+        if seal == Seal::Checkpoint {
+            // Computed here, after the head was re-read under the lock: only
+            // records this writer wrote and that are still in the chain.
+            body.insert("sealed".into(), json!(st.pending));
+        }
+        let sign = seal != Seal::Mode || self.options.signing == Signing::Record;
+        Receipt::seal(body, sign.then_some(&self.key))
+    }
+
+    fn advance(&self, st: &mut State, receipt: &Receipt, written: u64, seal: Seal) {
+        let seq = receipt.seq();
+        st.seq = seq;
+        st.head = Some(receipt.digest().to_string());
+        st.known_len = Some(st.known_len.unwrap_or(0).saturating_add(written));
+        if receipt.signatures().is_empty() {
+            st.unsigned += 1;
+            match st.pending.last_mut() {
+                Some((_, end)) if *end + 1 == seq => *end = seq,
+                _ => st.pending.push((seq, seq)),
+            }
+        } else if seal == Seal::Checkpoint {
+            st.unsigned = 0;
+            st.pending.clear();
+            st.last_signed = Instant::now();
+        }
+    }
+
+    /// A signed record whose signature vouches for this writer's unsigned
+    /// records since its last checkpoint, which it names in `sealed`.
+    fn write_checkpoint(&self, st: &mut State) -> Result<Receipt> {
+        let mut body = Map::new();
+        body.insert("kind".into(), json!("checkpoint"));
+        self.write_record(st, body, Seal::Checkpoint)
+    }
+
+    /// Checks that the path still names this writer's file; when the file's
+    /// length is not what this writer left, re-reads and checks the head and
+    /// recovers what it finds. Called with the file lock held.
+    fn sync_head(&self, st: &mut State, file: &File) -> Result<()> {
+        let path = self.path_for_errors();
+        let audit = |message: String| CoreError::Audit {
+            message,
+            path: path.display().to_string(),
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if (m.dev(), m.ino()) == st.identity => {}
+            Ok(m) => {
+                return Err(audit(format!(
+                    "the log path now names another file (inode {} where this writer opened \
+                     inode {}): it was replaced or rotated away; refusing to write \
+                     (reopen the log to continue)",
+                    m.ino(),
+                    st.identity.1
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(audit(
+                    "the log file was unlinked or moved away since this writer opened it; \
+                     refusing to write where no one will read (reopen the log to continue)"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(io_error(path, "cannot stat", e)),
+        }
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(path, "cannot stat", e))?
+            .len();
+        if Some(len) == st.known_len {
+            return Ok(());
+        }
+        let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
+        let tail = scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?;
+        let mut notes: Vec<Map<String, Json>> = Vec::new();
+        if tail.good_len < len {
+            let moved = move_aside(file, path, tail.good_len, len)
+                .map_err(|(p, what, e)| io_error(&p, &what, e))?;
+            notes.push(recovery_body(
+                "torn_tail",
+                "torn last line (a writer stopped mid-record)".into(),
+                json_map(json!({
+                    "bytes": moved.bytes,
+                    "sha256": moved.sha256,
+                    "side_file": moved.side_file.display().to_string(),
+                })),
+            ));
+        }
+        let head = match &tail.last {
+            None => None,
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    audit("the last record is not UTF-8, refusing to extend the chain".into())
+                })?;
+                Some(Receipt::from_json(text).map_err(|e| {
+                    audit(format!(
+                        "the last record cannot be read, refusing to extend the chain: {e}"
+                    ))
+                })?)
+            }
+        };
+        let found_seq = head.as_ref().map_or(0, Receipt::seq);
+        let found_digest = head.as_ref().map(|h| h.digest().to_string());
+        // Shorter than this writer left it: records it wrote or saw are gone.
+        if let Some((known, seq, digest)) = &expected {
+            if tail.good_len < *known {
+                notes.push(recovery_body(
+                    "truncated",
+                    format!(
+                        "the log was cut from {known} to {} bytes below this writer's head: \
+                         records after seq {found_seq} up to seq {seq} are missing",
+                        tail.good_len
+                    ),
+                    json_map(json!({
+                        "expected": {"seq": seq, "sha256": digest, "bytes": known},
+                        "found": {"seq": found_seq, "sha256": found_digest, "bytes": tail.good_len},
+                    })),
+                ));
+                // Unsealed records past the cut are not this writer's to seal
+                // any more: their seq numbers will be reused.
+                st.pending.retain(|(start, _)| *start <= found_seq);
+                if let Some((_, end)) = st.pending.last_mut() {
+                    *end = (*end).min(found_seq);
+                }
+                st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
+            } else if found_seq <= *seq && found_digest != *digest {
+                notes.push(recovery_body(
+                    "rewritten",
+                    format!(
+                        "the log grew but its last record is seq {found_seq}, not after this \
+                         writer's head seq {seq}: records were replaced"
+                    ),
+                    json_map(json!({
+                        "expected": {"seq": seq, "sha256": digest, "bytes": known},
+                        "found": {"seq": found_seq, "sha256": found_digest, "bytes": tail.good_len},
+                    })),
+                ));
+            }
+        }
+        if let Some(receipt) = &head {
+            if found_digest != st.head {
+                if let Some(problem) = self.unverifiable(receipt) {
+                    notes.push(recovery_body(
+                        "unverified_head",
+                        format!("the last record (seq {found_seq}) {problem}; chained over, not vouched for"),
+                        json_map(json!({
+                            "seq": found_seq,
+                            "sha256": found_digest,
+                            "kids": receipt.signatures().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                        })),
+                    ));
+                }
+            }
+        }
+        st.seq = found_seq;
+        st.head = found_digest;
+        st.known_len = Some(tail.good_len);
+        for body in notes {
+            let receipt = self.seal(st, body, Seal::Signed)?;
+            self.write_line(st, file, &receipt, Seal::Signed)?;
+        }
+        Ok(())
+    }
+
+    /// Why this writer cannot vouch for a head another writer left, or `None`
+    /// when it can (signed by this writer's key, or unsigned in checkpoint
+    /// mode, where it is its writer's checkpoint that must seal it).
+    fn unverifiable(&self, receipt: &Receipt) -> Option<String> {
+        if receipt.signatures().is_empty() {
+            return match self.options.signing {
+                Signing::Checkpoint { .. }
+                    if receipt.payload().get("signing").and_then(Json::as_str)
+                        != Some("record") =>
+                {
+                    None
+                }
+                _ => Some("carries no signature (per-record signing)".into()),
+            };
+        }
+        match receipt.verify(&self.verify_key) {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    fn seal_and_sync(&self, st: &mut State) -> Result<()> {
+        if st.unsigned > 0 {
+            self.write_checkpoint(st)?;
+        }
+        if let Some(file) = &st.file {
+            if st.dirty {
+                file.sync_data()
+                    .map_err(|e| io_error(self.path_for_errors(), "cannot sync", e))?;
+                st.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic work: batch fsync and overdue checkpoints. Errors surface on
+    /// the next append or on close, which fail closed.
+    fn tick(&self) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        if let Signing::Checkpoint { interval, .. } = self.options.signing {
+            if st.unsigned > 0 && st.last_signed.elapsed() >= interval {
+                let _ = self.write_checkpoint(&mut st);
+            }
+        }
+        if matches!(self.options.durability, Durability::Batch(_)) && st.dirty {
+            // fsync a duplicate descriptor without the lock, so appends that
+            // arrive meanwhile do not wait for the disk.
+            let Some(dup) = st.file.as_ref().and_then(|f| f.try_clone().ok()) else {
+                return;
+            };
+            st.dirty = false;
+            drop(st);
+            if dup.sync_data().is_err() {
+                self.state.lock().dirty = true;
+            }
+        }
+    }
+}
+
+fn json_map(value: Json) -> Map<String, Json> {
+    match value {
+        Json::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::verify_log;
+    use super::*;
+    use crate::core::keys::Keyring;
+
+    fn body(n: u64) -> Map<String, Json> {
+        let mut m = Map::new();
+        m.insert("kind".into(), json!("decision"));
+        m.insert("decision".into(), json!("deny"));
+        m.insert("n".into(), json!(n));
+        m
+    }
+
+    fn keyring(key: &SigningKey) -> Keyring {
+        let mut k = Keyring::new();
+        k.add(key.verify_key());
+        k
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("execgate-audit-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn checkpoints(every: u64) -> AuditOptions {
+        AuditOptions {
+            durability: Durability::None,
+            signing: Signing::Checkpoint {
+                every,
+                interval: std::time::Duration::from_secs(3600),
+            },
+        }
+    }
+
+    #[test]
+    fn appends_chain_and_verify() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        for n in 0..10 {
+            log.append(body(n)).unwrap();
+        }
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        assert_eq!(report.records, 10);
+        // Reopening continues the chain.
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        assert_eq!(log.append(body(10)).unwrap().seq(), 11);
+    }
+
+    #[test]
+    fn torn_tail_is_moved_aside_and_recorded() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(1)).unwrap();
+        log.close().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"payloadType\":\"appl").unwrap();
+        assert_eq!(
+            verify_log(&path, &keyring(&key))
+                .unwrap()
+                .failure
+                .unwrap()
+                .line,
+            2
+        );
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(2)).unwrap();
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        assert_eq!((report.records, report.recoveries), (3, 1));
+    }
+
+    /// A correctly chained record without a signature, appended by someone
+    /// without the key, is never vouched for by the next genuine record.
+    #[test]
+    fn unsigned_record_is_not_sealed_by_the_next_signed_one() {
+        let key = SigningKey::generate();
+        for signing in [json!("checkpoint"), json!("record"), Json::Null] {
+            let dir = tempdir();
+            let path = dir.join("log.jsonl");
+            let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+            let first = log.append(body(1)).unwrap();
+            let mut forged = first.payload().clone();
+            forged.insert("decision".into(), json!("allow"));
+            forged.insert("id".into(), json!("forged"));
+            forged.insert("seq".into(), json!(2));
+            forged.insert("prev".into(), json!(first.digest()));
+            forged.insert("signing".into(), signing.clone());
+            let forged = Receipt::seal(forged, None).unwrap();
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            writeln!(f, "{}", forged.envelope()).unwrap();
+            // The writer notices it cannot verify the head and says so.
+            assert_eq!(log.append(body(3)).unwrap().seq(), 4);
+            log.close().unwrap();
+            let report = verify_log(&path, &keyring(&key)).unwrap();
+            let failure = report.failure.expect("forged record must fail");
+            assert_eq!(failure.line, 2, "{signing}: {}", failure.reason);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let recovery = Receipt::from_json(text.lines().nth(2).unwrap()).unwrap();
+            assert_eq!(recovery.kind(), "recovery");
+            assert_eq!(recovery.payload()["recovered"]["cause"], "unverified_head");
+        }
+    }
+
+    #[test]
+    fn record_signed_by_an_unknown_key_in_the_middle_fails() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(1)).unwrap();
+        log.close().unwrap();
+        let intruder = SigningKey::generate();
+        let other = AuditLog::open(&path, intruder, AuditOptions::default()).unwrap();
+        other.append(body(2)).unwrap();
+        other.close().unwrap();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(3)).unwrap();
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        let failure = report.failure.expect("unknown key must fail");
+        assert_eq!(failure.line, 2);
+        assert!(failure.reason.contains("unknown key"), "{}", failure.reason);
+    }
+
+    /// In checkpoint mode a forged unsigned record between the writer's own
+    /// records is not named by the writer's checkpoint, so it stays unsealed.
+    #[test]
+    fn checkpoint_seals_only_its_writers_records() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), checkpoints(100)).unwrap();
+        let a = log.append(body(1)).unwrap();
+        let mut forged = a.payload().clone();
+        forged.insert("seq".into(), json!(2));
+        forged.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
+        forged.insert("prev".into(), json!(a.digest()));
+        forged.insert("decision".into(), json!("allow"));
+        let forged = Receipt::seal(forged, None).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{}", forged.envelope()).unwrap();
+        log.append(body(3)).unwrap();
+        log.close().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last = Receipt::from_json(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last.kind(), "checkpoint");
+        assert_eq!(last.payload()["sealed"], json!([[1, 1], [3, 3]]));
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        let failure = report.failure.expect("forged record must stay unsealed");
+        assert_eq!(failure.line, 2, "{}", failure.reason);
+        assert!(failure.reason.contains("covered by no signature"));
+    }
+
+    #[test]
+    fn truncation_below_the_head_is_recorded() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        let mut cut = 0;
+        for n in 0..5 {
+            log.append(body(n)).unwrap();
+            if n == 1 {
+                cut = std::fs::metadata(&path).unwrap().len();
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let r = log.append(body(9)).unwrap();
+        assert_eq!(r.seq(), 4); // 2 kept, the recovery record is 3
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert!(!report.ok());
+        assert_eq!(report.incidents.len(), 1);
+        assert_eq!(report.incidents[0].line, 3);
+        assert!(report.incidents[0]
+            .reason
+            .contains("up to seq 5 are missing"));
+        // Truncated to nothing: a new chain, but one that starts by saying so.
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        std::fs::File::create(&path).unwrap();
+        assert_eq!(log.append(body(0)).unwrap().seq(), 2);
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert_eq!(report.incidents.len(), 1);
+    }
+
+    #[test]
+    fn replaced_or_unlinked_file_denies() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(1)).unwrap();
+        std::fs::rename(&path, dir.join("rotated")).unwrap();
+        let e = log.append(body(2)).unwrap_err().to_string();
+        assert!(e.contains("unlinked or moved away"), "{e}");
+        std::fs::write(&path, b"").unwrap();
+        let e = log.append(body(2)).unwrap_err().to_string();
+        assert!(e.contains("names another file"), "{e}");
+        std::fs::rename(dir.join("rotated"), &path).unwrap();
+        assert_eq!(log.append(body(2)).unwrap().seq(), 2);
+    }
+
+    #[test]
+    fn symlink_at_the_path_is_refused() {
+        let dir = tempdir();
+        let target = dir.join("target");
+        std::fs::write(&target, b"").unwrap();
+        let path = dir.join("log.jsonl");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let e = AuditLog::open(&path, SigningKey::generate(), AuditOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn large_torn_tail_opens_in_linear_time() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(1)).unwrap();
+        log.close().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let junk = vec![b'x'; 32 * 1024 * 1024];
+        f.write_all(&junk).unwrap();
+        let start = Instant::now();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        let took = start.elapsed();
+        // Quadratic took 74 s here; linear is well under a second. Generous bound.
+        assert!(took.as_secs() < 20, "{took:?}");
+        assert_eq!(log.append(body(2)).unwrap().seq(), 3);
+    }
+}
