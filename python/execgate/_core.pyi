@@ -2,10 +2,17 @@
 
 import os
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Literal, final
+
+_Mode = Literal["enforce", "audit"]
+_Error = Literal[
+    "undefined", "type", "conflict", "limit", "runtime", "audit", "obligation", "approval"
+]
+_Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
+    "Call",
     "Decision",
     "Gate",
     "Receipt",
@@ -34,22 +41,27 @@ class Gate:
         data: list[dict[str, Any]] = ...,
         data_files: list[str] = ...,
         entrypoint: str = ...,
-        mode: str = "enforce",
+        mode: _Mode = "enforce",
         max_instructions: int = ...,
         timeout: float = ...,
         max_memory: int = ...,
         log: AuditLog | None = None,
         record_input: bool = False,
-        history: int = ...,
+        history: int | None = None,
     ) -> Gate: ...
-    def check(
+    def decide(
         self,
         action: str,
         args: dict[str, Any] | None = None,
         principal: dict[str, Any] | None = None,
         context: dict[str, Any] | None = None,
         time: str | None = None,
-    ) -> Decision: ...
+        *,
+        query: bool = False,
+        sandbox: bool = False,
+        rewrite: bool = True,
+        output: bool = True,
+    ) -> Call: ...
     def reload(
         self,
         *,
@@ -62,26 +74,17 @@ class Gate:
         self,
         receipt: Receipt,
         *,
-        status: str,
+        status: _Status,
         duration_ns: int = 0,
         output: object | None = None,
         error_type: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Receipt: ...
-    def record_approval(
-        self,
-        receipt: Receipt,
-        *,
-        approved: bool,
-        approver: str,
-        comment: str | None = None,
-        timed_out: bool = False,
-    ) -> Receipt: ...
     def redact(
         self,
         value: Any,
         *,
-        transform: str = "mask",
+        transform: Literal["mask", "hash", "drop", "deny"] = "mask",
         detectors: list[str] | None = None,
         path: str = ...,
     ) -> tuple[Any, list[dict[str, Any]]]: ...
@@ -92,7 +95,7 @@ class Gate:
     @property
     def entrypoint(self) -> str: ...
     @property
-    def mode(self) -> str: ...
+    def mode(self) -> _Mode: ...
     @property
     def max_instructions(self) -> int: ...
     @property
@@ -109,7 +112,7 @@ class Decision:
     @property
     def blocked(self) -> bool: ...
     @property
-    def mode(self) -> str: ...
+    def mode(self) -> _Mode: ...
     @property
     def reasons(self) -> tuple[str, ...]: ...
     @property
@@ -125,10 +128,40 @@ class Decision:
     @property
     def duration_ns(self) -> int: ...
     @property
-    def error(self) -> str | None: ...
+    def error(self) -> _Error | None: ...
+    @property
+    def approval(self) -> dict[str, Any] | None: ...
     @property
     def receipt(self) -> Receipt | None: ...
     def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class Call:
+    """One call on its way through the pipeline; each method is one stage."""
+
+    @property
+    def decision(self) -> Decision: ...
+    @property
+    def approval(self) -> dict[str, Any] | None: ...
+    def answer(
+        self, *, approved: bool, approver: str, comment: str | None = None, timed_out: bool = False
+    ) -> None: ...
+    def authorize(self) -> Decision: ...
+    def arguments(self) -> dict[str, Any]: ...
+    @property
+    def sandbox(self) -> dict[str, Any] | None: ...
+    @property
+    def redacts_output(self) -> bool: ...
+    def redact_output(self, value: Any) -> Any: ...
+    def complete(
+        self,
+        *,
+        status: _Status,
+        duration_ns: int = 0,
+        output: object | None = None,
+        error_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Receipt | None: ...
 
 @final
 class SigningKey:
@@ -192,9 +225,9 @@ class AuditLog:
         path: str | os.PathLike[str] | None,
         key: SigningKey,
         *,
-        durability: str = "none",
+        durability: Literal["none", "batch", "always"] = "none",
         batch_interval: float = 0.05,
-        signing: str = "record",
+        signing: Literal["record", "checkpoint"] = "record",
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 1.0,
     ) -> AuditLog: ...
