@@ -13,6 +13,13 @@
 //! Run with `cargo bench --bench core`. Machines here are shared: compare the
 //! ratios within one run, not absolute times across runs.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a benchmark harness"
+)]
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -7,6 +7,13 @@
 //! gate fails closed either way. The RVM must never allow what the
 //! interpreter denies.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test crate"
+)]
+
 use execgate::core::policy::{Policy, PolicyOptions, PolicySet};
 use regorus::Value;
 

@@ -3,6 +3,13 @@
 //! `cargo bolero test fuzz_<name> --engine libfuzzer --sanitizer NONE` the
 //! same target runs coverage-guided. `make fuzz-smoke` runs them briefly.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test crate"
+)]
+
 use std::path::PathBuf;
 
 use execgate::core::audit::verify_log;

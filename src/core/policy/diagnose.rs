@@ -13,6 +13,10 @@ use crate::core::error::PolicyLoadError;
 /// regorus renders errors as `--> file:line:col`, a source excerpt, then
 /// `error: message`, sometimes followed by further located notes; the first
 /// location and message are kept and the excerpts dropped.
+#[allow(
+    clippy::expect_used,
+    reason = "a constant pattern, compiled by the tests"
+)]
 pub(super) fn parse_diagnostic(err: &dyn std::fmt::Display) -> PolicyLoadError {
     static LOCATION: OnceLock<regex::Regex> = OnceLock::new();
     let text = format!("{err:#}");

@@ -31,6 +31,10 @@ pub enum RegoTestOutcome {
 
 impl PolicySet {
     /// The `test_*` rules of the set's modules, in file order.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant patterns, compiled by the tests"
+    )]
     pub fn rego_tests(&self) -> Result<Vec<RegoTest>> {
         static PACKAGE: OnceLock<regex::Regex> = OnceLock::new();
         static TEST: OnceLock<regex::Regex> = OnceLock::new();
