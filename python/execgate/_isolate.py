@@ -25,8 +25,9 @@ def _resolve(module: str, qualname: str) -> Any:
 
 def _error(e: BaseException) -> bytes:
     kind = type(e)
-    return encode({"error": {"type": kind.__qualname__, "module": kind.__module__,
-                             "message": str(e)}})
+    return encode(
+        {"error": {"type": kind.__qualname__, "module": kind.__module__, "message": str(e)}}
+    )
 
 
 def main() -> int:

@@ -58,6 +58,8 @@ class _Binder:
         self.names = frozenset(p.name for p in params)
         self.defaults = [(p.name, p.default) for p in params if p.default is not p.empty]
         self.var_keyword = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)
+        #: The argument names the body can be given (None: any, through ``**kwargs``).
+        self.replaceable = None if self.var_keyword is not None else [p.name for p in self.params]
         self.qualname = getattr(fn, "__qualname__", repr(fn))
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,12 +175,19 @@ def guard(
 
     def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
         call = pipeline.start(
-            name, binder.bind(args, kwargs), principal, context, sandbox=isolate is not None
+            name,
+            binder.bind(args, kwargs),
+            principal,
+            context,
+            sandbox=isolate is not None,
+            replaceable=binder.replaceable,
         )
         return call, pipeline.authorize(call)
 
     async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
-        call = pipeline.start(name, binder.bind(args, kwargs), principal, context)
+        call = pipeline.start(
+            name, binder.bind(args, kwargs), principal, context, replaceable=binder.replaceable
+        )
         return call, await pipeline.aauthorize(call)
 
     def arguments(

@@ -294,12 +294,15 @@ class Gate:
             principal,
             context,
             sandbox=True,
+            replaceable=["argv"],
         )
         decision = self.pipeline.authorize(call)
         raise_if_blocked(call, decision)
         argv = call.arguments()["argv"]
-        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
-            raise ActionDenied(decision, ("obligations.args.argv must be a list of strings",))
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            with Run(call, decision) as run:  # the authorized call ends, recorded as refused
+                run.error = "obligations.args.argv is not a list of strings"
+            raise ActionDenied(decision, (run.error,))
         run, done = run_sandboxed(call, decision, argv, box, stdin)
         if not run.call.redacts_output:
             return done

@@ -70,12 +70,14 @@ class Pipeline:
         query: bool = False,
         sandbox: bool = False,
         rewrite: bool = True,
+        replaceable: list[str] | None = None,
         output: bool = True,
         time: str | None = None,
     ) -> Call:
-        """Decides a call. ``sandbox``, ``rewrite`` and ``output`` say what the
-        entry point will enforce (an obligation it cannot meet denies);
-        ``query`` leaves the obligations to the caller (``check()``)."""
+        """Decides a call. ``sandbox``, ``rewrite`` (with ``replaceable``: the
+        argument names the tool can be given, when not any) and ``output`` say
+        what the entry point will enforce (an obligation it cannot meet
+        denies); ``query`` leaves the obligations to the caller (``check()``)."""
         p = _principal.get()
         if principal:
             p = {**p, **principal}
@@ -93,6 +95,7 @@ class Pipeline:
             query=query,
             sandbox=sandbox,
             rewrite=rewrite,
+            replaceable=replaceable,
             output=output,
         )
 

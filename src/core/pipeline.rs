@@ -30,12 +30,15 @@ use super::receipt::{completion_body, decision_body, json_sha256, Approval, Outc
 
 /// What an entry point can do with a call beyond deciding it. An obligation
 /// the entry point cannot meet denies the call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// It runs the tool in a sandbox and applies `obligations.sandbox`.
     pub sandbox: bool,
     /// It hands the tool [`Call::tool_args`] (argument rewrites and redaction).
     pub rewrite: bool,
+    /// The arguments it can replace, when not all (a function without
+    /// `**kwargs` takes only its parameters; a command only its `argv`).
+    pub replaceable: Option<Vec<String>>,
     /// It passes the output through [`Call::redact_output`] before the caller
     /// sees it.
     pub output: bool,
@@ -44,11 +47,14 @@ pub struct Capabilities {
 impl Capabilities {
     /// An entry point that runs the tool in-process and can do everything but
     /// sandboxing (a decorator, a framework adapter).
-    pub const IN_PROCESS: Self = Self {
-        sandbox: false,
-        rewrite: true,
-        output: true,
-    };
+    pub fn in_process() -> Self {
+        Self {
+            sandbox: false,
+            rewrite: true,
+            replaceable: None,
+            output: true,
+        }
+    }
 }
 
 /// How far a call has gone.
@@ -148,7 +154,7 @@ impl Gate {
         }
         let mut tool_args = request.args;
         if decision.allowed {
-            match prepare_args(&tool_args, &obligations, &current, capabilities) {
+            match prepare_args(&tool_args, &obligations, &current, &capabilities) {
                 Ok(args) => tool_args = args,
                 Err(reason) => decision.deny(FailureKind::Obligation, reason),
             }
@@ -203,9 +209,9 @@ fn prepare_args(
     args: &Arg,
     obligations: &Obligations,
     current: &Current,
-    capabilities: Option<Capabilities>,
+    capabilities: &Option<Capabilities>,
 ) -> std::result::Result<Arg, String> {
-    let Some(can) = capabilities else {
+    let Some(can) = &capabilities else {
         // A query: the caller fulfils the obligations; only a redaction that
         // refuses outright (a deny transform that finds something) decides here.
         if let Some(rule) = obligations.redact_args.as_ref() {
@@ -257,6 +263,19 @@ fn prepare_args(
             );
         }
         out = redacted;
+    }
+    if let (Some(names), Some(before), Some(after)) =
+        (&can.replaceable, args.entries(), out.entries())
+    {
+        let changed = after.iter().find(|(k, v)| {
+            !names.contains(k) && before.iter().find(|(b, _)| b == k).map(|e| &e.1) != Some(v)
+        });
+        if let Some((name, _)) = changed {
+            return Err(format!(
+                "the obligations would replace the argument {name:?}, which this entry point \
+                 cannot hand to the tool"
+            ));
+        }
     }
     Ok(out)
 }
@@ -562,8 +581,8 @@ impl Call {
     }
 
     /// What the entry point said it can do.
-    pub fn capabilities(&self) -> Option<Capabilities> {
-        self.capabilities
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.capabilities.as_ref()
     }
 }
 
@@ -644,7 +663,7 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
         assert_eq!(call.decision().error, Some(FailureKind::Obligation));
         assert!(call.decision().reasons[0].contains("quarantine"));
         let sandbox = ob(serde_json::json!({"sandbox": {"network": "none"}}));
-        let call = run(&g, "ob", sandbox.clone(), Some(Capabilities::IN_PROCESS));
+        let call = run(&g, "ob", sandbox.clone(), Some(Capabilities::in_process()));
         assert!(call.decision().blocks());
         assert!(call.decision().reasons[0].contains("sandbox"));
         // A query leaves the sandbox to the caller.
@@ -703,13 +722,13 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
         let g = gate(Mode::Enforce);
         let args = serde_json::json!({"to": "x", "ob": {"args": {"to": "bob@example.com"},
             "redact": {"args": {"paths": ["to"]}}}});
-        let call = run(&g, "ob", args, Some(Capabilities::IN_PROCESS));
+        let call = run(&g, "ob", args, Some(Capabilities::in_process()));
         let tool = call.tool_args().unwrap().to_json();
         assert_eq!(tool["to"], "***@example.com");
         let deny = serde_json::json!({"card": "4111 1111 1111 1111",
             "ob": {"redact": {"args": {"transform": "deny"}}}});
-        for can in [None, Some(Capabilities::IN_PROCESS)] {
-            let call = run(&g, "ob", deny.clone(), can);
+        for can in [None, Some(Capabilities::in_process())] {
+            let call = run(&g, "ob", deny.clone(), can.clone());
             assert!(call.decision().blocks(), "{can:?}");
             assert!(call.decision().reasons[0].contains("card"));
         }

@@ -128,11 +128,12 @@ impl PyGate {
     }
 
     /// Evaluates one call and parses its obligations: the first stages of the
-    /// pipeline. `sandbox`, `rewrite` and `output` say what the entry point
-    /// can enforce; `query=True` (for `check()`) leaves the obligations to the
+    /// pipeline. `sandbox`, `rewrite` (with `replaceable`, the argument names
+    /// it can replace when not all) and `output` say what the entry point can
+    /// enforce; `query=True` (for `check()`) leaves the obligations to the
     /// caller. Never raises for a deny.
     #[pyo3(signature = (action, args=None, principal=None, context=None, time=None, *,
-                        query=false, sandbox=false, rewrite=true, output=true))]
+                        query=false, sandbox=false, rewrite=true, replaceable=None, output=true))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -145,6 +146,7 @@ impl PyGate {
         query: bool,
         sandbox: bool,
         rewrite: bool,
+        replaceable: Option<Vec<String>>,
         output: bool,
     ) -> PyResult<PyCall> {
         let mut conv = Converter::default();
@@ -160,6 +162,7 @@ impl PyGate {
         let capabilities = (!query).then_some(Capabilities {
             sandbox,
             rewrite,
+            replaceable,
             output,
         });
         let gate = self.inner.clone();
