@@ -60,6 +60,7 @@ class Gate:
         query: bool = False,
         sandbox: bool = False,
         rewrite: bool = True,
+        replaceable: list[str] | None = None,
         output: bool = True,
     ) -> Call: ...
     def reload(

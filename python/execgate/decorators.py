@@ -197,7 +197,7 @@ def guard(
         return binder.rebuild(call.arguments(), args)
 
     if isolate is not None:
-        from execgate.isolate import run_isolated, check_isolatable
+        from execgate.isolate import check_isolatable, run_isolated
 
         check_isolatable(fn)
         box = isolate
