@@ -149,7 +149,7 @@ impl Converter {
             // A snapshot of the storage: the tool gets this copy, so a list
             // changed while it is converted cannot show the policy one thing
             // and the tool another; a change is refused all the same.
-            let items = l.as_sequence().to_tuple()?;
+            let items = l.get_slice(0, l.len());
             let arg = self.sequence(items.iter(), path, depth, false)?;
             if l.len() != items.len() {
                 return Err(changed(path));
