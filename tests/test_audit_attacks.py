@@ -198,7 +198,8 @@ def test_truncation_to_nothing_is_not_a_silent_new_chain(
     with execgate.Gate(POLICY, key=key, audit=path) as gate:
         for _ in range(3):
             gate.check("ok")
-        path.open("r+b").truncate(0)
+        with path.open("r+b") as f:
+            f.truncate(0)
         gate.check("ok")
     first = payload_of(lines(path)[0])
     assert first["kind"] == "recovery" and first["recovered"]["cause"] == "truncated"

@@ -146,7 +146,7 @@ def test_bad_options_are_clear_errors() -> None:
         execgate.Gate("package execgate\ndecision := true\n", mode="permissive")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
         execgate.Gate("package execgate\ndecision := true\n", timeout=0)
-    with pytest.raises(execgate.PolicyError, match="max_instructions"):
+    with pytest.raises(execgate.ConfigurationError, match="max_instructions"):
         execgate.Gate("package execgate\ndecision := true\n", max_instructions=0)
 
 

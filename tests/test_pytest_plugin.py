@@ -38,7 +38,7 @@ def test_fixtures_receipts_and_helpers(pytester: pytest.Pytester) -> None:
             execgate_log.write_text(lines[1])
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*does not verify: line 1: sequence gap*"])
 
@@ -49,7 +49,7 @@ def test_ini_options_configure_the_gate(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         "def test_it(execgate_gate):\n    assert execgate_gate.check('fs.read').allowed\n"
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio").assert_outcomes(passed=1)
 
 
 def test_rego_unit_tests_are_collected_one_item_per_rule(pytester: pytest.Pytester) -> None:
@@ -62,7 +62,7 @@ test_writes_allowed if decision.allow with input as {"action": {"name": "fs.writ
 test_broken if 1 / 0
 """,
     )
-    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(
         [

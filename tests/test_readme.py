@@ -66,4 +66,4 @@ def test_pytest_example(pytester: pytest.Pytester) -> None:
         'decision := {"allow": true} if startswith(input.action.args.path, "/workspace/")\n'
     )
     pytester.makepyfile(test_example=example("pytest"))
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio").assert_outcomes(passed=1)

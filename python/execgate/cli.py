@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -147,7 +148,11 @@ def _check(args: argparse.Namespace) -> int:
     from execgate.gate import Gate
 
     try:
-        raw = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
+        raw = (
+            sys.stdin.read()
+            if args.input == "-"
+            else pathlib.Path(args.input).read_text(encoding="utf-8")
+        )
     except OSError as e:
         print(f"execgate: cannot read input: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -209,7 +209,7 @@ def guard(
             return run_isolated(call, decision, fn, a, k, box)
 
         isolated.__execgate_action__ = name  # type: ignore[attr-defined]
-        return isolated  # type: ignore[return-value]
+        return isolated
 
     if inspect.iscoroutinefunction(fn):
 
@@ -218,7 +218,7 @@ def guard(
             call, decision = await abegin(args, kwargs)
             a, k = arguments(call, decision, args)
             with Run(call, decision) as run:
-                run.result = await fn(*a, **k)  # type: ignore[misc]
+                run.result = await fn(*a, **k)
             return run.output(run.result)
 
     elif inspect.isasyncgenfunction(fn):
@@ -228,7 +228,7 @@ def guard(
             call, decision = await abegin(args, kwargs)
             a, k = arguments(call, decision, args)
             with Run(call, decision) as run:
-                async for item in fn(*a, **k):  # type: ignore[attr-defined]
+                async for item in fn(*a, **k):
                     yield run.output(item)
 
     elif inspect.isgeneratorfunction(fn):
@@ -238,7 +238,7 @@ def guard(
             call, decision = begin(args, kwargs)
             a, k = arguments(call, decision, args)
             with Run(call, decision) as run:
-                run.result = yield from _redacted(fn(*a, **k), run)  # type: ignore[arg-type]
+                run.result = yield from _redacted(fn(*a, **k), run)
             return run.result
 
     else:
@@ -252,7 +252,7 @@ def guard(
             return run.output(run.result)
 
     wrapper.__execgate_action__ = name  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _is_langchain_tool(obj: object) -> bool:

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import os
 import pathlib
+import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
@@ -82,8 +83,8 @@ def _close_open_logs() -> None:
     for log in list(_open_logs):
         try:
             log.close()
-        except Exception:  # nothing is left to report to at exit
-            pass
+        except Exception as e:  # exit goes on; say what could not be sealed
+            print(f"execgate: could not close an audit log at exit: {e}", file=sys.stderr)
 
 
 def _mapping(args: Mapping[str, Any] | None) -> dict[str, Any] | None:

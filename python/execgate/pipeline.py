@@ -99,10 +99,12 @@ class Pipeline:
             output=output,
         )
 
-    def _request(self, call: Call) -> ApprovalRequest | None:
+    def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
+        """Whom to ask about what, when the call waits for approval and the gate
+        has an approver."""
         if call.approval is None or self.approver is None:
             return None
-        return ApprovalRequest.of(call.decision, call.approval)
+        return self.approver, ApprovalRequest.of(call.decision, call.approval)
 
     def _answer(self, call: Call, answer: Approval | None) -> None:
         if answer is None:
@@ -118,20 +120,18 @@ class Pipeline:
     def authorize(self, call: Call) -> Decision:
         """Asks the approver when the policy requires it (in a thread, with the
         timeout), then takes the limits and records the decision."""
-        request = self._request(call)
-        if request is not None:
-            assert self.approver is not None
-            self._answer(call, ask(self.approver, request, self.approval_timeout))
+        asking = self._request(call)
+        if asking is not None:
+            self._answer(call, ask(*asking, self.approval_timeout))
         return call.authorize()
 
     async def aauthorize(self, call: Call) -> Decision:
         """:meth:`authorize` without blocking the event loop while a human decides."""
-        request = self._request(call)
-        if request is not None:
+        asking = self._request(call)
+        if asking is not None:
             import asyncio  # imported here: it costs ~10 ms at import time
 
-            assert self.approver is not None
-            answer = await asyncio.to_thread(ask, self.approver, request, self.approval_timeout)
+            answer = await asyncio.to_thread(ask, *asking, self.approval_timeout)
             self._answer(call, answer)
         return call.authorize()
 

@@ -30,15 +30,17 @@ const MAX_DEPTH: usize = 64;
 /// Checks a number of seconds a caller passed: finite, positive, and small
 /// enough to be a duration.
 pub fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    let bad = |why: &str| -> PyErr {
+        CoreError::InvalidArgument(format!("{what} {why}, not {value:e} seconds")).into()
+    };
     if !(value.is_finite() && value > 0.0) {
-        return Err(CoreError::InvalidArgument(format!(
-            "{what} must be a positive number of seconds, not {value}"
-        ))
-        .into());
+        return Err(bad("must be a positive number of seconds"));
     }
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        CoreError::InvalidArgument(format!("{what} is out of range: {value} seconds")).into()
-    })
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(bad("must be at least a nanosecond")),
+        Err(_) => Err(bad("is out of range")),
+    }
 }
 
 /// A conversion failure naming the argument.

@@ -11,6 +11,7 @@ use super::audit::PyAuditLog;
 use super::convert::{json_to_python, optional_object, seconds, to_python, to_value, Converter};
 use super::keys::PyReceipt;
 use crate::core::decision::{Decision, Mode, Request};
+use crate::core::error::CoreError;
 use crate::core::gate::Gate;
 use crate::core::pipeline::{Call, Capabilities};
 use crate::core::policy::{
@@ -107,6 +108,14 @@ impl PyGate {
         history: Option<usize>,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
+        for (what, n) in [
+            ("max_instructions", max_instructions as u64),
+            ("max_memory", max_memory),
+        ] {
+            if n == 0 {
+                return Err(CoreError::InvalidArgument(format!("{what} must be positive")).into());
+            }
+        }
         let options = PolicyOptions {
             entrypoint,
             max_instructions,

@@ -101,7 +101,7 @@ def _meta(decision: Decision) -> dict[str, Any]:
     }
 
 
-class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+class ExecgateMiddleware(AgentMiddleware):
     """Authorizes every tool call of a ``create_agent`` agent.
 
     ``on_deny="message"`` (default) answers a denied call with an error
@@ -207,7 +207,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         return call, await self.gate.pipeline.aauthorize(call)
 
     @staticmethod
-    def _shown(run: Run, result: Any) -> Any:
+    def _shown(run: Run, result: ToolMessage | Command[Any]) -> ToolMessage | Command[Any]:
         """What the model sees of a result: every ToolMessage's content after
         the output redaction, with the decision in its metadata."""
         messages = [result] if isinstance(result, ToolMessage) else _command_messages(result)

@@ -298,7 +298,7 @@ impl Sandbox {
                             "wall_seconds" => {
                                 policy.wall =
                                     Some(Duration::try_from_secs_f64(n).map_err(|_| {
-                                        bad(format!("limits.{name} is out of range: {n}"))
+                                        bad(format!("limits.{name} is out of range: {n:e}"))
                                     })?)
                             }
                             "output_bytes" => policy.output_bytes = whole as usize,
