@@ -102,7 +102,7 @@ class Pipeline:
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate
         has an approver."""
-        if call.approval is None or self.approver is None:
+        if self.approver is None or call.approval is None:
             return None
         return self.approver, ApprovalRequest.of(call.decision, call.approval)
 
