@@ -27,8 +27,8 @@ release: $(STAMP) ## build the extension (release, fat LTO) into .venv
 
 test: test-rust test-python ## install test deps, build, run cargo test and pytest
 
-test-rust: ## Rust unit and integration tests (core only, no Python)
-	cargo test --quiet
+test-rust: ## Rust unit and integration tests of the pure core (built without Python)
+	cargo test --quiet --no-default-features
 
 test-python: develop ## pytest against the freshly built extension
 	$(BIN)/pytest -q
