@@ -148,9 +148,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         call = request.tool_call
         principal, context = _who_and_why(request, self._defaults)
         action = self._actions.get(call["name"], call["name"])
-        return self.gate.pipeline.start(
-            action, dict(call.get("args") or {}), principal, context
-        )
+        return self.gate.pipeline.start(action, dict(call.get("args") or {}), principal, context)
 
     def _interrupt(self, call: Call) -> None:
         """Pauses the run for a human (LangGraph ``interrupt``) and gives the
@@ -212,11 +210,7 @@ class ExecgateMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     def _shown(run: Run, result: Any) -> Any:
         """What the model sees of a result: every ToolMessage's content after
         the output redaction, with the decision in its metadata."""
-        messages = (
-            [result]
-            if isinstance(result, ToolMessage)
-            else _command_messages(result)
-        )
+        messages = [result] if isinstance(result, ToolMessage) else _command_messages(result)
         if messages is None:
             if run.call.redacts_output:
                 raise ActionDenied(
