@@ -217,3 +217,15 @@ def test_hosted_tools_are_refused(tmp_path: pathlib.Path) -> None:
     gate, _, _ = make_gate(tmp_path)
     with pytest.raises(execgate.errors.ConfigurationError, match="not a function tool"):
         guard_agent(Agent(name="w", tools=[WebSearchTool()]), gate)
+
+
+def test_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from execgate import cli
+
+    log = tmp_path / "audit.jsonl"
+    assert cli.main(["demo", "--framework", "openai-agents", "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "VALID" in out and "exfiltration" in out and "over the mail budget" in out
+    assert "[card:…1111]" in out  # the tool got the masked card number
+    report = execgate.verify_log(str(log), execgate.VerifyKey.from_pem(tmp_path / "audit.pub"))
+    assert report.ok and report.completions == 6

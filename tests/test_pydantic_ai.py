@@ -202,3 +202,15 @@ def test_approval_by_the_gate_approver(tmp_path: pathlib.Path) -> None:
     assert outcome == "failed" and "did not run" in text and RAN == []
     gate.close()
     assert verifies(log, key)
+
+
+def test_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from execgate import cli
+
+    log = tmp_path / "audit.jsonl"
+    assert cli.main(["demo", "--framework", "pydantic-ai", "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "VALID" in out and "exfiltration" in out and "over the mail budget" in out
+    assert "[card:…1111]" in out  # the tool got the masked card number
+    report = execgate.verify_log(str(log), execgate.VerifyKey.from_pem(tmp_path / "audit.pub"))
+    assert report.ok and report.completions == 6
