@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--classic", action="store_true", help="the decorated-tools demo, without LangChain"
     )
+    demo.add_argument(
+        "--framework",
+        choices=["langchain", "openai-agents", "pydantic-ai", "adk"],
+        help="run a scripted agent of this framework (needs execgate[NAME]); "
+        "the public key is written beside the log",
+    )
     return parser
 
 
@@ -456,13 +462,30 @@ def _describe(number: int, p: dict[str, Any]) -> str:
 def _demo(args: argparse.Namespace) -> int:
     from execgate import demo
 
+    if args.framework and args.framework != "langchain":
+        from execgate import demos
+
+        try:
+            run = demos.load(args.framework)
+        except ImportError as e:
+            extra = demos.FRAMEWORKS[args.framework][1]
+            print(
+                f"execgate: --framework {args.framework} needs {e.name or 'the framework'}: "
+                f"pip install 'execgate[{extra}]'",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        return run(args.log)
+    if args.framework == "langchain" and args.classic:
+        print("execgate: --classic and --framework exclude each other", file=sys.stderr)
+        return EXIT_ERROR
     if not args.classic:
         try:
             from execgate import agent_demo
         except ImportError:
-            if args.model:
+            if args.model or args.framework:
                 print(
-                    "execgate: --model needs LangChain: pip install 'execgate[langchain]'",
+                    "execgate: this demo needs LangChain: pip install 'execgate[langchain]'",
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
