@@ -539,6 +539,7 @@ class PythonReceiptLog:
             body["seq"] = self.seq + 1
             body["ts"] = _utc_now()
             body["kid"] = self.kid
+            body["signing"] = "record"
             body["prev"] = self.head
             payload = _canonical(body)
             signature = self.key.sign(_pae(payload)).signature

@@ -24,6 +24,12 @@ NO_TRACING = RunConfig(tracing_disabled=True)
 RAN: list[str] = []
 
 
+def _run_sync(*args: Any, **kwargs: Any) -> Any:
+    """``Runner.run`` in a fresh event loop that is closed afterwards (the SDK's
+    ``run_sync`` leaves its loop open, which pytest reports as a leak)."""
+    return asyncio.run(Runner.run(*args, **kwargs))
+
+
 @function_tool
 def read_file(path: str) -> str:
     """Read a file."""
@@ -97,7 +103,7 @@ def test_allowed_and_denied(tmp_path: pathlib.Path) -> None:
         gate,
     )
     who = {"principal": {"id": "agent-7", "roles": ["agent"]}, "session": "s-1", "purpose": "audit"}
-    result = Runner.run_sync(agent, "read", context=who, run_config=NO_TRACING)
+    result = _run_sync(agent, "read", context=who, run_config=NO_TRACING)
     seen = outputs(result)
     assert RAN == ["read /workspace/a.txt"]  # the denied body never ran
     assert seen["call_1"] == "contents of /workspace/a.txt"
@@ -118,7 +124,7 @@ def test_ambient_principal(tmp_path: pathlib.Path) -> None:
     gate, key, log = make_gate(tmp_path)
     agent = make_agent(scripted(("read_file", {"path": "/etc/passwd"})), gate)
     with execgate.principal("ambient-bot"):
-        result = Runner.run_sync(agent, "x", run_config=NO_TRACING)
+        result = _run_sync(agent, "x", run_config=NO_TRACING)
     assert "not allowed for ambient-bot" in outputs(result)["call_1"]
     gate.close()
     assert verifies(log, key)
@@ -130,7 +136,7 @@ def test_argument_and_output_redaction(tmp_path: pathlib.Path) -> None:
         ("send_email", {"to": "cfo@example.com", "body": f"card {CARD}"}),
         ("lookup_customer", {"name": "Ada"}),
     )
-    result = Runner.run_sync(make_agent(model, gate), "go", run_config=NO_TRACING)
+    result = _run_sync(make_agent(model, gate), "go", run_config=NO_TRACING)
     assert RAN == ["mail card [card:…1111]", "lookup Ada"]  # the tool got the masked body
     assert outputs(result)["call_2"] == "Ada: card [card:…1111]"  # the model saw the masked output
     sent = [
@@ -149,9 +155,7 @@ def test_tool_error_is_recorded(tmp_path: pathlib.Path) -> None:
     gate2 = execgate.Gate(
         'package execgate\ndecision := {"allow": true}', key=key, audit=str(tmp_path / "b.jsonl")
     )
-    result = Runner.run_sync(
-        make_agent(scripted(("explode", {})), gate2), "go", run_config=NO_TRACING
-    )
+    result = _run_sync(make_agent(scripted(("explode", {})), gate2), "go", run_config=NO_TRACING)
     assert (
         RAN == ["explode"] and "error occurred" in outputs(result)["call_1"]
     )  # the SDK told the model
@@ -183,14 +187,14 @@ def test_async_run_and_on_deny_raise(tmp_path: pathlib.Path) -> None:
 def test_approval_through_run_interruptions(tmp_path: pathlib.Path, approved: bool) -> None:
     gate, key, log = make_gate(tmp_path)
     agent = make_agent(scripted(("pay", {"amount": 30})), gate)
-    first = Runner.run_sync(agent, "pay", context={"approver": "alice"}, run_config=NO_TRACING)
+    first = _run_sync(agent, "pay", context={"approver": "alice"}, run_config=NO_TRACING)
     assert RAN == [] and len(first.interruptions) == 1
     state = first.to_state()
     if approved:
         state.approve(first.interruptions[0])
     else:
         state.reject(first.interruptions[0])
-    second = Runner.run_sync(agent, state, run_config=NO_TRACING)
+    second = _run_sync(agent, state, run_config=NO_TRACING)
     assert second.final_output == "done"
     assert RAN == (["pay 30"] if approved else [])
     gate.close()
@@ -201,7 +205,7 @@ def test_approval_through_run_interruptions(tmp_path: pathlib.Path, approved: bo
 
 def test_approval_by_the_gate_approver(tmp_path: pathlib.Path) -> None:
     gate, key, log = make_gate(tmp_path, approver=lambda request: False)
-    result = Runner.run_sync(
+    result = _run_sync(
         make_agent(scripted(("pay", {"amount": 5})), gate, approval="gate"),
         "pay",
         run_config=NO_TRACING,

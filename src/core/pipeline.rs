@@ -559,7 +559,7 @@ impl Call {
     /// receipt; returns the completion receipt when the gate keeps a log.
     pub fn complete(&mut self, outcome: &Outcome) -> Result<Option<Receipt>> {
         match self.stage {
-            Stage::Authorized => {}
+            Stage::Authorized => self.runnable()?,
             Stage::Decided => {
                 return Err(CoreError::InvalidArgument(
                     "this call has not been authorized".into(),

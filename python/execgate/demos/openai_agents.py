@@ -4,6 +4,7 @@ Tracing is off: nothing leaves the machine."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from agents import Agent, RunConfig, Runner, function_tool, set_tracing_disabled
@@ -27,12 +28,14 @@ def run(log_path: str | None = None) -> int:
     tools: list[Any] = [function_tool(fn) for fn in demo.tools()]
     agent = guard_agent(Agent(name="demo", model=model, tools=tools), demo.gate, actions=ACTIONS)
     with demo.ambient():
-        result = Runner.run_sync(
-            agent,
-            PROMPT,
-            context={"principal": OPERATOR, "purpose": PURPOSE},
-            max_turns=len(SCRIPT) + 2,
-            run_config=RunConfig(tracing_disabled=True),
+        result = asyncio.run(
+            Runner.run(
+                agent,
+                PROMPT,
+                context={"principal": OPERATOR, "purpose": PURPOSE},
+                max_turns=len(SCRIPT) + 2,
+                run_config=RunConfig(tracing_disabled=True),
+            )
         )
     shown: dict[str, Any] = {}
     for item in result.new_items:
