@@ -461,3 +461,120 @@ def test_client_disconnect_mid_call(keyed):
     assert report.allowed == 1 and report.completions == 1
     completion = next(r for r in _records(log) if r["kind"] == "completion")
     assert completion["outcome"]["status"] == "error"
+
+
+# -- the gateway in-process: result shapes the demo server does not produce ----------------
+
+
+def _gateway(policy, visible=True):
+    from execgate.integrations.mcp import Session, gateway_for
+
+    gate = execgate.Gate(policy)
+    return gateway_for(
+        gate, policy, visible="data.execgate.visible" if visible else None
+    ), Session()
+
+
+def _forwarded(gw, session, id_, name, args=None):
+    from execgate.integrations.mcp._gateway import Forward
+
+    verdict = gw.inbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": id_,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": args or {}},
+        },
+    )
+    assert isinstance(verdict, Forward), verdict
+    return verdict.message
+
+
+REDACTING = """package execgate
+decision := {"allow": true, "obligations": {"redact": {"output": {"detectors": ["email"], "transform": "drop"}}}}
+"""
+
+
+def test_redaction_covers_embedded_resources_and_withholds_binary():
+    gw, session = _gateway(REDACTING)
+    _forwarded(gw, session, 1, "read")
+    [out] = gw.outbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "result": {
+                "content": [
+                    {"type": "text", "text": "mail ann@example.com"},
+                    {
+                        "type": "resource",
+                        "resource": {"uri": "file:///a", "text": "bob@example.com"},
+                    },
+                ]
+            },
+        },
+    )
+    texts = [out["result"]["content"][0]["text"], out["result"]["content"][1]["resource"]["text"]]
+    assert texts == ["mail [email]", "[email]"]
+    _forwarded(gw, session, 2, "shot")
+    [out] = gw.outbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "result": {"content": [{"type": "image", "data": "aGk=", "mimeType": "image/png"}]},
+        },
+    )
+    assert out["result"]["isError"] is True and "cannot be redacted" in json.dumps(out)
+
+
+def test_server_batches_and_oversized_answers_are_still_watched():
+    gw, session = _gateway(REDACTING)
+    _forwarded(gw, session, 1, "a")
+    [out] = gw.outbound(
+        session,
+        [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "result": {"content": [{"type": "text", "text": "x@example.com"}]},
+            }
+        ],
+    )
+    assert out["result"]["content"][0]["text"] == "[email]"  # a batch does not bypass redaction
+    _forwarded(gw, session, 2, "b")
+    raw = b'{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"' + b"y" * 100
+    [out] = gw.oversized(session, raw, 64)
+    assert out["id"] == 2 and out["result"]["isError"] is True
+    assert not session.pending
+
+
+def test_an_allowed_call_to_a_hidden_tool_is_refused():
+    policy = """package execgate
+decision := true
+visible if input.action.name != "secret"
+"""
+    from execgate.integrations.mcp._gateway import Reply
+
+    gw, session = _gateway(policy)
+    verdict = gw.inbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "secret", "arguments": {}},
+        },
+    )
+    assert isinstance(verdict, Reply) and verdict.message["result"]["isError"] is True
+    [out] = gw.outbound(session, {"jsonrpc": "2.0", "id": 9, "result": {"tools": []}})
+    assert out["id"] == 9
+    session.pending[("n", 3)] = __import__(
+        "execgate.integrations.mcp._gateway", fromlist=["Pending"]
+    ).Pending("tools/list", 3)
+    [out] = gw.outbound(
+        session,
+        {"jsonrpc": "2.0", "id": 3, "result": {"tools": [{"name": "open"}, {"name": "secret"}]}},
+    )
+    assert [t["name"] for t in out["result"]["tools"]] == ["open"]
