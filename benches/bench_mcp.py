@@ -58,16 +58,32 @@ async def stdio(params, n, warmup):
 
 
 def proxy_args(tmp, *rest):
-    return ["-m", "execgate", "mcp", "--policy", str(POLICY), "--key", str(tmp / "k.pem"),
-            "--log", str(tmp / "audit.jsonl"), "--principal", "bench", *rest]
+    return [
+        "-m",
+        "execgate",
+        "mcp",
+        "--policy",
+        str(POLICY),
+        "--key",
+        str(tmp / "k.pem"),
+        "--log",
+        str(tmp / "audit.jsonl"),
+        "--data",
+        str(tmp / "limits.json"),
+        "--principal",
+        "bench",
+        *rest,
+    ]
 
 
 def report(name, direct, proxied):
     d50, d99 = pct(direct, 0.5) / 1e3, pct(direct, 0.99) / 1e3
     p50, p99 = pct(proxied, 0.5) / 1e3, pct(proxied, 0.99) / 1e3
-    print(f"{name:<28} direct p50 {d50:8.0f} us  p99 {d99:8.0f} us | "
-          f"proxy p50 {p50:8.0f} us  p99 {p99:8.0f} us | ratio p50 {p50 / d50:.2f} "
-          f"p99 {p99 / d99:.2f}  ({len(proxied)} calls)")
+    print(
+        f"{name:<28} direct p50 {d50:8.0f} us  p99 {d99:8.0f} us | "
+        f"proxy p50 {p50:8.0f} us  p99 {p99:8.0f} us | ratio p50 {p50 / d50:.2f} "
+        f"p99 {p99 / d99:.2f}  ({len(proxied)} calls)"
+    )
 
 
 def port():
@@ -104,6 +120,7 @@ def main():
     args = ap.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-mcp-"))
     SigningKey.generate().to_pem(tmp / "k.pem")
+    (tmp / "limits.json").write_text(json.dumps({"execgate_mcp": {"rate_limit": 10**9}}))
     direct_params = StdioServerParameters(command=sys.executable, args=[str(SERVER)], env=ENV)
     proxy_params = StdioServerParameters(
         command=sys.executable, args=[*proxy_args(tmp), "--", sys.executable, str(SERVER)], env=ENV
@@ -119,14 +136,25 @@ def main():
         json.dumps({hashlib.sha256(token.encode()).hexdigest(): {"id": "bench"}})
     )
     up, mine = port(), port()
-    server = subprocess.Popen([sys.executable, str(SERVER), "http", str(up)], env=ENV,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER), "http", str(up)], env=ENV, stderr=subprocess.DEVNULL
+    )
     proxy = None
     try:
         wait_port(up)
         proxy = subprocess.Popen(
-            [sys.executable, *proxy_args(tmp, "--listen", f"127.0.0.1:{mine}", "--upstream",
-             f"http://127.0.0.1:{up}/mcp", "--tokens", str(tmp / "tokens.json"))],
+            [
+                sys.executable,
+                *proxy_args(
+                    tmp,
+                    "--listen",
+                    f"127.0.0.1:{mine}",
+                    "--upstream",
+                    f"http://127.0.0.1:{up}/mcp",
+                    "--tokens",
+                    str(tmp / "tokens.json"),
+                ),
+            ],
             env=ENV,
         )
         wait_port(mine)
