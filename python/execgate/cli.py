@@ -115,6 +115,66 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", help="refuse to run without every protection")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
+    mcp = sub.add_parser(
+        "mcp",
+        help="gate every tool call of an MCP server (stdio, or Streamable HTTP with --listen)",
+        description="Over stdio: execgate mcp --policy P [...] -- COMMAND ARGS... starts the MCP "
+        "server COMMAND and relays MCP on this process's stdin/stdout, gating every tools/call. "
+        "Over Streamable HTTP: execgate mcp --policy P --listen 127.0.0.1:PORT --upstream URL "
+        "--tokens FILE. Sandbox flags (or --sandbox) confine a stdio server. Exit status: the "
+        "server's, 2 on usage errors, 125 when the sandbox cannot be set up.",
+    )
+    mcp.add_argument("--policy", action="append", required=True, metavar="PATH")
+    mcp.add_argument("--data", action="append", default=[], metavar="FILE")
+    mcp.add_argument("--entrypoint", default="data.execgate.decision")
+    mcp.add_argument(
+        "--visible",
+        default="data.execgate.visible",
+        metavar="RULE",
+        help="the rule deciding which tools are listed, when the policy has it "
+        "(default: data.execgate.visible)",
+    )
+    mcp.add_argument("--key", metavar="PEM", help="private key signing the receipts")
+    mcp.add_argument("--log", metavar="PATH", help="audit log for the receipts (needs --key)")
+    mcp.add_argument("--principal", metavar="ID", help="who the client acts for (stdio)")
+    mcp.add_argument("--role", action="append", default=[], metavar="ROLE")
+    mcp.add_argument(
+        "--max-message",
+        default="4M",
+        metavar="SIZE",
+        help="largest JSON-RPC message relayed, in either direction (default 4M)",
+    )
+    mcp.add_argument(
+        "--approval-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a call waits for the human's answer to an elicitation",
+    )
+    mcp.add_argument("--listen", metavar="HOST:PORT", help="serve Streamable HTTP here")
+    mcp.add_argument("--upstream", metavar="URL", help="the Streamable HTTP MCP server to gate")
+    mcp.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help='JSON {"<sha256 hex of a bearer token>": {"id": ..., "roles": [...]}} (HTTP)',
+    )
+    mcp.add_argument(
+        "--sandbox", action="store_true", help="confine the server even without other limits"
+    )
+    mcp.add_argument("--memory", metavar="SIZE")
+    mcp.add_argument("--cpu", type=float, metavar="SECONDS")
+    mcp.add_argument("--wall", type=float, metavar="SECONDS")
+    mcp.add_argument("--processes", type=int, metavar="N")
+    mcp.add_argument("--file-size", metavar="SIZE")
+    mcp.add_argument("--open-files", type=int, metavar="N")
+    mcp.add_argument("--output", default="1M", metavar="SIZE", help="bytes of stderr kept")
+    mcp.add_argument("--network", metavar="none|host|PORT[,PORT...]")
+    mcp.add_argument("--read", action="append", default=[], metavar="DIR")
+    mcp.add_argument("--write", action="append", default=[], metavar="DIR")
+    mcp.add_argument("--env", action="append", default=[], metavar="NAME")
+    mcp.add_argument("--strict", action="store_true")
+    mcp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
     replay = sub.add_parser(
         "replay",
         help="re-evaluate a log's recorded inputs under a new policy",
@@ -349,6 +409,12 @@ def _run(args: argparse.Namespace) -> int:
     return done.exit_code if done.exit_code is not None else EXIT_SANDBOX
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from execgate.integrations.mcp.cli import main as mcp_main
+
+    return mcp_main(args)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from execgate._core import Receipt
     from execgate.gate import Gate
@@ -508,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _log_show(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "mcp":
+            return _mcp(args)
         if args.command == "replay":
             return _replay(args)
         if args.command == "demo":

@@ -1,0 +1,144 @@
+"""``execgate mcp``: builds the gate, the gateway and the transport from the
+command line (the subparser lives in :mod:`execgate.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any
+
+from execgate.errors import SandboxError
+from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox, parse_size
+
+if TYPE_CHECKING:
+    from execgate.gate import Gate
+
+__all__ = ["main", "sandbox_from"]
+
+EXIT_ERROR, EXIT_SANDBOX = 2, 125
+
+_SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
+
+
+def _say(message: str) -> None:
+    print(f"execgate mcp: {message}", file=sys.stderr, flush=True)
+
+
+def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
+    """The sandbox the flags ask for (``execgate run``'s flags), or None when
+    no sandbox flag was given."""
+    wanted = (
+        args.sandbox
+        or args.read
+        or args.write
+        or args.strict
+        or args.env
+        or any(getattr(args, f) is not None for f in _SANDBOX_FLAGS)
+    )
+    if not wanted:
+        return None
+    network: Any = args.network or "none"
+    if network not in ("none", "host"):
+        try:
+            network = [int(p) for p in network.split(",")]
+        except ValueError:
+            raise ValueError(f"--network must be none, host or ports, not {network!r}") from None
+    return Sandbox(
+        limits=Limits(
+            cpu=args.cpu,
+            memory=args.memory,
+            file_size=args.file_size,
+            open_files=args.open_files,
+            processes=args.processes,
+            wall=args.wall,
+            output=args.output,
+        ),
+        read=args.read,
+        write=args.write,
+        network=network,
+        env_allow=(*DEFAULT_ENV, *args.env),
+        strict=args.strict,
+        stream=True,
+    )
+
+
+def _principal(args: argparse.Namespace) -> dict[str, Any] | None:
+    return {"id": args.principal, "roles": args.role} if args.principal else None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs ``execgate mcp`` with parsed arguments; returns the exit status."""
+    from execgate.gate import Gate
+    from execgate.integrations.mcp import gateway_for
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if args.log and not args.key:
+        _say("--log needs --key")
+        return EXIT_ERROR
+    http = args.listen is not None or args.upstream is not None
+    if http and (args.listen is None or args.upstream is None or command):
+        _say("HTTP needs both --listen HOST:PORT and --upstream URL, and no command")
+        return EXIT_ERROR
+    if not http and not command:
+        _say("give the MCP server's command after --, or --listen and --upstream")
+        return EXIT_ERROR
+    max_message = parse_size(args.max_message)
+    if max_message is None:
+        raise ValueError("--max-message needs a size")
+    box = sandbox_from(args)
+    if http and box is not None:
+        _say("sandbox flags confine a stdio server; an HTTP upstream runs on its own")
+        return EXIT_ERROR
+    gate = Gate(
+        args.policy,
+        data=args.data or None,
+        entrypoint=args.entrypoint,
+        key=args.key,
+        audit=args.log,
+    )
+    try:
+        gateway = gateway_for(
+            gate, args.policy, data=args.data or None, visible=args.visible, log=_say
+        )
+        if http:
+            return _serve_http(args, gate, gateway, max_message)
+        from execgate.integrations.mcp.stdio import StdioProxy
+
+        proxy = StdioProxy(
+            gateway,
+            command,
+            principal=_principal(args),
+            sandbox=box,
+            max_message=max_message,
+            approval_timeout=args.approval_timeout,
+            log=_say,
+        )
+        try:
+            return asyncio.run(proxy.run())
+        except SandboxError as e:
+            _say(str(e))
+            return EXIT_SANDBOX
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        gate.close()
+
+
+def _serve_http(args: argparse.Namespace, gate: Gate, gateway: Any, max_message: int) -> int:
+    try:
+        from execgate.integrations.mcp.http import serve
+    except ImportError as e:
+        _say(f"the HTTP gateway needs the mcp extra: pip install 'execgate[mcp]' ({e})")
+        return EXIT_ERROR
+    if args.tokens is None:
+        _say("--tokens FILE is required over HTTP: the principal comes from a bearer token")
+        return EXIT_ERROR
+    return serve(
+        gateway,
+        listen=args.listen,
+        upstream=args.upstream,
+        tokens=args.tokens,
+        max_message=max_message,
+        approval_timeout=args.approval_timeout,
+    )

@@ -1,0 +1,583 @@
+"""`execgate mcp` over stdio, with a real MCP SDK server and a real SDK client.
+
+Each test starts the proxy as `python -m execgate mcp ... -- python demo_server.py`
+(the CLI MCP hosts launch), talks to it with the official SDK's `Client`, and
+checks what the client saw, what the server saw (its `calls` tool) and the
+signed audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+mcp = pytest.importorskip("mcp")
+
+from mcp import Client, StdioServerParameters  # noqa: E402
+
+import execgate  # noqa: E402
+from execgate import SigningKey  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVER = ROOT / "tests" / "mcp_servers" / "demo_server.py"
+POLICY = ROOT / "python" / "execgate" / "examples" / "mcp.rego"
+TIMEOUT = 30
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    key = SigningKey.generate()
+    key_path = tmp_path / "k.pem"
+    key.to_pem(key_path)
+    return key, key_path, tmp_path / "audit.jsonl"
+
+
+def _proxy_argv(key_path, log, *extra, server=None):
+    return [
+        "-m",
+        "execgate",
+        "mcp",
+        "--policy",
+        str(POLICY),
+        "--key",
+        str(key_path),
+        "--log",
+        str(log),
+        "--principal",
+        "agent-7",
+        "--role",
+        "agent",
+        *extra,
+        "--",
+        *(server or [sys.executable, str(SERVER)]),
+    ]
+
+
+def _params(key_path, log, *extra, server=None):
+    return StdioServerParameters(
+        command=sys.executable,
+        args=_proxy_argv(key_path, log, *extra, server=server),
+        env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+    )
+
+
+def _run(coro):
+    async def bounded():
+        return await asyncio.wait_for(coro, TIMEOUT)
+
+    return asyncio.run(bounded())
+
+
+def _records(log):
+    return [
+        execgate.Receipt.from_json(line).payload for line in log.read_text().splitlines() if line
+    ]
+
+
+def _verified(log, key):
+    report = execgate.verify_log(str(log), [key.verify_key])
+    assert report.ok, report.reason
+    assert report.unfinished_count == 0, report.unfinished
+    return report
+
+
+def _text(result):
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+def test_allowed_denied_redacted_hidden_over_stdio(keyed):
+    key, key_path, log = keyed
+
+    async def session():
+        async with Client(_params(key_path, log)) as client:  # mode="auto": discover falls back
+            names = {t.name for t in (await client.list_tools()).tools}
+            echo = await client.call_tool("echo", {"text": "hello"})
+            added = await client.call_tool("add", {"a": 2, "b": 3})
+            card = await client.call_tool("contact", {"name": "Ann"})
+            hidden = await client.call_tool("admin_reset", {})
+            outside = await client.call_tool("delete", {"path": "/etc/passwd"})
+            inside = await client.call_tool("delete", {"path": "/tmp/scratch/a.txt"})
+            failed = await client.call_tool("fail", {})
+            seen = await client.call_tool("calls", {})
+            return names, echo, added, card, hidden, outside, inside, failed, seen
+
+    names, echo, added, card, hidden, outside, inside, failed, seen = _run(session())
+    assert "echo" in names and "contact" in names
+    assert "admin_reset" not in names  # hidden by data.execgate.visible
+    assert _text(echo) == "hello" and not echo.is_error
+    assert echo.meta["execgate"]["decision"] == "allow"
+    assert echo.meta["execgate"]["receipt"]
+    assert added.structured_content == {"result": 5}
+    # Output redaction covers the text and the structured content.
+    assert "ann@example.com" not in _text(card)
+    assert card.structured_content == {"name": "Ann", "email": "[email]"}
+    # Denied calls: isError, the reasons as text, decision and receipt in _meta.
+    assert hidden.is_error and "denied by policy" in _text(hidden)
+    assert hidden.meta["execgate"]["decision"] == "deny"
+    assert hidden.meta["execgate"]["receipt"]
+    assert outside.is_error and "delete outside /tmp/scratch" in _text(outside)
+    assert not inside.is_error and _text(inside) == "deleted /tmp/scratch/a.txt"
+    assert failed.is_error
+    # The server never saw a denied call.
+    assert seen.structured_content["result"] == ["echo", "add", "contact", "delete", "fail"]
+
+    report = _verified(log, key)
+    records = _records(log)
+    decisions = [r for r in records if r["kind"] == "decision"]
+    completions = {r["authorization"]["id"]: r for r in records if r["kind"] == "completion"}
+    assert report.denied == 2 and report.allowed == 6
+    for d in decisions:
+        assert d["principal"]["id"] == "agent-7"
+        assert d["context"]["mcp"] == {
+            "server": "demo-server",
+            "client": "mcp",
+            "protocol": "2025-11-25",
+        }
+        assert d["context"]["tool_call_id"]
+        if d["decision"] == "allow":
+            assert d["id"] in completions  # every allowed call has its completion
+    statuses = {
+        completions[d["id"]]["outcome"]["status"]
+        for d in decisions
+        if d["decision"] == "allow" and d["action"]["name"] == "fail"
+    }
+    assert statuses == {"error"}  # isError -> a failed completion
+
+
+def _elicit(answer):
+    async def callback(context, params):
+        callback.asked.append(params.message)
+        if answer is None:
+            return mcp.types.ElicitResult(action="decline")
+        return mcp.types.ElicitResult(action="accept", content={"approve": answer})
+
+    callback.asked = []
+    return callback
+
+
+@pytest.mark.parametrize("answer", [True, False, None])
+def test_approval_by_elicitation(keyed, answer):
+    key, key_path, log = keyed
+    callback = _elicit(answer)
+
+    async def session():
+        async with Client(
+            _params(key_path, log), mode="legacy", elicitation_callback=callback
+        ) as c:
+            result = await c.call_tool("deploy", {"service": "web"})
+            seen = await c.call_tool("calls", {})
+            return result, seen
+
+    result, seen = _run(session())
+    assert len(callback.asked) == 1 and "deploy" in callback.asked[0]
+    assert "deploys need a human" in callback.asked[0]
+    if answer is True:
+        assert not result.is_error and _text(result) == "deployed web"
+        assert seen.structured_content["result"] == ["deploy"]
+    else:
+        assert result.is_error and "denied" in _text(result)
+        assert seen.structured_content["result"] == []
+    _verified(log, key)
+    deploys = [r for r in _records(log) if r.get("action", {}).get("name") == "deploy"]
+    assert len(deploys) == 1 and deploys[0]["approval"]["approved"] is (answer is True)
+    assert deploys[0]["decision"] == ("allow" if answer is True else "deny")
+
+
+def test_approval_without_elicitation_capability_fails_closed(keyed):
+    key, key_path, log = keyed
+
+    async def session():
+        async with Client(_params(key_path, log), mode="legacy") as c:
+            return await c.call_tool("deploy", {"service": "web"}), await c.call_tool("calls", {})
+
+    result, seen = _run(session())
+    assert result.is_error and "approval" in _text(result).lower()
+    assert seen.structured_content["result"] == []
+    _verified(log, key)
+
+
+def test_rate_limit(keyed, tmp_path):
+    key, key_path, log = keyed
+    data = tmp_path / "limits.json"
+    data.write_text(json.dumps({"execgate_mcp": {"rate_limit": 2}}))
+
+    async def session():
+        async with Client(_params(key_path, log, "--data", str(data)), mode="legacy") as c:
+            return [await c.call_tool("echo", {"text": str(i)}) for i in range(3)]
+
+    results = _run(session())
+    assert [r.is_error for r in results] == [False, False, True]
+    assert "rate" in _text(results[2]).lower()
+    _verified(log, key)
+
+
+def test_published_server_mcp_server_time(keyed):
+    pytest.importorskip("mcp_server_time")
+    key, key_path, log = keyed
+    server = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]
+
+    async def session():
+        async with Client(_params(key_path, log, server=server), mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            now = await c.call_tool("get_current_time", {"timezone": "Europe/Paris"})
+            return names, now
+
+    names, now = _run(session())
+    assert {"get_current_time", "convert_time"} <= names
+    assert not now.is_error and "Europe/Paris" in _text(now)
+    records = _records(log)
+    assert records[0]["context"]["mcp"]["server"] == "mcp-time"
+    _verified(log, key)
+
+
+def _listening():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_sandboxed_server(keyed, tmp_path):
+    key, key_path, log = keyed
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    sock = _listening()
+    port = sock.getsockname()[1]
+    flags = ["--read", str(ROOT), "--read", sys.prefix, "--read", sys.base_prefix]
+    flags += ["--memory", "1G", "--processes", "64"]
+
+    async def session():
+        async with Client(_params(key_path, log, *flags), mode="legacy") as c:
+            own = await c.call_tool("read_file", {"path": str(SERVER)})
+            other = await c.call_tool("read_file", {"path": str(secret)})
+            net = await c.call_tool("connect", {"host": "127.0.0.1", "port": port})
+            return own, other, net
+
+    try:
+        own, other, net = _run(session())
+    finally:
+        sock.close()
+    assert "MCPServer" in _text(own)  # its own code is readable
+    assert "top secret" not in _text(other) and "PermissionError" in _text(other)
+    assert "connected" != _text(net) and "error" in _text(net)
+    _verified(log, key)
+
+
+# -- hostile protocol: raw lines to the proxy --------------------------------------------
+
+
+class Raw:
+    """The proxy under a hand-written client that can send anything."""
+
+    def __init__(self, key_path, log, *extra):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+        self.proc = subprocess.Popen(
+            [sys.executable, *_proxy_argv(key_path, log, *extra)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.lines: list[dict] = []
+
+    def send(self, obj):
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.proc.stdin.write(data + b"\n")
+        self.proc.stdin.flush()
+
+    def read(self, want_id, deadline=TIMEOUT):
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            for i, m in enumerate(self.lines):
+                if isinstance(m, dict) and m.get("id") == want_id:
+                    return self.lines.pop(i)
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            msg = json.loads(line)
+            self.lines.extend(msg if isinstance(msg, list) else [msg])
+        raise AssertionError(f"no answer with id {want_id!r}; got {self.lines}")
+
+    def init(self, caps=None):
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": caps or {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        assert self.read(0)["result"]["serverInfo"]["name"] == "demo-server"
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def call(self, id_, name, args=None):
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": id_,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": args or {}},
+            }
+        )
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            return self.proc.wait(timeout=TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=TIMEOUT)
+            self.stderr = self.proc.stderr.read().decode()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+def test_hostile_lines_never_crash_or_pass(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    try:
+        raw.init()
+        raw.send(b"this is not json")
+        assert raw.read(None)["error"]["code"] == -32700
+        raw.send(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "ec')
+        raw.send(b"")  # the torn line above ends here: still not JSON
+        assert raw.read(None)["error"]["code"] == -32700
+        # A 10 MB message, over the 4 MiB cap: refused, never parsed or forwarded.
+        big = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x" * (10 << 20)}},
+        }
+        raw.send(big)
+        assert raw.read(2)["error"]["code"] == -32600
+        # A batch carrying a tools/call: refused as a whole.
+        raw.send(
+            [
+                {
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": "batched"}},
+                }
+            ]
+        )
+        assert raw.read(3)["error"]["code"] == -32600
+        # A tools/call as a notification (no id): dropped.
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "note"}},
+            }
+        )
+        # Task-augmented: refused.
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "t"}, "task": {"ttl": 1000}},
+            }
+        )
+        assert raw.read(4)["error"]["code"] == -32602
+        # Unknown and 2026-era methods: refused.
+        raw.send({"jsonrpc": "2.0", "id": 5, "method": "tools/execute", "params": {}})
+        assert raw.read(5)["error"]["code"] == -32601
+        raw.send({"jsonrpc": "2.0", "id": 6, "method": "server/discover", "params": {}})
+        assert raw.read(6)["error"]["code"] == -32601
+        # Bad shapes: invalid ids and params.
+        raw.send({"jsonrpc": "2.0", "id": 1.5, "method": "tools/call", "params": {"name": "echo"}})
+        assert raw.read(None)["error"]["code"] == -32600
+        raw.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": 7}})
+        assert raw.read(7)["error"]["code"] == -32602
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 8,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": ["x"]},
+            }
+        )
+        assert raw.read(8)["error"]["code"] == -32602
+        # A duplicate id while the first call is in flight: refused.
+        raw.call(9, "slow", {"seconds": 0.5})
+        raw.call(9, "echo", {"text": "dup"})
+        dup = raw.read(9)
+        assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
+        assert raw.read(9)["result"]["content"][0]["text"] == "done"
+        # Still serving, and the server saw only what was allowed.
+        raw.call(10, "calls")
+        assert raw.read(10)["result"]["structuredContent"]["result"] == ["slow"]
+    finally:
+        raw.close()
+    assert "refused a JSON-RPC batch" in raw.stderr
+    assert "demo-server: call slow" in raw.stderr  # the server's stderr passes through
+    _verified(log, key)
+
+
+def test_server_crash_mid_call_is_recorded_failed(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    try:
+        raw.init()
+        raw.call(1, "crash")
+        answer = raw.read(1)
+        assert answer["result"]["isError"] is True
+        assert "exited" in answer["result"]["content"][0]["text"]
+    finally:
+        status = raw.close()
+    assert status == 3  # the server's exit status
+    _verified(log, key)
+    completion = next(r for r in _records(log) if r["kind"] == "completion")
+    assert completion["outcome"]["status"] == "error"
+    assert completion["outcome"]["error_type"] == "server_exited"
+
+
+def test_client_disconnect_mid_call(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    raw.init()
+    raw.call(1, "slow", {"seconds": 30})
+    time.sleep(0.5)
+    raw.proc.stdout.close()
+    started = time.monotonic()
+    raw.close()
+    assert time.monotonic() - started < 15  # the proxy stops the server and exits
+    report = _verified(log, key)
+    assert report.allowed == 1 and report.completions == 1
+    completion = next(r for r in _records(log) if r["kind"] == "completion")
+    assert completion["outcome"]["status"] == "error"
+
+
+# -- the gateway in-process: result shapes the demo server does not produce ----------------
+
+
+def _gateway(policy, visible=True):
+    from execgate.integrations.mcp import Session, gateway_for
+
+    gate = execgate.Gate(policy)
+    return gateway_for(
+        gate, policy, visible="data.execgate.visible" if visible else None
+    ), Session()
+
+
+def _forwarded(gw, session, id_, name, args=None):
+    from execgate.integrations.mcp._gateway import Forward
+
+    verdict = gw.inbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": id_,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": args or {}},
+        },
+    )
+    assert isinstance(verdict, Forward), verdict
+    return verdict.message
+
+
+REDACTING = """package execgate
+decision := {"allow": true, "obligations": {"redact": {"output": {"detectors": ["email"], "transform": "drop"}}}}
+"""
+
+
+def test_redaction_covers_embedded_resources_and_withholds_binary():
+    gw, session = _gateway(REDACTING)
+    _forwarded(gw, session, 1, "read")
+    [out] = gw.outbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "result": {
+                "content": [
+                    {"type": "text", "text": "mail ann@example.com"},
+                    {
+                        "type": "resource",
+                        "resource": {"uri": "file:///a", "text": "bob@example.com"},
+                    },
+                ]
+            },
+        },
+    )
+    texts = [out["result"]["content"][0]["text"], out["result"]["content"][1]["resource"]["text"]]
+    assert texts == ["mail [email]", "[email]"]
+    _forwarded(gw, session, 2, "shot")
+    [out] = gw.outbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "result": {"content": [{"type": "image", "data": "aGk=", "mimeType": "image/png"}]},
+        },
+    )
+    assert out["result"]["isError"] is True and "cannot be redacted" in json.dumps(out)
+
+
+def test_server_batches_and_oversized_answers_are_still_watched():
+    gw, session = _gateway(REDACTING)
+    _forwarded(gw, session, 1, "a")
+    [out] = gw.outbound(
+        session,
+        [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "result": {"content": [{"type": "text", "text": "x@example.com"}]},
+            }
+        ],
+    )
+    assert out["result"]["content"][0]["text"] == "[email]"  # a batch does not bypass redaction
+    _forwarded(gw, session, 2, "b")
+    raw = b'{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"' + b"y" * 100
+    [out] = gw.oversized(session, raw, 64)
+    assert out["id"] == 2 and out["result"]["isError"] is True
+    assert not session.pending
+
+
+def test_an_allowed_call_to_a_hidden_tool_is_refused():
+    policy = """package execgate
+decision := true
+visible if input.action.name != "secret"
+"""
+    from execgate.integrations.mcp._gateway import Reply
+
+    gw, session = _gateway(policy)
+    verdict = gw.inbound(
+        session,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "secret", "arguments": {}},
+        },
+    )
+    assert isinstance(verdict, Reply) and verdict.message["result"]["isError"] is True
+    [out] = gw.outbound(session, {"jsonrpc": "2.0", "id": 9, "result": {"tools": []}})
+    assert out["id"] == 9
+    session.pending[("n", 3)] = __import__(
+        "execgate.integrations.mcp._gateway", fromlist=["Pending"]
+    ).Pending("tools/list", 3)
+    [out] = gw.outbound(
+        session,
+        {"jsonrpc": "2.0", "id": 3, "result": {"tools": [{"name": "open"}, {"name": "secret"}]}},
+    )
+    assert [t["name"] for t in out["result"]["tools"]] == ["open"]
