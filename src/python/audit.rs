@@ -9,6 +9,7 @@ use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
 use crate::core::audit::{
     verify_log_with_progress, AuditLog, AuditOptions, Durability, Signing, VerifyReport,
+    DEFAULT_STATE_EVERY,
 };
 use crate::core::error::CoreError;
 
@@ -26,7 +27,8 @@ pub struct PyAuditLog {
 impl PyAuditLog {
     #[new]
     #[pyo3(signature = (path, key, *, durability="none", batch_interval=0.05, signing="record",
-                        checkpoint_every=1000, checkpoint_interval=1.0))]
+                        checkpoint_every=1000, checkpoint_interval=1.0,
+                        state_every=DEFAULT_STATE_EVERY))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -37,6 +39,7 @@ impl PyAuditLog {
         signing: &str,
         checkpoint_every: u64,
         checkpoint_interval: f64,
+        state_every: u64,
     ) -> PyResult<Self> {
         let durability = match durability {
             "none" => Durability::None,
@@ -64,6 +67,7 @@ impl PyAuditLog {
         let options = AuditOptions {
             durability,
             signing,
+            state_every,
         };
         let key = key.inner.clone();
         let inner = match path {
@@ -141,6 +145,11 @@ impl PyVerifyReport {
     #[getter]
     fn checkpoints(&self) -> u64 {
         self.inner.checkpoints
+    }
+    /// Signed ``state`` records (ledger snapshots).
+    #[getter]
+    fn states(&self) -> u64 {
+        self.inner.states
     }
     #[getter]
     fn first_ts(&self) -> Option<&str> {

@@ -56,6 +56,8 @@ pub struct VerifyReport {
     pub approvals: u64,
     /// Signed checkpoint records.
     pub checkpoints: u64,
+    /// Signed `state` records (ledger snapshots a gate restores from).
+    pub states: u64,
     /// Earliest record time.
     pub first_ts: Option<String>,
     /// Latest record time.
@@ -413,6 +415,14 @@ impl Verifier {
                 };
                 self.seal(&receipt, &kid)?;
                 self.report.checkpoints += 1;
+            }
+            "state" => {
+                // A ledger snapshot (see `audit::state`): counts nothing, but
+                // must be signed, since a gate restores from it.
+                if signer.is_none() {
+                    return Err("unsigned state record".into());
+                }
+                self.report.states += 1;
             }
             other => return Err(format!("unknown record kind {other:?}")),
         }
