@@ -9,7 +9,6 @@ use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
 use crate::core::audit::{
     verify_log_with_progress, AuditLog, AuditOptions, Durability, Signing, VerifyReport,
-    DEFAULT_STATE_EVERY,
 };
 use crate::core::error::CoreError;
 
@@ -28,7 +27,7 @@ impl PyAuditLog {
     #[new]
     #[pyo3(signature = (path, key, *, durability="none", batch_interval=0.05, signing="record",
                         checkpoint_every=1000, checkpoint_interval=1.0,
-                        state_every=DEFAULT_STATE_EVERY))]
+                        state_every=10_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
