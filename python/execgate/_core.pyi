@@ -231,8 +231,10 @@ class AuditLog:
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 1.0,
         state_every: int = 10000,
+        rotate_bytes: int = 0,
     ) -> AuditLog: ...
     def close(self) -> None: ...
+    def rotate(self) -> str: ...
     @property
     def path(self) -> str | None: ...
     @property
@@ -261,6 +263,8 @@ class VerifyReport:
     @property
     def states(self) -> int: ...
     @property
+    def rotations(self) -> int: ...
+    @property
     def first_ts(self) -> str | None: ...
     @property
     def last_ts(self) -> str | None: ...
@@ -279,6 +283,12 @@ class VerifyReport:
 
 def verify(
     path: str | os.PathLike[str],
+    keys: list[VerifyKey] = ...,
+    keyring_dir: str | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> VerifyReport: ...
+def verify_set(
+    paths: list[str],
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,

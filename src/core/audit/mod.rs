@@ -31,7 +31,8 @@ use super::error::CoreError;
 
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, Incident, VerifyFailure, VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, VerifyFailure,
+    VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 
@@ -86,6 +87,9 @@ pub struct AuditOptions {
     /// With a [`StateFold`] attached (a gate's ledger), write a signed
     /// `state` record every this many records (and on close); 0 never.
     pub state_every: u64,
+    /// Rotate (see [`AuditLog::rotate`]) once the file reaches this many
+    /// bytes; 0 never.
+    pub rotate_bytes: u64,
 }
 
 /// Default for [`AuditOptions::state_every`].
@@ -97,6 +101,7 @@ impl Default for AuditOptions {
             durability: Durability::None,
             signing: Signing::Record,
             state_every: DEFAULT_STATE_EVERY,
+            rotate_bytes: 0,
         }
     }
 }

@@ -462,4 +462,64 @@ mod tests {
         assert_eq!(log.rebuilt_from(), None);
         assert_eq!(spent(&ledger), 10.0);
     }
+
+    /// Rotation: the chain continues across files, each later file opens on
+    /// its own with the ledger, and the set verifies only whole and in order.
+    #[test]
+    fn rotation_keeps_the_chain_and_the_budget() {
+        use super::super::verify_logs_with_progress;
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let mut ring = Keyring::new();
+        ring.add(key.verify_key());
+        let log = AuditLog::open(
+            &path,
+            key.clone(),
+            AuditOptions {
+                rotate_bytes: 6000,
+                ..options(1000)
+            },
+        )
+        .unwrap();
+        log.attach_state(Arc::new(Ledger::new(4))).unwrap();
+        for n in 0..20 {
+            log.append(decision(n)).unwrap();
+        }
+        let first = log.rotate().unwrap();
+        log.append(decision(20)).unwrap();
+        log.close().unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{files:?}");
+        assert!(files.contains(&first));
+        // Whole, in any order given.
+        files.reverse();
+        let report = verify_logs_with_progress(&files, &ring, &mut |_, _| {}).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        assert_eq!(report.allowed, 21);
+        assert_eq!(report.rotations as usize, files.len() - 1);
+        // The newest file alone verifies (its chain starts at the rotation
+        // record) and opens with the whole budget.
+        let report = verify_log(&path, &ring).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        let (_, ledger) = open(&path, &key, 1000);
+        assert_eq!(spent(&ledger), 21.0);
+        // A file missing from the middle breaks the chain, and says where.
+        let mut gap = files.clone();
+        gap.sort(); // "log.jsonl", then the archives in chain order
+        gap.remove(2); // the second archive: the chain's second file
+        let report = verify_logs_with_progress(&gap, &ring, &mut |_, _| {}).unwrap();
+        let failure = report.failure.expect("a missing file must fail");
+        assert!(
+            failure.reason.contains("sequence gap"),
+            "{}",
+            failure.reason
+        );
+        assert!(failure.reason.contains("line 1"), "{}", failure.reason);
+    }
 }

@@ -185,6 +185,20 @@ impl AuditLog {
         self.inner.attach_state(fold)
     }
 
+    /// Rotates the log: seals this writer's unsigned records, renames the
+    /// file to `PATH.<last seq, 20 digits>`, and starts a new file at the path
+    /// whose first record, a signed `rotation` record, continues the chain
+    /// (its `prev` is the old file's last digest, `rotated` names the old
+    /// file, its last seq and digest), followed by a `state` record when a
+    /// gate's ledger is attached. `verify` over the set checks the chain
+    /// across files. Returns the archived file's path. Other processes
+    /// writing the same log refuse to write (the path names another file)
+    /// until they reopen it.
+    pub fn rotate(&self) -> Result<PathBuf> {
+        let mut st = self.inner.state.lock();
+        self.inner.rotate(&mut st)
+    }
+
     /// The `seq` of the `state` record the attached fold was rebuilt from
     /// (`None`: rebuilt from the start of the file, or none attached).
     pub fn rebuilt_from(&self) -> Option<u64> {
@@ -311,6 +325,12 @@ impl Inner {
             // one (the line is cut back) never fails the record it follows.
             let _ = self.write_state(&mut st);
         }
+        let limit = self.options.rotate_bytes;
+        if limit > 0 && st.file.is_some() && st.known_len.unwrap_or(0) >= limit {
+            // The record is written; a rotation that fails is tried again
+            // on the next append.
+            let _ = self.rotate(&mut st);
+        }
         Ok(receipt)
     }
 
@@ -414,6 +434,80 @@ impl Inner {
             st.pending.clear();
             st.last_signed = Instant::now();
         }
+    }
+
+    /// Closes this file's part of the chain and starts the next file (see
+    /// [`AuditLog::rotate`]). Returns the archived file's path.
+    fn rotate(&self, st: &mut State) -> Result<PathBuf> {
+        let path = self.path_for_errors().to_path_buf();
+        if st.closed || st.file.is_none() {
+            return Err(io_error(
+                &path,
+                "cannot rotate",
+                "the log is closed or in memory",
+            ));
+        }
+        // Seal this writer's unsigned records inside the file they are in.
+        if st.unsigned > 0 {
+            self.write_checkpoint(st)?;
+        }
+        let Some(old) = st.file.take() else {
+            return Err(io_error(&path, "cannot rotate", "the log is closed"));
+        };
+        let result = (|| {
+            let _lock = FileLock::acquire(&old, &path)?;
+            self.sync_head(st, &old)?;
+            let archive = PathBuf::from(format!("{}.{:020}", path.display(), st.seq));
+            old.sync_all()
+                .map_err(|e| io_error(&path, "cannot sync", e))?;
+            if std::fs::symlink_metadata(&archive).is_ok() {
+                return Err(io_error(
+                    &archive,
+                    "cannot rotate",
+                    "the archive name is taken",
+                ));
+            }
+            std::fs::rename(&path, &archive).map_err(|e| io_error(&path, "cannot rotate", e))?;
+            let new = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .read(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| io_error(&path, "cannot create the next file", e))?;
+            let meta = new
+                .metadata()
+                .map_err(|e| io_error(&path, "cannot stat", e))?;
+            Ok((archive, new, meta.dev(), meta.ino()))
+        })();
+        let (archive, new, dev, ino) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                st.file = Some(old);
+                return Err(e);
+            }
+        };
+        let bytes = st.known_len.unwrap_or(0);
+        st.file = Some(new);
+        st.identity = (dev, ino);
+        st.known_len = Some(0);
+        let name = archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut body = Map::new();
+        body.insert("kind".into(), json!("rotation"));
+        body.insert(
+            "rotated".into(),
+            json!({"from": name, "seq": st.seq, "sha256": st.head, "bytes": bytes}),
+        );
+        self.write_record(st, body, Seal::Signed)?;
+        if st.fold.is_some() && self.options.state_every > 0 {
+            // The next file opens on its own: it starts with the ledger.
+            let _ = self.write_state(st);
+        }
+        Ok(archive)
     }
 
     fn state_due(&self, st: &State) -> bool {
