@@ -684,4 +684,28 @@ mod tests {
         }
         assert_eq!(copy.snapshot(), snap);
     }
+
+    /// `cargo test --release --lib -- --ignored rate_check_cost --nocapture`:
+    /// a check with 300,000 calls in the window against one with 10.
+    #[test]
+    #[ignore = "a measurement"]
+    fn rate_check_cost() {
+        let mut per = Vec::new();
+        for fill in [10u32, 300_000] {
+            let ledger = Ledger::new(1);
+            let r = rate("k", 100_000_000, 1e9);
+            for i in 0..fill {
+                ledger.take(&r, &[], f64::from(i) * 1e-3).unwrap();
+            }
+            let start = std::time::Instant::now();
+            let n = 20_000u32;
+            for i in 0..n {
+                ledger.take(&r, &[], 1e6 + f64::from(i)).unwrap();
+            }
+            let each = start.elapsed().as_secs_f64() / f64::from(n);
+            println!("{fill:>7} calls in window: {:.3} us per take", each * 1e6);
+            per.push(each);
+        }
+        assert!(per[1] < per[0] * 4.0, "{per:?}");
+    }
 }
