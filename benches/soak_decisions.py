@@ -49,8 +49,11 @@ def main() -> None:
             gate.check("t", {"i": i % 7}, principal={"id": f"p{i % 20_000}"})
         if (i + 1) % every == 0:
             el = time.perf_counter() - t
-            print(f"{i + 1:>10} decisions  {el:7.1f} s  {(i + 1) / el:8.0f}/s  RSS {rss_mb():7.1f} MB",
-                  flush=True)
+            rate = (i + 1) / el
+            print(
+                f"{i + 1:>10} decisions  {el:7.1f} s  {rate:8.0f}/s  RSS {rss_mb():7.1f} MB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

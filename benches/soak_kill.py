@@ -50,7 +50,7 @@ def main() -> None:
     key.to_pem(keyfile)
     reported: set[str] = set()
     t0 = time.perf_counter()
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", WRITER, str(keyfile), str(log), args.durability],

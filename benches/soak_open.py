@@ -20,7 +20,8 @@ import time
 POLICY = """
 package execgate
 decision := {"allow": true, "obligations": {
-    "rate": {"key": sprintf("calls:%v", [input.principal.id]), "limit": 100000000, "window_seconds": 3600},
+    "rate": {"key": sprintf("calls:%v", [input.principal.id]),
+             "limit": 100000000, "window_seconds": 1},
     "budget": {"key": sprintf("spend:%v", [input.principal.id]), "limit": 1e12, "cost": 1},
 }}
 """

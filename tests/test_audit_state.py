@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import sys
 
 import execgate
 
@@ -81,3 +82,36 @@ def test_a_symlink_at_the_log_path_is_not_followed(tmp_path: pathlib.Path) -> No
         assert "symbolic link" in str(e)
     else:
         raise AssertionError("a symlinked log was opened")
+
+
+def test_rotated_log_verifies_as_one_chain(tmp_path: pathlib.Path) -> None:
+    import shutil
+    import subprocess
+
+    from execgate.verify import verify_logs
+
+    key, path = execgate.SigningKey.generate(), tmp_path / "logs" / "audit.jsonl"
+    path.parent.mkdir()
+    log = execgate.AuditLog(path, key, state_every=5)
+    with execgate.Gate(POLICY, audit=log) as g:
+        for _ in range(4):
+            assert spend(g, 5)
+        archived = log.rotate()
+        for _ in range(4):
+            assert spend(g, 5)
+    assert pathlib.Path(archived).exists() and kinds(path)[0] == "rotation"
+    with gate(path, key) as g:  # the new file alone carries the budget
+        d = g.check("buy", {"cost": 61}, principal={"id": "p"})
+        assert not d.allowed and "has spent 40 of 100" in d.reasons[0]
+    r = verify_logs(path.parent, key.verify_key)
+    assert r.ok and r.rotations == 1 and r.allowed == 8, r.reason
+    pub = tmp_path / "k.pub"
+    key.verify_key.to_pem(pub)
+    exe = shutil.which("execgate") or str(pathlib.Path(sys.executable).parent / "execgate")
+    cli = [exe, "verify"]
+    out = subprocess.run(
+        [*cli, str(path.parent), "--key", str(pub)], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "VALID" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run([*cli, str(path), "--key", str(pub)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout  # the later file alone, from its rotation record
