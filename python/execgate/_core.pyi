@@ -25,6 +25,7 @@ __all__ = [
     "run_rego_test",
     "run_sandboxed",
     "verify",
+    "verify_set",
 ]
 
 __version__: str
