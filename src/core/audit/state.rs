@@ -522,4 +522,28 @@ mod tests {
         );
         assert!(failure.reason.contains("line 1"), "{}", failure.reason);
     }
+
+    /// A state larger than the records between snapshots is written less
+    /// often: snapshots never make up more than about half of the log.
+    #[test]
+    fn large_states_are_written_less_often() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let (log, ledger) = open(&path, &key, 1);
+        for n in 0..300 {
+            log.append(decision(n)).unwrap(); // the rate window keeps every call
+        }
+        log.close().unwrap();
+        let layout = lines(&path);
+        let state_bytes: u64 = layout
+            .iter()
+            .filter(|l| l.2 == "state")
+            .map(|l| l.1 - l.0)
+            .sum();
+        let total = std::fs::metadata(&path).unwrap().len();
+        assert!(state_bytes * 100 <= total * 55, "{state_bytes} of {total}");
+        let (_, again) = open(&path, &key, 1);
+        assert_eq!(again.snapshot(), ledger.snapshot());
+    }
 }

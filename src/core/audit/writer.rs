@@ -53,6 +53,9 @@ struct State {
     since_state: u64,
     /// Seq of the `state` record the fold was rebuilt from.
     rebuilt_from: Option<u64>,
+    /// Bytes of the last `state` record, and of the log since it.
+    state_bytes: u64,
+    bytes_since_state: u64,
 }
 
 pub(super) struct Inner {
@@ -297,6 +300,8 @@ impl Inner {
                 fold: None,
                 since_state: 0,
                 rebuilt_from: None,
+                state_bytes: 0,
+                bytes_since_state: 0,
             }),
         })
     }
@@ -420,8 +425,11 @@ impl Inner {
         st.known_len = Some(st.known_len.unwrap_or(0).saturating_add(written));
         if seal == Seal::State {
             st.since_state = 0;
+            st.state_bytes = written;
+            st.bytes_since_state = 0;
         } else {
             st.since_state += 1;
+            st.bytes_since_state += written;
         }
         if receipt.signatures().is_empty() {
             st.unsigned += 1;
@@ -510,10 +518,15 @@ impl Inner {
         Ok(archive)
     }
 
+    /// Every `state_every` records, and never before the log has grown by
+    /// the last snapshot's size since it: a large state (long rate windows)
+    /// is written less often, so snapshots stay at most half of the log and
+    /// opening reads at most about twice the state.
     fn state_due(&self, st: &State) -> bool {
         st.fold.is_some()
             && self.options.state_every > 0
             && st.since_state >= self.options.state_every
+            && st.bytes_since_state >= st.state_bytes
     }
 
     /// A signed `state` record holding the fold (see [`super::state`]).
@@ -700,6 +713,7 @@ impl Inner {
             if !rewritten && tail.good_len > *known {
                 st.since_state += fold_range(file, *known, tail.good_len, fold.as_ref())
                     .map_err(|e| io_error(path, "cannot read", e))?;
+                st.bytes_since_state += tail.good_len - *known;
             }
         }
         st.seq = found_seq;
