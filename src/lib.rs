@@ -31,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::audit::PyAuditLog>()?;
     m.add_class::<python::audit::PyVerifyReport>()?;
     m.add_function(wrap_pyfunction!(python::audit::verify, m)?)?;
+    m.add_function(wrap_pyfunction!(python::audit::verify_set, m)?)?;
     m.add_function(wrap_pyfunction!(python::sandbox::run_sandboxed, m)?)?;
     m.add_function(wrap_pyfunction!(python::gate::rego_tests, m)?)?;
     m.add_function(wrap_pyfunction!(python::redact::redact, m)?)?;

@@ -295,7 +295,7 @@ def test_many_processes_and_threads_append_one_valid_chain(
     r = execgate.verify_log(path, key.verify_key)
     assert r.ok, (r.line, r.reason)
     assert r.allowed == 4 * 2 * per_thread
-    assert r.records == r.allowed + r.checkpoints
+    assert r.records == r.allowed + r.checkpoints + r.states
     assert all(line.endswith(b"\n") for line in lines(path))
 
 

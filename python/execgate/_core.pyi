@@ -25,6 +25,7 @@ __all__ = [
     "run_rego_test",
     "run_sandboxed",
     "verify",
+    "verify_set",
 ]
 
 __version__: str
@@ -231,8 +232,11 @@ class AuditLog:
         signing: Literal["record", "checkpoint"] = "record",
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 1.0,
+        state_every: int = 10000,
+        rotate_bytes: int = 0,
     ) -> AuditLog: ...
     def close(self) -> None: ...
+    def rotate(self) -> str: ...
     @property
     def path(self) -> str | None: ...
     @property
@@ -259,6 +263,10 @@ class VerifyReport:
     @property
     def checkpoints(self) -> int: ...
     @property
+    def states(self) -> int: ...
+    @property
+    def rotations(self) -> int: ...
+    @property
     def first_ts(self) -> str | None: ...
     @property
     def last_ts(self) -> str | None: ...
@@ -277,6 +285,12 @@ class VerifyReport:
 
 def verify(
     path: str | os.PathLike[str],
+    keys: list[VerifyKey] = ...,
+    keyring_dir: str | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> VerifyReport: ...
+def verify_set(
+    paths: list[str],
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,

@@ -64,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--name", default="execgate", help="file name stem (default: execgate)")
 
-    verify = sub.add_parser("verify", help="verify an audit log's signatures and chain")
-    verify.add_argument("log", metavar="LOG")
+    verify = sub.add_parser(
+        "verify",
+        help="verify an audit log's signatures and chain (several files or a directory: "
+        "a rotated log, checked as one chain)",
+    )
+    verify.add_argument("log", metavar="LOG", nargs="+")
     verify.add_argument(
         "--key",
         action="append",
@@ -275,20 +279,25 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from execgate.verify import verify_log
+    from execgate.verify import verify_log, verify_logs
 
     if not args.key and not args.keyring:
         print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
         return EXIT_ERROR
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
-        report = verify_log(args.log, args.key, keyring=args.keyring, progress=bar)
+        if len(args.log) == 1 and not os.path.isdir(args.log[0]):
+            report = verify_log(args.log[0], args.key, keyring=args.keyring, progress=bar)
+        else:
+            one = args.log[0] if len(args.log) == 1 else args.log
+            report = verify_logs(one, args.key, keyring=args.keyring, progress=bar)
     finally:
         if bar is not None:
             bar.done()
+    name = " ".join(args.log)
     span = f"{report.first_ts} .. {report.last_ts}" if report.first_ts else "-"
     print(
-        f"{args.log}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
+        f"{name}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
         f"{report.completions} completions, {report.recoveries} recoveries, "
         f"{report.checkpoints} checkpoints)"
     )

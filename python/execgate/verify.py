@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from execgate import _core
 from execgate._core import VerifyKey, VerifyReport
 
-__all__ = ["verify_log"]
+__all__ = ["verify_log", "verify_logs"]
 
 
 def verify_log(
@@ -28,6 +28,37 @@ def verify_log(
     report: ``report.ok``, counts, ``incidents`` (tampering a writer found
     and recorded), and on failure ``line`` and ``reason`` of the first bad line.
     """
-    items = [keys] if isinstance(keys, VerifyKey) else list(keys)
-    loaded = [k if isinstance(k, VerifyKey) else VerifyKey.from_pem(os.fspath(k)) for k in items]
+    loaded = _keys(keys)
     return _core.verify(os.fspath(path), loaded, os.fspath(keyring) if keyring else None, progress)
+
+
+def verify_logs(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    keys: VerifyKey | Iterable[VerifyKey | str | os.PathLike[str]] = (),
+    *,
+    keyring: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> VerifyReport:
+    """Verifies a rotated log as one chain: the files given, or the log files
+    of a directory (every regular file but ``*.torn-*`` side files). They are
+    checked in chain order (by the ``seq`` of each file's first record), so a
+    missing, reordered or altered file fails; a failure's reason names the
+    file and its line there. Otherwise as :func:`verify_log`.
+    """
+    if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths):
+        root = os.fspath(paths)
+        files = sorted(
+            os.path.join(root, name)
+            for name in os.listdir(root)
+            if ".torn-" not in name and os.path.isfile(os.path.join(root, name))
+        )
+    elif isinstance(paths, (str, os.PathLike)):
+        files = [os.fspath(paths)]
+    else:
+        files = [os.fspath(p) for p in paths]
+    return _core.verify_set(files, _keys(keys), os.fspath(keyring) if keyring else None, progress)
+
+
+def _keys(keys: VerifyKey | Iterable[VerifyKey | str | os.PathLike[str]]) -> list[VerifyKey]:
+    items = [keys] if isinstance(keys, VerifyKey) else list(keys)
+    return [k if isinstance(k, VerifyKey) else VerifyKey.from_pem(os.fspath(k)) for k in items]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use regorus::Value;
 
-use super::audit::AuditLog;
+use super::audit::{AuditLog, StateFold};
 use super::decision::{now_rfc3339, Mode, Request};
 use super::error::{CoreError, Result};
 use super::ledger::{Ledger, DEFAULT_HISTORY};
@@ -69,17 +69,27 @@ impl Gate {
         let policy = self.policy();
         *self.current.get_mut() = Arc::new(Current::new(policy, &self.redact_key)?);
         // Rebuild history and rate/budget counters from what the log holds,
-        // so a restart is not a way around a limit.
-        if let Some(path) = log.path() {
-            let text = std::fs::read_to_string(path).map_err(|e| CoreError::Audit {
-                message: format!("cannot read to rebuild history: {e}"),
-                path: path.display().to_string(),
-            })?;
-            for line in text.lines() {
-                if let Ok(receipt) = Receipt::from_json(line) {
-                    self.ledger.replay(receipt.payload());
-                }
-            }
+        // so a restart is not a way around a limit: from the last signed
+        // `state` record and the records after it, read through the log's
+        // own descriptor (no second open, so no symlink or special file is
+        // ever followed). The log keeps this fold in step with every record
+        // and writes it out periodically (see `audit::state`).
+        if log.path().is_some() {
+            let fold: Arc<dyn StateFold> = Arc::new(Ledger::with_bounds(
+                self.ledger.history_len(),
+                self.ledger.max_sessions(),
+            ));
+            let fold = log.attach_state(fold)?;
+            let rebuilt = fold.snapshot();
+            self.ledger
+                .restore(&rebuilt)
+                .map_err(|message| CoreError::Audit {
+                    message,
+                    path: log
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                })?;
         }
         self.log = Some(log);
         self.record_input = record_input;
@@ -96,7 +106,12 @@ impl Gate {
                     .into(),
             ));
         }
-        self.ledger = Ledger::new(len);
+        // Keeps what a log already rebuilt, if `with_log` came first.
+        let ledger = Ledger::with_bounds(len, self.ledger.max_sessions());
+        ledger
+            .restore(&self.ledger.snapshot())
+            .map_err(CoreError::InvalidArgument)?;
+        self.ledger = ledger;
         Ok(self)
     }
 

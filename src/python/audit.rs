@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
 use crate::core::audit::{
-    verify_log_with_progress, AuditLog, AuditOptions, Durability, Signing, VerifyReport,
+    verify_log_with_progress, verify_logs_with_progress, AuditLog, AuditOptions, Durability,
+    Signing, VerifyReport,
 };
 use crate::core::error::CoreError;
 
@@ -26,7 +27,8 @@ pub struct PyAuditLog {
 impl PyAuditLog {
     #[new]
     #[pyo3(signature = (path, key, *, durability="none", batch_interval=0.05, signing="record",
-                        checkpoint_every=1000, checkpoint_interval=1.0))]
+                        checkpoint_every=1000, checkpoint_interval=1.0,
+                        state_every=10_000, rotate_bytes=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -37,6 +39,8 @@ impl PyAuditLog {
         signing: &str,
         checkpoint_every: u64,
         checkpoint_interval: f64,
+        state_every: u64,
+        rotate_bytes: u64,
     ) -> PyResult<Self> {
         let durability = match durability {
             "none" => Durability::None,
@@ -64,6 +68,8 @@ impl PyAuditLog {
         let options = AuditOptions {
             durability,
             signing,
+            state_every,
+            rotate_bytes,
         };
         let key = key.inner.clone();
         let inner = match path {
@@ -78,6 +84,13 @@ impl PyAuditLog {
     /// Seals pending checkpoint-mode records, syncs and closes. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| self.inner.close())?)
+    }
+
+    /// Closes this file's part of the chain: renames it to
+    /// ``PATH.<last seq>`` and continues the chain in a new file at ``PATH``.
+    /// Returns the archived file's path.
+    fn rotate(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(py.detach(|| self.inner.rotate())?.display().to_string())
     }
 
     #[getter]
@@ -141,6 +154,16 @@ impl PyVerifyReport {
     #[getter]
     fn checkpoints(&self) -> u64 {
         self.inner.checkpoints
+    }
+    /// Signed ``state`` records (ledger snapshots).
+    #[getter]
+    fn states(&self) -> u64 {
+        self.inner.states
+    }
+    /// Signed ``rotation`` records (files of a rotated log).
+    #[getter]
+    fn rotations(&self) -> u64 {
+        self.inner.rotations
     }
     #[getter]
     fn first_ts(&self) -> Option<&str> {
@@ -225,6 +248,35 @@ pub fn verify(
             }
         };
         verify_log_with_progress(&path, &ring, &mut report)
+    })?;
+    if let Some(e) = raised {
+        return Err(e);
+    }
+    Ok(PyVerifyReport { inner })
+}
+
+/// Verifies the files of a rotated log as one chain (in chain order, whatever
+/// the order given), streaming; `progress(bytes_read, total_bytes)` as above.
+#[pyfunction]
+#[pyo3(signature = (paths, keys=Vec::new(), keyring_dir=None, progress=None))]
+pub fn verify_set(
+    py: Python<'_>,
+    paths: Vec<PathBuf>,
+    keys: Vec<PyRef<'_, PyVerifyKey>>,
+    keyring_dir: Option<PathBuf>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<PyVerifyReport> {
+    let ring = keyring(&keys, keyring_dir.as_deref())?;
+    let mut raised: Option<PyErr> = None;
+    let inner = py.detach(|| {
+        let mut report = |done: u64, total: u64| {
+            if let (Some(cb), None) = (&progress, &raised) {
+                if let Err(e) = Python::attach(|py| cb.call1(py, (done, total)).map(drop)) {
+                    raised = Some(e);
+                }
+            }
+        };
+        verify_logs_with_progress(&paths, &ring, &mut report)
     })?;
     if let Some(e) = raised {
         return Err(e);

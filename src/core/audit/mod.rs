@@ -20,6 +20,7 @@
 //!   writing a signed `recovery` record that names it.
 
 mod recovery;
+mod state;
 mod verify;
 mod writer;
 
@@ -28,8 +29,10 @@ use std::time::Duration;
 
 use super::error::CoreError;
 
+pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, Incident, VerifyFailure, VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, VerifyFailure,
+    VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 
@@ -81,13 +84,24 @@ pub struct AuditOptions {
     pub durability: Durability,
     /// Signature policy.
     pub signing: Signing,
+    /// With a [`StateFold`] attached (a gate's ledger), write a signed
+    /// `state` record every this many records (and on close); 0 never.
+    pub state_every: u64,
+    /// Rotate (see [`AuditLog::rotate`]) once the file reaches this many
+    /// bytes; 0 never.
+    pub rotate_bytes: u64,
 }
+
+/// Default for [`AuditOptions::state_every`].
+pub const DEFAULT_STATE_EVERY: u64 = 10_000;
 
 impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             durability: Durability::None,
             signing: Signing::Record,
+            state_every: DEFAULT_STATE_EVERY,
+            rotate_bytes: 0,
         }
     }
 }

@@ -35,7 +35,7 @@ pub(super) struct Tail {
 
 /// The position of the last `'\n'` in `[0, end)`, reading backwards in
 /// fixed-size chunks: each byte is read and searched once.
-fn rfind_newline(file: &File, end: u64, buf: &mut [u8]) -> std::io::Result<Option<u64>> {
+pub(super) fn rfind_newline(file: &File, end: u64, buf: &mut [u8]) -> std::io::Result<Option<u64>> {
     let mut hi = end;
     while hi > 0 {
         let lo = hi.saturating_sub(buf.len() as u64);

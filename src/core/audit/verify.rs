@@ -56,6 +56,10 @@ pub struct VerifyReport {
     pub approvals: u64,
     /// Signed checkpoint records.
     pub checkpoints: u64,
+    /// Signed `state` records (ledger snapshots a gate restores from).
+    pub states: u64,
+    /// Signed `rotation` records (a file of a rotated log starts).
+    pub rotations: u64,
     /// Earliest record time.
     pub first_ts: Option<String>,
     /// Latest record time.
@@ -144,6 +148,9 @@ struct Verifier {
     /// Unsigned records waiting for a checkpoint: seq -> (line, kid index).
     unsealed: BTreeMap<u64, (u64, usize)>,
     kids: Vec<String>,
+    /// The seq before this verification's first record (a later file of a
+    /// rotated log verified alone).
+    seq_base: u64,
 }
 
 /// Verifies every signature (batched), the hash chain, sequence numbers,
@@ -159,72 +166,154 @@ pub fn verify_log_with_progress(
     keyring: &Keyring,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
-    let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
-    let total = file
-        .metadata()
+    let total = std::fs::metadata(path)
         .map_err(|e| io_error(path, "cannot stat", e))?
         .len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut v = Verifier::default();
-    let mut line = Vec::with_capacity(4096);
-    let mut line_no = 0u64;
-    let mut read = 0u64;
-    let mut reported = 0u64;
-    loop {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_RECORD_BYTES + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| io_error(path, "cannot read", e))?;
-        if n == 0 {
-            break;
-        }
-        read += n as u64;
-        line_no += 1;
-        if read - reported >= PROGRESS_EVERY {
-            progress(read, total);
-            reported = read;
-        }
-        let outcome = if line.last() != Some(&b'\n') {
-            if line.len() as u64 > MAX_RECORD_BYTES {
-                Err(Failure::Here(format!(
-                    "line is longer than a record may be ({MAX_RECORD_BYTES} bytes)"
-                )))
-            } else {
-                Err(Failure::Here(
-                    "torn tail: the last line is incomplete".into(),
-                ))
-            }
-        } else {
-            v.record(line_no, &line[..line.len() - 1], keyring)
-                .map_err(Failure::Here)
-                .and_then(|()| {
-                    if v.pending.len() >= BATCH {
-                        check_signatures(&mut v.pending).map_or(Ok(()), |bad| Err(Failure::At(bad)))
-                    } else {
-                        Ok(())
-                    }
-                })
-        };
-        match outcome {
-            Ok(()) => {}
-            Err(Failure::Here(reason)) => {
-                v.fail(line_no, reason);
-                progress(read, total);
-                return Ok(v.report);
-            }
-            Err(Failure::At(bad)) => {
-                v.report.failure = Some(bad);
-                progress(read, total);
-                return Ok(v.report);
-            }
-        }
+    let mut at = Position::default();
+    if v.feed(path, keyring, &mut at, total, progress)? {
+        return Ok(v.report);
     }
-    progress(read, total);
+    progress(at.read, total);
     Ok(v.finish())
 }
 
+/// Verifies a rotated log: the files of one chain (see
+/// [`super::AuditLog::rotate`]), in any order given; they are put in chain
+/// order by the `seq` of their first record and checked as one chain, so a
+/// missing, reordered or altered file is a failure. Lines in the report are
+/// counted across the set in that order; a failure's reason names the file
+/// and its line there.
+pub fn verify_logs_with_progress(
+    paths: &[std::path::PathBuf],
+    keyring: &Keyring,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let mut files = Vec::with_capacity(paths.len());
+    let mut total = 0u64;
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| io_error(p, "cannot stat", e))?;
+        total += meta.len();
+        files.push((first_seq(p)?, p.clone()));
+    }
+    files.sort();
+    let mut v = Verifier::default();
+    let mut at = Position::default();
+    let mut starts: Vec<(u64, String)> = Vec::new();
+    let mut stopped = false;
+    for (_, p) in &files {
+        starts.push((at.line, p.display().to_string()));
+        if v.feed(p, keyring, &mut at, total, progress)? {
+            stopped = true;
+            break;
+        }
+    }
+    progress(at.read, total);
+    let mut report = if stopped { v.report } else { v.finish() };
+    let locate = |line: u64| -> String {
+        match starts.iter().rev().find(|(s, _)| *s < line) {
+            Some((s, name)) => format!("{name} line {}", line - s),
+            None => format!("line {line}"),
+        }
+    };
+    if let Some(f) = &mut report.failure {
+        f.reason = format!("{}: {}", locate(f.line), f.reason);
+    }
+    for i in &mut report.incidents {
+        i.reason = format!("{}: {}", locate(i.line), i.reason);
+    }
+    Ok(report)
+}
+
+/// The `seq` of a file's first record (0 when it has none that parses).
+fn first_seq(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
+    let mut line = Vec::new();
+    BufReader::new(file)
+        .take(MAX_RECORD_BYTES + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| io_error(path, "cannot read", e))?;
+    Ok(std::str::from_utf8(&line)
+        .ok()
+        .and_then(|t| Receipt::chain_head(t).ok())
+        .map_or(0, |(seq, _)| seq))
+}
+
+/// Where a (possibly multi-file) verification is.
+#[derive(Default)]
+struct Position {
+    line: u64,
+    read: u64,
+    reported: u64,
+}
+
 impl Verifier {
+    /// Checks the lines of one file; `Ok(true)` when it stopped at a failure.
+    fn feed(
+        &mut self,
+        path: &Path,
+        keyring: &Keyring,
+        at: &mut Position,
+        total: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<bool> {
+        let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut line = Vec::with_capacity(4096);
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_RECORD_BYTES + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| io_error(path, "cannot read", e))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            at.read += n as u64;
+            at.line += 1;
+            let line_no = at.line;
+            if at.read - at.reported >= PROGRESS_EVERY {
+                progress(at.read, total);
+                at.reported = at.read;
+            }
+            let outcome = if line.last() != Some(&b'\n') {
+                if line.len() as u64 > MAX_RECORD_BYTES {
+                    Err(Failure::Here(format!(
+                        "line is longer than a record may be ({MAX_RECORD_BYTES} bytes)"
+                    )))
+                } else {
+                    Err(Failure::Here(
+                        "torn tail: the last line is incomplete".into(),
+                    ))
+                }
+            } else {
+                self.record(line_no, &line[..line.len() - 1], keyring)
+                    .map_err(Failure::Here)
+                    .and_then(|()| {
+                        if self.pending.len() >= BATCH {
+                            check_signatures(&mut self.pending)
+                                .map_or(Ok(()), |bad| Err(Failure::At(bad)))
+                        } else {
+                            Ok(())
+                        }
+                    })
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(Failure::Here(reason)) => {
+                    self.fail(line_no, reason);
+                    progress(at.read, total);
+                    return Ok(true);
+                }
+                Err(Failure::At(bad)) => {
+                    self.report.failure = Some(bad);
+                    progress(at.read, total);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
     /// Records the first failure; a bad signature on an earlier line wins.
     fn fail(&mut self, line: u64, reason: String) {
         self.report.failure =
@@ -290,7 +379,22 @@ impl Verifier {
     ) -> std::result::Result<(), String> {
         let text = std::str::from_utf8(raw).map_err(|_| "line is not UTF-8".to_string())?;
         let receipt = Receipt::from_json(text).map_err(|e| e.to_string())?;
-        check_record(&receipt, self.report.records, self.prev.as_deref())?;
+        if self.report.records == 0 && receipt.kind() == "rotation" {
+            // A later file of a rotated log, verified on its own: the chain
+            // starts where its rotation record says (verify the set to
+            // check the files before it).
+            self.seq_base = receipt.seq().saturating_sub(1);
+            self.prev = receipt
+                .payload()
+                .get("prev")
+                .and_then(Json::as_str)
+                .map(str::to_string);
+        }
+        check_record(
+            &receipt,
+            self.seq_base + self.report.records,
+            self.prev.as_deref(),
+        )?;
         let payload = receipt.payload();
         let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
         let signer = match receipt.signatures() {
@@ -413,6 +517,22 @@ impl Verifier {
                 };
                 self.seal(&receipt, &kid)?;
                 self.report.checkpoints += 1;
+            }
+            "rotation" => {
+                // The first record of a rotated log's next file: it names the
+                // previous file's last record, and must be signed.
+                if signer.is_none() {
+                    return Err("unsigned rotation record".into());
+                }
+                self.report.rotations += 1;
+            }
+            "state" => {
+                // A ledger snapshot (see `audit::state`): counts nothing, but
+                // must be signed, since a gate restores from it.
+                if signer.is_none() {
+                    return Err("unsigned state record".into());
+                }
+                self.report.states += 1;
             }
             other => return Err(format!("unknown record kind {other:?}")),
         }

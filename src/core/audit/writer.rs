@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 
 use super::recovery::{move_aside, recovery_body, scan_tail};
+use super::state::{fold_range, rebuild, search_limit, StateFold};
 use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
 use crate::core::decision::now_rfc3339;
 use crate::core::error::{CoreError, Result};
@@ -46,6 +47,15 @@ struct State {
     unsigned: u64,
     last_signed: Instant,
     dirty: bool,
+    /// The state kept in step with the records (see [`super::state`]).
+    fold: Option<Arc<dyn StateFold>>,
+    /// Records since the last `state` record (or since the fold's start).
+    since_state: u64,
+    /// Seq of the `state` record the fold was rebuilt from.
+    rebuilt_from: Option<u64>,
+    /// Bytes of the last `state` record, and of the log since it.
+    state_bytes: u64,
+    bytes_since_state: u64,
 }
 
 pub(super) struct Inner {
@@ -170,6 +180,34 @@ impl AuditLog {
         self.inner.append(body)
     }
 
+    /// Keeps `fold` in step with the log's records and writes it out in
+    /// signed `state` records (see [`StateFold`]); rebuilds it first from the
+    /// last trusted `state` record and the records after it. A log holds one
+    /// fold: when one is already attached, that one is returned instead.
+    pub fn attach_state(&self, fold: Arc<dyn StateFold>) -> Result<Arc<dyn StateFold>> {
+        self.inner.attach_state(fold)
+    }
+
+    /// Rotates the log: seals this writer's unsigned records, renames the
+    /// file to `PATH.<last seq, 20 digits>`, and starts a new file at the path
+    /// whose first record, a signed `rotation` record, continues the chain
+    /// (its `prev` is the old file's last digest, `rotated` names the old
+    /// file, its last seq and digest), followed by a `state` record when a
+    /// gate's ledger is attached. `verify` over the set checks the chain
+    /// across files. Returns the archived file's path. Other processes
+    /// writing the same log refuse to write (the path names another file)
+    /// until they reopen it.
+    pub fn rotate(&self) -> Result<PathBuf> {
+        let mut st = self.inner.state.lock();
+        self.inner.rotate(&mut st)
+    }
+
+    /// The `seq` of the `state` record the attached fold was rebuilt from
+    /// (`None`: rebuilt from the start of the file, or none attached).
+    pub fn rebuilt_from(&self) -> Option<u64> {
+        self.inner.state.lock().rebuilt_from
+    }
+
     /// Seals pending checkpoint-mode records, syncs, and closes the file.
     /// Later appends fail. Safe to call twice.
     pub fn close(&self) -> Result<()> {
@@ -230,6 +268,8 @@ enum Seal {
     Mode,
     /// Signed whatever the mode (recovery records).
     Signed,
+    /// A `state` record: signed, holding the fold and its own offset.
+    State,
     /// A checkpoint: signed, and naming this writer's unsealed records.
     Checkpoint,
 }
@@ -257,6 +297,11 @@ impl Inner {
                 unsigned: 0,
                 last_signed: Instant::now(),
                 dirty: false,
+                fold: None,
+                since_state: 0,
+                rebuilt_from: None,
+                state_bytes: 0,
+                bytes_since_state: 0,
             }),
         })
     }
@@ -279,6 +324,17 @@ impl Inner {
             if st.unsigned >= every {
                 self.write_checkpoint(&mut st)?;
             }
+        }
+        if self.state_due(&st) {
+            // A snapshot only saves time on the next open: failing to write
+            // one (the line is cut back) never fails the record it follows.
+            let _ = self.write_state(&mut st);
+        }
+        let limit = self.options.rotate_bytes;
+        if limit > 0 && st.file.is_some() && st.known_len.unwrap_or(0) >= limit {
+            // The record is written; a rotation that fails is tried again
+            // on the next append.
+            let _ = self.rotate(&mut st);
         }
         Ok(receipt)
     }
@@ -332,6 +388,9 @@ impl Inner {
             st.dirty = true;
         }
         self.advance(st, receipt, line.len() as u64, seal);
+        if let Some(fold) = &st.fold {
+            fold.fold(receipt.payload());
+        }
         Ok(())
     }
 
@@ -348,6 +407,13 @@ impl Inner {
             // records this writer wrote and that are still in the chain.
             body.insert("sealed".into(), json!(st.pending));
         }
+        if seal == Seal::State {
+            // Also after the head was re-read: the fold holds every record
+            // before this one, and `offset` is where this one starts.
+            let state = st.fold.as_ref().map(|f| f.snapshot()).unwrap_or(Json::Null);
+            body.insert("state".into(), state);
+            body.insert("offset".into(), json!(st.known_len.unwrap_or(0)));
+        }
         let sign = seal != Seal::Mode || self.options.signing == Signing::Record;
         Receipt::seal(body, sign.then_some(&self.key))
     }
@@ -357,6 +423,14 @@ impl Inner {
         st.seq = seq;
         st.head = Some(receipt.digest().to_string());
         st.known_len = Some(st.known_len.unwrap_or(0).saturating_add(written));
+        if seal == Seal::State {
+            st.since_state = 0;
+            st.state_bytes = written;
+            st.bytes_since_state = 0;
+        } else {
+            st.since_state += 1;
+            st.bytes_since_state += written;
+        }
         if receipt.signatures().is_empty() {
             st.unsigned += 1;
             match st.pending.last_mut() {
@@ -368,6 +442,139 @@ impl Inner {
             st.pending.clear();
             st.last_signed = Instant::now();
         }
+    }
+
+    /// Closes this file's part of the chain and starts the next file (see
+    /// [`AuditLog::rotate`]). Returns the archived file's path.
+    fn rotate(&self, st: &mut State) -> Result<PathBuf> {
+        let path = self.path_for_errors().to_path_buf();
+        if st.closed || st.file.is_none() {
+            return Err(io_error(
+                &path,
+                "cannot rotate",
+                "the log is closed or in memory",
+            ));
+        }
+        // Seal this writer's unsigned records inside the file they are in.
+        if st.unsigned > 0 {
+            self.write_checkpoint(st)?;
+        }
+        let Some(old) = st.file.take() else {
+            return Err(io_error(&path, "cannot rotate", "the log is closed"));
+        };
+        let result = (|| {
+            let _lock = FileLock::acquire(&old, &path)?;
+            self.sync_head(st, &old)?;
+            let archive = PathBuf::from(format!("{}.{:020}", path.display(), st.seq));
+            old.sync_all()
+                .map_err(|e| io_error(&path, "cannot sync", e))?;
+            if std::fs::symlink_metadata(&archive).is_ok() {
+                return Err(io_error(
+                    &archive,
+                    "cannot rotate",
+                    "the archive name is taken",
+                ));
+            }
+            std::fs::rename(&path, &archive).map_err(|e| io_error(&path, "cannot rotate", e))?;
+            let new = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .read(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| io_error(&path, "cannot create the next file", e))?;
+            let meta = new
+                .metadata()
+                .map_err(|e| io_error(&path, "cannot stat", e))?;
+            Ok((archive, new, meta.dev(), meta.ino()))
+        })();
+        let (archive, new, dev, ino) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                st.file = Some(old);
+                return Err(e);
+            }
+        };
+        let bytes = st.known_len.unwrap_or(0);
+        st.file = Some(new);
+        st.identity = (dev, ino);
+        st.known_len = Some(0);
+        let name = archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut body = Map::new();
+        body.insert("kind".into(), json!("rotation"));
+        body.insert(
+            "rotated".into(),
+            json!({"from": name, "seq": st.seq, "sha256": st.head, "bytes": bytes}),
+        );
+        self.write_record(st, body, Seal::Signed)?;
+        if st.fold.is_some() && self.options.state_every > 0 {
+            // The next file opens on its own: it starts with the ledger.
+            let _ = self.write_state(st);
+        }
+        Ok(archive)
+    }
+
+    /// Every `state_every` records, and never before the log has grown by
+    /// the last snapshot's size since it: a large state (long rate windows)
+    /// is written less often, so snapshots stay at most half of the log and
+    /// opening reads at most about twice the state.
+    fn state_due(&self, st: &State) -> bool {
+        st.fold.is_some()
+            && self.options.state_every > 0
+            && st.since_state >= self.options.state_every
+            && st.bytes_since_state >= st.state_bytes
+    }
+
+    /// A signed `state` record holding the fold (see [`super::state`]).
+    fn write_state(&self, st: &mut State) -> Result<Receipt> {
+        let mut body = Map::new();
+        body.insert("kind".into(), json!("state"));
+        self.write_record(st, body, Seal::State)
+    }
+
+    /// Attaches `fold` (or returns the one already attached): rebuilds it
+    /// from the last trusted `state` record and the records after it, under
+    /// the file lock, and keeps it in step from then on.
+    fn attach_state(&self, fold: Arc<dyn StateFold>) -> Result<Arc<dyn StateFold>> {
+        let mut st = self.state.lock();
+        if let Some(existing) = &st.fold {
+            return Ok(existing.clone());
+        }
+        let Some(file) = st.file.take() else {
+            if st.closed {
+                return Err(io_error(
+                    self.path_for_errors(),
+                    "cannot read",
+                    "the log is closed",
+                ));
+            }
+            // In-memory chain: nothing to rebuild from.
+            st.fold = Some(fold.clone());
+            return Ok(fold);
+        };
+        let result: Result<()> = (|| {
+            let path = self.path_for_errors();
+            let _lock = FileLock::acquire(&file, path)?;
+            self.sync_head(&mut st, &file)?;
+            let len = st.known_len.unwrap_or(0);
+            let limit = search_limit(self.options.state_every);
+            let rebuilt = rebuild(&file, len, &self.verify_key, fold.as_ref(), limit)
+                .map_err(|e| io_error(path, "cannot read to rebuild state", e))?;
+            st.since_state = rebuilt.folded;
+            st.rebuilt_from = rebuilt.from_seq;
+            st.fold = Some(fold.clone());
+            Ok(())
+        })();
+        st.file = Some(file);
+        result?;
+        if self.state_due(&st) {
+            let _ = self.write_state(&mut st);
+        }
+        Ok(fold)
     }
 
     /// A signed record whose signature vouches for this writer's unsigned
@@ -417,6 +624,7 @@ impl Inner {
         let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
         let tail = scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?;
         let mut notes: Vec<Map<String, Json>> = Vec::new();
+        let mut rewritten = false;
         if tail.good_len < len {
             let moved = move_aside(file, path, tail.good_len, len)
                 .map_err(|(p, what, e)| io_error(&p, &what, e))?;
@@ -468,6 +676,7 @@ impl Inner {
                 }
                 st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
             } else if found_seq <= *seq && found_digest != *digest {
+                rewritten = true;
                 notes.push(recovery_body(
                     "rewritten",
                     format!(
@@ -494,6 +703,17 @@ impl Inner {
                         })),
                     ));
                 }
+            }
+        }
+        // Records other writers appended since this one last looked: folded,
+        // so this writer's next snapshot holds them too. After a truncation
+        // or a rewrite the fold keeps what it had (counters never go down
+        // because someone cut the file).
+        if let (Some(fold), Some((known, _, _))) = (&st.fold, &expected) {
+            if !rewritten && tail.good_len > *known {
+                st.since_state += fold_range(file, *known, tail.good_len, fold.as_ref())
+                    .map_err(|e| io_error(path, "cannot read", e))?;
+                st.bytes_since_state += tail.good_len - *known;
             }
         }
         st.seq = found_seq;
@@ -608,6 +828,7 @@ mod tests {
                 every,
                 interval: std::time::Duration::from_secs(3600),
             },
+            ..AuditOptions::default()
         }
     }
 
