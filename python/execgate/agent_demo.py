@@ -23,7 +23,7 @@ from langchain_core.tools import tool
 from execgate._core import SigningKey
 from execgate.context import principal, purpose
 from execgate.demo import _style, example_gate, report_log
-from execgate.demos.scenario import SCRIPT, write_public_key
+from execgate.demos.scenario import SCRIPT
 from execgate.integrations.langchain import ExecgateMiddleware
 from execgate.sandbox import Limits, Sandbox
 
@@ -127,5 +127,4 @@ def run(log_path: str | None = None, model_name: str | None = None) -> int:
     final = result["messages"][-1].content
     print(f"\n  model's last word: {final!r}  ({elapsed:.2f} s, including the sandboxed run)")
     ok = report_log(log_path, key, color)
-    write_public_key(log_path, key)
     return 0 if ok else 1

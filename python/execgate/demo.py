@@ -32,7 +32,8 @@ def example_gate(**options: Any) -> Gate:
 
 
 def report_log(log_path: str, key: SigningKey, color: bool) -> bool:
-    """Verifies the demo's log and prints the summary; True when it is valid."""
+    """Verifies the demo's log, prints the summary, and writes the public key
+    beside the log with the command that checks it; True when it is valid."""
     report = verify_log(log_path, key.verify_key)
     status = _style("VALID", "32", color) if report.ok else _style("INVALID", "31;1", color)
     print(
@@ -42,6 +43,12 @@ def report_log(log_path: str, key: SigningKey, color: bool) -> bool:
     )
     if not report.ok:
         print(f"  line {report.line}: {report.reason}")
+    # ``audit.pub`` beside ``audit.jsonl``, replacing an older one.
+    pub = os.path.splitext(log_path)[0] + ".pub"
+    if os.path.exists(pub):
+        os.unlink(pub)
+    key.verify_key.to_pem(pub)
+    print(f"public key {pub}: execgate verify {log_path} --key {pub}")
     return report.ok
 
 

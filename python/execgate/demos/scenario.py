@@ -21,7 +21,7 @@ from execgate.demo import _style, example_gate, report_log
 from execgate.gate import Gate
 from execgate.sandbox import Limits, Sandbox
 
-__all__ = ["ACTIONS", "OPERATOR", "PURPOSE", "SCRIPT", "Demo", "call_id", "write_public_key"]
+__all__ = ["ACTIONS", "OPERATOR", "PURPOSE", "SCRIPT", "Demo", "call_id"]
 
 # The calls the scripted model makes, one turn each: (tool, args, what it shows).
 SCRIPT: list[tuple[str, dict[str, Any], str]] = [
@@ -137,16 +137,4 @@ class Demo:
             print(f"           {note}: {text}")
         print(f"\n  model's last word: {final!r}  ({elapsed:.2f} s, including the sandboxed run)")
         ok = report_log(self.log_path, self.key, color)
-        write_public_key(self.log_path, self.key)
         return 0 if ok else 1
-
-
-def write_public_key(log_path: str, key: SigningKey) -> str:
-    """Writes the demo key's public half beside the log (``audit.pub`` for
-    ``audit.jsonl``), replacing an older one, and says how to verify with it."""
-    pub = os.path.splitext(log_path)[0] + ".pub"
-    if os.path.exists(pub):
-        os.unlink(pub)
-    key.verify_key.to_pem(pub)
-    print(f"public key {pub}: execgate verify {log_path} --key {pub}")
-    return pub
