@@ -571,6 +571,9 @@ visible if input.action.name != "secret"
         },
     )
     assert isinstance(verdict, Reply) and verdict.message["result"]["isError"] is True
+    # Recorded as what it is: a deny the gateway refused, not an allow that failed.
+    meta = verdict.message["result"]["_meta"]["execgate"]
+    assert meta["decision"] == "deny" and "hidden" in " ".join(meta["reasons"])
     [out] = gw.outbound(session, {"jsonrpc": "2.0", "id": 9, "result": {"tools": []}})
     assert out["id"] == 9
     session.pending[("n", 3)] = __import__(

@@ -6,7 +6,15 @@ from typing import Any, Literal, final
 
 _Mode = Literal["enforce", "audit"]
 _Error = Literal[
-    "undefined", "type", "conflict", "limit", "runtime", "audit", "obligation", "approval"
+    "undefined",
+    "type",
+    "conflict",
+    "limit",
+    "runtime",
+    "audit",
+    "obligation",
+    "approval",
+    "refused",
 ]
 _Status = Literal["ok", "error"]
 
@@ -148,6 +156,7 @@ class Call:
     def answer(
         self, *, approved: bool, approver: str, comment: str | None = None, timed_out: bool = False
     ) -> None: ...
+    def refuse(self, reason: str) -> None: ...
     def authorize(self) -> Decision: ...
     def arguments(self) -> dict[str, Any]: ...
     @property

@@ -64,6 +64,9 @@ pub enum FailureKind {
     /// The policy requires human approval and none was given (pending,
     /// refused or timed out).
     Approval,
+    /// The entry point refused the call before it was authorized, for a
+    /// reason of its own protocol (a tool the policy's visibility rule hides).
+    Refused,
 }
 
 impl FailureKind {
@@ -78,6 +81,7 @@ impl FailureKind {
             Self::Audit => "audit",
             Self::Obligation => "obligation",
             Self::Approval => "approval",
+            Self::Refused => "refused",
         }
     }
 }

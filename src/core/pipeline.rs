@@ -356,6 +356,19 @@ impl Call {
         Ok(())
     }
 
+    /// Refuses the call before it is authorized: [`Call::authorize`] then
+    /// records a deny with `reason` (`error = "refused"`), so an entry point
+    /// that will not run a call says so in the log instead of leaving an allow.
+    pub fn refuse(&mut self, reason: String) -> Result<()> {
+        if self.stage != Stage::Decided {
+            return Err(CoreError::InvalidArgument(
+                "a call can be refused only before it is authorized".into(),
+            ));
+        }
+        self.decision.deny(FailureKind::Refused, reason);
+        Ok(())
+    }
+
     /// Meets the approval, takes the limits and records the decision; the
     /// result says whether the call may run. A call refused at any stage
     /// gives back what it took.
@@ -687,6 +700,18 @@ decision := {"allow": true, "obligations": input.action.args.ob} if input.action
         .unwrap();
         assert!(call.authorize().unwrap().allowed);
         assert!(call.authorize().is_err(), "a stage runs once");
+    }
+
+    #[test]
+    fn an_entry_point_can_refuse_before_authorizing() {
+        let g = gate(Mode::Enforce);
+        let mut call = g
+            .decide(request("ok", serde_json::json!({})), None)
+            .unwrap();
+        call.refuse("hidden".into()).unwrap();
+        let d = call.authorize().unwrap();
+        assert!(d.blocks() && d.error == Some(FailureKind::Refused));
+        assert!(call.refuse("late".into()).is_err());
     }
 
     #[test]

@@ -376,6 +376,12 @@ impl PyCall {
         })?)
     }
 
+    /// Refuses the call before it is authorized (for the entry point's own
+    /// reasons): `authorize()` then records a deny with `reason`.
+    fn refuse(&self, reason: String) -> PyResult<()> {
+        Ok(self.state.lock().call.refuse(reason)?)
+    }
+
     /// Meets the approval, takes the limits and records the decision;
     /// returns the final decision.
     fn authorize(&self, py: Python<'_>) -> PyResult<PyDecision> {

@@ -354,6 +354,10 @@ class Gateway:
             )
         name = params["name"]
         call = self.gate.pipeline.start(name, arguments, session.principal, session.context(id_))
+        if self.visible is not None and not self.is_visible(session, name):
+            # A tool the policy's visibility rule hides is refused like any deny.
+            call.refuse(f"the tool {name!r} is hidden by policy")
+            return self._authorized(session, msg, key, call, self.gate.pipeline.authorize(call))
         if call.approval is not None and session.elicitation:
             # Held: the id stays taken until the human answers.
             session.pending[key] = Pending("held", id_, None, name)
@@ -419,14 +423,6 @@ class Gateway:
         name = params["name"]
         if decision.blocked:
             return Reply(denied_result(msg["id"], name, decision, decision.reasons))
-        if self.visible is not None and not self.is_visible(session, name):
-            # The policy allowed a tool its own visibility rule hides: the call
-            # was recorded as allowed, so close it as failed, never run it.
-            with Run(call, decision) as run:
-                run.error = "hidden"
-            return Reply(
-                denied_result(msg["id"], name, decision, ("the tool is hidden by policy",))
-            )
         arguments = call.arguments()
         run = Run(call, decision).__enter__()
         session.pending[key] = Pending("tools/call", msg["id"], run, name)
