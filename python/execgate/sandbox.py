@@ -92,6 +92,7 @@ class Sandbox:
     cwd: str | os.PathLike[str] | None = None
     strict: bool = False
     stream: bool = False
+    unix_sockets: bool = False
 
     def spec(self) -> dict[str, Any]:
         """The plain specification the native runner takes."""
@@ -118,6 +119,7 @@ class Sandbox:
             "cwd": None if self.cwd is None else os.fspath(self.cwd),
             "strict": self.strict,
             "stream": self.stream,
+            "unix_sockets": self.unix_sockets,
         }
 
     def request(self) -> dict[str, Any]:

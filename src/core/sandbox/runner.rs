@@ -1,4 +1,20 @@
 //! Spawning, limiting, watching and reaping the sandboxed child.
+//!
+//! The process `Command` starts (the *supervisor*) joins the cgroups, sets
+//! the rlimits and then clones the tool into a new user and PID namespace,
+//! where the tool is PID 1: it cannot see or signal the supervisor or the
+//! gate, and when it exits the kernel kills everything it started. The
+//! supervisor only waits and passes the tool's status on; it dies with the
+//! gate (parent-death signal), and the tool dies with it (its own
+//! parent-death signal, which the kernel delivers to a namespace's PID 1
+//! from outside). So neither the wall limit nor the tree kill depend on the
+//! gate staying alive: if it dies, the box dies with it.
+//!
+//! In the tool, before exec: its uid becomes 65534 of its own user namespace
+//! (the gate's uid outside, so granted paths stay writable by their owner
+//! bits), a private network namespace where asked, every capability dropped
+//! from every set with the securebits locked, no_new_privs, Landlock (paths,
+//! ports, IPC scopes), and last the seccomp filter.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -7,10 +23,17 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use seccompiler::BpfProgram;
+
 use super::cgroup::Cgroups;
-use super::landlock;
+use super::{landlock, seccomp};
 use super::{Capabilities, Completed, Network, Protections, Sandbox, Usage};
 use crate::core::error::{CoreError, Result};
+
+/// The uid and gid the tool has in its own user namespace ("nobody"): not
+/// root, so programs behave as unprivileged, and mapped to the gate's own
+/// uid/gid outside.
+pub const TOOL_ID: u32 = 65534;
 
 /// Slack above the cgroup memory limit for RLIMIT_AS. Address space is not
 /// memory: allocators reserve large regions up front (mimalloc, used by this
@@ -26,6 +49,44 @@ struct ChildPlan {
     cgroup_procs: Vec<RawFd>,
     netns: bool,
     landlock_fd: Option<RawFd>,
+    /// Whether the gate runs as root (it can clear supplementary groups).
+    root: bool,
+    /// `/proc/self/{uid,gid}_map` contents, when the tool gets a user namespace.
+    id_maps: Option<(Vec<u8>, Vec<u8>)>,
+    /// Whether the tool is PID 1 of a new PID namespace under a supervisor.
+    pidns: bool,
+    /// Seccomp programs, installed in order just before exec.
+    seccomp: Vec<BpfProgram>,
+}
+
+/// Whether this process can create a user namespace: probed once, by a
+/// child that does nothing else.
+pub fn userns_available() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        // SAFETY: a raw clone (no atfork handlers, no locks taken); the
+        // child only exits, the parent reaps exactly that child.
+        unsafe {
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            );
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            if pid < 0 {
+                return false;
+            }
+            let mut status = 0;
+            libc::waitpid(pid as libc::pid_t, &mut status, 0) == pid as libc::pid_t
+                && libc::WIFEXITED(status)
+                && libc::WEXITSTATUS(status) == 0
+        }
+    })
 }
 
 fn sandbox_error(message: impl Into<String>) -> CoreError {
@@ -54,6 +115,18 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     if limits.processes.is_some() && caps.root && !caps.cgroup {
         missing.push("process-limit".to_string());
     }
+    if !caps.userns {
+        missing.push("userns".to_string());
+    }
+    if !caps.pidns {
+        missing.push("pidns".to_string());
+    }
+    if !caps.seccomp {
+        missing.push("seccomp".to_string());
+    }
+    if (1..6).contains(&caps.landlock_abi) {
+        missing.push("landlock-scope".to_string());
+    }
     if sandbox.strict && !missing.is_empty() {
         return Err(sandbox_error(format!(
             "strict sandbox: unavailable on this system: {}",
@@ -61,20 +134,35 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         )));
     }
 
+    // What is granted is what the paths resolve to now; one that does not
+    // resolve is refused.
+    let mut resolved = sandbox.clone();
+    resolved.read = super::resolve_all(&sandbox.read)?;
+    resolved.write = super::resolve_all(&sandbox.write)?;
+    let sandbox = &resolved;
     let ruleset = if caps.landlock_abi > 0 {
         Some(landlock::prepare(sandbox, caps.landlock_abi).map_err(sandbox_error)?)
     } else {
         None
     };
+    let filter = if caps.seccomp {
+        Some(seccomp::build(&sandbox.network, sandbox.unix_sockets).map_err(sandbox_error)?)
+    } else {
+        None
+    };
     let cgroups = if caps.cgroup {
         let id = uuid::Uuid::now_v7().to_string();
+        // The supervisor is one more process in the group than the tool's.
+        let processes = limits.processes.map(|n| n + u64::from(caps.pidns));
         Some(
-            Cgroups::create(&id, limits.memory_bytes, limits.processes)
+            Cgroups::create(&id, limits.memory_bytes, processes)
                 .map_err(|e| sandbox_error(format!("cannot create cgroups: {e}")))?,
         )
     } else {
         None
     };
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (host_uid, host_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
 
     let mut protections = Protections {
         landlock_abi: ruleset.as_ref().map_or(0, |r| r.abi),
@@ -93,9 +181,18 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         } else {
             Vec::new()
         },
-        // SAFETY: getuid has no preconditions.
-        uid: unsafe { libc::getuid() },
+        uid: if caps.userns { TOOL_ID } else { host_uid },
+        host_uid,
+        userns: caps.userns,
+        pidns: caps.pidns,
+        // The child does not start unless every set was emptied.
+        capabilities: Vec::new(),
         no_new_privs: true,
+        seccomp: filter.as_ref().map(|f| f.report.clone()),
+        landlock_scopes: ruleset
+            .as_ref()
+            .map(|r| r.scopes.clone())
+            .unwrap_or_default(),
         missing,
         ..Protections::default()
     };
@@ -141,6 +238,15 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         landlock_fd: ruleset
             .as_ref()
             .and_then(|r| r.fd.as_ref().map(AsRawFd::as_raw_fd)),
+        root: caps.root,
+        id_maps: caps.userns.then(|| {
+            (
+                format!("{TOOL_ID} {host_uid} 1\n").into_bytes(),
+                format!("{TOOL_ID} {host_gid} 1\n").into_bytes(),
+            )
+        }),
+        pidns: caps.pidns,
+        seccomp: filter.map(|f| vec![f.main, f.clone3]).unwrap_or_default(),
     };
 
     let mut cmd = Command::new(program);
@@ -280,7 +386,9 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     })
 }
 
-/// SIGKILLs the child's process group and everything in its cgroups.
+/// SIGKILLs the child's process group and everything in its cgroups. With a
+/// PID namespace, killing the supervisor is enough: the tool's parent-death
+/// signal kills the namespace's PID 1, and with it every process inside.
 fn kill_tree(pid: libc::pid_t, cgroups: Option<&Cgroups>) {
     // SAFETY: signalling a process group we created (the child called setsid).
     unsafe { libc::kill(-pid, libc::SIGKILL) };
@@ -332,15 +440,17 @@ const RESET_SIGNALS: [libc::c_int; 10] = [
     libc::SIGALRM,
 ];
 
-/// Runs in the child between fork and exec. Only async-signal-safe calls.
+fn check(r: libc::c_long) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs in the child between fork and exec. Only async-signal-safe calls:
+/// plain system calls on values prepared by the parent, no allocation.
 fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
-    let check = |r: libc::c_long| {
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
     // SAFETY (whole block): raw system calls with valid arguments in the
     // single-threaded child.
     unsafe {
@@ -361,10 +471,32 @@ fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
             };
             check(libc::setrlimit(resource, &lim) as libc::c_long)?;
         }
+        if plan.root {
+            // Root's supplementary groups would still open group-owned files
+            // outside; a user namespace cannot drop them later.
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                0usize,
+                std::ptr::null::<libc::gid_t>(),
+            ))?;
+        }
+        if plan.pidns {
+            enter_pid_namespace(plan.id_maps.is_some())?;
+        } else if plan.id_maps.is_some() {
+            check(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long)?;
+        }
+        if let Some((uid_map, gid_map)) = &plan.id_maps {
+            // A single line mapping our own ids needs no privilege outside;
+            // gid_map needs setgroups denied first.
+            write_file(c"/proc/self/setgroups", b"deny")?;
+            write_file(c"/proc/self/uid_map", uid_map)?;
+            write_file(c"/proc/self/gid_map", gid_map)?;
+        }
         if plan.netns {
             check(libc::unshare(libc::CLONE_NEWNET) as libc::c_long)?;
             loopback_up()?;
         }
+        drop_capabilities(plan.root || plan.id_maps.is_some())?;
         // Inherited descriptors (anything but stdio) close at exec.
         check(libc::syscall(
             libc::SYS_close_range,
@@ -375,6 +507,198 @@ fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
         if let Some(fd) = plan.landlock_fd {
             check(libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32))?;
+        }
+        // Last: from here on the denied calls fail, and exec is all that is left.
+        for program in &plan.seccomp {
+            seccompiler::apply_filter(program).map_err(|e| match e {
+                seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
+                _ => std::io::Error::from_raw_os_error(libc::EINVAL),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Clones the tool into a new PID namespace (and user namespace, when
+/// `userns`), as its PID 1. Returns in the tool; the calling process becomes
+/// its supervisor and never returns.
+///
+/// # Safety
+/// Only in the single-threaded child between fork and exec.
+unsafe fn enter_pid_namespace(userns: bool) -> std::io::Result<()> {
+    // The supervisor holds the write end: the tool sees the read end hang up
+    // if the supervisor died before the tool's parent-death signal was armed.
+    let mut alive = [0 as libc::c_int; 2];
+    check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) as libc::c_long)?;
+    let mut flags = libc::CLONE_NEWPID | libc::SIGCHLD;
+    if userns {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // A raw clone, not libc's fork: this process is a fork of a threaded one,
+    // where fork's atfork handlers and malloc locks are not safe to take.
+    let pid = libc::syscall(
+        libc::SYS_clone,
+        flags as libc::c_ulong,
+        0usize,
+        0usize,
+        0usize,
+        0usize,
+    );
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        supervise(pid as libc::pid_t, alive[1]);
+    }
+    check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+    libc::close(alive[1]);
+    let mut poll = libc::pollfd {
+        fd: alive[0],
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLHUP != 0 {
+        libc::_exit(137);
+    }
+    libc::close(alive[0]);
+    Ok(())
+}
+
+/// The supervisor: waits for the tool (PID 1 of its namespace) and exits as
+/// it did, so the gate's `wait4` sees the tool's status and, summed, its
+/// resource usage. Outside the tool's PID namespace and Landlock domain, the
+/// tool can neither see nor signal it.
+///
+/// # Safety
+/// Only in the single-threaded child between fork and exec.
+unsafe fn supervise(tool: libc::pid_t, keep: RawFd) -> ! {
+    // Stdio belongs to the tool alone (EOF when it is done), and `Command`'s
+    // exec-error pipe must close here, or the gate's spawn would wait for
+    // this process to exit.
+    for fd in 0..3 {
+        libc::close(fd);
+    }
+    if keep > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    // The memory cgroup's OOM killer should pick the tool, not this copy of
+    // the gate's address space (whose shared pages count as resident).
+    // The tool has already inherited the old score.
+    let _ = write_file(c"/proc/self/oom_score_adj", b"-1000");
+    let mut status: libc::c_int = 0;
+    loop {
+        let r = libc::waitpid(tool, &mut status, 0);
+        if r == tool {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            libc::_exit(127);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig);
+    }
+    libc::_exit(libc::WEXITSTATUS(status))
+}
+
+/// Empties every capability set: bounding (so nothing comes back at exec),
+/// ambient, inheritable, permitted, effective; with the securebits locked
+/// so that uid 0, where the tool still has it, confers nothing at exec
+/// either. `privileged`: whether this process has CAP_SETPCAP to do the
+/// first two (an unprivileged gate has nothing to drop there).
+///
+/// # Safety
+/// Only in the single-threaded child between fork and exec.
+unsafe fn drop_capabilities(privileged: bool) -> std::io::Result<()> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    if privileged {
+        check(libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            SECBIT_NOROOT
+                | SECBIT_NOROOT_LOCKED
+                | SECBIT_NO_SETUID_FIXUP
+                | SECBIT_NO_SETUID_FIXUP_LOCKED
+                | SECBIT_KEEP_CAPS_LOCKED
+                | SECBIT_NO_CAP_AMBIENT_RAISE
+                | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+            0,
+            0,
+            0,
+        ) as libc::c_long)?;
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                // EINVAL: past the last capability this kernel has.
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    check(libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    ) as libc::c_long)?;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))
+}
+
+/// Writes `data` to `path` with open/write/close (async-signal-safe).
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated path and a valid buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(err);
         }
     }
     Ok(())
