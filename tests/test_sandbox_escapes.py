@@ -397,6 +397,8 @@ def test_killing_the_gate_takes_the_box_with_it(tmp_path: pathlib.Path) -> None:
         if gate.poll() is None:
             gate.kill()
             gate.wait()
+        if gate.stdout is not None:
+            gate.stdout.close()
 
 
 def _pids_with(marker: str) -> list[int]:

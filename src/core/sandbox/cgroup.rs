@@ -58,6 +58,7 @@ pub fn sweep() {
 pub struct Cgroups {
     dirs: Vec<(&'static str, PathBuf)>,
     procs: Vec<File>,
+    pids_max: Option<File>,
 }
 
 impl Cgroups {
@@ -66,6 +67,7 @@ impl Cgroups {
         let mut groups = Self {
             dirs: Vec::new(),
             procs: Vec::new(),
+            pids_max: None,
         };
         sweep();
         let name = group_name(id);
@@ -88,6 +90,8 @@ impl Cgroups {
                 _ => {
                     if let Some(n) = processes {
                         write(&dir.join("pids.max"), n)?;
+                        groups.pids_max =
+                            Some(OpenOptions::new().write(true).open(dir.join("pids.max"))?);
                     }
                 }
             }
@@ -103,6 +107,12 @@ impl Cgroups {
     /// Descriptors the child writes "0" to, to join (async-signal-safe).
     pub fn procs_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// An open `pids.max`, for a child to lower the limit once a helper
+    /// process that counted against it is about to leave.
+    pub fn pids_max_fd(&self) -> Option<RawFd> {
+        self.pids_max.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
@@ -181,6 +191,7 @@ impl Drop for Cgroups {
     fn drop(&mut self) {
         self.kill_all();
         self.procs.clear();
+        self.pids_max = None;
         for (_, dir) in &self.dirs {
             for _ in 0..100 {
                 if std::fs::remove_dir(dir).is_ok() || !dir.exists() {

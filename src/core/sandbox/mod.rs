@@ -3,10 +3,9 @@
 //! The parent prepares everything that allocates (the Landlock ruleset, the
 //! seccomp program, cgroup directories and their open `cgroup.procs` files, the
 //! user namespace's id maps, the environment); the children, between `fork`
-//! and `exec`, only make async-signal-safe system calls. The process the
-//! parent starts becomes a supervisor outside the tool's PID namespace; the
-//! tool is PID 1 of that namespace, without capabilities, as an unprivileged
-//! uid of its own user namespace, under Landlock and seccomp (see `runner`).
+//! and `exec`, only make async-signal-safe system calls. The tool is PID 1
+//! of its own PID namespace, without capabilities, as an unprivileged uid of
+//! its own user namespace, under Landlock and seccomp (see `runner`).
 //!
 //! Which protections were actually in force is reported with every result;
 //! with `strict` a run is refused when one that was asked for is unavailable.
@@ -209,7 +208,7 @@ pub struct Protections {
     pub userns: bool,
     /// Whether the tool ran as PID 1 of its own PID namespace (it can neither
     /// see nor signal processes outside it, and everything it started dies
-    /// with it), under a supervisor that dies with the gate.
+    /// with it), as the gate's child, killed with its namespace if the gate dies.
     pub pidns: bool,
     /// Capabilities the tool kept (in any set: bounding, permitted, effective,
     /// inheritable, ambient). Empty when every one was dropped.

@@ -1,14 +1,14 @@
 //! Spawning, limiting, watching and reaping the sandboxed child.
 //!
-//! The process `Command` starts (the *supervisor*) joins the cgroups, sets
-//! the rlimits and then clones the tool into a new user and PID namespace,
-//! where the tool is PID 1: it cannot see or signal the supervisor or the
-//! gate, and when it exits the kernel kills everything it started. The
-//! supervisor only waits and passes the tool's status on; it dies with the
-//! gate (parent-death signal), and the tool dies with it (its own
-//! parent-death signal, which the kernel delivers to a namespace's PID 1
-//! from outside). So neither the wall limit nor the tree kill depend on the
-//! gate staying alive: if it dies, the box dies with it.
+//! The process `Command` starts joins the cgroups, sets the rlimits and
+//! then clones the tool into a new user and PID namespace as a child of the
+//! gate (CLONE_PARENT), and exits. The tool is PID 1 there: it cannot see or
+//! signal the gate or anything else outside, and when it exits the kernel
+//! kills everything it started. The gate's waiting thread is its
+//! supervisor; the tool's parent-death signal (which the kernel delivers to
+//! a namespace's PID 1 from outside) kills it, and so the whole namespace,
+//! if the gate dies. So neither the wall limit nor the tree kill depend on
+//! the gate staying alive: if it dies, the box dies with it.
 //!
 //! In the tool, before exec: its uid becomes 65534 of its own user namespace
 //! (the gate's uid outside, so granted paths stay writable by their owner
@@ -16,10 +16,15 @@
 //! from every set with the securebits locked, no_new_privs, Landlock (paths,
 //! ports, IPC scopes), and last the seccomp filter.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -53,8 +58,9 @@ struct ChildPlan {
     root: bool,
     /// `/proc/self/{uid,gid}_map` contents, when the tool gets a user namespace.
     id_maps: Option<(Vec<u8>, Vec<u8>)>,
-    /// Whether the tool is PID 1 of a new PID namespace under a supervisor.
-    pidns: bool,
+    /// When the tool is PID 1 of a new PID namespace under a supervisor:
+    /// what it execs.
+    pidns: Option<ToolExec>,
     /// Seccomp programs, installed in order just before exec.
     seccomp: Vec<BpfProgram>,
 }
@@ -146,13 +152,14 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         None
     };
     let filter = if caps.seccomp {
-        Some(seccomp::build(&sandbox.network, sandbox.unix_sockets).map_err(sandbox_error)?)
+        Some(seccomp::filter(&sandbox.network, sandbox.unix_sockets).map_err(sandbox_error)?)
     } else {
         None
     };
     let cgroups = if caps.cgroup {
         let id = uuid::Uuid::now_v7().to_string();
-        // The supervisor is one more process in the group than the tool's.
+        // The process that clones the tool counts until the tool has started
+        // (then it lowers the limit back; see `ToolExec::pids_max`).
         let processes = limits.processes.map(|n| n + u64::from(caps.pidns));
         Some(
             Cgroups::create(&id, limits.memory_bytes, processes)
@@ -245,9 +252,34 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
                 format!("{TOOL_ID} {host_gid} 1\n").into_bytes(),
             )
         }),
-        pidns: caps.pidns,
+        pidns: if caps.pidns {
+            Some(ToolExec::new(program, argv, &sandbox.env)?)
+        } else {
+            None
+        },
         seccomp: filter.map(|f| vec![f.main, f.clone3]).unwrap_or_default(),
     };
+
+    // The PID-namespace start's two pipes: the tool's pid back to the gate,
+    // and the gate's liveness to the tool.
+    let handoff = match plan.pidns.as_ref() {
+        Some(_) => Some((pipe()?, pipe()?)),
+        None => None,
+    };
+    let mut plan = plan;
+    if let (Some(exec), Some(((pid_r, pid_w), (alive_r, alive_w)))) =
+        (plan.pidns.as_mut(), handoff.as_ref())
+    {
+        exec.pid_w = pid_w.as_raw_fd();
+        exec.pids_max = cgroups
+            .as_ref()
+            .and_then(Cgroups::pids_max_fd)
+            .zip(limits.processes)
+            .map(|(fd, n)| (fd, n.to_string().into_bytes()));
+        exec.alive_r = alive_r.as_raw_fd();
+        exec.alive_w = alive_w.as_raw_fd();
+        debug_assert!(pid_r.as_raw_fd() >= 0);
+    }
 
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
@@ -269,10 +301,43 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         cmd.pre_exec(move || child_setup(&plan));
     }
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| sandbox_error(format!("cannot start {program}: {e}")))?;
-    let pid = child.id() as libc::pid_t;
+    let spawned = cmd.spawn();
+    // With a PID namespace the process `Command` started has exited by now
+    // (or failed): the tool is our child, and its pid is in the pipe.
+    let mut group = 0;
+    let tool = match handoff {
+        Some(((pid_r, pid_w), (_alive_r, alive_w))) => {
+            drop((pid_w, alive_w));
+            let tool = read_pid(pid_r);
+            if let Ok(c) = &spawned {
+                group = c.id() as libc::pid_t;
+                let mut status = 0;
+                // SAFETY: reaping the child `Command` started.
+                unsafe { libc::waitpid(group, &mut status, 0) };
+            }
+            tool
+        }
+        None => None,
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(pid) = tool {
+                let mut status = 0;
+                // SAFETY: reaping the tool that failed to exec.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+            return Err(sandbox_error(format!("cannot start {program}: {e}")));
+        }
+    };
+    let pid = match (tool, group) {
+        (Some(pid), _) => pid,
+        (None, 0) => child.id() as libc::pid_t,
+        (None, _) => return Err(sandbox_error(format!("cannot start {program}: lost"))),
+    };
+    if group == 0 {
+        group = pid;
+    }
 
     let cap = limits.output_bytes;
     let stream = sandbox.stream;
@@ -312,7 +377,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
             Ok(w) => Ok(w),
             Err(_) => {
                 wall_hit = true;
-                kill_tree(pid, cgroups.as_ref());
+                kill_tree(pid, group, cgroups.as_ref());
                 rx.recv()
             }
         },
@@ -320,7 +385,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     };
     let duration = start.elapsed().as_secs_f64();
     // Whatever the child left running (background grandchildren) goes too.
-    kill_tree(pid, cgroups.as_ref());
+    kill_tree(pid, group, cgroups.as_ref());
     let (r, status, usage) = waited.map_err(|_| sandbox_error("lost track of the child"))?;
     if r < 0 {
         return Err(sandbox_error(format!(
@@ -386,12 +451,16 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     })
 }
 
-/// SIGKILLs the child's process group and everything in its cgroups. With a
-/// PID namespace, killing the supervisor is enough: the tool's parent-death
-/// signal kills the namespace's PID 1, and with it every process inside.
-fn kill_tree(pid: libc::pid_t, cgroups: Option<&Cgroups>) {
-    // SAFETY: signalling a process group we created (the child called setsid).
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
+/// SIGKILLs the tool, its process group and everything in its cgroups.
+/// With a PID namespace the tool is its PID 1, so killing it kills every
+/// process inside.
+fn kill_tree(pid: libc::pid_t, group: libc::pid_t, cgroups: Option<&Cgroups>) {
+    // SAFETY: signalling our child and the process group we created (the
+    // child called setsid).
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::kill(-group, libc::SIGKILL);
+    }
     if let Some(c) = cgroups {
         c.kill_all();
     }
@@ -480,132 +549,227 @@ fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
                 std::ptr::null::<libc::gid_t>(),
             ))?;
         }
-        if plan.pidns {
-            enter_pid_namespace(plan.id_maps.is_some())?;
-        } else if plan.id_maps.is_some() {
+        if let Some(exec) = &plan.pidns {
+            // Only the gate holds the liveness pipe's write end.
+            libc::close(exec.alive_w);
+            // Never returns unless the tool could not be started.
+            return Err(spawn_pid1(plan, exec));
+        }
+        if plan.id_maps.is_some() {
             check(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long)?;
         }
-        if let Some((uid_map, gid_map)) = &plan.id_maps {
-            // A single line mapping our own ids needs no privilege outside;
-            // gid_map needs setgroups denied first.
-            write_file(c"/proc/self/setgroups", b"deny")?;
-            write_file(c"/proc/self/uid_map", uid_map)?;
-            write_file(c"/proc/self/gid_map", gid_map)?;
-        }
-        if plan.netns {
-            check(libc::unshare(libc::CLONE_NEWNET) as libc::c_long)?;
-            loopback_up()?;
-        }
-        drop_capabilities(plan.root || plan.id_maps.is_some())?;
-        // Inherited descriptors (anything but stdio) close at exec.
-        check(libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
-        if let Some(fd) = plan.landlock_fd {
-            check(libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32))?;
-        }
-        // Last: from here on the denied calls fail, and exec is all that is left.
-        for program in &plan.seccomp {
-            seccompiler::apply_filter(program).map_err(|e| match e {
-                seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
-                _ => std::io::Error::from_raw_os_error(libc::EINVAL),
-            })?;
-        }
+        tool_setup(plan)
+    }
+}
+
+/// The tool's own confinement, in the process that will exec it: ids in
+/// its user namespace, network namespace, capabilities, descriptors,
+/// no_new_privs, Landlock, and last seccomp.
+///
+/// # Safety
+/// Only between fork (or clone) and exec; async-signal-safe calls only.
+unsafe fn tool_setup(plan: &ChildPlan) -> std::io::Result<()> {
+    if let Some((uid_map, gid_map)) = &plan.id_maps {
+        // A single line mapping our own ids needs no privilege outside;
+        // gid_map needs setgroups denied first.
+        write_file(c"/proc/self/setgroups", b"deny")?;
+        write_file(c"/proc/self/uid_map", uid_map)?;
+        write_file(c"/proc/self/gid_map", gid_map)?;
+    }
+    if plan.netns {
+        check(libc::unshare(libc::CLONE_NEWNET) as libc::c_long)?;
+        loopback_up()?;
+    }
+    drop_capabilities(plan.root || plan.id_maps.is_some())?;
+    // Inherited descriptors (anything but stdio) close at exec.
+    check(libc::syscall(
+        libc::SYS_close_range,
+        3u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    ))?;
+    check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+    if let Some(fd) = plan.landlock_fd {
+        check(libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32))?;
+    }
+    // Last: from here on the denied calls fail, and exec is all that is left.
+    for program in &plan.seccomp {
+        seccompiler::apply_filter(program).map_err(|e| match e {
+            seccompiler::Error::Seccomp(e) | seccompiler::Error::Prctl(e) => e,
+            _ => std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
     }
     Ok(())
 }
 
-/// Clones the tool into a new PID namespace (and user namespace, when
-/// `userns`), as its PID 1. Returns in the tool; the calling process becomes
-/// its supervisor and never returns.
+/// What the tool process needs to exec by itself (it does not return to
+/// `Command`): prepared by the parent, read-only in the children.
+struct ToolExec {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// The tool's stack until exec (it shares the supervisor's memory).
+    stack: Vec<u8>,
+    /// The errno of a failed start, written by the tool, read by the process
+    /// that cloned it (they share memory until the tool execs).
+    failed: AtomicI32,
+    /// Where the tool's pid goes to the gate.
+    pid_w: RawFd,
+    /// `pids.max` and the tool's own limit, written once the tool has
+    /// started: the process that cloned it counted against the limit until
+    /// then (the gate set it one higher).
+    pids_max: Option<(RawFd, Vec<u8>)>,
+    /// The read end of a pipe only the gate writes to: it hangs up when the
+    /// gate has died.
+    alive_r: RawFd,
+    /// The gate's end, closed in the children.
+    alive_w: RawFd,
+}
+
+// SAFETY: the raw pointers point into `_argv`/`_envp`, owned by the same
+// value and never mutated after construction.
+unsafe impl Send for ToolExec {}
+// SAFETY: as above; the only mutable fields are atomics.
+unsafe impl Sync for ToolExec {}
+
+/// The tool's stack size until exec (debug builds use more than release).
+const TOOL_STACK: usize = 256 << 10;
+
+impl ToolExec {
+    fn new(program: &str, argv: &[String], env: &BTreeMap<String, String>) -> Result<Self> {
+        let cstring =
+            |s: &str| CString::new(s).map_err(|_| sandbox_error(format!("NUL byte in {s:?}")));
+        let path = resolve_program(program, env.get("PATH").map(String::as_str))?;
+        let argv_c: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
+        let envp_c: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_>>()?;
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Ok(Self {
+            path: cstring(&path.to_string_lossy())?,
+            argv: ptrs(&argv_c),
+            envp: ptrs(&envp_c),
+            _argv: argv_c,
+            _envp: envp_c,
+            stack: vec![0u8; TOOL_STACK],
+            failed: AtomicI32::new(0),
+            pid_w: -1,
+            pids_max: None,
+            alive_r: -1,
+            alive_w: -1,
+        })
+    }
+}
+
+/// The program as the tool's `execve` needs it: a path with a slash is used
+/// as is; a bare name is looked up in the tool's `PATH` (as `execvp` would).
+fn resolve_program(program: &str, path: Option<&str>) -> Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let search = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    search
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| sandbox_error(format!("cannot start {program}: not found in PATH")))
+}
+
+/// Starts the tool as PID 1 of a new PID namespace (and user namespace, when
+/// asked), as a child of the gate, sends the gate its pid and exits; returns
+/// only the error of a tool that could not be started.
+///
+/// The clone shares this process's memory and suspends it until the tool
+/// execs (CLONE_VM | CLONE_VFORK, as posix_spawn does): no second copy of
+/// the gate's page tables. The tool runs on its own prepared stack,
+/// allocates nothing, and reports a failed start through `exec.failed`.
 ///
 /// # Safety
 /// Only in the single-threaded child between fork and exec.
-unsafe fn enter_pid_namespace(userns: bool) -> std::io::Result<()> {
-    // The supervisor holds the write end: the tool sees the read end hang up
-    // if the supervisor died before the tool's parent-death signal was armed.
-    let mut alive = [0 as libc::c_int; 2];
-    check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) as libc::c_long)?;
-    let mut flags = libc::CLONE_NEWPID | libc::SIGCHLD;
-    if userns {
+unsafe fn spawn_pid1(plan: &ChildPlan, exec: &ToolExec) -> std::io::Error {
+    let mut flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_PARENT
+        | libc::CLONE_NEWPID
+        | libc::SIGCHLD;
+    if plan.id_maps.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
-    // A raw clone, not libc's fork: this process is a fork of a threaded one,
-    // where fork's atfork handlers and malloc locks are not safe to take.
-    let pid = libc::syscall(
-        libc::SYS_clone,
-        flags as libc::c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
+    // The stack grows down from its 16-byte aligned end.
+    let top = exec.stack.as_ptr().add(exec.stack.len()) as usize & !15;
+    let pid = libc::clone(
+        tool_main,
+        top as *mut libc::c_void,
+        flags,
+        plan as *const ChildPlan as *mut libc::c_void,
     );
     if pid < 0 {
-        return Err(std::io::Error::last_os_error());
+        return std::io::Error::last_os_error();
     }
-    if pid > 0 {
-        supervise(pid as libc::pid_t, alive[1]);
+    // Here the tool has exec'd or exited.
+    if let Some((fd, limit)) = &exec.pids_max {
+        libc::write(*fd, limit.as_ptr().cast(), limit.len());
     }
-    check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
-    libc::close(alive[1]);
-    let mut poll = libc::pollfd {
-        fd: alive[0],
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLHUP != 0 {
-        libc::_exit(137);
+    let bytes = pid.to_ne_bytes();
+    libc::write(exec.pid_w, bytes.as_ptr().cast(), bytes.len());
+    let failed = exec.failed.load(Ordering::SeqCst);
+    if failed != 0 {
+        return std::io::Error::from_raw_os_error(failed);
     }
-    libc::close(alive[0]);
-    Ok(())
+    libc::_exit(0)
 }
 
-/// The supervisor: waits for the tool (PID 1 of its namespace) and exits as
-/// it did, so the gate's `wait4` sees the tool's status and, summed, its
-/// resource usage. Outside the tool's PID namespace and Landlock domain, the
-/// tool can neither see nor signal it.
-///
-/// # Safety
-/// Only in the single-threaded child between fork and exec.
-unsafe fn supervise(tool: libc::pid_t, keep: RawFd) -> ! {
-    // Stdio belongs to the tool alone (EOF when it is done), and `Command`'s
-    // exec-error pipe must close here, or the gate's spawn would wait for
-    // this process to exit.
-    for fd in 0..3 {
-        libc::close(fd);
-    }
-    if keep > 3 {
-        libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
-    }
-    libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
-    // The memory cgroup's OOM killer should pick the tool, not this copy of
-    // the gate's address space (whose shared pages count as resident).
-    // The tool has already inherited the old score.
-    let _ = write_file(c"/proc/self/oom_score_adj", b"-1000");
-    let mut status: libc::c_int = 0;
-    loop {
-        let r = libc::waitpid(tool, &mut status, 0);
-        if r == tool {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            libc::_exit(127);
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::signal(sig, libc::SIG_DFL);
-        libc::kill(libc::getpid(), sig);
-        libc::_exit(128 + sig);
-    }
-    libc::_exit(libc::WEXITSTATUS(status))
+/// The tool process's entry point (on its own stack, in the new namespaces):
+/// confines itself and execs the tool; on failure records errno and exits.
+extern "C" fn tool_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the plan `spawn_supervised` passed, alive (and not
+    // mutated) while the supervisor waits for this process to exec or exit.
+    let plan = unsafe { &*(arg as *const ChildPlan) };
+    let Some(exec) = &plan.pidns else {
+        return 127;
+    };
+    // SAFETY: async-signal-safe system calls on prepared values.
+    let result = unsafe {
+        (|| -> std::io::Result<()> {
+            // The gate's thread is the parent (CLONE_PARENT).
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+            let mut poll = libc::pollfd {
+                fd: exec.alive_r,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLHUP != 0 {
+                libc::_exit(137); // the gate died before the signal was armed
+            }
+            libc::close(exec.alive_r);
+            tool_setup(plan)?;
+            // `Command` would reset the mask after pre_exec; this process
+            // execs before that point.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::execve(exec.path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+            Err(std::io::Error::last_os_error())
+        })()
+    };
+    let errno = result
+        .err()
+        .and_then(|e| e.raw_os_error())
+        .unwrap_or(libc::EINVAL);
+    exec.failed.store(errno.max(1), Ordering::SeqCst);
+    // SAFETY: exiting the tool process without running anything else.
+    unsafe { libc::_exit(127) }
 }
 
 /// Empties every capability set: bounding (so nothing comes back at exec),
@@ -684,6 +848,29 @@ unsafe fn drop_capabilities(privileged: bool) -> std::io::Result<()> {
         },
     ];
     check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors, which we then own.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+            return Err(sandbox_error(format!(
+                "pipe: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// The tool's pid, as the process that cloned it wrote it (None: it never did).
+fn read_pid(from: OwnedFd) -> Option<libc::pid_t> {
+    let mut file = std::fs::File::from(from);
+    let mut bytes = [0u8; 4];
+    file.read_exact(&mut bytes).ok()?;
+    Some(libc::pid_t::from_ne_bytes(bytes)).filter(|p| *p > 0)
 }
 
 /// Writes `data` to `path` with open/write/close (async-signal-safe).

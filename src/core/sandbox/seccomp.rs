@@ -37,6 +37,7 @@ pub fn available() -> bool {
 }
 
 /// The prepared programs, installed in order by the child.
+#[derive(Clone)]
 pub struct Filter {
     /// The denylist (EPERM).
     pub main: BpfProgram,
@@ -205,6 +206,22 @@ fn socket_rules(network: &Network, unix: bool) -> Result<(Vec<SeccompRule>, Vec<
     sockets.push("netlink:route".into());
     sockets.push(if unix { "unix" } else { "unix:socketpair" }.into());
     Ok((rules, sockets))
+}
+
+/// The filter for a network setting and Unix-socket grant, compiled once per
+/// process for each of the six combinations (a port list's ports are
+/// Landlock's business; the filter only knows it is a port list).
+pub fn filter(network: &Network, unix: bool) -> Result<Filter, String> {
+    type Cache = [std::sync::OnceLock<Result<Filter, String>>; 6];
+    static CACHE: Cache = [const { std::sync::OnceLock::new() }; 6];
+    let mode = match network {
+        Network::None => 0,
+        Network::Host => 1,
+        Network::Ports(_) => 2,
+    };
+    CACHE[mode * 2 + usize::from(unix)]
+        .get_or_init(|| build(network, unix))
+        .clone()
 }
 
 /// Builds the filter for a network setting and Unix-socket grant.
