@@ -225,7 +225,7 @@ def test_file_size_limit() -> None:
         target.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("missing", ["landlock", "netns", "cgroup"])
+@pytest.mark.parametrize("missing", ["landlock", "netns", "cgroup", "userns", "pidns", "seccomp"])
 def test_strict_refuses_when_a_protection_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, missing: str
 ) -> None:

@@ -916,3 +916,63 @@ fn loopback_up() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Completed {
+        let argv = ["/bin/sh", "-c", script].map(String::from);
+        run(&argv, &Sandbox::default()).unwrap()
+    }
+
+    #[test]
+    fn the_tool_is_pid_1_without_capabilities_as_an_unprivileged_uid() {
+        let caps = Capabilities::probe();
+        let done = sh("echo $$; id -u; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status");
+        assert_eq!(
+            done.exit_code,
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let out = String::from_utf8_lossy(&done.stdout).to_string();
+        let mut lines = out.lines();
+        if caps.pidns {
+            assert_eq!(lines.next(), Some("1"));
+        } else {
+            lines.next();
+        }
+        if caps.userns {
+            assert_eq!(lines.next(), Some("65534"));
+        } else {
+            lines.next();
+        }
+        let sets: Vec<&str> = lines.collect();
+        assert_eq!(sets.len(), 5, "{out}");
+        for set in sets {
+            assert!(set.ends_with("0000000000000000"), "{set}");
+        }
+        assert!(done.protections.capabilities.is_empty());
+        assert_eq!(done.protections.pidns, caps.pidns);
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_is_an_error() {
+        for program in ["/nonexistent/tool", "no-such-tool-anywhere"] {
+            let err = run(&[program.to_string()], &Sandbox::default()).unwrap_err();
+            assert!(err.to_string().contains("cannot start"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bare_names_are_found_in_the_tools_path() {
+        let env: BTreeMap<String, String> = [("PATH".into(), "/nonexistent:/bin".into())].into();
+        assert_eq!(
+            resolve_program("sh", env.get("PATH").map(String::as_str)).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(resolve_program("no-such-tool", Some("/bin")).is_err());
+        assert_eq!(resolve_program("./x", None).unwrap(), PathBuf::from("./x"));
+    }
+}
