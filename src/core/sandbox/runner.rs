@@ -377,7 +377,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
             Ok(w) => Ok(w),
             Err(_) => {
                 wall_hit = true;
-                kill_tree(pid, group, cgroups.as_ref());
+                kill_tree(Some(pid), Some(group), cgroups.as_ref());
                 rx.recv()
             }
         },
@@ -385,7 +385,11 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     };
     let duration = start.elapsed().as_secs_f64();
     // Whatever the child left running (background grandchildren) goes too.
-    kill_tree(pid, group, cgroups.as_ref());
+    // The tool is reaped: its pid (and, with a PID namespace, everything
+    // else) is gone, and a signal by number could reach a process that
+    // reused it. Without a PID namespace, its process group may live on.
+    let leftover_group = (!protections.pidns).then_some(group);
+    kill_tree(None, leftover_group, cgroups.as_ref());
     let (r, status, usage) = waited.map_err(|_| sandbox_error("lost track of the child"))?;
     if r < 0 {
         return Err(sandbox_error(format!(
@@ -451,15 +455,19 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     })
 }
 
-/// SIGKILLs the tool, its process group and everything in its cgroups.
-/// With a PID namespace the tool is its PID 1, so killing it kills every
-/// process inside.
-fn kill_tree(pid: libc::pid_t, group: libc::pid_t, cgroups: Option<&Cgroups>) {
-    // SAFETY: signalling our child and the process group we created (the
-    // child called setsid).
+/// SIGKILLs the tool (while it is not yet reaped), its process group and
+/// everything in its cgroups. With a PID namespace the tool is its PID 1, so
+/// killing it kills every process inside.
+fn kill_tree(pid: Option<libc::pid_t>, group: Option<libc::pid_t>, cgroups: Option<&Cgroups>) {
+    // SAFETY: signalling our unreaped child and the process group we created
+    // (the child called setsid), which lives while any member does.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::kill(-group, libc::SIGKILL);
+        if let Some(pid) = pid {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        if let Some(group) = group {
+            libc::kill(-group, libc::SIGKILL);
+        }
     }
     if let Some(c) = cgroups {
         c.kill_all();
