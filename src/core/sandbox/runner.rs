@@ -238,6 +238,13 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         Some(_) => "none".into(),
     };
 
+    // The PID-namespace start's two pipes: the tool's pid back to the gate,
+    // and the gate's liveness to the tool.
+    let handoff = if caps.pidns {
+        Some((pipe()?, pipe()?))
+    } else {
+        None
+    };
     let plan = ChildPlan {
         rlimits,
         cgroup_procs: cgroups.as_ref().map(Cgroups::procs_fds).unwrap_or_default(),
@@ -252,34 +259,22 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
                 format!("{TOOL_ID} {host_gid} 1\n").into_bytes(),
             )
         }),
-        pidns: if caps.pidns {
-            Some(ToolExec::new(program, argv, &sandbox.env)?)
-        } else {
-            None
+        pidns: match &handoff {
+            Some(((_, pid_w), (alive_r, alive_w))) => Some(ToolExec {
+                pid_w: pid_w.as_raw_fd(),
+                alive_r: alive_r.as_raw_fd(),
+                alive_w: alive_w.as_raw_fd(),
+                pids_max: cgroups
+                    .as_ref()
+                    .and_then(Cgroups::pids_max_fd)
+                    .zip(limits.processes)
+                    .map(|(fd, n)| (fd, n.to_string().into_bytes())),
+                ..ToolExec::new(program, argv, &sandbox.env)?
+            }),
+            None => None,
         },
         seccomp: filter.map(|f| vec![f.main, f.clone3]).unwrap_or_default(),
     };
-
-    // The PID-namespace start's two pipes: the tool's pid back to the gate,
-    // and the gate's liveness to the tool.
-    let handoff = match plan.pidns.as_ref() {
-        Some(_) => Some((pipe()?, pipe()?)),
-        None => None,
-    };
-    let mut plan = plan;
-    if let (Some(exec), Some(((pid_r, pid_w), (alive_r, alive_w)))) =
-        (plan.pidns.as_mut(), handoff.as_ref())
-    {
-        exec.pid_w = pid_w.as_raw_fd();
-        exec.pids_max = cgroups
-            .as_ref()
-            .and_then(Cgroups::pids_max_fd)
-            .zip(limits.processes)
-            .map(|(fd, n)| (fd, n.to_string().into_bytes()));
-        exec.alive_r = alive_r.as_raw_fd();
-        exec.alive_w = alive_w.as_raw_fd();
-        debug_assert!(pid_r.as_raw_fd() >= 0);
-    }
 
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
