@@ -327,6 +327,21 @@ def test_granted_paths_stay_writable_and_system_binaries_run(tmp_path: pathlib.P
     assert (out / "f").stat().st_uid == os.geteuid()  # the gate's files, outside
 
 
+def test_threads_and_subprocesses_still_work() -> None:
+    """clone3 answers ENOSYS (its flags are out of the filter's reach): libc
+    falls back to clone, so threads and posix_spawn keep working."""
+    code = """
+    import subprocess, threading
+    out = []
+    t = threading.Thread(target=out.append, args=("thread",))
+    t.start(); t.join()
+    out.append(subprocess.run(["/bin/echo", "child"], capture_output=True, text=True).stdout.strip())
+    print(" ".join(out))
+    """
+    done = attempt(py_box(), code)
+    assert done.ok and done.stdout == b"thread child\n", done.stderr[-300:]
+
+
 def test_parent_environ_is_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECGATE_TEST_SECRET", "sk-withheld")
     for target in (os.getpid(), os.getppid(), 1):

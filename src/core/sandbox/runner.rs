@@ -273,7 +273,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
             }),
             None => None,
         },
-        seccomp: filter.map(|f| vec![f.main, f.clone3]).unwrap_or_default(),
+        seccomp: filter.map(|f| vec![f.program]).unwrap_or_default(),
     };
 
     let mut cmd = Command::new(program);

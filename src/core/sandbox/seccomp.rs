@@ -11,8 +11,9 @@
 //! process is killed only for a foreign architecture or ABI, where system
 //! call numbers would mean something else.
 //!
-//! Built with `seccompiler` in the parent; the child only installs the
-//! prepared programs (one system call each, no allocation).
+//! Built with `seccompiler` in the parent, once per process and setting;
+//! the child only installs the prepared program (one system call, no
+//! allocation).
 
 use std::collections::BTreeMap;
 
@@ -36,14 +37,13 @@ pub fn available() -> bool {
     mode >= 0 && arch().is_some()
 }
 
-/// The prepared programs, installed in order by the child.
+/// The prepared program, installed by the child.
 #[derive(Clone)]
 pub struct Filter {
-    /// The denylist (EPERM).
-    pub main: BpfProgram,
-    /// `clone3` → ENOSYS: its flags are behind a pointer, out of a filter's
-    /// reach, and libc falls back to `clone`, whose flags the main filter sees.
-    pub clone3: BpfProgram,
+    /// The denylist (EPERM), with `clone3` answered ENOSYS: its flags are
+    /// behind a pointer, out of a filter's reach, and libc falls back to
+    /// `clone`, whose flags the filter sees.
+    pub program: BpfProgram,
     /// What the filter does, for `protections.seccomp`.
     pub report: SeccompReport,
 }
@@ -278,48 +278,36 @@ pub fn build(network: &Network, unix: bool) -> Result<Filter, String> {
         arch,
     )
     .map_err(err)?;
-    let mut main: BpfProgram = filter.try_into().map_err(err)?;
+    let mut program: BpfProgram = filter.try_into().map_err(err)?;
+    // After seccompiler's 3-instruction architecture check, two rules its
+    // one-action-per-filter form cannot express (one filter, not two, keeps
+    // the install to one system call): x32 call numbers (x86_64 only) are
+    // killed like a foreign architecture, and `clone3` returns ENOSYS.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JGE_K: u16 = 0x35;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let mut guard = vec![op(BPF_LD_W_ABS, 0, 0, 0)]; // seccomp_data.nr
     if std::env::consts::ARCH == "x86_64" {
-        // After seccompiler's 3-instruction architecture check: load the
-        // call number; x32 numbers are killed like a foreign architecture.
-        let guard = [
-            sock_filter {
-                code: 0x20, // BPF_LD | BPF_W | BPF_ABS
-                jt: 0,
-                jf: 0,
-                k: 0, // offsetof(struct seccomp_data, nr)
-            },
-            sock_filter {
-                code: 0x35, // BPF_JMP | BPF_JGE | BPF_K
-                jt: 0,
-                jf: 1,
-                k: X32_SYSCALL_BIT,
-            },
-            sock_filter {
-                code: 0x06, // BPF_RET | BPF_K
-                jt: 0,
-                jf: 0,
-                k: libc::SECCOMP_RET_KILL_PROCESS,
-            },
-        ];
-        if main.len() < 3 {
-            return Err("seccomp: unexpected program layout".into());
-        }
-        main.splice(3..3, guard);
+        guard.push(op(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT));
+        guard.push(op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS));
     }
-    let clone3: BpfProgram = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(err)?
-    .try_into()
-    .map_err(err)?;
+    let clone3 = u32::try_from(libc::SYS_clone3).map_err(|e| e.to_string())?;
+    guard.push(op(BPF_JMP_JEQ_K, 0, 1, clone3));
+    guard.push(op(
+        BPF_RET_K,
+        0,
+        0,
+        libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+    ));
+    if program.len() < 3 || program[0].k != 4 {
+        return Err("seccomp: unexpected program layout".into());
+    }
+    program.splice(3..3, guard);
     denied.push("clone3 (ENOSYS)".into());
     Ok(Filter {
-        main,
-        clone3,
+        program,
         report: SeccompReport {
             action: "EPERM".into(),
             denied,
@@ -337,7 +325,7 @@ mod tests {
         for network in [Network::None, Network::Host, Network::Ports(vec![443])] {
             for unix in [false, true] {
                 let f = build(&network, unix).unwrap();
-                assert!(f.main.len() > 50 && f.main.len() < 4096);
+                assert!(f.program.len() > 50 && f.program.len() < 4096);
                 assert!(f.report.denied.iter().any(|d| d == "ptrace"));
                 assert_eq!(f.report.sockets.iter().any(|s| s == "unix"), unix);
             }
