@@ -305,10 +305,8 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
             drop((pid_w, alive_w));
             let tool = read_pid(pid_r);
             if let Ok(c) = &spawned {
+                // Reaped by the waiting thread, off the start-up path.
                 group = c.id() as libc::pid_t;
-                let mut status = 0;
-                // SAFETY: reaping the child `Command` started.
-                unsafe { libc::waitpid(group, &mut status, 0) };
             }
             tool
         }
@@ -328,7 +326,14 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     let pid = match (tool, group) {
         (Some(pid), _) => pid,
         (None, 0) => child.id() as libc::pid_t,
-        (None, _) => return Err(sandbox_error(format!("cannot start {program}: lost"))),
+        (None, cloner) => {
+            let mut status = 0;
+            // SAFETY: reaping the child `Command` started, which sent no pid.
+            unsafe { libc::waitpid(cloner, &mut status, 0) };
+            return Err(sandbox_error(format!(
+                "cannot start {program}: the tool was not cloned"
+            )));
+        }
     };
     if group == 0 {
         group = pid;
@@ -358,8 +363,14 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         });
     }
     let (tx, rx) = mpsc::channel();
+    // The process `Command` started, when it only cloned the tool.
+    let cloner = (group != pid).then_some(group);
     std::thread::spawn(move || {
         let mut status: libc::c_int = 0;
+        if let Some(cloner) = cloner {
+            // SAFETY: reaping the child `Command` started (it has exited).
+            unsafe { libc::waitpid(cloner, &mut status, 0) };
+        }
         // SAFETY: rusage is plain data, zero is a valid value.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: waiting on our own child with valid out-pointers.
