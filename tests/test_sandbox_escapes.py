@@ -214,27 +214,35 @@ def test_abstract_unix_socket_of_the_host_is_unreachable() -> None:
 
 @pytest.mark.parametrize("hide", ["", "pidns"])
 def test_cannot_signal_a_host_process(monkeypatch: pytest.MonkeyPatch, hide: str) -> None:
-    """By pid, and by sweeping every pid in the host's /proc. With the PID
-    namespace hidden, Landlock's signal scope alone must hold."""
+    """By pid, and by finding it in the host's /proc as an attacker would.
+    With the PID namespace hidden, Landlock's signal scope alone must hold.
+
+    The sweep only signals processes carrying this test's marker, so that a
+    regression fails this test instead of killing the machine's processes."""
     monkeypatch.setenv("EXECGATE_TEST_UNAVAILABLE", hide)
-    victim = subprocess.Popen(["sleep", "600"])
+    marker = f"600.{time.monotonic_ns() % 10**9:09d}"
+    victim = subprocess.Popen(["sleep", marker])
     try:
         code = """
         import os, signal, sys
-        target = int(sys.argv[1])
+        # Given in two halves, so that this process's own cmdline lacks it.
+        target, marker = int(sys.argv[1]), (sys.argv[2] + sys.argv[3]).encode()
         try:
             os.kill(target, signal.SIGKILL)
             print("KILLED")
         except OSError as e:
             print("denied", e.errno)
         for p in os.listdir("/proc"):
-            if p.isdigit() and int(p) not in (1, os.getpid()):
-                try:
-                    os.kill(int(p), signal.SIGKILL)
-                except OSError:
-                    pass
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if marker not in f.read().split(b"\\0"):
+                        continue
+                os.kill(int(p), signal.SIGKILL)
+                print("KILLED", p)
+            except (OSError, ValueError):
+                pass
         """
-        done = attempt(py_box(), code, victim.pid)
+        done = attempt(py_box(), code, victim.pid, marker[:5], marker[5:])
         assert b"KILLED" not in done.stdout and b"denied" in done.stdout, done.stdout
         assert done.protections["pidns"] is (hide != "pidns")
         time.sleep(0.1)
@@ -245,10 +253,14 @@ def test_cannot_signal_a_host_process(monkeypatch: pytest.MonkeyPatch, hide: str
 
 
 def test_cannot_set_the_hostname() -> None:
+    # The same name again: the kernel checks the permission whatever the
+    # value, and a regression cannot rename the machine.
     before = socket.gethostname()
-    done = attempt(py_box(), "import socket; socket.sethostname('pwned'); print('set')")
+    done = attempt(
+        py_box(), "import socket, sys; socket.sethostname(sys.argv[1]); print('set')", before
+    )
     assert done.exit_code != 0 and b"PermissionError" in done.stderr
-    assert socket.gethostname() == before
+    assert b"set" not in done.stdout and socket.gethostname() == before
 
 
 SYSCALLS = """
@@ -265,7 +277,7 @@ report("mknod", libc.mknod(sys.argv[1].encode(), 0o20644, os.makedev(1, 3)))
 report("ptrace", libc.ptrace(16, int(sys.argv[2]), None, None))  # PTRACE_ATTACH
 report("keyctl", libc.syscall(250, 0, -3, 0, 0, 0))  # KEYCTL_GET_KEYRING_ID, session
 report("unshare-user", libc.unshare(0x10000000))
-report("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+report("mount", libc.mount(b"none", sys.argv[3].encode(), b"tmpfs", 0, None))
 report("perf_event_open", libc.syscall(298, buf, 0, -1, -1, 0))
 report("userfaultfd", libc.syscall(323, 0))
 report("io_uring_setup", libc.syscall(425, 8, buf))
@@ -278,10 +290,13 @@ def test_no_root_power_survives(tmp_path: pathlib.Path) -> None:
     victim = subprocess.Popen(["sleep", "600"])
     try:
         node = tmp_path / "null"
-        done = attempt(py_box(write=[tmp_path]), SYSCALLS, node, victim.pid)
+        mnt = tmp_path / "mnt"  # a regression would mount here, not over /tmp
+        mnt.mkdir()
+        done = attempt(py_box(write=[tmp_path]), SYSCALLS, node, victim.pid, mnt)
     finally:
         victim.kill()
         victim.wait()
+        subprocess.run(["umount", str(mnt)], stderr=subprocess.DEVNULL, check=False)
     assert done.ok, done.stderr[-500:]
     lines = dict(
         line.split(" ", 1) for line in done.stdout.decode().splitlines() if line and " " in line
@@ -434,7 +449,7 @@ def test_wall_holds_for_a_double_forked_grandchild_that_left_the_session(
 ) -> None:
     marker = f"600.{time.monotonic_ns() % 10**9:09d}"
     done = Sandbox(limits=Limits(wall=1)).run(
-        ["/bin/sh", "-c", f"(setsid sh -c 'sleep {marker}' &); kill -9 $PPID 0; sleep 600"]
+        ["/bin/sh", "-c", f"(setsid sh -c 'sleep {marker}' &); sleep 600"]
     )
     assert done.limit_hit == "wall" or done.signal is not None
     deadline = time.monotonic() + 5
