@@ -429,6 +429,8 @@ def test_killing_the_gate_takes_the_box_with_it(tmp_path: pathlib.Path) -> None:
             gate.wait()
         if gate.stdout is not None:
             gate.stdout.close()
+        for pid in _pids_with(marker):  # what a regression would leave behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def _pids_with(marker: str) -> list[int]:
