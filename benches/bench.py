@@ -1393,6 +1393,11 @@ def sandbox_startup(sizes: Sizes) -> None:
             f"cgroups {'+'.join(p['cgroups']) or 'none'}",
             f"processes {p['process_limit']}",
             f"rlimits {'/'.join(sorted(p['rlimits']))}",
+            # Absent from builds before issue 11's hardening (for A/B runs).
+            f"userns {p.get('userns')}, uid {p.get('uid')}",
+            f"pidns {p.get('pidns')}",
+            f"seccomp {'on' if p.get('seccomp') else 'off'}",
+            f"landlock scopes {'+'.join(p.get('landlock_scopes', [])) or 'none'}",
             f"missing {p['missing'] or 'none'}",
         ]
     )

@@ -77,31 +77,52 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _marker() -> str:
+    """A `sleep` argument no other process has: the tool's processes are found
+    by it in the host's /proc (inside its PID namespace their pids differ)."""
+    return f"600.{time.monotonic_ns() % 10**9:09d}"
+
+
+def _running(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and _alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
 def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(
     tmp_path: pathlib.Path,
 ) -> None:
-    pidfile = tmp_path / "pids"
-    box = Sandbox(limits=Limits(wall=0.5), write=[tmp_path])
+    m = _marker()
+    box = Sandbox(limits=Limits(wall=1), write=[tmp_path])
+    seen: list[int] = []
+    watcher = threading.Timer(0.6, lambda: seen.extend(_running(m)))
+    watcher.start()
     start = time.monotonic()
-    done = sh(
-        box, f"sleep 600 & echo $! >> {pidfile}; setsid sleep 600 & echo $! >> {pidfile}; sleep 600"
-    )
+    done = sh(box, f"sleep {m} & setsid sleep {m} & sleep 600")
+    watcher.join()
     assert done.limit_hit == "wall" and time.monotonic() - start < 10
-    pids = [int(p) for p in pidfile.read_text().split()]
-    assert len(pids) == 2
+    assert len(seen) == 2  # both were there, and found by their marker
     deadline = time.monotonic() + 5
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while _running(m) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(p) for p in pids), "a grandchild survived"
+    assert not _running(m), "a grandchild survived"
 
 
 def test_background_process_does_not_outlive_a_normal_exit(tmp_path: pathlib.Path) -> None:
-    pidfile = tmp_path / "pid"
-    done = sh(Sandbox(write=[tmp_path]), f"sleep 600 & echo $! > {pidfile}; exit 3")
+    m = _marker()
+    done = sh(Sandbox(write=[tmp_path]), f"sleep {m} & sleep 0.1; exit 3")
     assert done.exit_code == 3 and done.limit_hit is None
-    pid = int(pidfile.read_text())
     time.sleep(0.2)
-    assert not _alive(pid)
+    assert not _running(m)
 
 
 def test_fork_bomb_is_bounded() -> None:
@@ -204,7 +225,7 @@ def test_file_size_limit() -> None:
         target.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("missing", ["landlock", "netns", "cgroup"])
+@pytest.mark.parametrize("missing", ["landlock", "netns", "cgroup", "userns", "pidns", "seccomp"])
 def test_strict_refuses_when_a_protection_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, missing: str
 ) -> None:

@@ -1,10 +1,11 @@
 """Sandboxed tool execution: a child process under kernel-enforced limits.
 
-``Sandbox(...).run(argv)`` runs a program with rlimits, a Landlock filesystem
-(and optionally TCP port) ruleset, a private network namespace, cgroup memory
-and process limits where available, a clean environment, no_new_privs and a
-parent-death signal. The result says which protections were in force and which
-limit, if any, stopped the program.
+``Sandbox(...).run(argv)`` runs a program as PID 1 of its own user and PID
+namespace (uid 65534 there, no capabilities, no_new_privs), with rlimits, a
+Landlock filesystem (and optionally TCP port) ruleset with IPC scopes, a seccomp
+filter, a private network namespace, cgroup memory and process limits where
+available, a clean environment and a parent-death signal. The result says which
+protections were in force and which limit, if any, stopped the program.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ class Completed:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How to run a tool. See the README's "Sandbox" section for each field."""
+    """How to run a tool. See the README's "Sandbox" section for each field.
+
+    ``unix_sockets=True`` lets the tool create Unix sockets, and so connect to
+    any named socket it can reach by path; off (the default), only
+    ``socketpair`` works.
+    """
 
     limits: Limits = field(default_factory=Limits)
     read: Sequence[str | os.PathLike[str]] = ()
@@ -92,6 +98,7 @@ class Sandbox:
     cwd: str | os.PathLike[str] | None = None
     strict: bool = False
     stream: bool = False
+    unix_sockets: bool = False
 
     def spec(self) -> dict[str, Any]:
         """The plain specification the native runner takes."""
@@ -118,6 +125,7 @@ class Sandbox:
             "cwd": None if self.cwd is None else os.fspath(self.cwd),
             "strict": self.strict,
             "stream": self.stream,
+            "unix_sockets": self.unix_sockets,
         }
 
     def request(self) -> dict[str, Any]:

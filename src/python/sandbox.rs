@@ -39,6 +39,8 @@ struct Spec {
     strict: bool,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    unix_sockets: bool,
 }
 
 fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
@@ -74,6 +76,7 @@ fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
         stdin,
         strict: spec.strict,
         stream: spec.stream,
+        unix_sockets: spec.unix_sockets,
     })
 }
 

@@ -16,21 +16,66 @@ pub fn available() -> bool {
     })
 }
 
+/// The name of a run's group: the gate's pid first, so that the groups a
+/// gate left behind when it was killed can be told from live ones.
+pub fn group_name(id: &str) -> String {
+    format!("{}-{id}", std::process::id())
+}
+
+/// Removes groups whose gate process is gone. Their processes died with the
+/// gate (the tool's parent-death signal); what is left is the empty
+/// directory. `rmdir` fails on a group that still has processes, so a
+/// group in use is never removed.
+pub fn sweep() {
+    for controller in ["memory", "pids"] {
+        let base = Path::new(ROOT).join(controller).join("execgate");
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                // Older names are a bare UUIDv7, whose first group starts
+                // with '0'; a pid never does.
+                .filter(|(pid, _)| !pid.starts_with('0'))
+                .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks that the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
+
 /// A run's cgroups, removed (after killing what is left in them) on drop.
 pub struct Cgroups {
     dirs: Vec<(&'static str, PathBuf)>,
     procs: Vec<File>,
+    pids_max: Option<File>,
 }
 
 impl Cgroups {
-    /// Creates `execgate/<id>` under the memory and pids hierarchies.
+    /// Creates `execgate/<gate pid>-<id>` under the memory and pids hierarchies.
     pub fn create(id: &str, memory: Option<u64>, processes: Option<u64>) -> std::io::Result<Self> {
         let mut groups = Self {
             dirs: Vec::new(),
             procs: Vec::new(),
+            pids_max: None,
         };
+        sweep();
+        let name = group_name(id);
         for controller in ["memory", "pids"] {
-            let dir = Path::new(ROOT).join(controller).join("execgate").join(id);
+            let dir = Path::new(ROOT)
+                .join(controller)
+                .join("execgate")
+                .join(&name);
             std::fs::create_dir_all(&dir)?;
             groups.dirs.push((controller, dir.clone()));
             match controller {
@@ -45,6 +90,8 @@ impl Cgroups {
                 _ => {
                     if let Some(n) = processes {
                         write(&dir.join("pids.max"), n)?;
+                        groups.pids_max =
+                            Some(OpenOptions::new().write(true).open(dir.join("pids.max"))?);
                     }
                 }
             }
@@ -60,6 +107,12 @@ impl Cgroups {
     /// Descriptors the child writes "0" to, to join (async-signal-safe).
     pub fn procs_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// An open `pids.max`, for a child to lower the limit once a helper
+    /// process that counted against it is about to leave.
+    pub fn pids_max_fd(&self) -> Option<RawFd> {
+        self.pids_max.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
@@ -138,6 +191,7 @@ impl Drop for Cgroups {
     fn drop(&mut self) {
         self.kill_all();
         self.procs.clear();
+        self.pids_max = None;
         for (_, dir) in &self.dirs {
             for _ in 0..100 {
                 if std::fs::remove_dir(dir).is_ok() || !dir.exists() {

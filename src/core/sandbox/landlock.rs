@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, ABI,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
 use super::{Network, Sandbox, SYSTEM_READ_PATHS};
@@ -32,6 +32,8 @@ pub struct Prepared {
     pub read: Vec<String>,
     pub write: Vec<String>,
     pub ports: Vec<u16>,
+    /// Scopes in force (ABI 6+): IPC the tool cannot reach outside its domain.
+    pub scopes: Vec<String>,
 }
 
 /// Builds the ruleset for `sandbox` at `abi`. Paths that do not exist are
@@ -60,6 +62,14 @@ pub fn prepare(sandbox: &Sandbox, abi: u32) -> Result<Prepared, String> {
             .handle_access(AccessNet::from_all(level))
             .map_err(err)?;
     }
+    // Abstract Unix sockets and signals only within the tool's own domain:
+    // nothing the host listens on in the abstract namespace, no signal to a
+    // process outside the box (the gate, the supervisor, anything else).
+    let mut scopes = Vec::new();
+    if abi >= 6 {
+        ruleset = ruleset.scope(Scope::from_all(ABI::V6)).map_err(err)?;
+        scopes = vec!["abstract_unix_socket".to_string(), "signal".to_string()];
+    }
     let mut created = ruleset
         .create()
         .map_err(err)?
@@ -79,5 +89,6 @@ pub fn prepare(sandbox: &Sandbox, abi: u32) -> Result<Prepared, String> {
         read,
         write,
         ports,
+        scopes,
     })
 }

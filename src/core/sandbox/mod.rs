@@ -1,10 +1,11 @@
 //! Running a tool as a child process under kernel-enforced limits.
 //!
-//! The parent prepares everything that allocates (the Landlock ruleset, cgroup
-//! directories and their open `cgroup.procs` files, the environment); the child,
-//! between `fork` and `exec`, only makes async-signal-safe system calls:
-//! new session, parent-death signal, join cgroups, rlimits, network namespace,
-//! close-on-exec for inherited descriptors, no_new_privs, Landlock.
+//! The parent prepares everything that allocates (the Landlock ruleset, the
+//! seccomp program, cgroup directories and their open `cgroup.procs` files, the
+//! user namespace's id maps, the environment); the children, between `fork`
+//! and `exec`, only make async-signal-safe system calls. The tool is PID 1
+//! of its own PID namespace, without capabilities, as an unprivileged uid of
+//! its own user namespace, under Landlock and seccomp (see `runner`).
 //!
 //! Which protections were actually in force is reported with every result;
 //! with `strict` a run is refused when one that was asked for is unavailable.
@@ -12,9 +13,10 @@
 mod cgroup;
 mod landlock;
 mod runner;
+mod seccomp;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -114,6 +116,10 @@ pub struct Sandbox {
     /// Copy the child's output to this process's stdout/stderr as it arrives
     /// (it is captured, capped, as well).
     pub stream: bool,
+    /// Whether the tool may create Unix-domain sockets (and so connect to any
+    /// named socket it can resolve: Landlock cannot scope `connect` by path on
+    /// today's kernels). Off, only `socketpair` works.
+    pub unix_sockets: bool,
 }
 
 impl Default for Sandbox {
@@ -129,6 +135,7 @@ impl Default for Sandbox {
             stdin: Vec::new(),
             strict: false,
             stream: false,
+            unix_sockets: false,
         }
     }
 }
@@ -192,12 +199,40 @@ pub struct Protections {
     pub cgroups: Vec<String>,
     /// How the process count was bounded: `cgroup-pids`, `rlimit-nproc`, or `none`.
     pub process_limit: String,
-    /// The uid the tool ran as.
+    /// The uid the tool ran as, as it sees itself (65534 in its own user
+    /// namespace; otherwise the gate's uid).
     pub uid: u32,
+    /// The uid the tool's files and processes belong to outside its box.
+    pub host_uid: u32,
+    /// Whether the tool ran in its own user namespace.
+    pub userns: bool,
+    /// Whether the tool ran as PID 1 of its own PID namespace (it can neither
+    /// see nor signal processes outside it, and everything it started dies
+    /// with it), as the gate's child, killed with its namespace if the gate dies.
+    pub pidns: bool,
+    /// Capabilities the tool kept (in any set: bounding, permitted, effective,
+    /// inheritable, ambient). Empty when every one was dropped.
+    pub capabilities: Vec<String>,
     /// Whether no_new_privs was set.
     pub no_new_privs: bool,
+    /// The seccomp filter in force (None when seccomp was unavailable).
+    pub seccomp: Option<SeccompReport>,
+    /// Landlock scopes in force (ABI 6+): `abstract_unix_socket`, `signal`.
+    pub landlock_scopes: Vec<String>,
     /// Requested protections that could not be applied.
     pub missing: Vec<String>,
+}
+
+/// What the seccomp filter denies, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SeccompReport {
+    /// What a denied call returns (`EPERM`; `clone3` returns `ENOSYS` so
+    /// libc falls back to `clone`, whose namespace flags are filtered).
+    pub action: String,
+    /// System calls denied outright or for some arguments, by name.
+    pub denied: Vec<String>,
+    /// Socket families and types the tool may create, e.g. `inet:stream`.
+    pub sockets: Vec<String>,
 }
 
 /// The outcome of a sandboxed run.
@@ -227,8 +262,9 @@ pub struct Completed {
 }
 
 /// Which protections this kernel and process can provide, for `strict` and
-/// for reporting. `EXECGATE_TEST_UNAVAILABLE=landlock,netns,cgroup` makes the
-/// named ones look unavailable (a test hook; it can only remove protections).
+/// for reporting. `EXECGATE_TEST_UNAVAILABLE=landlock,netns,cgroup,userns,
+/// pidns,seccomp` makes the named ones look unavailable (a test hook; it can
+/// only remove protections).
 #[derive(Debug, Clone, Copy)]
 pub struct Capabilities {
     /// Landlock ABI version (0 when unavailable).
@@ -239,6 +275,13 @@ pub struct Capabilities {
     pub cgroup: bool,
     /// Whether we run as root.
     pub root: bool,
+    /// Whether a user namespace can be created.
+    pub userns: bool,
+    /// Whether a PID namespace can be created.
+    pub pidns: bool,
+    /// Whether seccomp filters are supported (and this architecture is one
+    /// the filter is written for).
+    pub seccomp: bool,
 }
 
 impl Capabilities {
@@ -248,15 +291,21 @@ impl Capabilities {
         let hidden: Vec<&str> = hidden.split(',').map(str::trim).collect();
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
+        let userns = !hidden.contains(&"userns") && runner::userns_available();
         Self {
             landlock_abi: if hidden.contains(&"landlock") {
                 0
             } else {
                 landlock::abi_version()
             },
-            netns: root && !hidden.contains(&"netns"),
+            // Without root, a network or PID namespace needs a user namespace
+            // to own it.
+            netns: (root || userns) && !hidden.contains(&"netns"),
+            pidns: (root || userns) && !hidden.contains(&"pidns"),
             cgroup: root && !hidden.contains(&"cgroup") && cgroup::available(),
+            seccomp: !hidden.contains(&"seccomp") && seccomp::available(),
             root,
+            userns,
         }
     }
 }
@@ -312,12 +361,26 @@ impl Sandbox {
                         .as_array()
                         .and_then(|a| a.iter().map(|p| p.as_str().map(PathBuf::from)).collect())
                         .ok_or_else(|| bad(format!("{key} must be a list of paths")))?;
+                    if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                        return Err(bad(format!("{key}: {} is not absolute", p.display())));
+                    }
+                    // A policy path that does not resolve grants nothing.
+                    let policy: Vec<PathBuf> = paths
+                        .iter()
+                        .filter_map(|p| std::fs::canonicalize(p).ok())
+                        .collect();
                     let mine = if key == "read" {
                         &mut out.read
                     } else {
                         &mut out.write
                     };
-                    *mine = intersect(mine, &paths);
+                    *mine = intersect(&resolve_all(mine)?, &policy);
+                }
+                "unix_sockets" => {
+                    let allow = value
+                        .as_bool()
+                        .ok_or_else(|| bad("unix_sockets must be a boolean".into()))?;
+                    out.unix_sockets &= allow;
                 }
                 "system_paths" => {
                     let allow = value
@@ -353,7 +416,26 @@ impl Sandbox {
     }
 }
 
-/// Paths allowed by both lists: each path of one that lies under a path of the other.
+/// A requested path as the kernel will see it: absolute, no `.` or `..`,
+/// every symlink followed. A path that cannot be resolved is refused rather
+/// than skipped, so that what is compared, granted and reported is one thing.
+pub(crate) fn resolve(path: &Path) -> crate::core::error::Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| {
+        crate::core::error::CoreError::Sandbox(format!(
+            "cannot resolve the requested path {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// [`resolve`] for each path.
+fn resolve_all(paths: &[PathBuf]) -> crate::core::error::Result<Vec<PathBuf>> {
+    paths.iter().map(|p| resolve(p)).collect()
+}
+
+/// Paths allowed by both lists (both resolved by the caller): each path of
+/// one that lies under a path of the other. `starts_with` compares whole
+/// components, so `/w2` is not under `/w`.
 fn intersect(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for x in a {
@@ -406,6 +488,7 @@ impl Sandbox {
             "write": self.write,
             "system_paths": self.system_paths,
             "network": self.network,
+            "unix_sockets": self.unix_sockets,
             "env": self.env.keys().collect::<Vec<_>>(),
             "cwd": self.cwd,
         })
@@ -417,28 +500,39 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A fresh directory tree for one test: `root/{data/public,srv,w,outside}`.
+    fn tree(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("execgate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["data/public", "srv", "w", "outside", "tmp/out"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::canonicalize(root).unwrap()
+    }
+
     #[test]
     fn obligations_only_tighten() {
+        let root = tree("tighten");
         let mine = Sandbox {
             limits: Limits {
                 cpu_seconds: Some(10),
                 memory_bytes: None,
                 ..Limits::default()
             },
-            read: vec!["/data".into(), "/srv".into()],
-            write: vec!["/tmp/out".into()],
+            read: vec![root.join("data"), root.join("srv")],
+            write: vec![root.join("tmp/out")],
             network: Network::Host,
             ..Sandbox::default()
         };
         let t = mine
             .tightened(&json!({"limits": {"cpu_seconds": 60, "memory_bytes": 1000},
-                                "read": ["/data/public", "/etc"], "write": ["/"],
+                                "read": [root.join("data/public"), "/etc"], "write": ["/"],
                                 "network": [443]}))
             .unwrap();
         assert_eq!(t.limits.cpu_seconds, Some(10)); // the caller's lower limit stays
         assert_eq!(t.limits.memory_bytes, Some(1000)); // the policy adds one
-        assert_eq!(t.read, vec![PathBuf::from("/data/public")]);
-        assert_eq!(t.write, vec![PathBuf::from("/tmp/out")]);
+        assert_eq!(t.read, vec![root.join("data/public")]);
+        assert_eq!(t.write, vec![root.join("tmp/out")]);
         assert_eq!(t.network, Network::Ports(vec![443]));
         // A policy asking for "host" cannot widen "none".
         let none = Sandbox::default();
@@ -448,5 +542,58 @@ mod tests {
         );
         assert!(mine.tightened(&json!({"limits": {"gpu": 1}})).is_err());
         assert!(mine.tightened(&json!({"teleport": true})).is_err());
+        assert!(
+            !Sandbox {
+                unix_sockets: true,
+                ..Sandbox::default()
+            }
+            .tightened(&json!({"unix_sockets": false}))
+            .unwrap()
+            .unix_sockets
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn dot_dot_and_symlinks_cannot_widen_the_clamp() {
+        let root = tree("clamp");
+        let w = root.join("w");
+        std::os::unix::fs::symlink(root.join("outside"), w.join("link")).unwrap();
+        let clamp = json!({"write": [w]});
+        let asking = |p: PathBuf| Sandbox {
+            write: vec![p],
+            ..Sandbox::default()
+        };
+        // `/w/..` is the parent of the clamp: only the clamp itself is
+        // granted (as text, `/w/..` lay "under" `/w` and was kept whole).
+        let up = asking(w.join("..")).tightened(&clamp).unwrap();
+        assert_eq!(up.write, vec![w.clone()]);
+        // A symlink inside `/w` that points out is where it points.
+        let out = asking(w.join("link")).tightened(&clamp).unwrap();
+        assert_eq!(out.write, Vec::<PathBuf>::new());
+        // A path inside stays, resolved.
+        std::fs::create_dir(w.join("sub")).unwrap();
+        let inside = asking(w.join("./sub/../sub")).tightened(&clamp).unwrap();
+        assert_eq!(inside.write, vec![w.join("sub")]);
+        // A sibling whose name shares a prefix is not inside.
+        std::fs::create_dir(root.join("w2")).unwrap();
+        assert!(asking(root.join("w2"))
+            .tightened(&clamp)
+            .unwrap()
+            .write
+            .is_empty());
+        // What cannot be resolved is refused, not skipped.
+        let err = asking(w.join("missing/x")).tightened(&clamp).unwrap_err();
+        assert!(err.to_string().contains("cannot resolve"), "{err}");
+        // A clamp through a symlink clamps to its target.
+        std::os::unix::fs::symlink(&w, root.join("wl")).unwrap();
+        let via = asking(w.clone())
+            .tightened(&json!({"write": [root.join("wl")]}))
+            .unwrap();
+        assert_eq!(via.write, vec![w]);
+        assert!(asking(root.clone())
+            .tightened(&json!({"write": ["relative"]}))
+            .is_err());
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
