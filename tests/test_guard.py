@@ -70,13 +70,13 @@ def test_arguments_bound_to_names_with_defaults() -> None:
     captured: list[dict[str, object]] = []
 
     rec = execgate.Gate(POLICY)
-    start = rec.pipeline.start
+    decide = rec.pipeline.decide
 
-    def recording_start(action, args, *rest, **options):  # type: ignore[no-untyped-def]
+    def recording_decide(action, args, *rest, **options):  # type: ignore[no-untyped-def]
         captured.append(args)
-        return start(action, args, *rest, **options)
+        return decide(action, args, *rest, **options)
 
-    rec.pipeline.start = recording_start  # type: ignore[method-assign]
+    rec.pipeline.decide = recording_decide  # type: ignore[method-assign]
 
     @rec.guard(action="probe")
     def probe2(a: int, b: int = 2, *rest: int, c: str = "x", **extra: object) -> None:

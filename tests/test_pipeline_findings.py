@@ -302,14 +302,14 @@ def test_adversarial_subclasses_show_the_policy_what_the_tool_gets() -> None:
     def probe(s: Any, i: Any, d: Any, l: Any, p: Any, t: Any) -> None:  # noqa: E741
         received.append({"s": s, "i": i, "d": d, "l": l, "p": p, "t": t})
 
-    original = gate.pipeline.authorize
+    original = gate.pipeline.decide
 
-    def spy(call: Any) -> execgate.Decision:
-        decision = original(call)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        call, decision = original(*args, **kwargs)
         seen.append(decision.input["action"]["args"])
-        return decision
+        return call, decision
 
-    gate.pipeline.authorize = spy  # type: ignore[method-assign]
+    gate.pipeline.decide = spy  # type: ignore[method-assign]
     when = LyingDatetime(2026, 5, 4, tzinfo=dt.timezone.utc)
     probe(
         LyingStr("/etc/shadow"),
@@ -363,14 +363,14 @@ def test_a_list_mutated_after_the_check_does_not_reach_the_tool() -> None:
     def read(paths: list[str]) -> None:
         got.append(paths)
 
-    original = gate.pipeline.authorize
+    original = gate.pipeline.decide
 
-    def authorize_then_mutate(call: Any) -> execgate.Decision:
-        decision = original(call)
+    def decide_then_mutate(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
         paths.append("/etc/passwd")  # another thread, after the check
-        return decision
+        return result
 
-    gate.pipeline.authorize = authorize_then_mutate  # type: ignore[method-assign]
+    gate.pipeline.decide = decide_then_mutate  # type: ignore[method-assign]
     read(paths)
     assert got == [["/workspace/a"]]
 

@@ -71,6 +71,7 @@ class Gate:
         rewrite: bool = True,
         replaceable: list[str] | None = None,
         output: bool = True,
+        authorize: bool = False,
     ) -> Call: ...
     def reload(
         self,

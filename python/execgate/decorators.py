@@ -174,7 +174,7 @@ def guard(
     wrapper: Callable[..., Any]
 
     def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
-        call = pipeline.start(
+        return pipeline.decide(
             name,
             binder.bind(args, kwargs),
             principal,
@@ -182,7 +182,6 @@ def guard(
             sandbox=isolate is not None,
             replaceable=binder.replaceable,
         )
-        return call, pipeline.authorize(call)
 
     async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
         call = pipeline.start(

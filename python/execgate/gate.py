@@ -207,8 +207,7 @@ class Gate:
         ``obligations.sandbox``, ``redact`` and ``args`` (or use ``guard``,
         ``run`` or an integration, which do).
         """
-        call = self.pipeline.start(action, _mapping(args), principal, context, query=True)
-        return self.pipeline.authorize(call)
+        return self.pipeline.decide(action, _mapping(args), principal, context, query=True)[1]
 
     def enforce(
         self,
@@ -220,8 +219,9 @@ class Gate:
     ) -> Decision:
         """Like :meth:`check`, but raises :class:`ActionDenied` (or
         :class:`ApprovalRequired`) when the call is blocked."""
-        call = self.pipeline.start(action, _mapping(args), principal, context, query=True)
-        decision = self.pipeline.authorize(call)
+        call, decision = self.pipeline.decide(
+            action, _mapping(args), principal, context, query=True
+        )
         raise_if_blocked(call, decision)
         return decision
 
@@ -289,7 +289,7 @@ class Gate:
         stdout and stderr.
         """
         box = sandbox if sandbox is not None else Sandbox()
-        call = self.pipeline.start(
+        call, decision = self.pipeline.decide(
             action,
             {"argv": [os.fspath(a) for a in argv], "sandbox": box.request()},
             principal,
@@ -297,7 +297,6 @@ class Gate:
             sandbox=True,
             replaceable=["argv"],
         )
-        decision = self.pipeline.authorize(call)
         raise_if_blocked(call, decision)
         argv = call.arguments()["argv"]
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):

@@ -78,6 +78,47 @@ class Pipeline:
         argument names the tool can be given, when not any) and ``output`` say
         what the entry point will enforce (an obligation it cannot meet
         denies); ``query`` leaves the obligations to the caller (``check()``)."""
+        return self._decide(
+            action,
+            args,
+            principal,
+            context,
+            query=query,
+            sandbox=sandbox,
+            rewrite=rewrite,
+            replaceable=replaceable,
+            output=output,
+            time=time,
+            authorize=False,
+        )
+
+    def decide(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        **capabilities: Any,
+    ) -> tuple[Call, Decision]:
+        """:meth:`start` then :meth:`authorize`, in one native call when the
+        gate has no approver to ask (the entry points without a
+        human-in-the-loop of their own use this)."""
+        if self.approver is not None:
+            call = self.start(action, args, principal, context, **capabilities)
+            return call, self.authorize(call)
+        call = self._decide(action, args, principal, context, authorize=True, **capabilities)
+        return call, call.decision
+
+    def _decide(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+        *,
+        time: str | None = None,
+        **options: Any,
+    ) -> Call:
         p = _principal.get()
         if principal:
             p = {**p, **principal}
@@ -86,18 +127,7 @@ class Pipeline:
             c = {**c, **context}
         if time is None and self.clock is not None:
             time = _rfc3339(self.clock())
-        return self.native.decide(
-            action,
-            args,
-            p,
-            c,
-            time,
-            query=query,
-            sandbox=sandbox,
-            rewrite=rewrite,
-            replaceable=replaceable,
-            output=output,
-        )
+        return self.native.decide(action, args, p, c, time, **options)
 
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate

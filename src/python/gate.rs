@@ -140,9 +140,12 @@ impl PyGate {
     /// pipeline. `sandbox`, `rewrite` (with `replaceable`, the argument names
     /// it can replace when not all) and `output` say what the entry point can
     /// enforce; `query=True` (for `check()`) leaves the obligations to the
-    /// caller. Never raises for a deny.
+    /// caller. With `authorize=True` the call is also authorized (limits
+    /// taken, decision recorded), for callers with no approver to ask first.
+    /// Never raises for a deny.
     #[pyo3(signature = (action, args=None, principal=None, context=None, time=None, *,
-                        query=false, sandbox=false, rewrite=true, replaceable=None, output=true))]
+                        query=false, sandbox=false, rewrite=true, replaceable=None, output=true,
+                        authorize=false))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -157,6 +160,7 @@ impl PyGate {
         rewrite: bool,
         replaceable: Option<Vec<String>>,
         output: bool,
+        authorize: bool,
     ) -> PyResult<PyCall> {
         let mut conv = Converter::default();
         let args = optional_object(&mut conv, args, "args")?;
@@ -175,7 +179,15 @@ impl PyGate {
             output,
         });
         let gate = self.inner.clone();
-        let call = py.detach(|| gate.decide(request, capabilities))?;
+        let call = py.detach(|| -> crate::core::error::Result<Call> {
+            let mut call = gate.decide(request, capabilities)?;
+            // One crossing when nobody is to be asked first (a pending
+            // approval is then recorded as such).
+            if authorize {
+                call.authorize()?;
+            }
+            Ok(call)
+        })?;
         Ok(PyCall {
             state: Mutex::new(CallState { call, conv }),
         })

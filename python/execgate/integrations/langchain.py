@@ -326,8 +326,7 @@ class ExecgateCallbackHandler(BaseCallbackHandler):
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         args = dict(inputs) if inputs is not None else {"input": input_str}
         pipeline = self.gate.pipeline
-        call = pipeline.start(name, args, rewrite=False, output=False)
-        decision = pipeline.authorize(call)
+        call, decision = pipeline.decide(name, args, rewrite=False, output=False)
         self.decisions.append(decision)
         raise_if_blocked(call, decision)
         run = Run(call, decision)
