@@ -333,8 +333,91 @@ impl Redactor {
         transform: Transform,
         path: &str,
     ) -> Result<(Json, Vec<Finding>)> {
-        let (out, findings) = self.redact_arg(&Arg::from_json(value), only, transform, path)?;
-        Ok((out.to_json(), findings))
+        self.redact_json(value.clone(), only, transform, path)
+    }
+
+    /// [`Redactor::redact`] taking the value by ownership: strings are
+    /// rewritten in place, so a value without findings is returned as it
+    /// came (how receipts pass their principal, context and obligations).
+    pub fn redact_json(
+        &self,
+        mut value: Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &str,
+    ) -> Result<(Json, Vec<Finding>)> {
+        let mut findings = Vec::new();
+        self.walk_json(
+            &mut value,
+            only,
+            transform,
+            &mut path.to_string(),
+            &mut findings,
+        );
+        if transform == Transform::Deny {
+            if let Some(f) = findings.first() {
+                return Err(CoreError::InvalidArgument(format!(
+                    "{} found in {}: the call is refused",
+                    f.detector, f.path
+                )));
+            }
+        }
+        Ok((value, findings))
+    }
+
+    /// Rewrites `value` in place, in the order (and with the paths) the
+    /// argument walk uses: an object's entries in key order, each key before
+    /// its value; a renamed key that collides keeps the later entry.
+    fn walk_json(
+        &self,
+        value: &mut Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &mut String,
+        findings: &mut Vec<Finding>,
+    ) {
+        match value {
+            Json::String(s) => {
+                if let Some(out) = self.rewrite(s, only, transform, Where::At(path), findings) {
+                    *s = out;
+                }
+            }
+            Json::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    self.walk_json(item, only, transform, path, findings);
+                    path.truncate(len);
+                }
+            }
+            Json::Object(map) => {
+                let mut renamed: Vec<(String, String)> = Vec::new();
+                for (k, v) in map.iter_mut() {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    if let Some(key) = self.rewrite(k, only, transform, Where::Key(path), findings)
+                    {
+                        renamed.push((k.clone(), key));
+                    }
+                    self.walk_json(v, only, transform, path, findings);
+                    path.truncate(len);
+                }
+                if !renamed.is_empty() {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        let key = match renamed.iter().position(|(from, _)| *from == k) {
+                            Some(i) => renamed.swap_remove(i).1,
+                            None => k,
+                        };
+                        map.insert(key, v);
+                    }
+                }
+            }
+            Json::Null | Json::Bool(_) | Json::Number(_) => {}
+        }
     }
 
     /// [`Redactor::redact`] over a call's argument tree: strings and keys are
@@ -383,17 +466,32 @@ impl Redactor {
         path: &str,
         findings: &mut Vec<Finding>,
     ) -> String {
-        let mut current = text.to_string();
+        self.rewrite(text, only, transform, Where::At(path), findings)
+            .unwrap_or_else(|| text.to_string())
+    }
+
+    /// `text` with every finding transformed, or None when nothing was found
+    /// (so the caller keeps what it has).
+    fn rewrite(
+        &self,
+        text: &str,
+        only: Option<&[String]>,
+        transform: Transform,
+        at: Where<'_>,
+        findings: &mut Vec<Finding>,
+    ) -> Option<String> {
+        let mut current: Option<String> = None;
         for detector in &self.compiled.detectors {
+            let now = current.as_deref().unwrap_or(text);
             if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name))
-                || detector.hint.is_some_and(|possible| !possible(&current))
+                || detector.hint.is_some_and(|possible| !possible(now))
             {
                 continue;
             }
             let mut count = 0;
             let replaced = detector
                 .regex
-                .replace_all(&current, |caps: &regex::Captures<'_>| {
+                .replace_all(now, |caps: &regex::Captures<'_>| {
                     let found = &caps[0];
                     if detector.validate.is_some_and(|ok| !ok(found)) {
                         return found.to_string();
@@ -402,12 +500,13 @@ impl Redactor {
                     self.transform(&detector.name, found, transform)
                 });
             if count > 0 {
-                current = replaced.into_owned();
+                let replaced = replaced.into_owned();
                 findings.push(Finding {
-                    path: path.to_string(),
+                    path: at.path(),
                     detector: detector.name.clone(),
                     count,
                 });
+                current = Some(replaced);
             }
         }
         current
@@ -444,6 +543,23 @@ impl Redactor {
                 Err(_) => format!("[{detector}]"),
             },
             Transform::Drop | Transform::Deny => format!("[{detector}]"),
+        }
+    }
+}
+
+/// Where a string is, for a finding's path: a value at a path, or the key
+/// that ends the path (reported as `path (key)`).
+#[derive(Clone, Copy)]
+enum Where<'a> {
+    At(&'a str),
+    Key(&'a str),
+}
+
+impl Where<'_> {
+    fn path(self) -> String {
+        match self {
+            Self::At(path) => path.to_string(),
+            Self::Key(path) => format!("{path} (key)"),
         }
     }
 }
