@@ -1,8 +1,14 @@
 //! The privacy router's detectors and transforms.
 //!
-//! Detectors are compiled once into one `RegexSet` (which of them can match
-//! at all) plus one `Regex` each (where); validators (Luhn, mod-97, SSN and
-//! IPv4 rules) keep false positives low. Transforms rewrite each finding:
+//! Detectors are compiled once, each into a pair of dense DFAs (forward for
+//! where a match ends, reverse for where it starts: `regex-automata`), so a
+//! scan costs a table walk per byte and no per-call set-up. The `regex`
+//! crate's own matcher runs on its PikeVM here (its lazy DFA is off for
+//! regorus's sake, see Cargo.toml), an order of magnitude slower on text
+//! with findings; it remains the matcher for custom patterns no dense DFA
+//! can hold (Unicode word boundaries, or a DFA over [`DFA_SIZE_LIMIT`]).
+//! A cheap hint per built-in detector skips text that cannot match;
+//! validators (Luhn, mod-97, SSN and IPv4 rules) keep false positives low. Transforms rewrite each finding:
 //! `mask` keeps a hint, `hash` is a keyed HMAC-SHA-256 pseudonym (stable per
 //! key, so joins still work), `drop` removes it, `deny` refuses the call.
 //! Reports say which detector fired where, never the original value.
@@ -12,6 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 use hmac::{Hmac, Mac};
 use regex::Regex;
+use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
+use regex_automata::util::iter::Searcher;
+use regex_automata::Input;
 use serde_json::Value as Json;
 use sha2::Sha256;
 
@@ -25,8 +34,74 @@ type Validator = fn(&str) -> bool;
 struct Detector {
     name: String,
     hint: Option<Hint>,
-    regex: Regex,
+    matcher: Matcher,
     validate: Option<Validator>,
+}
+
+/// The largest dense DFA (forward or reverse) a detector may compile to; a
+/// custom pattern whose DFA would be larger runs on the regex crate.
+pub const DFA_SIZE_LIMIT: usize = 8 << 20;
+
+/// Finds a detector's matches: dense DFAs when the pattern compiles to them,
+/// else the regex crate.
+///
+/// The DFAs are built on first use: most are a few kilobytes and build in
+/// microseconds, but the card pattern's forward DFA (counted digits with
+/// optional separators, searched unanchored) is about 2 MB and takes a few
+/// hundred milliseconds, which only processes that meet long digit runs
+/// should pay, once.
+struct Matcher {
+    pattern: String,
+    dfa: OnceLock<Option<DfaRegex>>,
+    /// Same pattern, same leftmost-first semantics; also the fallback should
+    /// a DFA search ever stop (a dense DFA built this way has no quit bytes,
+    /// so it does not).
+    regex: Regex,
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> std::result::Result<Self, regex::Error> {
+        Ok(Self {
+            regex: Regex::new(pattern)?,
+            pattern: pattern.to_string(),
+            dfa: OnceLock::new(),
+        })
+    }
+
+    fn dfa(&self) -> Option<&DfaRegex> {
+        self.dfa
+            .get_or_init(|| {
+                let dense = dense::Config::new()
+                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
+                    .determinize_size_limit(Some(DFA_SIZE_LIMIT));
+                DfaRegex::builder().dense(dense).build(&self.pattern).ok()
+            })
+            .as_ref()
+    }
+
+    /// The byte ranges of the leftmost-first, non-overlapping matches in
+    /// `text`, as `Regex::find_iter` yields them, into `out`.
+    fn find_all(&self, text: &str, out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        if let Some(dfa) = self.dfa() {
+            let mut searcher = Searcher::new(Input::new(text));
+            loop {
+                match searcher.try_advance(|input| dfa.try_search(input)) {
+                    Ok(Some(m)) => out.push((m.start(), m.end())),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            out.clear();
+        }
+        out.extend(self.regex.find_iter(text).map(|m| (m.start(), m.end())));
+    }
+
+    /// Whether the matches come from dense DFAs.
+    #[cfg(test)]
+    fn is_dfa(&self) -> bool {
+        self.dfa().is_some()
+    }
 }
 
 /// A cheap test that must hold for a detector to possibly match; it spares
@@ -262,7 +337,7 @@ fn builtin_detectors() -> Vec<Detector> {
             hint: Some(*hint),
             // ASCII word boundaries and classes: the detectors look for ASCII
             // tokens, and Unicode-aware \b is far slower without a DFA.
-            regex: Regex::new(&format!("(?-u){pattern}")).expect("built-in patterns are valid"),
+            matcher: Matcher::new(&format!("(?-u){pattern}")).expect("built-in patterns are valid"),
             validate: *validate,
         })
         .collect()
@@ -288,7 +363,7 @@ impl Redactor {
         }
         let mut detectors = builtin_detectors();
         for (name, pattern) in custom {
-            let regex = Regex::new(pattern).map_err(|e| {
+            let matcher = Matcher::new(pattern).map_err(|e| {
                 CoreError::InvalidArgument(format!(
                     "custom detector {name:?} is not a valid regex: {e}"
                 ))
@@ -296,7 +371,7 @@ impl Redactor {
             detectors.push(Detector {
                 name: name.clone(),
                 hint: None,
-                regex,
+                matcher,
                 validate: None,
             });
         }
@@ -481,6 +556,7 @@ impl Redactor {
         findings: &mut Vec<Finding>,
     ) -> Option<String> {
         let mut current: Option<String> = None;
+        let mut spans = Vec::new();
         for detector in &self.compiled.detectors {
             let now = current.as_deref().unwrap_or(text);
             if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name))
@@ -488,25 +564,32 @@ impl Redactor {
             {
                 continue;
             }
-            let mut count = 0;
-            let replaced = detector
-                .regex
-                .replace_all(now, |caps: &regex::Captures<'_>| {
-                    let found = &caps[0];
-                    if detector.validate.is_some_and(|ok| !ok(found)) {
-                        return found.to_string();
-                    }
-                    count += 1;
-                    self.transform(&detector.name, found, transform)
-                });
+            detector.matcher.find_all(now, &mut spans);
+            if spans.is_empty() {
+                continue;
+            }
+            let mut out = String::with_capacity(now.len() + 16);
+            let (mut last, mut count) = (0, 0);
+            for &(start, end) in &spans {
+                let (Some(gap), Some(found)) = (now.get(last..start), now.get(start..end)) else {
+                    continue;
+                };
+                if detector.validate.is_some_and(|ok| !ok(found)) {
+                    continue;
+                }
+                out.push_str(gap);
+                out.push_str(&self.transform(&detector.name, found, transform));
+                last = end;
+                count += 1;
+            }
             if count > 0 {
-                let replaced = replaced.into_owned();
+                out.push_str(now.get(last..).unwrap_or_default());
                 findings.push(Finding {
                     path: at.path(),
                     detector: detector.name.clone(),
                     count,
                 });
-                current = Some(replaced);
+                current = Some(out);
             }
         }
         current
@@ -652,6 +735,93 @@ mod tests {
             .redact(&json!(text), None, Transform::Mask, "v")
             .unwrap();
         f.into_iter().map(|f| f.detector).collect()
+    }
+
+    /// Every built-in detector runs on dense DFAs, and they find exactly the
+    /// matches the regex crate finds, on text built from the pieces the
+    /// detectors look for (digits, separators, words, tokens).
+    #[test]
+    fn dfas_find_what_the_regex_crate_finds() {
+        let r = redactor();
+        for d in &r.compiled.detectors {
+            assert!(d.matcher.is_dfa(), "{} has no DFA", d.name);
+        }
+        let pieces = [
+            "4111",
+            " ",
+            "-",
+            "1111",
+            "123",
+            "45",
+            "6789",
+            ".",
+            "@",
+            "example.com",
+            "alice",
+            "AKIA",
+            "IOSFODNN7EXAMPLE",
+            "GB82",
+            "WEST",
+            "ghp_",
+            "glpat-",
+            "xoxb-",
+            "Bearer ",
+            "eyJ",
+            "abcdefghij",
+            "_",
+            "::",
+            "fe80",
+            ":",
+            "(",
+            ")",
+            "+1",
+            "é",
+            "\n",
+            "0",
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "-----END RSA PRIVATE KEY-----",
+            "10",
+            "255",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut spans = Vec::new();
+        for _ in 0..3000 {
+            let n = (next() % 40) as usize;
+            let text: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            for d in &r.compiled.detectors {
+                d.matcher.find_all(&text, &mut spans);
+                let expected: Vec<(usize, usize)> = d
+                    .matcher
+                    .regex
+                    .find_iter(&text)
+                    .map(|m| (m.start(), m.end()))
+                    .collect();
+                assert_eq!(spans, expected, "{} on {text:?}", d.name);
+            }
+        }
+    }
+
+    /// A custom pattern a dense DFA cannot hold (a Unicode word boundary)
+    /// still works, on the regex crate.
+    #[test]
+    fn custom_patterns_without_a_dfa_fall_back() {
+        let custom = BTreeMap::from([("ticket".to_string(), r"\bTCK-[0-9]+\b".to_string())]);
+        let r = Redactor::new(&custom, b"k").unwrap();
+        let ticket = r.compiled.detectors.last().unwrap();
+        assert!(!ticket.matcher.is_dfa());
+        let (out, f) = r
+            .redact(&json!("see TCK-42 now"), None, Transform::Drop, "v")
+            .unwrap();
+        assert_eq!(out, json!("see [ticket] now"));
+        assert_eq!(f[0].detector, "ticket");
     }
 
     #[test]
