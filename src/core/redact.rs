@@ -80,11 +80,14 @@ impl Matcher {
     }
 
     /// The byte ranges of the leftmost-first, non-overlapping matches in
-    /// `text`, as `Regex::find_iter` yields them, into `out`.
-    fn find_all(&self, text: &str, out: &mut Vec<(usize, usize)>) {
+    /// `text`, as `Regex::find_iter` yields them, into `out`; the caller
+    /// knows that none starts before `from` (the DFA search starts there,
+    /// with the text before it as look-behind context).
+    fn find_all(&self, text: &str, from: usize, out: &mut Vec<(usize, usize)>) {
         out.clear();
         if let Some(dfa) = self.dfa() {
-            let mut searcher = Searcher::new(Input::new(text));
+            let input = Input::new(text).span(from.min(text.len())..text.len());
+            let mut searcher = Searcher::new(input);
             loop {
                 match searcher.try_advance(|input| dfa.try_search(input)) {
                     Ok(Some(m)) => out.push((m.start(), m.end())),
@@ -104,103 +107,191 @@ impl Matcher {
     }
 }
 
-/// A cheap test that must hold for a detector to possibly match; it spares
-/// running the detector's regex over text that cannot contain a finding.
-type Hint = fn(&str) -> bool;
+/// Where a detector's search may start in a text: a byte offset before which
+/// no match of the detector can begin, or None when the text cannot hold a
+/// match at all. Each is derived from what every match of the pattern must
+/// contain (a literal prefix, a digit, an `@`, a `:`) and how far before it a
+/// match can start, so skipping is exact: the findings are those of a scan
+/// from the start. The DFA search starts there with the text before it still
+/// seen by `\b`.
+type Hint = fn(&str, &mut Scan) -> Option<usize>;
 
-fn digit_count(s: &str) -> usize {
-    s.bytes().filter(u8::is_ascii_digit).count()
+/// What the hints of one text share: where its first ASCII digit is, found
+/// once and kept valid across rewrites (see [`Scan::rewritten`]).
+struct Scan {
+    /// No digit occurs before this offset.
+    no_digit_before: usize,
+    /// The first digit at or after `no_digit_before` (None: not looked for).
+    first_digit: Option<Option<usize>>,
+}
+
+impl Scan {
+    fn new() -> Self {
+        Self {
+            no_digit_before: 0,
+            first_digit: None,
+        }
+    }
+
+    fn first_digit(&mut self, text: &str) -> Option<usize> {
+        if let Some(found) = self.first_digit {
+            return found;
+        }
+        let from = self.no_digit_before.min(text.len());
+        let found = text.as_bytes()[from..]
+            .iter()
+            .position(u8::is_ascii_digit)
+            .map(|i| from + i);
+        self.no_digit_before = found.unwrap_or(text.len());
+        self.first_digit = Some(found);
+        found
+    }
+
+    /// The text was rewritten from offset `start` on: what lies before it is
+    /// unchanged, so it still holds no digit before `min(known, start)`.
+    fn rewritten(&mut self, start: usize) {
+        self.no_digit_before = self.no_digit_before.min(start);
+        self.first_digit = None;
+    }
+}
+
+/// `offset - back`, moved back to a character boundary of `text`.
+fn before(text: &str, offset: usize, back: usize) -> usize {
+    let mut at = offset.saturating_sub(back);
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn find(text: &str, literal: &str) -> Option<usize> {
+    memchr::memmem::find(text.as_bytes(), literal.as_bytes())
+}
+
+/// A match starts at its first digit, at most `back` bytes before it.
+fn from_digit(text: &str, scan: &mut Scan, back: usize) -> Option<usize> {
+    scan.first_digit(text).map(|d| before(text, d, back))
+}
+
+/// The first case-insensitive `bearer`.
+fn find_bearer(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    memchr::memchr2_iter(b'b', b'B', bytes).find(|&i| {
+        bytes
+            .get(i..i + 6)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"bearer"))
+    })
+}
+
+/// An email's local part is a run of `[A-Za-z0-9._%+-]` right before its
+/// `@`: a match starts within the run before the first `@`, or after it.
+fn email_start(text: &str, _: &mut Scan) -> Option<usize> {
+    let at = memchr::memchr(b'@', text.as_bytes())?;
+    let local = |b: &u8| b.is_ascii_alphanumeric() || b"._%+-".contains(b);
+    let run = text.as_bytes()[..at]
+        .iter()
+        .rev()
+        .take_while(|b| local(b))
+        .count();
+    Some(at - run)
 }
 
 /// The built-in detectors, by name, in the order they are tried:
-/// (name, pattern, hint, validator).
+/// (name, pattern, where a search may start, validator).
 const BUILTIN: &[(&str, &str, Hint, Option<Validator>)] = &[
     (
         "pem_private_key",
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?u:[\s\S])*?-----END [A-Z ]*PRIVATE KEY-----",
-        |s| s.contains("PRIVATE KEY-----"),
+        |s, _| find(s, "PRIVATE KEY-----").and(find(s, "-----BEGIN ")),
         None,
     ),
     (
         "jwt",
         r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-        |s| s.contains("eyJ"),
+        |s, _| find(s, "eyJ"),
         None,
     ),
     (
         "bearer_token",
         r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*",
-        |s| {
-            s.as_bytes()
-                .windows(6)
-                .any(|w| w.eq_ignore_ascii_case(b"bearer"))
-        },
+        |s, _| find_bearer(s),
         None,
     ),
     (
         "aws_access_key",
         r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
-        |s| s.contains("AKIA") || s.contains("ASIA"),
+        |s, _| match (find(s, "AKIA"), find(s, "ASIA")) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         None,
     ),
     (
         "github_token",
         r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b",
-        |s| s.contains("gh") && (s.contains("_")),
+        |s, _| find(s, "gh"),
         None,
     ),
     (
         "gitlab_token",
         r"\bglpat-[A-Za-z0-9_-]{20}\b",
-        |s| s.contains("glpat-"),
+        |s, _| find(s, "glpat-"),
         None,
     ),
     (
         "slack_token",
         r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b",
-        |s| s.contains("xox"),
+        |s, _| find(s, "xox"),
         None,
     ),
     (
         "email",
         r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-        |s| s.contains('@'),
+        email_start,
         None,
     ),
     (
         "iban",
         r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
-        |s| digit_count(s) >= 2,
+        // Two letters, then the first digit.
+        |s, scan| from_digit(s, scan, 2),
         Some(iban_valid),
     ),
     (
         "card",
         r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
-        |s| digit_count(s) >= 13,
+        |s, scan| from_digit(s, scan, 0),
         Some(luhn_valid),
     ),
     (
         "us_ssn",
         r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
-        |s| s.contains('-') && digit_count(s) >= 9,
+        |s, scan| from_digit(s, scan, 0),
         Some(ssn_valid),
     ),
     (
         "phone",
         r"(?:\+[1-9][0-9]{0,2}[ .-]?)?\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b",
-        |s| digit_count(s) >= 10,
+        // A `+` or `(` right before the first digit.
+        |s, scan| from_digit(s, scan, 1),
         None,
     ),
     (
         "ipv4",
         r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
-        |s| s.contains('.') && digit_count(s) >= 4,
+        |s, scan| from_digit(s, scan, 0),
         Some(ipv4_valid),
     ),
     (
         "ipv6",
         r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?",
-        |s| s.contains("::") || s.bytes().filter(|b| *b == b':').count() >= 7,
+        // Every match holds a `:` at most four hex digits in.
+        |s, _| {
+            if !s.contains("::") && s.bytes().filter(|b| *b == b':').count() < 7 {
+                return None;
+            }
+            memchr::memchr(b':', s.as_bytes()).map(|c| before(s, c, 4))
+        },
         Some(ipv6_valid),
     ),
 ];
@@ -557,19 +648,25 @@ impl Redactor {
     ) -> Option<String> {
         let mut current: Option<String> = None;
         let mut spans = Vec::new();
+        let mut scan = Scan::new();
         for detector in &self.compiled.detectors {
             let now = current.as_deref().unwrap_or(text);
-            if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name))
-                || detector.hint.is_some_and(|possible| !possible(now))
-            {
+            if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name)) {
                 continue;
             }
-            detector.matcher.find_all(now, &mut spans);
+            let from = match detector.hint {
+                Some(start) => match start(now, &mut scan) {
+                    Some(from) => from,
+                    None => continue,
+                },
+                None => 0,
+            };
+            detector.matcher.find_all(now, from, &mut spans);
             if spans.is_empty() {
                 continue;
             }
             let mut out = String::with_capacity(now.len() + 16);
-            let (mut last, mut count) = (0, 0);
+            let (mut last, mut count, mut first) = (0, 0, now.len());
             for &(start, end) in &spans {
                 let (Some(gap), Some(found)) = (now.get(last..start), now.get(start..end)) else {
                     continue;
@@ -579,11 +676,13 @@ impl Redactor {
                 }
                 out.push_str(gap);
                 out.push_str(&self.transform(&detector.name, found, transform));
+                first = first.min(start);
                 last = end;
                 count += 1;
             }
             if count > 0 {
                 out.push_str(now.get(last..).unwrap_or_default());
+                scan.rewritten(first);
                 findings.push(Finding {
                     path: at.path(),
                     detector: detector.name.clone(),
@@ -791,13 +890,14 @@ mod tests {
             seed
         };
         let mut spans = Vec::new();
+        let mut with_findings = 0;
         for _ in 0..3000 {
             let n = (next() % 40) as usize;
             let text: String = (0..n)
                 .map(|_| pieces[(next() % pieces.len() as u64) as usize])
                 .collect();
             for d in &r.compiled.detectors {
-                d.matcher.find_all(&text, &mut spans);
+                d.matcher.find_all(&text, 0, &mut spans);
                 let expected: Vec<(usize, usize)> = d
                     .matcher
                     .regex
@@ -806,7 +906,44 @@ mod tests {
                     .collect();
                 assert_eq!(spans, expected, "{} on {text:?}", d.name);
             }
+            // Where the hints start the searches (or skip them) does not
+            // change the findings: the same as every detector's regex run
+            // over the whole text, in order, on the text as rewritten so far.
+            for transform in [Transform::Mask, Transform::Hash] {
+                let mut expected = text.clone();
+                let mut expected_found = Vec::new();
+                for d in &r.compiled.detectors {
+                    let mut count = 0;
+                    let replaced =
+                        d.matcher
+                            .regex
+                            .replace_all(&expected, |caps: &regex::Captures<'_>| {
+                                let f = &caps[0];
+                                if d.validate.is_some_and(|ok| !ok(f)) {
+                                    return f.to_string();
+                                }
+                                count += 1;
+                                r.transform(&d.name, f, transform)
+                            });
+                    if count > 0 {
+                        expected = replaced.into_owned();
+                        expected_found.push((d.name.clone(), count));
+                    }
+                }
+                let mut findings = Vec::new();
+                let out = r.redact_str(&text, None, transform, "v", &mut findings);
+                let found: Vec<(String, usize)> = findings
+                    .into_iter()
+                    .map(|f| (f.detector, f.count))
+                    .collect();
+                with_findings += usize::from(!found.is_empty());
+                assert_eq!((out, found), (expected, expected_found), "{text:?}");
+            }
         }
+        assert!(
+            with_findings > 1000,
+            "only {with_findings} texts had findings"
+        );
     }
 
     /// A custom pattern a dense DFA cannot hold (a Unicode word boundary)
