@@ -32,7 +32,13 @@ pub fn canonical_json(value: &Json) -> Result<Vec<u8>> {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    // `hex::encode` collects chars one at a time; a digest is always 64
+    // ASCII bytes, written in place.
+    let mut out = [0u8; 64];
+    match hex::encode_to_slice(Sha256::digest(bytes), &mut out) {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => hex::encode(Sha256::digest(bytes)),
+    }
 }
 
 /// SHA-256 of the canonical JSON of `value`.
