@@ -7,8 +7,10 @@
 //! regorus's sake, see Cargo.toml), an order of magnitude slower on text
 //! with findings; it remains the matcher for custom patterns no dense DFA
 //! can hold (Unicode word boundaries, or a DFA over [`DFA_SIZE_LIMIT`]).
-//! A cheap hint per built-in detector skips text that cannot match;
-//! validators (Luhn, mod-97, SSN and IPv4 rules) keep false positives low. Transforms rewrite each finding:
+//! Each built-in detector's search starts where a match can first begin
+//! (its literal prefix, the first digit, ...) or is skipped when the text
+//! cannot hold one, so clean text costs a few byte scans and text with
+//! findings little more; validators (Luhn, mod-97, SSN and IPv4 rules) keep false positives low. Transforms rewrite each finding:
 //! `mask` keeps a hint, `hash` is a keyed HMAC-SHA-256 pseudonym (stable per
 //! key, so joins still work), `drop` removes it, `deny` refuses the call.
 //! Reports say which detector fired where, never the original value.
