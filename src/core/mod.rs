@@ -6,6 +6,7 @@ pub mod audit;
 pub mod decision;
 pub mod error;
 pub mod gate;
+pub mod jcs;
 pub mod keys;
 pub mod ledger;
 pub mod obligation;

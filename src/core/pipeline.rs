@@ -26,7 +26,7 @@ use super::error::{CoreError, Result};
 use super::gate::{input_document, Current, Gate};
 use super::ledger::{history_entry, Budget, Rate};
 use super::obligation::{ApprovalSpec, Obligations, RedactRule};
-use super::receipt::{completion_body, decision_body, json_sha256, Approval, Outcome, Receipt};
+use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome, Receipt};
 
 /// What an entry point can do with a call beyond deciding it. An obligation
 /// the entry point cannot meet denies the call.
@@ -390,19 +390,14 @@ impl Call {
         };
         let start = std::time::Instant::now();
         if self.current.policy.reads().history {
-            let args = to_json(&self.decision.input["action"]["args"]).unwrap_or(Json::Null);
+            let digest = value_sha256(&self.decision.input["action"]["args"]).unwrap_or_default();
             let name = self.decision.input["action"]["name"]
                 .as_string()
                 .map(|s| s.to_string())
                 .unwrap_or_default();
             gate.ledger.record(
                 &self.session,
-                history_entry(
-                    &name,
-                    self.decision.allowed,
-                    &self.time(),
-                    &json_sha256(&args).unwrap_or_default(),
-                ),
+                history_entry(&name, self.decision.allowed, &self.time(), &digest),
             );
         }
         if let Some(log) = &gate.log {

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::decision::Decision;
 use super::error::{CoreError, Result};
+use super::jcs;
 use super::keys::{Keyring, SigningKey, VerifyKey};
 use super::redact::{Redactor, Transform};
 
@@ -26,12 +27,18 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// RFC 8785 canonical JSON bytes.
 pub fn canonical_json(value: &Json) -> Result<Vec<u8>> {
-    serde_jcs::to_vec(value).map_err(|e| CoreError::Signature(format!("cannot canonicalize: {e}")))
+    jcs::to_vec(value)
 }
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    // `hex::encode` collects chars one at a time; a digest is always 64
+    // ASCII bytes, written in place.
+    let mut out = [0u8; 64];
+    match hex::encode_to_slice(Sha256::digest(bytes), &mut out) {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => hex::encode(Sha256::digest(bytes)),
+    }
 }
 
 /// SHA-256 of the canonical JSON of `value`.
@@ -39,20 +46,58 @@ pub fn json_sha256(value: &Json) -> Result<String> {
     Ok(sha256_hex(&canonical_json(value)?))
 }
 
+/// SHA-256 of the canonical JSON of a policy value (the same digest as
+/// [`json_sha256`] of its JSON), without building the JSON.
+pub fn value_sha256(value: &regorus::Value) -> Result<String> {
+    Ok(sha256_hex(&jcs::value_to_vec(value)?))
+}
+
+const PAE_PREFIX: &[u8] = b"DSSEv1 ";
+
 /// The DSSE v1 pre-authentication encoding, the bytes that are signed.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
-    out.extend_from_slice(
-        format!(
-            "DSSEv1 {} {} {} ",
-            payload_type.len(),
-            payload_type,
-            payload.len()
-        )
-        .as_bytes(),
-    );
+    out.extend_from_slice(PAE_PREFIX);
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
     out.extend_from_slice(payload);
     out
+}
+
+/// The envelope line for `payload` and its signatures, byte for byte what
+/// `serde_json` writes for [`EnvelopeJson`] (the format readers parse).
+fn envelope_line(payload: &[u8], signatures: &[(String, Vec<u8>)]) -> Result<String> {
+    const HEAD: &str = concat!(
+        "{\"payloadType\":\"",
+        "application/vnd.execgate.receipt.v1+json",
+        "\",\"payload\":\""
+    );
+    let mut line =
+        String::with_capacity(HEAD.len() + payload.len() * 4 / 3 + 40 + 140 * signatures.len());
+    line.push_str(HEAD);
+    B64.encode_string(payload, &mut line);
+    line.push_str("\",\"signatures\":[");
+    for (i, (keyid, sig)) in signatures.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str("{\"keyid\":");
+        let mut quoted = Vec::with_capacity(keyid.len() + 2);
+        jcs::write_str(&mut quoted, keyid);
+        line.push_str(
+            std::str::from_utf8(&quoted)
+                .map_err(|e| CoreError::Signature(format!("cannot encode envelope: {e}")))?,
+        );
+        line.push_str(",\"sig\":\"");
+        B64.encode_string(sig, &mut line);
+        line.push_str("\"}");
+    }
+    line.push_str("]}");
+    Ok(line)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,9 +127,13 @@ pub struct Receipt {
 impl Receipt {
     /// Canonicalizes `payload` and wraps it in an envelope, signed by `key`
     /// when one is given.
+    ///
+    /// One pass: the payload's canonical bytes are written once, then
+    /// hashed (the chain digest), signed (over their DSSE PAE) and base64'd
+    /// into the envelope line.
     pub fn seal(payload: Map<String, Json>, key: Option<&SigningKey>) -> Result<Self> {
-        let payload_bytes = serde_jcs::to_vec(&payload)
-            .map_err(|e| CoreError::Signature(format!("cannot canonicalize: {e}")))?;
+        let mut payload_bytes = Vec::with_capacity(1024);
+        jcs::write_map(&mut payload_bytes, &payload)?;
         let signatures = key
             .map(|k| {
                 vec![(
@@ -93,19 +142,7 @@ impl Receipt {
                 )]
             })
             .unwrap_or_default();
-        let envelope = EnvelopeJson {
-            payload_type: PAYLOAD_TYPE.to_string(),
-            payload: B64.encode(&payload_bytes),
-            signatures: signatures
-                .iter()
-                .map(|(keyid, sig)| SignatureJson {
-                    keyid: keyid.clone(),
-                    sig: B64.encode(sig),
-                })
-                .collect(),
-        };
-        let envelope = serde_json::to_string(&envelope)
-            .map_err(|e| CoreError::Signature(format!("cannot encode envelope: {e}")))?;
+        let envelope = envelope_line(&payload_bytes, &signatures)?;
         Ok(Self {
             digest: sha256_hex(&payload_bytes),
             payload_bytes,
@@ -132,7 +169,9 @@ impl Receipt {
             .map_err(|e| bad(format!("payload is not base64: {e}")))?;
         let payload: Map<String, Json> = serde_json::from_slice(&payload_bytes)
             .map_err(|e| bad(format!("payload is not a JSON object: {e}")))?;
-        if canonical_json(&Json::Object(payload.clone()))? != payload_bytes {
+        let mut canonical = Vec::with_capacity(payload_bytes.len());
+        jcs::write_map(&mut canonical, &payload)?;
+        if canonical != payload_bytes {
             return Err(bad("payload is not RFC 8785 canonical JSON".into()));
         }
         let signatures = env
@@ -278,9 +317,63 @@ impl Receipt {
     }
 }
 
+/// A policy value as JSON: what `serde_json::to_value` makes of it, built
+/// directly (no decimal round trip for integers) for the common shapes.
 fn to_json(value: &regorus::Value) -> Result<Json> {
-    serde_json::to_value(value)
-        .map_err(|e| CoreError::Signature(format!("cannot encode value: {e}")))
+    use regorus::Value;
+    Ok(match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::String(s) => Json::String(s.to_string()),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Json::from(u),
+            (None, Some(i)) => Json::from(i),
+            // Doubles and big integers go through their decimal form, as
+            // regorus serializes them.
+            (None, None) => jcs::policy_json(value)?,
+        },
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect::<Result<_>>()?),
+        Value::Set(items) => Json::Array(items.iter_sorted().map(to_json).collect::<Result<_>>()?),
+        Value::Object(fields) => {
+            let mut map = Map::new();
+            for (k, v) in fields.iter_sorted() {
+                let Value::String(k) = k else {
+                    // serde_json stringifies such keys, which may then collide.
+                    return jcs::policy_json(value);
+                };
+                map.insert(k.to_string(), to_json(v)?);
+            }
+            Json::Object(map)
+        }
+        Value::Undefined => Json::String("<undefined>".into()),
+    })
+}
+
+/// The lowercase hex SHA-256 of the input document's canonical JSON and of
+/// its `action.args` (of `null` when absent), from one canonical pass: the
+/// arguments' canonical bytes are a slice of the document's.
+fn input_digests(input: &regorus::Value) -> Result<(String, String)> {
+    let mut bytes = Vec::with_capacity(512);
+    let args = match jcs::write_value(&mut bytes, input, &["action", "args"]) {
+        Ok(span) => span,
+        Err(_) => {
+            // Shapes the direct writer refuses (a non-string key): through JSON.
+            let json = jcs::policy_json(input)?;
+            bytes = canonical_json(&json)?;
+            let args = json.pointer("/action/args").unwrap_or(&Json::Null);
+            return Ok((sha256_hex(&bytes), json_sha256(args)?));
+        }
+    };
+    let args = args.map_or(&b"null"[..], |span| &bytes[span]);
+    Ok((sha256_hex(&bytes), sha256_hex(args)))
+}
+
+/// The JSON of a member of the input document (`null` when absent).
+fn member(value: &regorus::Value, key: &str) -> Result<Json> {
+    match &value[key] {
+        regorus::Value::Undefined => Ok(Json::Null),
+        v => to_json(v),
+    }
 }
 
 /// The payload body of a decision receipt (the chain fields are added by the
@@ -290,13 +383,17 @@ fn to_json(value: &regorus::Value) -> Result<Json> {
 /// Whatever the policy says, nothing a detector recognises is written: the
 /// principal, context, reasons (and a recorded input) pass through `redactor`
 /// with keyed pseudonyms, and the record lists what was replaced where.
+///
+/// The input document is canonicalized once, for both `input_sha256` and
+/// `action.args_sha256`; only the parts the record holds (principal,
+/// context, obligations) become JSON.
 pub fn decision_body(
     decision: &Decision,
     record_input: bool,
     redactor: &Redactor,
 ) -> Result<Map<String, Json>> {
-    let input = to_json(&decision.input)?;
-    let args = input.pointer("/action/args").cloned().unwrap_or(Json::Null);
+    let input = &decision.input;
+    let (input_sha256, args_sha256) = input_digests(input)?;
     let mut body = Map::new();
     body.insert("kind".into(), json!("decision"));
     body.insert(
@@ -306,29 +403,28 @@ pub fn decision_body(
     body.insert("mode".into(), json!(decision.mode.as_str()));
     body.insert(
         "action".into(),
-        json!({"name": input.pointer("/action/name").cloned().unwrap_or(Json::Null),
-               "args_sha256": json_sha256(&args)?}),
+        json!({"name": member(&input["action"], "name")?, "args_sha256": args_sha256}),
     );
     let mut findings = Vec::new();
-    let mut clean = |value: &Json, path: &str| -> Result<Json> {
-        let (out, found) = redactor.redact(value, None, Transform::Hash, path)?;
+    let mut clean = |value: Json, path: &str| -> Result<Json> {
+        let (out, found) = redactor.redact_json(value, None, Transform::Hash, path)?;
         findings.extend(found);
         Ok(out)
     };
-    let principal = clean(input.get("principal").unwrap_or(&Json::Null), "principal")?;
+    let principal = clean(member(input, "principal")?, "principal")?;
     // context.time is the gate's own clock, not caller data: kept as it is.
-    let mut context = input.get("context").cloned().unwrap_or(Json::Null);
+    let mut context = member(input, "context")?;
     let time = context.as_object_mut().and_then(|c| c.remove("time"));
-    let mut context = clean(&context, "context")?;
+    let mut context = clean(context, "context")?;
     if let (Some(c), Some(t)) = (context.as_object_mut(), time) {
         c.insert("time".into(), t);
     }
-    let reasons = clean(&json!(decision.reasons), "reasons")?;
+    let reasons = clean(json!(decision.reasons), "reasons")?;
     // Obligations carry policy-built keys (a rate key from an email) and
     // rewrites (a token): they pass the router like everything recorded.
-    let obligations = clean(&to_json(&decision.obligations)?, "obligations")?;
+    let obligations = clean(to_json(&decision.obligations)?, "obligations")?;
     let recorded = if record_input {
-        Some(clean(&input, "input")?)
+        Some(clean(to_json(input)?, "input")?)
     } else {
         None
     };
@@ -338,7 +434,7 @@ pub fn decision_body(
     body.insert("obligations".into(), obligations);
     if let Some(a) = &decision.approval {
         let comment = match &a.comment {
-            Some(c) => clean(&json!(c), "approval.comment")?,
+            Some(c) => clean(json!(c), "approval.comment")?,
             None => Json::Null,
         };
         body.insert(
@@ -351,7 +447,7 @@ pub fn decision_body(
         "policy".into(),
         json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest}),
     );
-    body.insert("input_sha256".into(), json!(json_sha256(&input)?));
+    body.insert("input_sha256".into(), json!(input_sha256));
     if let Some(kind) = decision.error {
         body.insert("error".into(), json!(kind.as_str()));
     }
@@ -472,6 +568,56 @@ mod tests {
                 expected
             );
         }
+    }
+
+    /// The one-pass seal writes what the serde path wrote: payload bytes as
+    /// `serde_jcs` canonicalizes them, the envelope as `serde_json` encodes
+    /// [`EnvelopeJson`].
+    #[test]
+    fn seal_writes_the_bytes_serde_wrote() {
+        let key = SigningKey::generate();
+        let body = json!({"kind": "decision", "id": "r1", "kid": key.kid(), "seq": 3,
+                          "z\u{e000}": "\u{1f600}", "\u{1f600}": [1.5, -0.0, 1e21, "a\"\n"],
+                          "prev": null, "n": u64::MAX});
+        let Json::Object(body) = body else {
+            unreachable!()
+        };
+        let r = Receipt::seal(body.clone(), Some(&key)).unwrap();
+        assert_eq!(r.payload_bytes(), serde_jcs::to_vec(&body).unwrap());
+        let expected = serde_json::to_string(&EnvelopeJson {
+            payload_type: PAYLOAD_TYPE.into(),
+            payload: B64.encode(r.payload_bytes()),
+            signatures: vec![SignatureJson {
+                keyid: key.kid().into(),
+                sig: B64.encode(&r.signatures()[0].1),
+            }],
+        })
+        .unwrap();
+        assert_eq!(r.envelope(), expected);
+        let unsigned = Receipt::seal(body, None).unwrap();
+        assert!(unsigned.envelope().ends_with(r#""signatures":[]}"#));
+        assert_eq!(
+            pae(PAYLOAD_TYPE, b"{}"),
+            format!("DSSEv1 {} {PAYLOAD_TYPE} 2 {{}}", PAYLOAD_TYPE.len()).as_bytes()
+        );
+    }
+
+    /// One canonical pass over the input gives the digests two passes gave.
+    #[test]
+    fn input_digests_match_separate_canonicalization() {
+        let doc = r#"{"action": {"name": "fs.read", "args": {"path": "/w", "n": [1, 2.5, -3]}},
+                      "principal": {"id": "a"}, "context": {"time": "t"}}"#;
+        let input = regorus::Value::from_json_str(doc).unwrap();
+        let json: Json = serde_json::from_str(doc).unwrap();
+        let (all, args) = input_digests(&input).unwrap();
+        assert_eq!(all, sha256_hex(&serde_jcs::to_vec(&json).unwrap()));
+        assert_eq!(
+            args,
+            sha256_hex(&serde_jcs::to_vec(&json["action"]["args"]).unwrap())
+        );
+        let no_args = regorus::Value::from_json_str(r#"{"action": {"name": "x"}}"#).unwrap();
+        assert_eq!(input_digests(&no_args).unwrap().1, sha256_hex(b"null"));
+        assert_eq!(to_json(&input).unwrap(), json);
     }
 
     #[test]

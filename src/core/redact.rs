@@ -1,17 +1,28 @@
 //! The privacy router's detectors and transforms.
 //!
-//! Detectors are compiled once into one `RegexSet` (which of them can match
-//! at all) plus one `Regex` each (where); validators (Luhn, mod-97, SSN and
-//! IPv4 rules) keep false positives low. Transforms rewrite each finding:
+//! Detectors are compiled once, each into a pair of dense DFAs (forward for
+//! where a match ends, reverse for where it starts: `regex-automata`), so a
+//! scan costs a table walk per byte and no per-call set-up. The `regex`
+//! crate's own matcher runs on its PikeVM here (its lazy DFA is off for
+//! regorus's sake, see Cargo.toml), an order of magnitude slower on text
+//! with findings; it remains the matcher for custom patterns no dense DFA
+//! can hold (Unicode word boundaries, or a DFA over [`DFA_SIZE_LIMIT`]).
+//! Each built-in detector's search starts where a match can first begin
+//! (its literal prefix, the first digit, ...) or is skipped when the text
+//! cannot hold one, so clean text costs a few byte scans and text with
+//! findings little more; validators (Luhn, mod-97, SSN and IPv4 rules) keep false positives low. Transforms rewrite each finding:
 //! `mask` keeps a hint, `hash` is a keyed HMAC-SHA-256 pseudonym (stable per
 //! key, so joins still work), `drop` removes it, `deny` refuses the call.
 //! Reports say which detector fired where, never the original value.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use hmac::{Hmac, Mac};
 use regex::Regex;
+use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
+use regex_automata::util::iter::Searcher;
+use regex_automata::Input;
 use serde_json::Value as Json;
 use sha2::Sha256;
 
@@ -25,107 +36,270 @@ type Validator = fn(&str) -> bool;
 struct Detector {
     name: String,
     hint: Option<Hint>,
-    regex: Regex,
+    matcher: Matcher,
     validate: Option<Validator>,
 }
 
-/// A cheap test that must hold for a detector to possibly match; it spares
-/// running the detector's regex over text that cannot contain a finding.
-type Hint = fn(&str) -> bool;
+/// The largest dense DFA (forward or reverse) a detector may compile to; a
+/// custom pattern whose DFA would be larger runs on the regex crate.
+pub const DFA_SIZE_LIMIT: usize = 8 << 20;
 
-fn digit_count(s: &str) -> usize {
-    s.bytes().filter(u8::is_ascii_digit).count()
+/// Finds a detector's matches: dense DFAs when the pattern compiles to them,
+/// else the regex crate.
+///
+/// The DFAs are built on first use: most are a few kilobytes and build in
+/// microseconds, but the card pattern's forward DFA (counted digits with
+/// optional separators, searched unanchored) is about 2 MB and takes a few
+/// hundred milliseconds, which only processes that meet long digit runs
+/// should pay, once.
+struct Matcher {
+    pattern: String,
+    dfa: OnceLock<Option<DfaRegex>>,
+    /// Same pattern, same leftmost-first semantics; also the fallback should
+    /// a DFA search ever stop (a dense DFA built this way has no quit bytes,
+    /// so it does not).
+    regex: Regex,
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> std::result::Result<Self, regex::Error> {
+        Ok(Self {
+            regex: Regex::new(pattern)?,
+            pattern: pattern.to_string(),
+            dfa: OnceLock::new(),
+        })
+    }
+
+    fn dfa(&self) -> Option<&DfaRegex> {
+        self.dfa
+            .get_or_init(|| {
+                let dense = dense::Config::new()
+                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
+                    .determinize_size_limit(Some(DFA_SIZE_LIMIT));
+                DfaRegex::builder().dense(dense).build(&self.pattern).ok()
+            })
+            .as_ref()
+    }
+
+    /// The byte ranges of the leftmost-first, non-overlapping matches in
+    /// `text`, as `Regex::find_iter` yields them, into `out`; the caller
+    /// knows that none starts before `from` (the DFA search starts there,
+    /// with the text before it as look-behind context).
+    fn find_all(&self, text: &str, from: usize, out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        if let Some(dfa) = self.dfa() {
+            let input = Input::new(text).span(from.min(text.len())..text.len());
+            let mut searcher = Searcher::new(input);
+            loop {
+                match searcher.try_advance(|input| dfa.try_search(input)) {
+                    Ok(Some(m)) => out.push((m.start(), m.end())),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            out.clear();
+        }
+        out.extend(self.regex.find_iter(text).map(|m| (m.start(), m.end())));
+    }
+
+    /// Whether the matches come from dense DFAs.
+    #[cfg(test)]
+    fn is_dfa(&self) -> bool {
+        self.dfa().is_some()
+    }
+}
+
+/// Where a detector's search may start in a text: a byte offset before which
+/// no match of the detector can begin, or None when the text cannot hold a
+/// match at all. Each is derived from what every match of the pattern must
+/// contain (a literal prefix, a digit, an `@`, a `:`) and how far before it a
+/// match can start, so skipping is exact: the findings are those of a scan
+/// from the start. The DFA search starts there with the text before it still
+/// seen by `\b`.
+type Hint = fn(&str, &mut Scan) -> Option<usize>;
+
+/// What the hints of one text share: where its first ASCII digit is, found
+/// once and kept valid across rewrites (see [`Scan::rewritten`]).
+struct Scan {
+    /// No digit occurs before this offset.
+    no_digit_before: usize,
+    /// The first digit at or after `no_digit_before` (None: not looked for).
+    first_digit: Option<Option<usize>>,
+}
+
+impl Scan {
+    fn new() -> Self {
+        Self {
+            no_digit_before: 0,
+            first_digit: None,
+        }
+    }
+
+    fn first_digit(&mut self, text: &str) -> Option<usize> {
+        if let Some(found) = self.first_digit {
+            return found;
+        }
+        let from = self.no_digit_before.min(text.len());
+        let found = text.as_bytes()[from..]
+            .iter()
+            .position(u8::is_ascii_digit)
+            .map(|i| from + i);
+        self.no_digit_before = found.unwrap_or(text.len());
+        self.first_digit = Some(found);
+        found
+    }
+
+    /// The text was rewritten from offset `start` on: what lies before it is
+    /// unchanged, so it still holds no digit before `min(known, start)`.
+    fn rewritten(&mut self, start: usize) {
+        self.no_digit_before = self.no_digit_before.min(start);
+        self.first_digit = None;
+    }
+}
+
+/// `offset - back`, moved back to a character boundary of `text`.
+fn before(text: &str, offset: usize, back: usize) -> usize {
+    let mut at = offset.saturating_sub(back);
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// The first occurrence of a literal, with its searcher built once per
+/// process (building one per call costs more than searching a short text).
+macro_rules! find {
+    ($text:expr, $literal:literal) => {{
+        static FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new($literal));
+        FINDER.find($text.as_bytes())
+    }};
+}
+
+/// A match starts at its first digit, at most `back` bytes before it.
+fn from_digit(text: &str, scan: &mut Scan, back: usize) -> Option<usize> {
+    scan.first_digit(text).map(|d| before(text, d, back))
+}
+
+/// The first case-insensitive `bearer`.
+fn find_bearer(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    memchr::memchr2_iter(b'b', b'B', bytes).find(|&i| {
+        bytes
+            .get(i..i + 6)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"bearer"))
+    })
+}
+
+/// An email's local part is a run of `[A-Za-z0-9._%+-]` right before its
+/// `@`: a match starts within the run before the first `@`, or after it.
+fn email_start(text: &str, _: &mut Scan) -> Option<usize> {
+    let at = memchr::memchr(b'@', text.as_bytes())?;
+    let local = |b: &u8| b.is_ascii_alphanumeric() || b"._%+-".contains(b);
+    let run = text.as_bytes()[..at]
+        .iter()
+        .rev()
+        .take_while(|b| local(b))
+        .count();
+    Some(at - run)
 }
 
 /// The built-in detectors, by name, in the order they are tried:
-/// (name, pattern, hint, validator).
+/// (name, pattern, where a search may start, validator).
 const BUILTIN: &[(&str, &str, Hint, Option<Validator>)] = &[
     (
         "pem_private_key",
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?u:[\s\S])*?-----END [A-Z ]*PRIVATE KEY-----",
-        |s| s.contains("PRIVATE KEY-----"),
+        |s, _| find!(s, "PRIVATE KEY-----").and(find!(s, "-----BEGIN ")),
         None,
     ),
     (
         "jwt",
         r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-        |s| s.contains("eyJ"),
+        |s, _| find!(s, "eyJ"),
         None,
     ),
     (
         "bearer_token",
         r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*",
-        |s| {
-            s.as_bytes()
-                .windows(6)
-                .any(|w| w.eq_ignore_ascii_case(b"bearer"))
-        },
+        |s, _| find_bearer(s),
         None,
     ),
     (
         "aws_access_key",
         r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
-        |s| s.contains("AKIA") || s.contains("ASIA"),
+        |s, _| match (find!(s, "AKIA"), find!(s, "ASIA")) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         None,
     ),
     (
         "github_token",
         r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b",
-        |s| s.contains("gh") && (s.contains("_")),
+        |s, _| find!(s, "gh"),
         None,
     ),
     (
         "gitlab_token",
         r"\bglpat-[A-Za-z0-9_-]{20}\b",
-        |s| s.contains("glpat-"),
+        |s, _| find!(s, "glpat-"),
         None,
     ),
     (
         "slack_token",
         r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b",
-        |s| s.contains("xox"),
+        |s, _| find!(s, "xox"),
         None,
     ),
     (
         "email",
         r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-        |s| s.contains('@'),
+        email_start,
         None,
     ),
     (
         "iban",
         r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
-        |s| digit_count(s) >= 2,
+        // Two letters, then the first digit.
+        |s, scan| from_digit(s, scan, 2),
         Some(iban_valid),
     ),
     (
         "card",
         r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
-        |s| digit_count(s) >= 13,
+        |s, scan| from_digit(s, scan, 0),
         Some(luhn_valid),
     ),
     (
         "us_ssn",
         r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
-        |s| s.contains('-') && digit_count(s) >= 9,
+        |s, scan| from_digit(s, scan, 0),
         Some(ssn_valid),
     ),
     (
         "phone",
         r"(?:\+[1-9][0-9]{0,2}[ .-]?)?\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b",
-        |s| digit_count(s) >= 10,
+        // A `+` or `(` right before the first digit.
+        |s, scan| from_digit(s, scan, 1),
         None,
     ),
     (
         "ipv4",
         r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
-        |s| s.contains('.') && digit_count(s) >= 4,
+        |s, scan| from_digit(s, scan, 0),
         Some(ipv4_valid),
     ),
     (
         "ipv6",
         r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?",
-        |s| s.contains("::") || s.bytes().filter(|b| *b == b':').count() >= 7,
+        // Every match holds a `:` at most four hex digits in.
+        |s, _| {
+            if !s.contains("::") && s.bytes().filter(|b| *b == b':').count() < 7 {
+                return None;
+            }
+            memchr::memchr(b':', s.as_bytes()).map(|c| before(s, c, 4))
+        },
         Some(ipv6_valid),
     ),
 ];
@@ -262,7 +436,7 @@ fn builtin_detectors() -> Vec<Detector> {
             hint: Some(*hint),
             // ASCII word boundaries and classes: the detectors look for ASCII
             // tokens, and Unicode-aware \b is far slower without a DFA.
-            regex: Regex::new(&format!("(?-u){pattern}")).expect("built-in patterns are valid"),
+            matcher: Matcher::new(&format!("(?-u){pattern}")).expect("built-in patterns are valid"),
             validate: *validate,
         })
         .collect()
@@ -288,7 +462,7 @@ impl Redactor {
         }
         let mut detectors = builtin_detectors();
         for (name, pattern) in custom {
-            let regex = Regex::new(pattern).map_err(|e| {
+            let matcher = Matcher::new(pattern).map_err(|e| {
                 CoreError::InvalidArgument(format!(
                     "custom detector {name:?} is not a valid regex: {e}"
                 ))
@@ -296,7 +470,7 @@ impl Redactor {
             detectors.push(Detector {
                 name: name.clone(),
                 hint: None,
-                regex,
+                matcher,
                 validate: None,
             });
         }
@@ -333,8 +507,91 @@ impl Redactor {
         transform: Transform,
         path: &str,
     ) -> Result<(Json, Vec<Finding>)> {
-        let (out, findings) = self.redact_arg(&Arg::from_json(value), only, transform, path)?;
-        Ok((out.to_json(), findings))
+        self.redact_json(value.clone(), only, transform, path)
+    }
+
+    /// [`Redactor::redact`] taking the value by ownership: strings are
+    /// rewritten in place, so a value without findings is returned as it
+    /// came (how receipts pass their principal, context and obligations).
+    pub fn redact_json(
+        &self,
+        mut value: Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &str,
+    ) -> Result<(Json, Vec<Finding>)> {
+        let mut findings = Vec::new();
+        self.walk_json(
+            &mut value,
+            only,
+            transform,
+            &mut path.to_string(),
+            &mut findings,
+        );
+        if transform == Transform::Deny {
+            if let Some(f) = findings.first() {
+                return Err(CoreError::InvalidArgument(format!(
+                    "{} found in {}: the call is refused",
+                    f.detector, f.path
+                )));
+            }
+        }
+        Ok((value, findings))
+    }
+
+    /// Rewrites `value` in place, in the order (and with the paths) the
+    /// argument walk uses: an object's entries in key order, each key before
+    /// its value; a renamed key that collides keeps the later entry.
+    fn walk_json(
+        &self,
+        value: &mut Json,
+        only: Option<&[String]>,
+        transform: Transform,
+        path: &mut String,
+        findings: &mut Vec<Finding>,
+    ) {
+        match value {
+            Json::String(s) => {
+                if let Some(out) = self.rewrite(s, only, transform, Where::At(path), findings) {
+                    *s = out;
+                }
+            }
+            Json::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    self.walk_json(item, only, transform, path, findings);
+                    path.truncate(len);
+                }
+            }
+            Json::Object(map) => {
+                let mut renamed: Vec<(String, String)> = Vec::new();
+                for (k, v) in map.iter_mut() {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    if let Some(key) = self.rewrite(k, only, transform, Where::Key(path), findings)
+                    {
+                        renamed.push((k.clone(), key));
+                    }
+                    self.walk_json(v, only, transform, path, findings);
+                    path.truncate(len);
+                }
+                if !renamed.is_empty() {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        let key = match renamed.iter().position(|(from, _)| *from == k) {
+                            Some(i) => renamed.swap_remove(i).1,
+                            None => k,
+                        };
+                        map.insert(key, v);
+                    }
+                }
+            }
+            Json::Null | Json::Bool(_) | Json::Number(_) => {}
+        }
     }
 
     /// [`Redactor::redact`] over a call's argument tree: strings and keys are
@@ -383,31 +640,63 @@ impl Redactor {
         path: &str,
         findings: &mut Vec<Finding>,
     ) -> String {
-        let mut current = text.to_string();
+        self.rewrite(text, only, transform, Where::At(path), findings)
+            .unwrap_or_else(|| text.to_string())
+    }
+
+    /// `text` with every finding transformed, or None when nothing was found
+    /// (so the caller keeps what it has).
+    fn rewrite(
+        &self,
+        text: &str,
+        only: Option<&[String]>,
+        transform: Transform,
+        at: Where<'_>,
+        findings: &mut Vec<Finding>,
+    ) -> Option<String> {
+        let mut current: Option<String> = None;
+        let mut spans = Vec::new();
+        let mut scan = Scan::new();
         for detector in &self.compiled.detectors {
-            if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name))
-                || detector.hint.is_some_and(|possible| !possible(&current))
-            {
+            let now = current.as_deref().unwrap_or(text);
+            if only.is_some_and(|names| !names.iter().any(|n| n == &detector.name)) {
                 continue;
             }
-            let mut count = 0;
-            let replaced = detector
-                .regex
-                .replace_all(&current, |caps: &regex::Captures<'_>| {
-                    let found = &caps[0];
-                    if detector.validate.is_some_and(|ok| !ok(found)) {
-                        return found.to_string();
-                    }
-                    count += 1;
-                    self.transform(&detector.name, found, transform)
-                });
+            let from = match detector.hint {
+                Some(start) => match start(now, &mut scan) {
+                    Some(from) => from,
+                    None => continue,
+                },
+                None => 0,
+            };
+            detector.matcher.find_all(now, from, &mut spans);
+            if spans.is_empty() {
+                continue;
+            }
+            let mut out = String::with_capacity(now.len() + 16);
+            let (mut last, mut count, mut first) = (0, 0, now.len());
+            for &(start, end) in &spans {
+                let (Some(gap), Some(found)) = (now.get(last..start), now.get(start..end)) else {
+                    continue;
+                };
+                if detector.validate.is_some_and(|ok| !ok(found)) {
+                    continue;
+                }
+                out.push_str(gap);
+                out.push_str(&self.transform(&detector.name, found, transform));
+                first = first.min(start);
+                last = end;
+                count += 1;
+            }
             if count > 0 {
-                current = replaced.into_owned();
+                out.push_str(now.get(last..).unwrap_or_default());
+                scan.rewritten(first);
                 findings.push(Finding {
-                    path: path.to_string(),
+                    path: at.path(),
                     detector: detector.name.clone(),
                     count,
                 });
+                current = Some(out);
             }
         }
         current
@@ -444,6 +733,23 @@ impl Redactor {
                 Err(_) => format!("[{detector}]"),
             },
             Transform::Drop | Transform::Deny => format!("[{detector}]"),
+        }
+    }
+}
+
+/// Where a string is, for a finding's path: a value at a path, or the key
+/// that ends the path (reported as `path (key)`).
+#[derive(Clone, Copy)]
+enum Where<'a> {
+    At(&'a str),
+    Key(&'a str),
+}
+
+impl Where<'_> {
+    fn path(self) -> String {
+        match self {
+            Self::At(path) => path.to_string(),
+            Self::Key(path) => format!("{path} (key)"),
         }
     }
 }
@@ -536,6 +842,131 @@ mod tests {
             .redact(&json!(text), None, Transform::Mask, "v")
             .unwrap();
         f.into_iter().map(|f| f.detector).collect()
+    }
+
+    /// Every built-in detector runs on dense DFAs, and they find exactly the
+    /// matches the regex crate finds, on text built from the pieces the
+    /// detectors look for (digits, separators, words, tokens).
+    #[test]
+    fn dfas_find_what_the_regex_crate_finds() {
+        let r = redactor();
+        for d in &r.compiled.detectors {
+            assert!(d.matcher.is_dfa(), "{} has no DFA", d.name);
+        }
+        let pieces = [
+            "4111",
+            " ",
+            "-",
+            "1111",
+            "123",
+            "45",
+            "6789",
+            ".",
+            "@",
+            "example.com",
+            "alice",
+            "AKIA",
+            "IOSFODNN7EXAMPLE",
+            "GB82",
+            "WEST",
+            "ghp_",
+            "glpat-",
+            "xoxb-",
+            "Bearer ",
+            "eyJ",
+            "abcdefghij",
+            "_",
+            "::",
+            "fe80",
+            ":",
+            "(",
+            ")",
+            "+1",
+            "é",
+            "\n",
+            "0",
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "-----END RSA PRIVATE KEY-----",
+            "10",
+            "255",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut spans = Vec::new();
+        let mut with_findings = 0;
+        for _ in 0..3000 {
+            let n = (next() % 40) as usize;
+            let text: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            for d in &r.compiled.detectors {
+                d.matcher.find_all(&text, 0, &mut spans);
+                let expected: Vec<(usize, usize)> = d
+                    .matcher
+                    .regex
+                    .find_iter(&text)
+                    .map(|m| (m.start(), m.end()))
+                    .collect();
+                assert_eq!(spans, expected, "{} on {text:?}", d.name);
+            }
+            // Where the hints start the searches (or skip them) does not
+            // change the findings: the same as every detector's regex run
+            // over the whole text, in order, on the text as rewritten so far.
+            for transform in [Transform::Mask, Transform::Hash] {
+                let mut expected = text.clone();
+                let mut expected_found = Vec::new();
+                for d in &r.compiled.detectors {
+                    let mut count = 0;
+                    let replaced =
+                        d.matcher
+                            .regex
+                            .replace_all(&expected, |caps: &regex::Captures<'_>| {
+                                let f = &caps[0];
+                                if d.validate.is_some_and(|ok| !ok(f)) {
+                                    return f.to_string();
+                                }
+                                count += 1;
+                                r.transform(&d.name, f, transform)
+                            });
+                    if count > 0 {
+                        expected = replaced.into_owned();
+                        expected_found.push((d.name.clone(), count));
+                    }
+                }
+                let mut findings = Vec::new();
+                let out = r.redact_str(&text, None, transform, "v", &mut findings);
+                let found: Vec<(String, usize)> = findings
+                    .into_iter()
+                    .map(|f| (f.detector, f.count))
+                    .collect();
+                with_findings += usize::from(!found.is_empty());
+                assert_eq!((out, found), (expected, expected_found), "{text:?}");
+            }
+        }
+        assert!(
+            with_findings > 1000,
+            "only {with_findings} texts had findings"
+        );
+    }
+
+    /// A custom pattern a dense DFA cannot hold (a Unicode word boundary)
+    /// still works, on the regex crate.
+    #[test]
+    fn custom_patterns_without_a_dfa_fall_back() {
+        let custom = BTreeMap::from([("ticket".to_string(), r"\bTCK-[0-9]+\b".to_string())]);
+        let r = Redactor::new(&custom, b"k").unwrap();
+        let ticket = r.compiled.detectors.last().unwrap();
+        assert!(!ticket.matcher.is_dfa());
+        let (out, f) = r
+            .redact(&json!("see TCK-42 now"), None, Transform::Drop, "v")
+            .unwrap();
+        assert_eq!(out, json!("see [ticket] now"));
+        assert_eq!(f[0].detector, "ticket");
     }
 
     #[test]
