@@ -130,6 +130,7 @@ impl Gate {
             input,
             policy_digest: current.digest.clone(),
             entrypoint: current.entrypoint.clone(),
+            policy_revision: current.policy.revision_arc(),
             duration_ns: 0,
             error: None,
             approval: None,
