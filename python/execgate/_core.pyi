@@ -57,6 +57,7 @@ class Gate:
         log: AuditLog | None = None,
         record_input: bool = False,
         history: int | None = None,
+        bundle: Bundle | None = None,
     ) -> Gate: ...
     def decide(
         self,
@@ -79,6 +80,7 @@ class Gate:
         paths: list[str] | None = None,
         data: list[dict[str, Any]] | None = None,
         data_files: list[str] | None = None,
+        bundle: Bundle | None = None,
     ) -> str: ...
     def record_outcome(
         self,
@@ -102,6 +104,8 @@ class Gate:
     def log(self) -> AuditLog | None: ...
     @property
     def policy_digest(self) -> str: ...
+    @property
+    def policy_revision(self) -> str | None: ...
     @property
     def entrypoint(self) -> str: ...
     @property
@@ -251,6 +255,25 @@ class AuditLog:
     @property
     def verify_key(self) -> VerifyKey: ...
 
+@final
+class Bundle:
+    """An OPA-format bundle whose signature and file list verified."""
+
+    @staticmethod
+    def read(path: str | os.PathLike[str], key: VerifyKey) -> Bundle: ...
+    @staticmethod
+    def from_bytes(data: bytes, key: VerifyKey) -> Bundle: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def roots(self) -> list[str]: ...
+
+def build_bundle(
+    directory: str | os.PathLike[str],
+    key: SigningKey,
+    out: str | os.PathLike[str],
+    revision: str | None = None,
+) -> str: ...
 @final
 class VerifyReport:
     """What ``verify_log`` found."""

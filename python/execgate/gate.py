@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import AuditLog, Decision, Receipt, SigningKey
+from execgate._core import AuditLog, Bundle, Decision, Receipt, SigningKey, VerifyKey
 from execgate.approval import Approver
 from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied
@@ -142,13 +142,22 @@ class Gate:
     ``budget`` obligations are enforced atomically, and rebuilt from the audit
     log when the gate opens it.
 
+    ``bundle`` (a path to an OPA-format ``.tar.gz``) with ``bundle_key`` (a
+    :class:`VerifyKey` or a public key PEM path) loads the policy and data from
+    a signed bundle instead of ``policy``/``data``: its signature, exact file
+    list and every file hash must verify, or the gate is not built
+    (:class:`SignatureError` / :class:`PolicyError`). ``reload()`` reads the
+    bundle file again; a bundle that fails to verify or compile leaves the old
+    policy in force. Receipts record the bundle's revision in
+    ``policy.revision``.
+
     Every entry point drives the same call pipeline, :attr:`pipeline` (see
     :mod:`execgate.pipeline` and the README's "Call pipeline").
     """
 
     def __init__(
         self,
-        policy: PolicyLike,
+        policy: PolicyLike | None = None,
         *,
         data: DataLike | None = None,
         entrypoint: str = DEFAULT_ENTRYPOINT,
@@ -163,10 +172,30 @@ class Gate:
         history: int | None = None,
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
+        bundle: str | os.PathLike[str] | None = None,
+        bundle_key: VerifyKey | str | os.PathLike[str] | None = None,
     ) -> None:
+        self._bundle: tuple[str, VerifyKey] | None = None
+        spec: dict[str, Any]
+        if bundle is not None:
+            if policy is not None or data is not None:
+                raise TypeError("pass either policy/data or bundle, not both")
+            if bundle_key is None:
+                raise TypeError("a bundle needs its public key: Gate(bundle=..., bundle_key=...)")
+            verify_key = (
+                bundle_key
+                if isinstance(bundle_key, VerifyKey)
+                else VerifyKey.from_pem(os.fspath(bundle_key))
+            )
+            self._bundle = (os.fspath(bundle), verify_key)
+            spec = {"bundle": Bundle.read(self._bundle[0], verify_key)}
+        elif policy is None:
+            raise TypeError("Gate needs a policy (or bundle=... with bundle_key=...)")
+        else:
+            spec = _policy_spec(policy, data)
         self._log = _audit_log(key, audit)
         native = _core.Gate(
-            **_policy_spec(policy, data),
+            **spec,
             entrypoint=entrypoint,
             mode=mode,
             max_instructions=max_instructions,
@@ -322,11 +351,16 @@ class Gate:
     def reload(self, policy: PolicyLike | None = None, *, data: DataLike | None = None) -> str:
         """Recompiles and swaps the policy atomically; returns the new digest.
 
-        With no arguments the current files are read again. Checks already
-        running finish on the old policy; if the new one fails to load,
-        :class:`PolicyError` is raised and the old policy stays in force.
+        With no arguments the current files are read again (for a gate built
+        from a bundle: the bundle file, verified again). Checks already
+        running finish on the old policy; if the new one fails to load or
+        verify, :class:`PolicyError` (or :class:`SignatureError`) is raised
+        and the old policy stays in force.
         """
         if policy is None and data is None:
+            if self._bundle is not None:
+                path, key = self._bundle
+                return self._native.reload(bundle=Bundle.read(path, key))
             return self._native.reload()
         if policy is None:
             raise TypeError("reload(data=...) needs the policy too")
@@ -336,6 +370,11 @@ class Gate:
     def policy_digest(self) -> str:
         """SHA-256 of the policy modules, data and entry point now in force."""
         return self._native.policy_digest
+
+    @property
+    def policy_revision(self) -> str | None:
+        """The revision of the bundle now in force (None without a bundle)."""
+        return self._native.policy_revision
 
     @property
     def entrypoint(self) -> str:
