@@ -384,7 +384,7 @@ impl Call {
         if self.decision.allowed {
             self.meet_approval();
         }
-        let taken = if self.decision.allowed {
+        let mut taken = if self.decision.allowed {
             self.take_limits()
         } else {
             None
@@ -409,9 +409,25 @@ impl Call {
         if let Some(log) = &gate.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
-            match decision_body(&self.decision, gate.record_input, &self.current.redactor)
-                .and_then(|body| log.append(body))
-            {
+            // A call that takes limits is written only if they still hold
+            // over every writer's records (processes sharing the log share
+            // its limits); refused, it is recorded as the deny it is.
+            let body = decision_body(&self.decision, gate.record_input, &self.current.redactor);
+            let appended = match (&taken, body) {
+                (Some(t), Ok(body)) => match log.append_admitted(body) {
+                    Ok(Err(reason)) => {
+                        gate.ledger.give_back(&t.rates, &t.budgets, t.now);
+                        taken = None;
+                        self.decision.deny(FailureKind::Obligation, reason);
+                        decision_body(&self.decision, gate.record_input, &self.current.redactor)
+                            .and_then(|body| log.append(body))
+                    }
+                    Ok(Ok(receipt)) => Ok(receipt),
+                    Err(e) => Err(e),
+                },
+                (_, body) => body.and_then(|body| log.append(body)),
+            };
+            match appended {
                 Ok(receipt) => self.decision.receipt = Some(receipt),
                 Err(e) => {
                     if let Some(t) = &taken {
