@@ -68,9 +68,7 @@ def _race(tmp_path: pathlib.Path, policy: str, processes: int, calls: int) -> in
 
 
 @pytest.mark.parametrize("run", range(3))
-def test_four_processes_on_one_log_get_exactly_the_budget(
-    tmp_path: pathlib.Path, run: int
-) -> None:
+def test_four_processes_on_one_log_get_exactly_the_budget(tmp_path: pathlib.Path, run: int) -> None:
     assert _race(tmp_path, BUDGET, processes=4, calls=6) == 3
 
 

@@ -20,6 +20,7 @@ _Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
+    "Bundle",
     "Call",
     "Decision",
     "Gate",
@@ -28,6 +29,7 @@ __all__ = [
     "VerifyKey",
     "VerifyReport",
     "__version__",
+    "build_bundle",
     "redact",
     "rego_tests",
     "run_rego_test",
@@ -274,6 +276,7 @@ def build_bundle(
     out: str | os.PathLike[str],
     revision: str | None = None,
 ) -> str: ...
+
 @final
 class VerifyReport:
     """What ``verify_log`` found."""

@@ -48,7 +48,7 @@ def _is_source(text: str) -> bool:
     return "\n" in text or text.lstrip().startswith("package ")
 
 
-def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, list[Any]]:
+def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, Any]:
     sources: list[tuple[str, str]] = []
     paths: list[str] = []
     items = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)

@@ -390,22 +390,6 @@ impl Call {
             None
         };
         let start = std::time::Instant::now();
-        if self.current.policy.reads().history {
-            let args = to_json(&self.decision.input["action"]["args"]).unwrap_or(Json::Null);
-            let name = self.decision.input["action"]["name"]
-                .as_string()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            gate.ledger.record(
-                &self.session,
-                history_entry(
-                    &name,
-                    self.decision.allowed,
-                    &self.time(),
-                    &json_sha256(&args).unwrap_or_default(),
-                ),
-            );
-        }
         if let Some(log) = &gate.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
@@ -439,6 +423,24 @@ impl Call {
                     );
                 }
             }
+        }
+        // After recording, so the history says what the log says (a call the
+        // log refused, or could not hold, is a deny there too).
+        if self.current.policy.reads().history {
+            let args = to_json(&self.decision.input["action"]["args"]).unwrap_or(Json::Null);
+            let name = self.decision.input["action"]["name"]
+                .as_string()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            gate.ledger.record(
+                &self.session,
+                history_entry(
+                    &name,
+                    self.decision.allowed,
+                    &self.time(),
+                    &json_sha256(&args).unwrap_or_default(),
+                ),
+            );
         }
         self.decision.duration_ns = self
             .decision
