@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -234,3 +235,127 @@ def test_bundle_options_are_checked(built: tuple[pathlib.Path, pathlib.Path]) ->
         execgate.Gate(bundle=out)
     with pytest.raises(TypeError, match="not both"):
         execgate.Gate(POLICY, bundle=out, bundle_key=pub)
+
+
+class _BundleServer:
+    """A local HTTP server for one bundle, with strong ETags and 304s; it
+    counts requests and conditional hits, and can be made to fail."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        import http.server
+        import threading
+
+        self.path, self.requests, self.not_modified, self.down = path, 0, 0, False
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                if server.down:
+                    self.send_error(503)
+                    return
+                data = server.path.read_bytes()
+                etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+                if self.headers.get("If-None-Match") == etag:
+                    server.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/bundle.tar.gz"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served(
+    tmp_path: pathlib.Path, keys: tuple[pathlib.Path, pathlib.Path]
+) -> Iterator[tuple[_BundleServer, pathlib.Path, pathlib.Path]]:
+    priv, pub = keys
+    _build(_tree(tmp_path / "src", ["fs.read"]), priv, tmp_path / "served.tar.gz", "v1")
+    server = _BundleServer(tmp_path / "served.tar.gz")
+    yield server, priv, pub
+    server.close()
+
+
+def test_served_bundle_new_revision_and_304(
+    tmp_path: pathlib.Path, served: tuple[_BundleServer, pathlib.Path, pathlib.Path]
+) -> None:
+    server, priv, pub = served
+    cache = tmp_path / "cache" / "last-good.tar.gz"
+    cache.parent.mkdir()
+    gate = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_cache=cache)
+    assert gate.policy_revision == "v1" and cache.is_file()
+    gate.reload()  # unchanged: a conditional GET answered 304
+    assert server.not_modified == 1 and gate.policy_revision == "v1"
+    _build(_tree(tmp_path / "src", ["fs.read", "fs.write"]), priv, server.path, "v2")
+    gate.reload()
+    assert gate.policy_revision == "v2" and gate.check("fs.write").allowed
+    # A tampered bundle on the server is refused; v2 stays.
+    members = _members(server.path)
+    members["app/data.json"] = b'{"allowed": ["fs.read", "fs.write", "shell.exec"]}'
+    _write(server.path, members)
+    with pytest.raises(execgate.SignatureError):
+        gate.reload()
+    assert gate.policy_revision == "v2" and not gate.check("shell.exec").allowed
+    # Restart with the server down: the cached last good bundle (v2) is used.
+    server.down = True
+    restarted = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_cache=cache)
+    assert restarted.policy_revision == "v2" and restarted.check("fs.write").allowed
+
+
+def test_no_valid_bundle_ever_denies_everything_until_one_arrives(
+    tmp_path: pathlib.Path, served: tuple[_BundleServer, pathlib.Path, pathlib.Path]
+) -> None:
+    import time
+
+    server, _, pub = served
+    server.down = True
+    gate = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_poll=0.05)
+    try:
+        d = gate.check("fs.read")
+        assert not d.allowed and "no valid policy bundle" in d.reasons[0]
+        assert gate.policy_revision is None
+        server.down = False
+        deadline = time.monotonic() + 10
+        while gate.policy_revision is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.policy_revision == "v1" and gate.check("fs.read").allowed
+    finally:
+        gate.close()
+
+
+def test_poller_keeps_the_old_policy_when_a_bad_bundle_is_served(
+    tmp_path: pathlib.Path,
+    served: tuple[_BundleServer, pathlib.Path, pathlib.Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    server, _, pub = served
+    gate = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_poll=0.05)
+    try:
+        other = tmp_path / "other.key"
+        execgate.SigningKey.generate().to_pem(other)
+        _build(_tree(tmp_path / "evil", ["fs.read", "shell.exec"]), other, server.path, "evil")
+        with caplog.at_level("WARNING", logger="execgate.bundle"):
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert caplog.records and "keeping the policy in force" in caplog.records[0].getMessage()
+        assert gate.policy_revision == "v1" and not gate.check("shell.exec").allowed
+    finally:
+        gate.close()
