@@ -440,16 +440,157 @@ fn file_hash(name: &str, content: &[u8]) -> Result<String> {
     if !structured {
         return Ok(hex::encode(Sha256::digest(content)));
     }
-    let value: Json = if base == "data.yaml" {
+    let mut h = Sha256::new();
+    if base == "data.yaml" {
         let text = utf8(name, content)?;
         let v = Value::from_yaml_str(text).map_err(|e| bad(format!("{name}: {e}")))?;
-        serde_json::to_value(&v).map_err(|e| bad(format!("{name}: {e}")))?
+        let value = serde_json::to_value(&v).map_err(|e| bad(format!("{name}: {e}")))?;
+        walk(&value, &mut h, 0)?;
     } else {
-        serde_json::from_slice(content).map_err(|e| bad(format!("{name}: {e}")))?
-    };
-    let mut h = Sha256::new();
-    walk(&value, &mut h, 0)?;
+        // Validated (and depth-bounded) by serde_json first; then walked over
+        // its own text so numbers keep their literal form, as OPA's hash
+        // keeps them (Go's json.Number).
+        let _: serde::de::IgnoredAny =
+            serde_json::from_slice(content).map_err(|e| bad(format!("{name}: {e}")))?;
+        let text = utf8(name, content)?;
+        let mut literal = Literal { text, pos: 0 };
+        let value = literal.value(0)?;
+        value.hash(&mut h);
+    }
     Ok(hex::encode(h.finalize()))
+}
+
+/// A JSON value with its numbers as written.
+enum Canon {
+    Object(BTreeMap<String, Canon>),
+    Array(Vec<Canon>),
+    String(String),
+    /// A number, `true`, `false` or `null`, as written.
+    Literal(String),
+}
+
+impl Canon {
+    fn hash(&self, h: &mut Sha256) {
+        match self {
+            Canon::Object(map) => {
+                h.update(b"{");
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b",");
+                    }
+                    h.update(go_string(k).as_bytes());
+                    h.update(b":");
+                    v.hash(h);
+                }
+                h.update(b"}");
+            }
+            Canon::Array(items) => {
+                h.update(b"[");
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b",");
+                    }
+                    v.hash(h);
+                }
+                h.update(b"]");
+            }
+            Canon::String(s) => h.update(go_string(s).as_bytes()),
+            Canon::Literal(l) => h.update(l.as_bytes()),
+        }
+    }
+}
+
+/// A reader over JSON text already known to be valid.
+struct Literal<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl Literal<'_> {
+    fn skip_ws(&mut self) {
+        let rest = &self.text[self.pos..];
+        self.pos += rest.len() - rest.trim_start_matches([' ', '\t', '\n', '\r']).len();
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Canon> {
+        if depth > MAX_DEPTH {
+            return Err(bad("a document is nested too deeply"));
+        }
+        self.skip_ws();
+        match self.peek() {
+            Some(b'{') => {
+                self.pos += 1;
+                let mut map = BTreeMap::new();
+                loop {
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(b'}') => {
+                            self.pos += 1;
+                            return Ok(Canon::Object(map));
+                        }
+                        Some(b',') => self.pos += 1,
+                        Some(b'"') => {
+                            let key = self.string()?;
+                            self.skip_ws();
+                            self.pos += 1; // ':'
+                                           // A repeated key keeps its last value, as Go's decoder does.
+                            map.insert(key, self.value(depth + 1)?);
+                        }
+                        _ => return Err(bad("malformed JSON object")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(Canon::Array(items));
+                        }
+                        Some(b',') => self.pos += 1,
+                        Some(_) => items.push(self.value(depth + 1)?),
+                        None => return Err(bad("malformed JSON array")),
+                    }
+                }
+            }
+            Some(b'"') => Ok(Canon::String(self.string()?)),
+            Some(_) => {
+                let rest = &self.text[self.pos..];
+                let end = rest
+                    .find([',', '}', ']', ' ', '\t', '\n', '\r'])
+                    .unwrap_or(rest.len());
+                self.pos += end;
+                Ok(Canon::Literal(rest[..end].to_string()))
+            }
+            None => Err(bad("malformed JSON")),
+        }
+    }
+
+    /// The string starting at `pos` (a `"`), decoded.
+    fn string(&mut self) -> Result<String> {
+        let bytes = self.text.as_bytes();
+        let mut end = self.pos + 1;
+        while let Some(&b) = bytes.get(end) {
+            match b {
+                b'\\' => end += 2,
+                b'"' => break,
+                _ => end += 1,
+            }
+        }
+        let raw = self
+            .text
+            .get(self.pos..=end)
+            .ok_or_else(|| bad("malformed JSON string"))?;
+        self.pos = end + 1;
+        serde_json::from_str(raw).map_err(|e| bad(format!("malformed JSON string: {e}")))
+    }
 }
 
 /// Feeds OPA's canonical form of `v` to the hash: objects with keys in byte
@@ -732,6 +873,23 @@ mod tests {
             Bundle::from_bytes(b"not gzip", &SigningKey::generate().verify_key()),
             Err(CoreError::Policy(_))
         ));
+    }
+
+    #[test]
+    fn number_literals_are_hashed_as_written() {
+        // OPA decodes numbers as json.Number: 10.50 and 1e3 keep their text.
+        let got = file_hash(
+            "data.json",
+            br#"{"p": 10.50, "q": [1e3, -0], "s": "a\u00e9\n"}"#,
+        )
+        .unwrap();
+        let want = "{\"p\":10.50,\"q\":[1e3,-0],\"s\":\"a\u{e9}\\n\"}";
+        assert_eq!(got, hex::encode(Sha256::digest(want.as_bytes())));
+        // Repeated keys: the last one counts.
+        assert_eq!(
+            file_hash("data.json", br#"{"a": 1, "a": 2}"#).unwrap(),
+            hex::encode(Sha256::digest(br#"{"a":2}"#))
+        );
     }
 
     #[test]
