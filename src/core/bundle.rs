@@ -876,6 +876,55 @@ mod tests {
     }
 
     #[test]
+    fn caps_bound_what_a_bundle_can_make_the_reader_do() {
+        let vk = SigningKey::generate().verify_key();
+        let many: BTreeMap<String, Vec<u8>> = (0..=MAX_ENTRIES)
+            .map(|i| (format!("f{i}"), Vec::new()))
+            .collect();
+        let e = Bundle::from_bytes(&repack(&many), &vk).unwrap_err();
+        assert!(e.to_string().contains("entries"), "{e}");
+        // A gzip bomb: a few hundred KB that unpack past the cap.
+        let big: BTreeMap<String, Vec<u8>> = (0..5)
+            .map(|i| {
+                (
+                    format!("d{i}/data.json"),
+                    vec![b' '; (MAX_FILE_BYTES - 1) as usize],
+                )
+            })
+            .collect();
+        let bomb = repack(&big);
+        assert!((bomb.len() as u64) < MAX_UNPACKED_BYTES / 16);
+        let e = Bundle::from_bytes(&bomb, &vk).unwrap_err();
+        assert!(e.to_string().contains("unpacks to more than"), "{e}");
+        let mut huge = BTreeMap::new();
+        huge.insert(
+            "p.rego".to_string(),
+            vec![b' '; (MAX_FILE_BYTES + 1) as usize],
+        );
+        let e = Bundle::from_bytes(&repack(&huge), &vk).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn symlinks_and_links_are_refused() {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        tar.append_link(&mut h, "policy.rego", "/etc/passwd")
+            .unwrap();
+        let bytes = tar.into_inner().unwrap().finish().unwrap();
+        let e = Bundle::from_bytes(&bytes, &SigningKey::generate().verify_key()).unwrap_err();
+        assert!(
+            matches!(e, CoreError::Policy(_)) && e.to_string().contains("not a regular file"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn number_literals_are_hashed_as_written() {
         // OPA decodes numbers as json.Number: 10.50 and 1e3 keep their text.
         let got = file_hash(
