@@ -359,3 +359,19 @@ def test_poller_keeps_the_old_policy_when_a_bad_bundle_is_served(
         assert gate.policy_revision == "v1" and not gate.check("shell.exec").allowed
     finally:
         gate.close()
+
+
+def test_bundle_build_refuses_a_directory_without_policy(
+    tmp_path: pathlib.Path, keys: tuple[pathlib.Path, pathlib.Path]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "b.tar.gz"
+    cli = [sys.executable, "-m", "execgate", "bundle", "build", str(tmp_path / "empty")]
+    done = subprocess.run(
+        [*cli, "--key", str(keys[0]), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "no .rego file to bundle" in done.stderr
+    assert not out.exists()
