@@ -20,6 +20,7 @@ _Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
+    "Bundle",
     "Call",
     "Decision",
     "Gate",
@@ -28,6 +29,7 @@ __all__ = [
     "VerifyKey",
     "VerifyReport",
     "__version__",
+    "build_bundle",
     "redact",
     "rego_tests",
     "run_rego_test",
@@ -57,6 +59,7 @@ class Gate:
         log: AuditLog | None = None,
         record_input: bool = False,
         history: int | None = None,
+        bundle: Bundle | None = None,
     ) -> Gate: ...
     def decide(
         self,
@@ -80,6 +83,7 @@ class Gate:
         paths: list[str] | None = None,
         data: list[dict[str, Any]] | None = None,
         data_files: list[str] | None = None,
+        bundle: Bundle | None = None,
     ) -> str: ...
     def record_outcome(
         self,
@@ -103,6 +107,8 @@ class Gate:
     def log(self) -> AuditLog | None: ...
     @property
     def policy_digest(self) -> str: ...
+    @property
+    def policy_revision(self) -> str | None: ...
     @property
     def entrypoint(self) -> str: ...
     @property
@@ -251,6 +257,26 @@ class AuditLog:
     def path(self) -> str | None: ...
     @property
     def verify_key(self) -> VerifyKey: ...
+
+@final
+class Bundle:
+    """An OPA-format bundle whose signature and file list verified."""
+
+    @staticmethod
+    def read(path: str | os.PathLike[str], key: VerifyKey) -> Bundle: ...
+    @staticmethod
+    def from_bytes(data: bytes, key: VerifyKey) -> Bundle: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def roots(self) -> list[str]: ...
+
+def build_bundle(
+    directory: str | os.PathLike[str],
+    key: SigningKey,
+    out: str | os.PathLike[str],
+    revision: str | None = None,
+) -> str: ...
 
 @final
 class VerifyReport:

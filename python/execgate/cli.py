@@ -190,6 +190,19 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--data", action="append", default=[], metavar="FILE")
     replay.add_argument("--entrypoint", default="data.execgate.decision")
 
+    bundle = sub.add_parser("bundle", help="OPA-format signed policy bundles")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True, parser_class=_Parser)
+    build = bundle_sub.add_parser(
+        "build",
+        help="pack DIR's *.rego, data.json and data.yaml files into a signed .tar.gz bundle",
+    )
+    build.add_argument("directory", metavar="DIR")
+    build.add_argument("--key", required=True, metavar="PRIV", help="Ed25519 private key PEM")
+    build.add_argument("--out", required=True, metavar="FILE", help="the bundle to write")
+    build.add_argument(
+        "--revision", metavar="R", help="the manifest revision (default: a digest of the files)"
+    )
+
     demo = sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
     demo.add_argument(
         "--log",
@@ -569,6 +582,15 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args.log)
 
 
+def _bundle_build(args: argparse.Namespace) -> int:
+    from execgate._core import SigningKey, build_bundle
+
+    key = SigningKey.from_pem(args.key)
+    revision = build_bundle(args.directory, key, args.out, args.revision)
+    print(f"{args.out}: revision {revision}, signed by {key.kid}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -589,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "bundle":
+            return _bundle_build(args)
     except ExecgateError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import AuditLog, Decision, Receipt, SigningKey
+from execgate._core import AuditLog, Bundle, Decision, Receipt, SigningKey, VerifyKey
 from execgate.approval import Approver
+from execgate.bundle_source import BundleSource, Poller, deny_all_policy, is_url
+from execgate.bundle_source import log as bundle_log
 from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
@@ -48,7 +50,7 @@ def _is_source(text: str) -> bool:
     return "\n" in text or text.lstrip().startswith("package ")
 
 
-def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, list[Any]]:
+def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, Any]:
     sources: list[tuple[str, str]] = []
     paths: list[str] = []
     items = [policy] if isinstance(policy, (str, os.PathLike)) else list(policy)
@@ -142,13 +144,31 @@ class Gate:
     ``budget`` obligations are enforced atomically, and rebuilt from the audit
     log when the gate opens it.
 
+    ``bundle`` (a path to an OPA-format ``.tar.gz``) with ``bundle_key`` (a
+    :class:`VerifyKey` or a public key PEM path) loads the policy and data from
+    a signed bundle instead of ``policy``/``data``: its signature, exact file
+    list and every file hash must verify, or the gate is not built
+    (:class:`SignatureError` / :class:`PolicyError`). ``reload()`` reads the
+    bundle file again; a bundle that fails to verify or compile leaves the old
+    policy in force. Receipts record the bundle's revision in
+    ``policy.revision``.
+
+    ``bundle`` may be an ``http(s)://`` URL: it is downloaded (``If-None-Match``
+    with the last ETag), verified, and the last good one kept at
+    ``bundle_cache`` (a file path) for restarts without the server. A gate
+    that cannot get a valid bundle, from the server or the cache, denies every
+    call with a reason saying so. ``bundle_poll=SECONDS`` fetches again on a
+    background thread (with jitter, backing off while it fails) and swaps a
+    new revision in through :meth:`reload`; a bundle that fails is logged
+    (logger ``execgate.bundle``) and the old policy stays.
+
     Every entry point drives the same call pipeline, :attr:`pipeline` (see
     :mod:`execgate.pipeline` and the README's "Call pipeline").
     """
 
     def __init__(
         self,
-        policy: PolicyLike,
+        policy: PolicyLike | None = None,
         *,
         data: DataLike | None = None,
         entrypoint: str = DEFAULT_ENTRYPOINT,
@@ -163,10 +183,38 @@ class Gate:
         history: int | None = None,
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
+        bundle: str | os.PathLike[str] | None = None,
+        bundle_key: VerifyKey | str | os.PathLike[str] | None = None,
+        bundle_poll: float | None = None,
+        bundle_cache: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._bundle: tuple[str, VerifyKey] | None = None
+        self._source: BundleSource | None = None
+        self._poller: Poller | None = None
+        spec: dict[str, Any]
+        if bundle is not None:
+            if policy is not None or data is not None:
+                raise TypeError("pass either policy/data or bundle, not both")
+            if bundle_key is None:
+                raise TypeError("a bundle needs its public key: Gate(bundle=..., bundle_key=...)")
+            verify_key = (
+                bundle_key
+                if isinstance(bundle_key, VerifyKey)
+                else VerifyKey.from_pem(os.fspath(bundle_key))
+            )
+            if is_url(bundle):
+                self._source = BundleSource(os.fspath(bundle), verify_key, cache=bundle_cache)
+                spec = self._first_bundle(entrypoint)
+            else:
+                self._bundle = (os.fspath(bundle), verify_key)
+                spec = {"bundle": Bundle.read(self._bundle[0], verify_key)}
+        elif policy is None:
+            raise TypeError("Gate needs a policy (or bundle=... with bundle_key=...)")
+        else:
+            spec = _policy_spec(policy, data)
         self._log = _audit_log(key, audit)
         native = _core.Gate(
-            **_policy_spec(policy, data),
+            **spec,
             entrypoint=entrypoint,
             mode=mode,
             max_instructions=max_instructions,
@@ -181,6 +229,40 @@ class Gate:
         self.pipeline = Pipeline(
             native, clock=clock, approver=approver, approval_timeout=approval_timeout
         )
+        if self._source is not None:
+            self._source.installed()
+            if bundle_poll is not None:
+                self._poller = Poller(self._update_from_source, bundle_poll)
+        elif bundle_poll is not None:
+            raise TypeError("bundle_poll needs bundle=URL")
+
+    def _first_bundle(self, entrypoint: str) -> dict[str, Any]:
+        source = self._source
+        assert source is not None  # noqa: S101  (only called with a source)
+        fetched: Bundle | None = None
+        error: Exception | None = None
+        try:
+            fetched = source.fetch()
+        except Exception as e:  # the server is down or serves a bad bundle: try the cache
+            error = e
+        bundle = fetched if fetched is not None else source.cached()
+        if bundle is not None:
+            if error is not None:
+                bundle_log.warning("execgate: %s: %s; using the cached bundle", source.url, error)
+            return {"bundle": bundle}
+        reason = f"no valid policy bundle from {source.url}: {error}"
+        bundle_log.warning("execgate: %s", reason)
+        return {"sources": [("<no bundle>", deny_all_policy(entrypoint, reason))]}
+
+    def _update_from_source(self) -> str:
+        source = self._source
+        assert source is not None  # noqa: S101  (only called with a source)
+        bundle = source.fetch()
+        if bundle is None:  # 304: unchanged
+            return self.policy_digest
+        digest = self._native.reload(bundle=bundle)
+        source.installed()
+        return digest
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], **options: Any) -> Gate:
@@ -321,11 +403,18 @@ class Gate:
     def reload(self, policy: PolicyLike | None = None, *, data: DataLike | None = None) -> str:
         """Recompiles and swaps the policy atomically; returns the new digest.
 
-        With no arguments the current files are read again. Checks already
-        running finish on the old policy; if the new one fails to load,
-        :class:`PolicyError` is raised and the old policy stays in force.
+        With no arguments the current files are read again (for a gate built
+        from a bundle: the bundle file, verified again). Checks already
+        running finish on the old policy; if the new one fails to load or
+        verify, :class:`PolicyError` (or :class:`SignatureError`) is raised
+        and the old policy stays in force.
         """
         if policy is None and data is None:
+            if self._source is not None:
+                return self._update_from_source()
+            if self._bundle is not None:
+                path, key = self._bundle
+                return self._native.reload(bundle=Bundle.read(path, key))
             return self._native.reload()
         if policy is None:
             raise TypeError("reload(data=...) needs the policy too")
@@ -335,6 +424,11 @@ class Gate:
     def policy_digest(self) -> str:
         """SHA-256 of the policy modules, data and entry point now in force."""
         return self._native.policy_digest
+
+    @property
+    def policy_revision(self) -> str | None:
+        """The revision of the bundle now in force (None without a bundle)."""
+        return self._native.policy_revision
 
     @property
     def entrypoint(self) -> str:
@@ -391,7 +485,10 @@ class Gate:
         return self._log
 
     def close(self) -> None:
-        """Flushes and closes the audit log (sealing checkpoints). Safe to call twice."""
+        """Stops bundle polling; flushes and closes the audit log (sealing
+        checkpoints). Safe to call twice."""
+        if self._poller is not None:
+            self._poller.stop()
         if self._log is not None:
             self._log.close()
 

@@ -119,6 +119,8 @@ pub struct Decision {
     pub policy_digest: Arc<str>,
     /// Entry point that was queried.
     pub entrypoint: Arc<str>,
+    /// Revision of the bundle the policy came from, if it came from one.
+    pub policy_revision: Option<Arc<str>>,
     /// Time spent building the input and evaluating, in nanoseconds.
     pub duration_ns: u64,
     /// Set when the deny is fail-closed rather than the policy's verdict.

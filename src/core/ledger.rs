@@ -203,6 +203,22 @@ impl Ledger {
     /// limit that does not hold.
     pub fn take(&self, rates: &[Rate], budgets: &[Budget], now: f64) -> Result<(), String> {
         let mut inner = self.inner.lock();
+        Self::check_locked(&inner, rates, budgets, now)?;
+        Self::apply(&mut inner, rates, budgets, now);
+        Ok(())
+    }
+
+    /// Whether every limit would hold for one more call, taking nothing.
+    pub fn check(&self, rates: &[Rate], budgets: &[Budget], now: f64) -> Result<(), String> {
+        Self::check_locked(&self.inner.lock(), rates, budgets, now)
+    }
+
+    fn check_locked(
+        inner: &Inner,
+        rates: &[Rate],
+        budgets: &[Budget],
+        now: f64,
+    ) -> Result<(), String> {
         for r in rates {
             let used = inner.rates.get(&r.key).map_or(0, |w| w.used(now, r.window));
             if used >= r.limit {
@@ -221,7 +237,6 @@ impl Ledger {
                 ));
             }
         }
-        Self::apply(&mut inner, rates, budgets, now);
         Ok(())
     }
 
@@ -483,6 +498,15 @@ impl StateFold for Ledger {
 
     fn reset(&self) {
         self.clear();
+    }
+
+    /// An allowed decision is admitted only if every limit it takes still
+    /// holds over this fold (the records of every writer of the log).
+    fn admits(&self, body: &Map<String, Json>) -> Result<(), String> {
+        match replayed(body).and_then(|r| r.limits) {
+            Some((rates, budgets, now)) => self.check(&rates, &budgets, now),
+            None => Ok(()),
+        }
     }
 }
 

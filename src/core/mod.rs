@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod audit;
+pub mod bundle;
 pub mod decision;
 pub mod error;
 pub mod gate;

@@ -130,6 +130,7 @@ impl Gate {
             input,
             policy_digest: current.digest.clone(),
             entrypoint: current.entrypoint.clone(),
+            policy_revision: current.policy.revision_arc(),
             duration_ns: 0,
             error: None,
             approval: None,
@@ -383,29 +384,34 @@ impl Call {
         if self.decision.allowed {
             self.meet_approval();
         }
-        let taken = if self.decision.allowed {
+        let mut taken = if self.decision.allowed {
             self.take_limits()
         } else {
             None
         };
         let start = std::time::Instant::now();
-        if self.current.policy.reads().history {
-            let digest = value_sha256(&self.decision.input["action"]["args"]).unwrap_or_default();
-            let name = self.decision.input["action"]["name"]
-                .as_string()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            gate.ledger.record(
-                &self.session,
-                history_entry(&name, self.decision.allowed, &self.time(), &digest),
-            );
-        }
         if let Some(log) = &gate.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
-            match decision_body(&self.decision, gate.record_input, &self.current.redactor)
-                .and_then(|body| log.append(body))
-            {
+            // A call that takes limits is written only if they still hold
+            // over every writer's records (processes sharing the log share
+            // its limits); refused, it is recorded as the deny it is.
+            let body = decision_body(&self.decision, gate.record_input, &self.current.redactor);
+            let appended = match (&taken, body) {
+                (Some(t), Ok(body)) => match log.append_admitted(body) {
+                    Ok(Err(reason)) => {
+                        gate.ledger.give_back(&t.rates, &t.budgets, t.now);
+                        taken = None;
+                        self.decision.deny(FailureKind::Obligation, reason);
+                        decision_body(&self.decision, gate.record_input, &self.current.redactor)
+                            .and_then(|body| log.append(body))
+                    }
+                    Ok(Ok(receipt)) => Ok(receipt),
+                    Err(e) => Err(e),
+                },
+                (_, body) => body.and_then(|body| log.append(body)),
+            };
+            match appended {
                 Ok(receipt) => self.decision.receipt = Some(receipt),
                 Err(e) => {
                     if let Some(t) = &taken {
@@ -417,6 +423,19 @@ impl Call {
                     );
                 }
             }
+        }
+        // After recording, so the history says what the log says (a call the
+        // log refused, or could not hold, is a deny there too).
+        if self.current.policy.reads().history {
+            let digest = value_sha256(&self.decision.input["action"]["args"]).unwrap_or_default();
+            let name = self.decision.input["action"]["name"]
+                .as_string()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            gate.ledger.record(
+                &self.session,
+                history_entry(&name, self.decision.allowed, &self.time(), &digest),
+            );
         }
         self.decision.duration_ns = self
             .decision

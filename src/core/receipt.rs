@@ -443,10 +443,13 @@ pub fn decision_body(
                    "comment": comment, "timed_out": a.timed_out}),
         );
     }
-    body.insert(
-        "policy".into(),
-        json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest}),
-    );
+    let mut policy =
+        json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest});
+    if let (Some(revision), Some(p)) = (&decision.policy_revision, policy.as_object_mut()) {
+        // Only a policy from a bundle has a revision; others keep the two keys.
+        p.insert("revision".into(), json!(&**revision));
+    }
+    body.insert("policy".into(), policy);
     body.insert("input_sha256".into(), json!(input_sha256));
     if let Some(kind) = decision.error {
         body.insert("error".into(), json!(kind.as_str()));

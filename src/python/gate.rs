@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::audit::PyAuditLog;
+use super::bundle::PyBundle;
 use super::convert::{json_to_python, optional_object, seconds, to_python, to_value, Converter};
 use super::keys::PyReceipt;
 use crate::core::decision::{Decision, Mode, Request};
@@ -90,7 +91,8 @@ impl PyGate {
     #[pyo3(signature = (*, sources=Vec::new(), paths=Vec::new(), data=Vec::new(), data_files=Vec::new(),
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
-                        max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None))]
+                        max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None,
+                        bundle=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,6 +108,7 @@ impl PyGate {
         log: Option<PyRef<'_, PyAuditLog>>,
         record_input: bool,
         history: Option<usize>,
+        bundle: Option<PyRef<'_, PyBundle>>,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         for (what, n) in [
@@ -122,7 +125,11 @@ impl PyGate {
             timeout: seconds(timeout, "timeout")?,
             max_memory,
         };
-        let set = policy_set(sources, paths, data, data_files)?;
+        // A bundle replaces every other policy source.
+        let set = match bundle {
+            Some(b) => b.inner.policy_set(),
+            None => policy_set(sources, paths, data, data_files)?,
+        };
         let mut inner = py.detach(|| Gate::new(set, options, mode))?;
         if let Some(len) = history {
             inner = inner.with_history(len)?;
@@ -195,7 +202,8 @@ impl PyGate {
 
     /// Recompiles and swaps the policy in atomically; with no arguments,
     /// re-reads the current sources. Returns the new policy digest.
-    #[pyo3(signature = (*, sources=None, paths=None, data=None, data_files=None))]
+    /// A verified `bundle` replaces every other source.
+    #[pyo3(signature = (*, sources=None, paths=None, data=None, data_files=None, bundle=None))]
     fn reload(
         &self,
         py: Python<'_>,
@@ -203,10 +211,13 @@ impl PyGate {
         paths: Option<Vec<PathBuf>>,
         data: Option<Vec<Bound<'_, PyDict>>>,
         data_files: Option<Vec<PathBuf>>,
+        bundle: Option<PyRef<'_, PyBundle>>,
     ) -> PyResult<String> {
         let replace =
             sources.is_some() || paths.is_some() || data.is_some() || data_files.is_some();
-        let set = if replace {
+        let set = if let Some(b) = bundle {
+            Some(b.inner.policy_set())
+        } else if replace {
             Some(policy_set(
                 sources.unwrap_or_default(),
                 paths.unwrap_or_default(),
@@ -269,6 +280,12 @@ impl PyGate {
     #[getter]
     fn policy_digest(&self) -> String {
         self.inner.policy().digest().to_string()
+    }
+
+    /// The revision of the bundle now in force, if the policy came from one.
+    #[getter]
+    fn policy_revision(&self) -> Option<String> {
+        self.inner.policy().revision().map(str::to_string)
     }
 
     #[getter]

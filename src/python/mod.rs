@@ -3,6 +3,7 @@
 //! holds no policy, crypto or file logic of its own.
 
 pub mod audit;
+pub mod bundle;
 pub mod convert;
 pub mod errors;
 pub mod gate;

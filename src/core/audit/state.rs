@@ -46,6 +46,14 @@ pub trait StateFold: Send + Sync {
     fn restore(&self, state: &Json) -> std::result::Result<(), String>;
     /// Forgets everything.
     fn reset(&self);
+    /// Whether a record with this body may be appended now, given the fold
+    /// of every record before the file's end (`Err` with the reason when
+    /// not): how limits stay exact across processes sharing one log (see
+    /// [`super::AuditLog::append_admitted`]). Every record is admitted by
+    /// default.
+    fn admits(&self, _body: &Map<String, Json>) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How far back from the end the rebuild looks for a `state` record before

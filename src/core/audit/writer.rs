@@ -180,6 +180,19 @@ impl AuditLog {
         self.inner.append(body)
     }
 
+    /// Like [`AuditLog::append`], but first asks the attached fold whether
+    /// the record is admitted ([`StateFold::admits`]), under the file lock
+    /// and after folding what other writers appended: a decision that takes
+    /// a rate or budget is written only if the limit still holds over every
+    /// record in the file, so processes sharing one log share its limits
+    /// exactly. `Ok(Err(reason))`: refused, nothing written.
+    pub fn append_admitted(
+        &self,
+        body: Map<String, Json>,
+    ) -> Result<std::result::Result<Receipt, String>> {
+        self.inner.append_checked(body, true)
+    }
+
     /// Keeps `fold` in step with the log's records and writes it out in
     /// signed `state` records (see [`StateFold`]); rebuilds it first from the
     /// last trusted `state` record and the records after it. A log holds one
@@ -311,6 +324,15 @@ impl Inner {
     }
 
     fn append(&self, body: Map<String, Json>) -> Result<Receipt> {
+        self.append_checked(body, false)?
+            .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))
+    }
+
+    fn append_checked(
+        &self,
+        body: Map<String, Json>,
+        admit: bool,
+    ) -> Result<std::result::Result<Receipt, String>> {
         let mut st = self.state.lock();
         if st.closed {
             return Err(io_error(
@@ -319,7 +341,10 @@ impl Inner {
                 "the log is closed",
             ));
         }
-        let receipt = self.write_record(&mut st, body, Seal::Mode)?;
+        let receipt = match self.write_record_checked(&mut st, body, Seal::Mode, admit)? {
+            Ok(receipt) => receipt,
+            Err(reason) => return Ok(Err(reason)),
+        };
         if let Signing::Checkpoint { every, .. } = self.options.signing {
             if st.unsigned >= every {
                 self.write_checkpoint(&mut st)?;
@@ -336,24 +361,42 @@ impl Inner {
             // on the next append.
             let _ = self.rotate(&mut st);
         }
-        Ok(receipt)
+        Ok(Ok(receipt))
     }
 
     /// Adds the chain fields, seals, and writes one record under the file lock.
     fn write_record(&self, st: &mut State, body: Map<String, Json>, seal: Seal) -> Result<Receipt> {
+        self.write_record_checked(st, body, seal, false)?
+            .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))
+    }
+
+    /// [`Inner::write_record`]; with `admit`, the fold (caught up with other
+    /// writers' records under the lock) may refuse the record first.
+    fn write_record_checked(
+        &self,
+        st: &mut State,
+        body: Map<String, Json>,
+        seal: Seal,
+        admit: bool,
+    ) -> Result<std::result::Result<Receipt, String>> {
         let Some(file) = st.file.take() else {
-            // In-memory chain.
+            // In-memory chain: one writer, nothing to catch up with.
             let receipt = self.seal(st, body, seal)?;
             self.advance(st, &receipt, 0, seal);
-            return Ok(receipt);
+            return Ok(Ok(receipt));
         };
         let result = (|| {
             let path = self.path_for_errors();
             let _lock = FileLock::acquire(&file, path)?;
             self.sync_head(st, &file)?;
+            if admit {
+                if let Some(Err(reason)) = st.fold.as_ref().map(|f| f.admits(&body)) {
+                    return Ok(Err(reason));
+                }
+            }
             let receipt = self.seal(st, body, seal)?;
             self.write_line(st, &file, &receipt, seal)?;
-            Ok(receipt)
+            Ok(Ok(receipt))
         })();
         st.file = Some(file);
         result

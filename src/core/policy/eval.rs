@@ -54,6 +54,8 @@ pub struct Policy {
     pub(super) data: Value,
     pub(super) options: PolicyOptions,
     pub(super) digest: String,
+    /// The bundle revision the policy came from, if any.
+    pub(super) revision: Option<std::sync::Arc<str>>,
     /// The tree-walking interpreter over the same modules, kept as a reference
     /// implementation for differential testing of the RVM.
     pub(super) interpreter: Mutex<Engine>,
@@ -76,6 +78,16 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// The bundle revision the policy came from, if any.
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.as_deref()
+    }
+
+    /// The bundle revision shared, for decisions that record it.
+    pub fn revision_arc(&self) -> Option<std::sync::Arc<str>> {
+        self.revision.clone()
+    }
+
     /// Lowercase hex SHA-256 of the modules, data and entry point.
     pub fn digest(&self) -> &str {
         &self.digest

@@ -91,6 +91,8 @@ enum Input {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     inputs: Vec<Input>,
+    /// The bundle revision these inputs came from, if any (see [`crate::core::bundle`]).
+    revision: Option<String>,
 }
 
 /// What a [`PolicySet`] read from its inputs.
@@ -158,6 +160,18 @@ impl PolicySet {
         self
     }
 
+    /// Names the bundle revision this set came from; receipts record it in
+    /// `policy.revision`.
+    pub fn set_revision(&mut self, revision: impl Into<String>) -> &mut Self {
+        self.revision = Some(revision.into());
+        self
+    }
+
+    /// The bundle revision this set came from, if any.
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.as_deref()
+    }
+
     pub(super) fn load(&self) -> Result<Loaded> {
         let mut loaded = Loaded::default();
         for input in &self.inputs {
@@ -218,6 +232,7 @@ impl PolicySet {
             guarded,
             explicit_stack,
             digest: digest(&loaded.modules, &data, &options.entrypoint),
+            revision: self.revision.as_deref().map(Into::into),
             program,
             data,
             options: options.clone(),
