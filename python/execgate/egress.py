@@ -218,13 +218,13 @@ class EgressProxy:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _recv(self, sock: socket.socket, deadline: float) -> bytes:
+    def _recv(self, sock: socket.socket, deadline: float, size: int = 65536) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _Refused(408, "the request was not complete in time")
         sock.settimeout(min(self.bounds.idle_seconds, left))
         try:
-            return sock.recv(65536)
+            return sock.recv(size)
         except TimeoutError:
             raise _Refused(408, "the request was not complete in time") from None
 
@@ -232,10 +232,17 @@ class EgressProxy:
         deadline = time.monotonic() + self.bounds.request_seconds
         request: h11.Request | None = None
         body = bytearray()
+        head = 0  # bytes fed before the request line and headers were complete
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(self._recv(client, deadline))
+                # Until the headers are in, h11 never holds more than the bound
+                # plus one byte, so a header block over it fails (431) even when
+                # it arrives whole (h11 bounds only incomplete events).
+                size = 65536 if request is not None else self.bounds.header_bytes + 1 - head
+                data = self._recv(client, deadline, max(1, size))
+                head += len(data)
+                conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
                 names = [n for n, _ in event.headers]
@@ -358,7 +365,6 @@ class EgressProxy:
         headers += [(n, v) for n, v in request.headers if n not in _HOP_BY_HOP]
         headers += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         target = (path + (f"?{query}" if query else "")).encode()
-        start = time.monotonic()
         out: dict[str, Any] = {"inspected": True, "request_bytes": len(body)}
         try:
             upstream = socket.create_connection((host, port), timeout=self.bounds.idle_seconds)
@@ -385,7 +391,7 @@ class EgressProxy:
                     self._answer(client, conn, 502, f"bad answer from {authority}")
                     break
                 if isinstance(event, h11.Response):
-                    out["status"] = event.status_code
+                    out["http_status"] = event.status_code
                     kept = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP - {b"content-length"}]
                     kept.append((b"connection", b"close"))
                     client.sendall(
@@ -405,14 +411,12 @@ class EgressProxy:
                 elif isinstance(event, h11.ConnectionClosed):
                     break
         out["response_bytes"] = received
-        out["duration"] = time.monotonic() - start
         return out
 
     def _tunnel(
         self, client: socket.socket, conn: h11.Connection, host: str, port: int
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"inspected": False}
-        start = time.monotonic()
         try:
             upstream = socket.create_connection((host, port), timeout=self.bounds.idle_seconds)
         except OSError as e:
@@ -449,6 +453,5 @@ class EgressProxy:
                             sent += len(data)
                         else:
                             received += len(data)
-        out.update(status=200, request_bytes=sent, response_bytes=received)
-        out["duration"] = time.monotonic() - start
+        out.update(http_status=200, request_bytes=sent, response_bytes=received)
         return out
