@@ -90,7 +90,9 @@ def upstream() -> Iterator[Upstream]:
             n = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(n)
             record.append(
-                Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
             )
             data = b"hello from upstream"
             self.send_response(200)
@@ -206,8 +208,13 @@ def test_the_policy_sees_only_the_bodys_digest(tmp_path: pathlib.Path, upstream:
         POLICY, data={"ports": [upstream.port]}, key=key, audit=log, record_input=True
     ) as g:
         done = g.run(
-            ["curl", "-sS", "--data-binary", "secret=alice@example.com",
-             f"http://127.0.0.1:{upstream.port}/f"],
+            [
+                "curl",
+                "-sS",
+                "--data-binary",
+                "secret=alice@example.com",
+                f"http://127.0.0.1:{upstream.port}/f",
+            ],
             sandbox=BOX,
         )
     assert done.ok, done.stderr
@@ -286,7 +293,9 @@ def test_connect_to_an_allowed_host_and_port_is_tunnelled_without_inspection(
     log = gate.test_log  # type: ignore[attr-defined]
     (req,) = decisions(log, "net.request")
     assert req["decision"] == "allow"
-    (outcome,) = [r["outcome"] for r in records(log) if r.get("authorization", {}).get("id") == req["id"]]
+    (outcome,) = [
+        r["outcome"] for r in records(log) if r.get("authorization", {}).get("id") == req["id"]
+    ]
     assert outcome["inspected"] is False and outcome["http_status"] == 200
     assert outcome["response_bytes"] > 19 and outcome["request_bytes"] > 0
 
@@ -304,8 +313,10 @@ for target in ["127.0.0.1:22", "example.com:443"]:
     assert done.ok, done.stderr
     assert done.stdout.decode().splitlines() == ["HTTP/1.1 403 ", "HTTP/1.1 403 "]
     reasons = [r["reasons"] for r in decisions(gate.test_log, "net.request")]  # type: ignore[attr-defined]
-    assert reasons == [["port 22 is not allowed"], ["host example.com is not allowed",
-                                                     "port 443 is not allowed"]]
+    assert reasons == [
+        ["port 22 is not allowed"],
+        ["host example.com is not allowed", "port 443 is not allowed"],
+    ]
 
 
 RAW = """
@@ -343,7 +354,12 @@ def raw(gate: execgate.Gate, request: bytes) -> str:
             "400",
         ),
         # Headers over the bound.
-        (b"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", "431"),
+        (
+            b"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+            + b"a" * 40000
+            + b"\r\n\r\n",
+            "431",
+        ),
         # A body over the bound.
         (
             b"POST http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"

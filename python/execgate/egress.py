@@ -228,7 +228,9 @@ class EgressProxy:
         except TimeoutError:
             raise _Refused(408, "the request was not complete in time") from None
 
-    def _read_request(self, client: socket.socket, conn: h11.Connection) -> tuple[h11.Request, bytes]:
+    def _read_request(
+        self, client: socket.socket, conn: h11.Connection
+    ) -> tuple[h11.Request, bytes]:
         deadline = time.monotonic() + self.bounds.request_seconds
         request: h11.Request | None = None
         body = bytearray()
@@ -300,8 +302,7 @@ class EgressProxy:
             if parts.scheme.lower() != "http" or not parts.netloc:
                 raise _Refused(
                     400,
-                    "only absolute http:// URLs and CONNECT are proxied "
-                    f"(got {target[:200]!r})",
+                    f"only absolute http:// URLs and CONNECT are proxied (got {target[:200]!r})",
                 )
             host, port = _host_port(parts.netloc, 80)
             scheme, path, query = "http", parts.path or "/", parts.query
@@ -392,7 +393,11 @@ class EgressProxy:
                     break
                 if isinstance(event, h11.Response):
                     out["http_status"] = event.status_code
-                    kept = [(n, v) for n, v in event.headers if n not in _HOP_BY_HOP - {b"content-length"}]
+                    kept = [
+                        (n, v)
+                        for n, v in event.headers
+                        if n not in _HOP_BY_HOP - {b"content-length"}
+                    ]
                     kept.append((b"connection", b"close"))
                     client.sendall(
                         conn.send(

@@ -125,5 +125,9 @@ pub fn run_sandboxed<'py>(
 pub fn private_network(py: Python<'_>) -> PyResult<(i32, i32, u16)> {
     use std::os::fd::IntoRawFd;
     let net = py.detach(sandbox::private_network)?;
-    Ok((net.namespace.into_raw_fd(), net.listener.into_raw_fd(), net.port))
+    Ok((
+        net.namespace.into_raw_fd(),
+        net.listener.into_raw_fd(),
+        net.port,
+    ))
 }

@@ -399,26 +399,25 @@ impl Sandbox {
                     out.system_paths &= allow;
                 }
                 "network" => {
-                    let policy = match value {
-                        Json::String(s) if s == "none" => Network::None,
-                        Json::String(s) if s == "host" => Network::Host,
-                        Json::String(s) if s == "proxy" => Network::Proxy,
-                        Json::Array(ports) => Network::Ports(
-                            ports
-                                .iter()
-                                .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
-                                .collect::<Option<Vec<u16>>>()
-                                .ok_or_else(|| {
-                                    bad("network ports must be integers 0-65535".into())
-                                })?,
-                        ),
-                        _ => {
-                            return Err(bad(
+                    let policy =
+                        match value {
+                            Json::String(s) if s == "none" => Network::None,
+                            Json::String(s) if s == "host" => Network::Host,
+                            Json::String(s) if s == "proxy" => Network::Proxy,
+                            Json::Array(ports) => Network::Ports(
+                                ports
+                                    .iter()
+                                    .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                                    .collect::<Option<Vec<u16>>>()
+                                    .ok_or_else(|| {
+                                        bad("network ports must be integers 0-65535".into())
+                                    })?,
+                            ),
+                            _ => return Err(bad(
                                 "network must be \"none\", \"host\", \"proxy\" or a list of ports"
                                     .into(),
-                            ))
-                        }
-                    };
+                            )),
+                        };
                     out.network = narrower(&out.network, &policy);
                 }
                 other => return Err(bad(format!("unknown key {other:?}"))),
@@ -474,11 +473,10 @@ fn intersect(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
 fn narrower(a: &Network, b: &Network) -> Network {
     match (a, b) {
         (Network::None, _) | (_, Network::None) => Network::None,
-        (Network::Proxy, Network::Proxy | Network::Host)
-        | (Network::Host, Network::Proxy) => Network::Proxy,
-        (Network::Proxy, Network::Ports(_)) | (Network::Ports(_), Network::Proxy) => {
-            Network::None
+        (Network::Proxy, Network::Proxy | Network::Host) | (Network::Host, Network::Proxy) => {
+            Network::Proxy
         }
+        (Network::Proxy, Network::Ports(_)) | (Network::Ports(_), Network::Proxy) => Network::None,
         (Network::Ports(x), Network::Ports(y)) => {
             Network::Ports(x.iter().copied().filter(|p| y.contains(p)).collect())
         }
@@ -562,7 +560,9 @@ mod tests {
         // The proxy is narrower than the host's network, and wider than none;
         // with a port list neither lies within the other: none.
         assert_eq!(
-            mine.tightened(&json!({"network": "proxy"})).unwrap().network,
+            mine.tightened(&json!({"network": "proxy"}))
+                .unwrap()
+                .network,
             Network::Proxy
         );
         let proxy = Sandbox {
@@ -570,7 +570,10 @@ mod tests {
             ..Sandbox::default()
         };
         assert_eq!(
-            proxy.tightened(&json!({"network": "host"})).unwrap().network,
+            proxy
+                .tightened(&json!({"network": "host"}))
+                .unwrap()
+                .network,
             Network::Proxy
         );
         assert_eq!(

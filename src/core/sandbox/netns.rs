@@ -27,7 +27,9 @@ pub struct PrivateNetwork {
 /// namespace alive after the thread ends. Needs `CAP_SYS_ADMIN` (root).
 pub fn private_network() -> Result<PrivateNetwork> {
     let err = |what: &str, e: std::io::Error| {
-        CoreError::Sandbox(format!("cannot make the proxy's network namespace: {what}: {e}"))
+        CoreError::Sandbox(format!(
+            "cannot make the proxy's network namespace: {what}: {e}"
+        ))
     };
     let made = std::thread::spawn(move || -> Result<PrivateNetwork> {
         // SAFETY: unshare on this thread only; no memory is involved.
