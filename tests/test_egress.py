@@ -432,3 +432,18 @@ def test_a_policy_can_put_a_host_network_run_behind_the_proxy(
         )
     assert done.sandbox["network"] == "proxy"
     assert done.stdout.endswith(b"\n403") and upstream.received == []
+
+
+def test_execgate_run_network_proxy(
+    tmp_path: pathlib.Path, upstream: Upstream, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from execgate.cli import main
+
+    policy = tmp_path / "p.rego"
+    policy.write_text(POLICY.replace("data.ports", f"{{{upstream.port}}}"))
+    url = f"http://127.0.0.1:{upstream.port}"
+    argv = ["run", "--policy", str(policy), "--network", "proxy", "--wall", "20", "--"]
+    assert main([*argv, "sh", "-c", f"curl -sS {url}/ok; curl -sS {url}/admin"]) == 0
+    out = capfd.readouterr().out
+    assert "hello from upstream" in out and "path /admin is not allowed" in out
+    assert [r.path for r in upstream.received] == ["/ok"]

@@ -17,7 +17,7 @@ from execgate import _core
 from execgate._core import AuditLog, Decision, Receipt, SigningKey
 from execgate.approval import Approver
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied
+from execgate.errors import ActionDenied, SandboxError
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
 
@@ -461,7 +461,10 @@ def _run_behind_proxy(
     it for the run's duration (requests linked to ``decision``'s receipt)."""
     import socket
 
-    from execgate.egress import EgressProxy, proxy_environment
+    try:
+        from execgate.egress import EgressProxy, proxy_environment
+    except ImportError as e:  # h11 is the extra `execgate[egress]`
+        raise SandboxError(f'network="proxy" needs execgate[egress] (h11): {e}') from None
 
     namespace, listener_fd, port = _core.private_network()
     try:
