@@ -447,3 +447,40 @@ def test_execgate_run_network_proxy(
     out = capfd.readouterr().out
     assert "hello from upstream" in out and "path /admin is not allowed" in out
     assert [r.path for r in upstream.received] == ["/ok"]
+
+
+def test_numeric_host_forms_are_decided_as_the_address_they_reach(
+    gate: execgate.Gate, upstream: Upstream
+) -> None:
+    port = upstream.port
+    for host in ("2130706433", "0x7f.1", "127.1"):
+        answer = raw(gate, f"GET http://{host}:{port}/n HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert answer.split()[1] == "200", answer
+    verdicts = {r["decision"] for r in decisions(gate.test_log, "net.request")}  # type: ignore[attr-defined]
+    assert verdicts == {"allow"}  # the policy allows the host "127.0.0.1" only
+    assert len(upstream.received) == 3
+
+
+def test_expect_100_continue_is_answered_and_not_forwarded(
+    gate: execgate.Gate, upstream: Upstream
+) -> None:
+    # The proxy reads the body before deciding: it says 100 Continue itself
+    # (curl would otherwise wait a second before sending a body over 1 KiB).
+    head = (
+        f"POST http://127.0.0.1:{upstream.port}/big HTTP/1.1\r\nHost: x\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    script = f"""
+import os, socket
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall({head!r}.encode())
+print(s.recv(4096).decode().splitlines()[0])
+s.sendall(b"hello")
+print(s.recv(4096).decode().splitlines()[0])
+"""
+    done = python(gate, script)
+    assert done.ok, done.stderr
+    assert done.stdout.decode().split("\n")[:2] == ["HTTP/1.1 100 ", "HTTP/1.1 200 OK"]
+    (got,) = upstream.received
+    assert got.body == b"hello" and "expect" not in got.headers

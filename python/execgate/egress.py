@@ -66,6 +66,7 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
         b"content-length",
         b"host",
+        b"expect",
     }
 )
 
@@ -121,9 +122,16 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int]:
         raise _Refused(400, f"bad host {host!r}")
     if ":" in host:
         try:
-            ipaddress.IPv6Address(host)
+            host = ipaddress.IPv6Address(host).compressed
         except ValueError:
             raise _Refused(400, f"bad host {host!r}") from None
+    elif all(c in "0123456789abcdefx." for c in host):
+        # The resolver reads 2130706433, 0x7f.1 or 127.1 as 127.0.0.1: the
+        # policy decides on the address that will be used.
+        try:
+            host = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            pass  # a name that only looks numeric (e.g. "cafe.be")
     return host, port
 
 
@@ -213,6 +221,8 @@ class EgressProxy:
                     self._answer(client, conn, e.error_status_hint, f"bad request: {e}")
                 except (OSError, h11.LocalProtocolError):
                     pass  # the client went away, or timed out: nothing to answer
+                except Exception as e:  # fail closed: answered, never forwarded undecided
+                    self._answer(client, conn, 500, f"the proxy failed: {type(e).__name__}: {e}")
         finally:
             self._slots.release()
             with self._lock:
@@ -238,6 +248,11 @@ class EgressProxy:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    # The body is read before the decision (it is an argument).
+                    client.sendall(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                    )
                 # Until the headers are in, h11 never holds more than the bound
                 # plus one byte, so a header block over it fails (431) even when
                 # it arrives whole (h11 bounds only incomplete events).
