@@ -484,3 +484,32 @@ print(s.recv(4096).decode().splitlines()[0])
     assert done.stdout.decode().split("\n")[:2] == ["HTTP/1.1 100 ", "HTTP/1.1 200 OK"]
     (got,) = upstream.received
     assert got.body == b"hello" and "expect" not in got.headers
+
+
+def test_a_finding_in_a_binary_body_refuses_the_request(
+    gate: execgate.Gate, upstream: Upstream
+) -> None:
+    body = b"\xff\xfe\x00binary alice@example.com"
+    message = (
+        f"POST http://127.0.0.1:{upstream.port}/bin HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    answer = raw(gate, message)
+    assert answer.split()[1] == "403", answer
+    assert upstream.received == []
+    (d,) = decisions(gate.test_log, "net.request")  # type: ignore[attr-defined]
+    assert d["decision"] == "deny" and d["error"] == "obligation"
+
+
+def test_an_obligation_the_proxy_cannot_meet_denies(upstream: Upstream) -> None:
+    policy = POLICY.replace(
+        '"obligations": {"redact": {"args": {"paths": ["body"], "detectors": ["email", "card"]}}},',
+        '"obligations": {"redact": {"output": true}},',
+    )
+    with execgate.Gate(policy, data={"ports": [upstream.port]}) as g:
+        done = g.run(
+            ["curl", "-sS", "-w", "\n%{http_code}", f"http://127.0.0.1:{upstream.port}/x"],
+            sandbox=BOX,
+        )
+    assert done.stdout.endswith(b"\n403") and b"redact.output" in done.stdout
+    assert upstream.received == []
