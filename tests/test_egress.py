@@ -513,3 +513,27 @@ def test_an_obligation_the_proxy_cannot_meet_denies(upstream: Upstream) -> None:
         )
     assert done.stdout.endswith(b"\n403") and b"redact.output" in done.stdout
     assert upstream.received == []
+
+
+ISOLATING = execgate.Gate(
+    POLICY.replace(
+        'decision := {"allow": true} if input.action.name == "shell.exec"',
+        'decision := {"allow": true} if input.action.name == "fetch_isolated"',
+    ).replace("not p in {x | some x in data.ports}", "p < 1024"),
+    key=execgate.SigningKey.generate(),
+)
+
+
+@ISOLATING.guard(action="fetch_isolated", isolate=Sandbox(network="proxy", limits=Limits(wall=20)))
+def fetch_isolated(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def test_an_isolated_function_reaches_the_network_through_the_proxy(upstream: Upstream) -> None:
+    assert fetch_isolated(f"http://127.0.0.1:{upstream.port}/iso") == "hello from upstream"
+    with pytest.raises(Exception, match="403"):
+        fetch_isolated(f"http://127.0.0.1:{upstream.port}/admin")
+    assert [r.path for r in upstream.received] == ["/iso"]
