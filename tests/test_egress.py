@@ -537,3 +537,33 @@ def test_an_isolated_function_reaches_the_network_through_the_proxy(upstream: Up
     with pytest.raises(Exception, match="403"):
         fetch_isolated(f"http://127.0.0.1:{upstream.port}/admin")
     assert [r.path for r in upstream.received] == ["/iso"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/%61dmin/users", "/data/../admin", "/./admin", "/data/%2e%2e/admin"]
+)
+def test_an_encoded_or_dotted_path_is_decided_as_the_server_reads_it(
+    gate: execgate.Gate, upstream: Upstream, path: str
+) -> None:
+    message = f"GET http://127.0.0.1:{upstream.port}{path} HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw(gate, message.encode())
+    assert answer.split()[1] == "403", answer
+    assert upstream.received == []
+    (d,) = decisions(gate.test_log, "net.request")  # type: ignore[attr-defined]
+    assert any(r.startswith("path /admin") for r in d["reasons"]), d["reasons"]
+
+
+@pytest.mark.parametrize("path", ["/x%2F..%2Fadmin", "/x%5C..%5Cadmin", "/x%00", "/%zz"])
+def test_an_ambiguous_path_is_refused_undecided(
+    gate: execgate.Gate, upstream: Upstream, path: str
+) -> None:
+    message = f"GET http://127.0.0.1:{upstream.port}{path} HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw(gate, message.encode()).split()[1] == "400"
+    assert upstream.received == []
+    assert decisions(gate.test_log, "net.request") == []  # type: ignore[attr-defined]
+
+
+def test_the_forwarded_path_is_the_decided_one(gate: execgate.Gate, upstream: Upstream) -> None:
+    message = f"GET http://127.0.0.1:{upstream.port}/a/./b/../%63?q=%41 HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw(gate, message.encode()).split()[1] == "200"
+    assert [r.path for r in upstream.received] == ["/a/c?q=%41"]

@@ -135,6 +135,44 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normalize_path(path: str) -> str:
+    """The path as a server will read it, so the policy decides what is sent:
+    percent-encoded unreserved characters decoded, other escapes upper-cased,
+    dot segments removed (RFC 3986 6.2.2). An encoded slash, backslash or NUL
+    is refused: servers disagree about what they mean."""
+    out = []
+    i = 0
+    while i < len(path):
+        c = path[i]
+        if c == "%":
+            code = path[i + 1 : i + 3]
+            if len(code) != 2 or not all(h in "0123456789abcdefABCDEF" for h in code):
+                raise _Refused(400, "a bad percent escape in the path")
+            char = chr(int(code, 16))
+            if char in "/\\\0" or code.upper() in ("2F", "5C", "00"):
+                raise _Refused(400, "an encoded slash, backslash or NUL in the path")
+            out.append(char if char in _UNRESERVED else "%" + code.upper())
+            i += 3
+            continue
+        if c == "\\":
+            raise _Refused(400, "a backslash in the path")
+        out.append(c)
+        i += 1
+    segments: list[str] = []
+    parts = "".join(out).split("/")
+    for seg in parts[1:]:
+        if seg == "..":
+            if segments:
+                segments.pop()
+        elif seg != ".":
+            segments.append(seg)
+    trailing = parts[-1] in (".", "..") and len(parts) > 1
+    return "/" + "/".join(segments) + ("/" if trailing and segments else "")
+
+
 class EgressProxy:
     """Serves one sandboxed run's egress on ``listener`` (a socket in the
     run's network namespace) until :meth:`close`.
@@ -265,6 +303,9 @@ class EgressProxy:
                 names = [n for n, _ in event.headers]
                 if b"transfer-encoding" in names and b"content-length" in names:
                     raise _Refused(400, "both Content-Length and Transfer-Encoding: refused")
+                length = dict(event.headers).get(b"content-length", b"0")
+                if length.isdigit() and int(length) > self.bounds.body_bytes:
+                    raise _Refused(413, f"the body is over {self.bounds.body_bytes} bytes")
                 request = event
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -320,7 +361,8 @@ class EgressProxy:
                     f"only absolute http:// URLs and CONNECT are proxied (got {target[:200]!r})",
                 )
             host, port = _host_port(parts.netloc, 80)
-            scheme, path, query = "http", parts.path or "/", parts.query
+            scheme, query = "http", parts.query
+            path = _normalize_path(parts.path or "/")
         args: dict[str, Any] = {
             "method": method,
             "scheme": scheme,
