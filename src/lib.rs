@@ -35,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(python::audit::verify, m)?)?;
     m.add_function(wrap_pyfunction!(python::audit::verify_set, m)?)?;
     m.add_function(wrap_pyfunction!(python::sandbox::run_sandboxed, m)?)?;
+    m.add_function(wrap_pyfunction!(python::sandbox::private_network, m)?)?;
     m.add_function(wrap_pyfunction!(python::gate::rego_tests, m)?)?;
     m.add_function(wrap_pyfunction!(python::redact::redact, m)?)?;
     m.add_function(wrap_pyfunction!(python::gate::run_rego_test, m)?)?;

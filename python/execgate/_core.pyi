@@ -30,6 +30,7 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "build_bundle",
+    "private_network",
     "redact",
     "rego_tests",
     "run_rego_test",
@@ -331,6 +332,7 @@ def verify_set(
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
 ) -> VerifyReport: ...
+def private_network() -> tuple[int, int, int]: ...
 def run_sandboxed(
     argv: list[str], spec: dict[str, Any], stdin: bytes = ..., obligation: Any = None
 ) -> dict[str, Any]: ...

@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--file-size", metavar="SIZE")
     run.add_argument("--open-files", type=int, metavar="N")
     run.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
-    run.add_argument("--network", default="none", metavar="none|host|PORT[,PORT...]")
+    run.add_argument("--network", default="none", metavar="none|host|proxy|PORT[,PORT...]")
     run.add_argument("--read", action="append", default=[], metavar="DIR")
     run.add_argument("--write", action="append", default=[], metavar="DIR")
     run.add_argument(
@@ -379,12 +379,13 @@ def _run(args: argparse.Namespace) -> int:
         print("execgate: --log needs --key", file=sys.stderr)
         return EXIT_ERROR
     network: Any = args.network
-    if network not in ("none", "host"):
+    if network not in ("none", "host", "proxy"):
         try:
             network = [int(p) for p in network.split(",")]
         except ValueError:
             print(
-                f"execgate: --network must be none, host or ports, not {network!r}", file=sys.stderr
+                f"execgate: --network must be none, host, proxy or ports, not {network!r}",
+                file=sys.stderr,
             )
             return EXIT_ERROR
     box = Sandbox(

@@ -205,7 +205,7 @@ def guard(
         def isolated(*args: Any, **kwargs: Any) -> Any:
             call, decision = begin(args, kwargs)
             a, k = arguments(call, decision, args)
-            return run_isolated(call, decision, fn, a, k, box)
+            return run_isolated(call, decision, fn, a, k, box, pipeline=pipeline)
 
         isolated.__execgate_action__ = name  # type: ignore[attr-defined]
         return isolated

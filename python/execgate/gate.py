@@ -19,7 +19,7 @@ from execgate.approval import Approver
 from execgate.bundle_source import BundleSource, Poller, deny_all_policy, is_url
 from execgate.bundle_source import log as bundle_log
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied
+from execgate.errors import ActionDenied, SandboxError
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
 
@@ -385,7 +385,7 @@ class Gate:
             with Run(call, decision) as run:  # the authorized call ends, recorded as refused
                 run.error = "obligations.args.argv is not a list of strings"
             raise ActionDenied(decision, (run.error,))
-        run, done = run_sandboxed(call, decision, argv, box, stdin)
+        run, done = run_sandboxed(call, decision, argv, box, stdin, pipeline=self.pipeline)
         if not run.call.redacts_output:
             return done
         return dataclasses.replace(
@@ -510,13 +510,21 @@ def run_sandboxed(
     argv: list[str],
     box: Sandbox,
     stdin: bytes | str | None,
+    *,
+    pipeline: Pipeline | None = None,
 ) -> tuple[Run, Completed]:
     """Runs an authorized command under its sandbox (tightened by
     ``obligations.sandbox``) and records its completion: ``gate.run`` and
     ``isolate=`` share it. The caller applies the output redaction to what
-    it shows (``run.output``)."""
+    it shows (``run.output``). With ``pipeline``, a run whose network is
+    ``"proxy"`` (asked by the caller or the policy) gets an egress proxy that
+    decides each of its requests through that pipeline (:mod:`execgate.egress`)."""
+    wants_proxy = box.network == "proxy" or (call.sandbox or {}).get("network") == "proxy"
     with Run(call, decision) as run:
-        done = box.run(argv, stdin=stdin, obligation=call.sandbox)
+        if wants_proxy and pipeline is not None:
+            done = _run_behind_proxy(pipeline, call, decision, argv, box, stdin)
+        else:
+            done = box.run(argv, stdin=stdin, obligation=call.sandbox)
         run.result = done.stdout
         failure = done.limit_hit or (
             f"signal {done.signal}" if done.signal is not None else f"exit {done.exit_code}"
@@ -535,3 +543,38 @@ def run_sandboxed(
         if not done.ok:
             run.error = failure
     return run, done
+
+
+def _run_behind_proxy(
+    pipeline: Pipeline,
+    call: _core.Call,
+    decision: Decision,
+    argv: list[str],
+    box: Sandbox,
+    stdin: bytes | str | None,
+) -> Completed:
+    """``box.run`` in the egress proxy's network namespace, the proxy serving
+    it for the run's duration (requests linked to ``decision``'s receipt)."""
+    import socket
+
+    try:
+        from execgate.egress import EgressProxy, proxy_environment
+    except ImportError as e:  # h11 is the extra `execgate[egress]`
+        raise SandboxError(f'network="proxy" needs execgate[egress] (h11): {e}') from None
+
+    namespace, listener_fd, port = _core.private_network()
+    try:
+        listener = socket.socket(fileno=listener_fd)
+        receipt = decision.receipt
+        proxy = EgressProxy(
+            pipeline,
+            listener,
+            principal=decision.input.get("principal"),
+            context=decision.input.get("context"),
+            parent=receipt.id if receipt is not None else None,
+        )
+        with proxy:
+            boxed = dataclasses.replace(box, env={**(box.env or {}), **proxy_environment(port)})
+            return boxed.run(argv, stdin=stdin, obligation=call.sandbox, join_network=namespace)
+    finally:
+        os.close(namespace)

@@ -25,11 +25,14 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from execgate._convert import NATIVE, to_json
 from execgate.errors import IsolatedError, SandboxError
 from execgate.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from execgate.pipeline import Pipeline
 
 __all__ = ["check_isolatable", "decode", "encode", "run_isolated"]
 
@@ -112,8 +115,11 @@ def run_isolated(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     box: Sandbox,
+    *,
+    pipeline: Pipeline | None = None,
 ) -> Any:
-    """Runs an authorized call's body in a sandboxed child; returns its result."""
+    """Runs an authorized call's body in a sandboxed child; returns its result
+    (``pipeline`` decides the requests of a ``network="proxy"`` child)."""
     from execgate.gate import run_sandboxed
 
     # The child must import the function: it gets this interpreter, this
@@ -126,7 +132,7 @@ def run_isolated(
         {"module": fn.__module__, "qualname": fn.__qualname__, "args": args, "kwargs": kwargs}
     )
     argv = [os.path.realpath(sys.executable), "-m", "execgate._isolate"]
-    run, done = run_sandboxed(call, decision, argv, child_box, request)
+    run, done = run_sandboxed(call, decision, argv, child_box, request, pipeline=pipeline)
     name = fn.__qualname__
     if done.limit_hit is not None or done.exit_code != 0:
         raise SandboxError(

@@ -92,7 +92,7 @@ class Sandbox:
     read: Sequence[str | os.PathLike[str]] = ()
     write: Sequence[str | os.PathLike[str]] = ()
     system_paths: bool = True
-    network: Literal["none", "host"] | Sequence[int] = "none"
+    network: Literal["none", "host", "proxy"] | Sequence[int] = "none"
     env: Mapping[str, str] | None = None
     env_allow: Sequence[str] = DEFAULT_ENV
     cwd: str | os.PathLike[str] | None = None
@@ -100,8 +100,9 @@ class Sandbox:
     stream: bool = False
     unix_sockets: bool = False
 
-    def spec(self) -> dict[str, Any]:
-        """The plain specification the native runner takes."""
+    def spec(self, join_network: int | None = None) -> dict[str, Any]:
+        """The plain specification the native runner takes (``join_network``:
+        the egress proxy's namespace, for ``network="proxy"``)."""
         lim = self.limits
         env = {k: os.environ[k] for k in self.env_allow if k in os.environ}
         env.update(self.env or {})
@@ -126,12 +127,14 @@ class Sandbox:
             "strict": self.strict,
             "stream": self.stream,
             "unix_sockets": self.unix_sockets,
+            "join_network": join_network,
         }
 
     def request(self) -> dict[str, Any]:
         """What a policy sees as ``input.action.args.sandbox``: the spec without env values."""
         spec = self.spec()
         spec["env"] = sorted(spec["env"])
+        del spec["join_network"]
         return spec
 
     def run(
@@ -140,12 +143,17 @@ class Sandbox:
         *,
         stdin: bytes | str | None = None,
         obligation: Mapping[str, Any] | None = None,
+        join_network: int | None = None,
     ) -> Completed:
-        """Runs ``argv``; ``obligation`` (a policy's ``obligations.sandbox``) can only tighten."""
+        """Runs ``argv``; ``obligation`` (a policy's ``obligations.sandbox``) can only tighten.
+
+        ``network="proxy"`` needs ``join_network``, the namespace of a running
+        egress proxy: ``gate.run`` provides both (see :mod:`execgate.egress`);
+        without it the run is refused with ``SandboxError``."""
         data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
         out = _core.run_sandboxed(
             [os.fspath(a) for a in argv],
-            self.spec(),
+            self.spec(join_network),
             data,
             None if obligation is None else dict(obligation),
         )

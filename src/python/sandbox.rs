@@ -41,6 +41,9 @@ struct Spec {
     stream: bool,
     #[serde(default)]
     unix_sockets: bool,
+    /// network = proxy: the namespace descriptor from `private_network`.
+    #[serde(default)]
+    join_network: Option<i32>,
 }
 
 fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
@@ -48,8 +51,11 @@ fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
     let network = match spec.network {
         NetworkSpec::Named(n) if n == "none" => Network::None,
         NetworkSpec::Named(n) if n == "host" => Network::Host,
+        NetworkSpec::Named(n) if n == "proxy" => Network::Proxy,
         NetworkSpec::Named(_) => {
-            return Err(err("network must be \"none\", \"host\" or a list of ports"))
+            return Err(err(
+                "network must be \"none\", \"host\", \"proxy\" or a list of ports",
+            ))
         }
         NetworkSpec::Ports(p) => Network::Ports(p),
     };
@@ -77,6 +83,7 @@ fn build(spec: Spec, stdin: Vec<u8>) -> PyResult<Sandbox> {
         strict: spec.strict,
         stream: spec.stream,
         unix_sockets: spec.unix_sockets,
+        join_network: spec.join_network,
     })
 }
 
@@ -108,4 +115,19 @@ pub fn run_sandboxed<'py>(
     out.set_item("stderr", PyBytes::new(py, &done.stderr))?;
     out.set_item("sandbox", json_to_python(py, &sandbox.describe())?)?;
     Ok(out)
+}
+
+/// Makes the private network namespace of a `network="proxy"` run: returns
+/// `(namespace_fd, listener_fd, port)`. The caller owns both descriptors
+/// (close them when the run is over): the listener is a TCP socket on
+/// 127.0.0.1:`port` inside the namespace, for the egress proxy to accept on.
+#[pyfunction]
+pub fn private_network(py: Python<'_>) -> PyResult<(i32, i32, u16)> {
+    use std::os::fd::IntoRawFd;
+    let net = py.detach(sandbox::private_network)?;
+    Ok((
+        net.namespace.into_raw_fd(),
+        net.listener.into_raw_fd(),
+        net.port,
+    ))
 }

@@ -12,6 +12,7 @@
 
 mod cgroup;
 mod landlock;
+mod netns;
 mod runner;
 mod seccomp;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use netns::{private_network, PrivateNetwork};
 pub use runner::run;
 
 /// Resource limits. `None` leaves a resource unlimited (as inherited).
@@ -90,6 +92,10 @@ pub enum Network {
     Host,
     /// The host's network, but TCP connect/bind only to these ports (Landlock ABI 4+).
     Ports(Vec<u16>),
+    /// The network namespace in `Sandbox::join_network` (made by
+    /// [`private_network`]): only loopback, where the gate's egress proxy
+    /// listens; its only way out.
+    Proxy,
 }
 
 /// Everything a sandboxed run is given.
@@ -120,6 +126,9 @@ pub struct Sandbox {
     /// named socket it can resolve: Landlock cannot scope `connect` by path on
     /// today's kernels). Off, only `socketpair` works.
     pub unix_sockets: bool,
+    /// For `Network::Proxy`: a descriptor of the network namespace the tool
+    /// joins (a [`PrivateNetwork`]'s, kept open by the caller for the run).
+    pub join_network: Option<std::os::fd::RawFd>,
 }
 
 impl Default for Sandbox {
@@ -136,6 +145,7 @@ impl Default for Sandbox {
             strict: false,
             stream: false,
             unix_sockets: false,
+            join_network: None,
         }
     }
 }
@@ -389,24 +399,25 @@ impl Sandbox {
                     out.system_paths &= allow;
                 }
                 "network" => {
-                    let policy = match value {
-                        Json::String(s) if s == "none" => Network::None,
-                        Json::String(s) if s == "host" => Network::Host,
-                        Json::Array(ports) => Network::Ports(
-                            ports
-                                .iter()
-                                .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
-                                .collect::<Option<Vec<u16>>>()
-                                .ok_or_else(|| {
-                                    bad("network ports must be integers 0-65535".into())
-                                })?,
-                        ),
-                        _ => {
-                            return Err(bad(
-                                "network must be \"none\", \"host\" or a list of ports".into(),
-                            ))
-                        }
-                    };
+                    let policy =
+                        match value {
+                            Json::String(s) if s == "none" => Network::None,
+                            Json::String(s) if s == "host" => Network::Host,
+                            Json::String(s) if s == "proxy" => Network::Proxy,
+                            Json::Array(ports) => Network::Ports(
+                                ports
+                                    .iter()
+                                    .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                                    .collect::<Option<Vec<u16>>>()
+                                    .ok_or_else(|| {
+                                        bad("network ports must be integers 0-65535".into())
+                                    })?,
+                            ),
+                            _ => return Err(bad(
+                                "network must be \"none\", \"host\", \"proxy\" or a list of ports"
+                                    .into(),
+                            )),
+                        };
                     out.network = narrower(&out.network, &policy);
                 }
                 other => return Err(bad(format!("unknown key {other:?}"))),
@@ -457,9 +468,15 @@ fn intersect(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// The narrower of two network settings; `none` when neither lies within the
+/// other (a port list and the proxy).
 fn narrower(a: &Network, b: &Network) -> Network {
     match (a, b) {
         (Network::None, _) | (_, Network::None) => Network::None,
+        (Network::Proxy, Network::Proxy | Network::Host) | (Network::Host, Network::Proxy) => {
+            Network::Proxy
+        }
+        (Network::Proxy, Network::Ports(_)) | (Network::Ports(_), Network::Proxy) => Network::None,
         (Network::Ports(x), Network::Ports(y)) => {
             Network::Ports(x.iter().copied().filter(|p| y.contains(p)).collect())
         }
@@ -538,6 +555,29 @@ mod tests {
         let none = Sandbox::default();
         assert_eq!(
             none.tightened(&json!({"network": "host"})).unwrap().network,
+            Network::None
+        );
+        // The proxy is narrower than the host's network, and wider than none;
+        // with a port list neither lies within the other: none.
+        assert_eq!(
+            mine.tightened(&json!({"network": "proxy"}))
+                .unwrap()
+                .network,
+            Network::Proxy
+        );
+        let proxy = Sandbox {
+            network: Network::Proxy,
+            ..Sandbox::default()
+        };
+        assert_eq!(
+            proxy
+                .tightened(&json!({"network": "host"}))
+                .unwrap()
+                .network,
+            Network::Proxy
+        );
+        assert_eq!(
+            proxy.tightened(&json!({"network": [80]})).unwrap().network,
             Network::None
         );
         assert!(mine.tightened(&json!({"limits": {"gpu": 1}})).is_err());

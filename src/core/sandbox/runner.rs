@@ -53,6 +53,8 @@ struct ChildPlan {
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)>,
     cgroup_procs: Vec<RawFd>,
     netns: bool,
+    /// A network namespace to join (network = proxy) instead of a fresh one.
+    join_netns: Option<RawFd>,
     landlock_fd: Option<RawFd>,
     /// Whether the gate runs as root (it can clear supplementary groups).
     root: bool,
@@ -112,6 +114,17 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     if sandbox.network == Network::None && !caps.netns {
         missing.push("netns".to_string());
     }
+    // The proxy's namespace is the only way out; without it there is no run.
+    let join_netns = match (&sandbox.network, sandbox.join_network) {
+        (Network::Proxy, Some(fd)) => Some(fd),
+        (Network::Proxy, None) => {
+            return Err(sandbox_error(
+                "network=\"proxy\" needs the gate's egress proxy and its network namespace \
+                 (run the tool through gate.run)",
+            ))
+        }
+        _ => None,
+    };
     if matches!(sandbox.network, Network::Ports(_)) && caps.landlock_abi < 4 {
         missing.push("landlock-tcp".to_string());
     }
@@ -182,7 +195,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
             .as_ref()
             .map(|r| r.ports.clone())
             .unwrap_or_default(),
-        netns: sandbox.network == Network::None && caps.netns,
+        netns: (sandbox.network == Network::None && caps.netns) || join_netns.is_some(),
         cgroups: if cgroups.is_some() {
             vec!["memory".into(), "pids".into()]
         } else {
@@ -248,7 +261,8 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
     let plan = ChildPlan {
         rlimits,
         cgroup_procs: cgroups.as_ref().map(Cgroups::procs_fds).unwrap_or_default(),
-        netns: protections.netns,
+        netns: protections.netns && join_netns.is_none(),
+        join_netns,
         landlock_fd: ruleset
             .as_ref()
             .and_then(|r| r.fd.as_ref().map(AsRawFd::as_raw_fd)),
@@ -553,6 +567,11 @@ fn child_setup(plan: &ChildPlan) -> std::io::Result<()> {
                 rlim_max: hard,
             };
             check(libc::setrlimit(resource, &lim) as libc::c_long)?;
+        }
+        if let Some(fd) = plan.join_netns {
+            // Before any new user namespace: the proxy's namespace belongs to
+            // the gate's, so the tool holds no capability over it.
+            check(libc::setns(fd, libc::CLONE_NEWNET) as libc::c_long)?;
         }
         if plan.root {
             // Root's supplementary groups would still open group-owned files
@@ -906,7 +925,7 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Brings up `lo` in a fresh network namespace (it starts down).
-fn loopback_up() -> std::io::Result<()> {
+pub(super) fn loopback_up() -> std::io::Result<()> {
     // SAFETY: a socket and two ioctls on a zeroed, correctly sized ifreq.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

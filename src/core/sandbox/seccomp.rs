@@ -215,7 +215,8 @@ pub fn filter(network: &Network, unix: bool) -> Result<Filter, String> {
     type Cache = [std::sync::OnceLock<Result<Filter, String>>; 6];
     static CACHE: Cache = [const { std::sync::OnceLock::new() }; 6];
     let mode = match network {
-        Network::None => 0,
+        // The proxy's namespace is a private one like none's: same filter.
+        Network::None | Network::Proxy => 0,
         Network::Host => 1,
         Network::Ports(_) => 2,
     };
