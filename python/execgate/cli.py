@@ -27,6 +27,69 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
+#: The network settings ``execgate run`` and ``execgate mcp`` accept besides ports.
+RUN_NETWORKS = ("none", "host", "proxy")
+MCP_NETWORKS = ("none", "host")
+#: Flags that ask for a sandbox (``execgate mcp`` runs its server unconfined without one).
+SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
+
+
+def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) -> None:
+    """The sandbox flags ``execgate run`` and ``execgate mcp`` share."""
+    parser.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
+    parser.add_argument("--cpu", type=float, metavar="SECONDS")
+    parser.add_argument("--wall", type=float, metavar="SECONDS")
+    parser.add_argument("--processes", type=int, metavar="N")
+    parser.add_argument("--file-size", metavar="SIZE")
+    parser.add_argument("--open-files", type=int, metavar="N")
+    parser.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
+    parser.add_argument("--network", metavar="|".join(networks) + "|PORT[,PORT...]")
+    parser.add_argument("--read", action="append", default=[], metavar="DIR")
+    parser.add_argument("--write", action="append", default=[], metavar="DIR")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable from the environment (repeatable)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse to run without every protection"
+    )
+
+
+def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any:
+    """The :class:`~execgate.Sandbox` the shared flags describe (ValueError for a
+    bad ``--network``)."""
+    from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
+
+    network: Any = args.network or "none"
+    if network not in networks:
+        try:
+            network = [int(p) for p in network.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--network must be {', '.join(networks)} or ports, not {network!r}"
+            ) from None
+    return Sandbox(
+        limits=Limits(
+            cpu=args.cpu,
+            memory=args.memory,
+            file_size=args.file_size,
+            open_files=args.open_files,
+            processes=args.processes,
+            wall=args.wall,
+            output=args.output,
+        ),
+        read=args.read,
+        write=args.write,
+        network=network,
+        env_allow=(*DEFAULT_ENV, *args.env),
+        strict=args.strict,
+        stream=True,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="execgate", description="Action-level authorization for AI agents.")
     parser.add_argument("--version", action="version", version=f"execgate {__version__}")
@@ -99,24 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--action", default="shell.exec")
     run.add_argument("--principal", metavar="ID")
     run.add_argument("--role", action="append", default=[], metavar="ROLE")
-    run.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
-    run.add_argument("--cpu", type=float, metavar="SECONDS")
-    run.add_argument("--wall", type=float, metavar="SECONDS")
-    run.add_argument("--processes", type=int, metavar="N")
-    run.add_argument("--file-size", metavar="SIZE")
-    run.add_argument("--open-files", type=int, metavar="N")
-    run.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
-    run.add_argument("--network", default="none", metavar="none|host|proxy|PORT[,PORT...]")
-    run.add_argument("--read", action="append", default=[], metavar="DIR")
-    run.add_argument("--write", action="append", default=[], metavar="DIR")
-    run.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="pass this variable from the environment (repeatable)",
-    )
-    run.add_argument("--strict", action="store_true", help="refuse to run without every protection")
+    add_sandbox_flags(run, RUN_NETWORKS)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     mcp = sub.add_parser(
@@ -165,18 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--sandbox", action="store_true", help="confine the server even without other limits"
     )
-    mcp.add_argument("--memory", metavar="SIZE")
-    mcp.add_argument("--cpu", type=float, metavar="SECONDS")
-    mcp.add_argument("--wall", type=float, metavar="SECONDS")
-    mcp.add_argument("--processes", type=int, metavar="N")
-    mcp.add_argument("--file-size", metavar="SIZE")
-    mcp.add_argument("--open-files", type=int, metavar="N")
-    mcp.add_argument("--output", default="1M", metavar="SIZE", help="bytes of stderr kept")
-    mcp.add_argument("--network", metavar="none|host|PORT[,PORT...]")
-    mcp.add_argument("--read", action="append", default=[], metavar="DIR")
-    mcp.add_argument("--write", action="append", default=[], metavar="DIR")
-    mcp.add_argument("--env", action="append", default=[], metavar="NAME")
-    mcp.add_argument("--strict", action="store_true")
+    add_sandbox_flags(mcp, MCP_NETWORKS)
     mcp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     replay = sub.add_parser(
@@ -369,7 +404,6 @@ EXIT_DENIED, EXIT_SANDBOX = 126, 125
 def _run(args: argparse.Namespace) -> int:
     from execgate.errors import ActionDenied, SandboxError
     from execgate.gate import Gate
-    from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
 
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
@@ -378,33 +412,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.log and not args.key:
         print("execgate: --log needs --key", file=sys.stderr)
         return EXIT_ERROR
-    network: Any = args.network
-    if network not in ("none", "host", "proxy"):
-        try:
-            network = [int(p) for p in network.split(",")]
-        except ValueError:
-            print(
-                f"execgate: --network must be none, host, proxy or ports, not {network!r}",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-    box = Sandbox(
-        limits=Limits(
-            cpu=args.cpu,
-            memory=args.memory,
-            file_size=args.file_size,
-            open_files=args.open_files,
-            processes=args.processes,
-            wall=args.wall,
-            output=args.output,
-        ),
-        read=args.read,
-        write=args.write,
-        network=network,
-        env_allow=(*DEFAULT_ENV, *args.env),
-        strict=args.strict,
-        stream=True,
-    )
+    try:
+        box = sandbox_from_flags(args, RUN_NETWORKS)
+    except ValueError as e:
+        print(f"execgate: {e}", file=sys.stderr)
+        return EXIT_ERROR
     gate = Gate(
         args.policy,
         data=args.data or None,

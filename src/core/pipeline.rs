@@ -156,7 +156,8 @@ impl Gate {
         let mut tool_args = request.args;
         if decision.allowed {
             match prepare_args(&tool_args, &obligations, &current, &capabilities) {
-                Ok(args) => tool_args = args,
+                Ok(Some(args)) => tool_args = args,
+                Ok(None) => {}
                 Err(reason) => decision.deny(FailureKind::Obligation, reason),
             }
         }
@@ -204,21 +205,22 @@ fn to_json(value: &Value) -> std::result::Result<Json, String> {
     serde_json::to_value(value).map_err(|e| format!("obligations cannot be read: {e}"))
 }
 
-/// The arguments the tool will receive, or the reason the entry point cannot
-/// meet the obligations.
+/// The arguments the tool will receive when the obligations change them
+/// (None: the caller's, unchanged), or the reason the entry point cannot meet
+/// the obligations.
 fn prepare_args(
     args: &Arg,
     obligations: &Obligations,
     current: &Current,
     capabilities: &Option<Capabilities>,
-) -> std::result::Result<Arg, String> {
+) -> std::result::Result<Option<Arg>, String> {
     let Some(can) = &capabilities else {
         // A query: the caller fulfils the obligations; only a redaction that
         // refuses outright (a deny transform that finds something) decides here.
         if let Some(rule) = obligations.redact_args.as_ref() {
             redact_args(args, rule, current)?;
         }
-        return Ok(args.clone());
+        return Ok(None);
     };
     if obligations.sandbox.is_some() && !can.sandbox {
         return Err(
@@ -233,6 +235,9 @@ fn prepare_args(
              tool's output"
                 .into(),
         );
+    }
+    if obligations.args.is_none() && obligations.redact_args.is_none() {
+        return Ok(None);
     }
     let mut out = args.clone();
     if let Some(Json::Object(rewrite)) = &obligations.args {
@@ -278,7 +283,7 @@ fn prepare_args(
             ));
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// `args` after a `redact.args` rule (the named top-level arguments, or all).

@@ -524,6 +524,17 @@ pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Map
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_float_that_needs_exact_parsing_round_trips_through_a_record() {
+        // A CPU time a sandboxed run reported; the fast float parser reads it
+        // one ulp off, so the record would fail its own canonical check.
+        let value = 1.993_758_000_000_000_1_f64;
+        let mut payload = Map::new();
+        payload.insert("user_cpu".into(), json!(value));
+        let receipt = Receipt::seal(payload, None).unwrap();
+        assert!(Receipt::from_json(receipt.envelope()).is_ok());
+    }
+
     /// RFC 8785 §3.2.2 and appendix examples: literals, numbers, strings.
     #[test]
     fn jcs_matches_rfc_8785_examples() {

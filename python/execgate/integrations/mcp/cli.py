@@ -8,8 +8,9 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+from execgate.cli import MCP_NETWORKS, SANDBOX_FLAGS, sandbox_from_flags
 from execgate.errors import SandboxError
-from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox, parse_size
+from execgate.sandbox import Sandbox, parse_size
 
 if TYPE_CHECKING:
     from execgate.gate import Gate
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["main", "sandbox_from"]
 
 EXIT_ERROR, EXIT_SANDBOX = 2, 125
-
-_SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
 
 
 def _say(message: str) -> None:
@@ -34,33 +33,12 @@ def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
         or args.write
         or args.strict
         or args.env
-        or any(getattr(args, f) is not None for f in _SANDBOX_FLAGS)
+        or any(getattr(args, f) is not None for f in SANDBOX_FLAGS)
     )
     if not wanted:
         return None
-    network: Any = args.network or "none"
-    if network not in ("none", "host"):
-        try:
-            network = [int(p) for p in network.split(",")]
-        except ValueError:
-            raise ValueError(f"--network must be none, host or ports, not {network!r}") from None
-    return Sandbox(
-        limits=Limits(
-            cpu=args.cpu,
-            memory=args.memory,
-            file_size=args.file_size,
-            open_files=args.open_files,
-            processes=args.processes,
-            wall=args.wall,
-            output=args.output,
-        ),
-        read=args.read,
-        write=args.write,
-        network=network,
-        env_allow=(*DEFAULT_ENV, *args.env),
-        strict=args.strict,
-        stream=True,
-    )
+    box: Sandbox = sandbox_from_flags(args, MCP_NETWORKS)
+    return box
 
 
 def _principal(args: argparse.Namespace) -> dict[str, Any] | None:
