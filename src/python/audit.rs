@@ -238,21 +238,9 @@ pub fn verify(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<PyVerifyReport> {
     let ring = keyring(&keys, keyring_dir.as_deref())?;
-    let mut raised: Option<PyErr> = None;
-    let inner = py.detach(|| {
-        let mut report = |done: u64, total: u64| {
-            if let (Some(cb), None) = (&progress, &raised) {
-                if let Err(e) = Python::attach(|py| cb.call1(py, (done, total)).map(drop)) {
-                    raised = Some(e);
-                }
-            }
-        };
-        verify_log_with_progress(&path, &ring, &mut report)
-    })?;
-    if let Some(e) = raised {
-        return Err(e);
-    }
-    Ok(PyVerifyReport { inner })
+    reporting(py, progress, |report| {
+        verify_log_with_progress(&path, &ring, report)
+    })
 }
 
 /// Verifies the files of a rotated log as one chain (in chain order, whatever
@@ -267,6 +255,19 @@ pub fn verify_set(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<PyVerifyReport> {
     let ring = keyring(&keys, keyring_dir.as_deref())?;
+    reporting(py, progress, |report| {
+        verify_logs_with_progress(&paths, &ring, report)
+    })
+}
+
+/// Runs a verification without the GIL, calling `progress(bytes_read,
+/// total_bytes)` as it goes; the first exception the callback raises stops
+/// the reports and is raised once the verification is over.
+fn reporting(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    verify: impl FnOnce(&mut dyn FnMut(u64, u64)) -> crate::core::error::Result<VerifyReport> + Send,
+) -> PyResult<PyVerifyReport> {
     let mut raised: Option<PyErr> = None;
     let inner = py.detach(|| {
         let mut report = |done: u64, total: u64| {
@@ -276,7 +277,7 @@ pub fn verify_set(
                 }
             }
         };
-        verify_logs_with_progress(&paths, &ring, &mut report)
+        verify(&mut report)
     })?;
     if let Some(e) = raised {
         return Err(e);
