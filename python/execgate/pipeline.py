@@ -60,6 +60,24 @@ class Pipeline:
         self.approver = approver
         self.approval_timeout = approval_timeout
 
+    def _ambient(
+        self,
+        principal: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+        time: str | None,
+    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """Principal and context: the ambient ones overridden by the call's;
+        the gate's clock when it has its own."""
+        p = _principal.get()
+        if principal:
+            p = {**p, **principal}
+        c = _context.get()
+        if context:
+            c = {**c, **context}
+        if time is None and self.clock is not None:
+            time = _rfc3339(self.clock())
+        return p, c, time
+
     def start(
         self,
         action: str,
@@ -78,18 +96,18 @@ class Pipeline:
         argument names the tool can be given, when not any) and ``output`` say
         what the entry point will enforce (an obligation it cannot meet
         denies); ``query`` leaves the obligations to the caller (``check()``)."""
-        return self._decide(
+        p, c, time = self._ambient(principal, context, time)
+        return self.native.decide(
             action,
             args,
-            principal,
-            context,
+            p,
+            c,
+            time,
             query=query,
             sandbox=sandbox,
             rewrite=rewrite,
             replaceable=replaceable,
             output=output,
-            time=time,
-            authorize=False,
         )
 
     def decide(
@@ -106,28 +124,9 @@ class Pipeline:
         if self.approver is not None:
             call = self.start(action, args, principal, context, **capabilities)
             return call, self.authorize(call)
-        call = self._decide(action, args, principal, context, authorize=True, **capabilities)
+        p, c, time = self._ambient(principal, context, capabilities.pop("time", None))
+        call = self.native.decide(action, args, p, c, time, authorize=True, **capabilities)
         return call, call.decision
-
-    def _decide(
-        self,
-        action: str,
-        args: dict[str, Any] | None,
-        principal: Mapping[str, Any] | None,
-        context: Mapping[str, Any] | None,
-        *,
-        time: str | None = None,
-        **options: Any,
-    ) -> Call:
-        p = _principal.get()
-        if principal:
-            p = {**p, **principal}
-        c = _context.get()
-        if context:
-            c = {**c, **context}
-        if time is None and self.clock is not None:
-            time = _rfc3339(self.clock())
-        return self.native.decide(action, args, p, c, time, **options)
 
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate
