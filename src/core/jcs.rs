@@ -239,6 +239,23 @@ pub fn write_value(
     Ok(found)
 }
 
+/// A JSON array of policy values (an array's items, or a set's members).
+fn policy_array<'a>(
+    out: &mut Vec<u8>,
+    items: impl Iterator<Item = &'a Value>,
+    found: &mut Option<std::ops::Range<usize>>,
+) -> Result<()> {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        value_inner(out, item, None, found)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
 fn value_inner(
     out: &mut Vec<u8>,
     value: &Value,
@@ -253,26 +270,9 @@ fn value_inner(
         Value::Number(_) => write_policy_number(out, value)?,
         Value::String(s) => write_str(out, s),
         Value::Undefined => write_str(out, "<undefined>"),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                value_inner(out, item, None, found)?;
-            }
-            out.push(b']');
-        }
-        Value::Set(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter_sorted().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                value_inner(out, item, None, found)?;
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => policy_array(out, items.iter(), found)?,
+        // A set is written as the array of its members, in their order.
+        Value::Set(items) => policy_array(out, items.iter_sorted(), found)?,
         Value::Object(fields) => {
             let mut members: Vec<(&str, &Value)> = Vec::with_capacity(fields.len());
             for (k, v) in fields.iter_sorted() {
