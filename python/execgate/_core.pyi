@@ -314,6 +314,8 @@ class VerifyReport:
     @property
     def unfinished_count(self) -> int: ...
     @property
+    def head(self) -> str | None: ...
+    @property
     def incidents(self) -> list[tuple[int, str]]: ...
     @property
     def line(self) -> int | None: ...
@@ -325,12 +327,14 @@ def verify(
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport: ...
 def verify_set(
     paths: list[str],
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport: ...
 def private_network() -> tuple[int, int, int]: ...
 def run_sandboxed(

@@ -141,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a public key PEM file (repeatable)",
     )
     verify.add_argument("--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys")
+    verify.add_argument(
+        "--after",
+        metavar="SHA256",
+        help="verify a later part of a rotated log: its first record must continue from this "
+        "digest (the 'last digest' verify printed for the files before it); without it the "
+        "log must start at a genesis record",
+    )
 
     log = sub.add_parser("log", help="inspect an audit log")
     log_sub = log.add_subparsers(dest="log_command", required=True, parser_class=_Parser)
@@ -335,10 +342,14 @@ def _verify(args: argparse.Namespace) -> int:
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
         if len(args.log) == 1 and not os.path.isdir(args.log[0]):
-            report = verify_log(args.log[0], args.key, keyring=args.keyring, progress=bar)
+            report = verify_log(
+                args.log[0], args.key, keyring=args.keyring, progress=bar, after=args.after
+            )
         else:
             one = args.log[0] if len(args.log) == 1 else args.log
-            report = verify_logs(one, args.key, keyring=args.keyring, progress=bar)
+            report = verify_logs(
+                one, args.key, keyring=args.keyring, progress=bar, after=args.after
+            )
     finally:
         if bar is not None:
             bar.done()
@@ -361,6 +372,7 @@ def _verify(args: argparse.Namespace) -> int:
         print("  EMPTY: the log holds no records; there is nothing to verify")
         return EXIT_DENY
     if report.ok:
+        print(f"  last digest: {report.head}")
         print("  VALID: every signature, link and sequence number checks out")
         return EXIT_OK
     if report.incidents and report.line == report.incidents[0][0]:

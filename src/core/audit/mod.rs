@@ -19,6 +19,8 @@
 //! - a writer never chains onto a record it cannot verify without first
 //!   writing a signed `recovery` record that names it.
 
+mod links;
+mod read;
 mod recovery;
 mod state;
 mod verify;
@@ -31,7 +33,7 @@ use super::error::CoreError;
 
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, VerifyFailure,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, Start, VerifyFailure,
     VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
