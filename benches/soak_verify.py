@@ -106,8 +106,17 @@ def main() -> None:
                 text=True,
                 env=env,
             ).stdout
-            print(json.dumps({"run": run + 1, "build": name, "signing": args.signing,
-                              "bytes": path.stat().st_size, **json.loads(out)}))
+            print(
+                json.dumps(
+                    {
+                        "run": run + 1,
+                        "build": name,
+                        "signing": args.signing,
+                        "bytes": path.stat().st_size,
+                        **json.loads(out),
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

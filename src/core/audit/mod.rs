@@ -33,8 +33,8 @@ use super::error::CoreError;
 
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, Start, VerifyFailure,
-    VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, Start,
+    VerifyFailure, VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 

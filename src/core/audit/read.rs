@@ -111,7 +111,8 @@ pub(super) fn read_parsed(
         let (mut sent, mut applied, mut eof) = (0u64, 0u64, false);
         loop {
             while !eof && sent - applied < in_flight {
-                let chunk = read_chunk(&mut reader, at).map_err(|e| io_error(path, "cannot read", e))?;
+                let chunk =
+                    read_chunk(&mut reader, at).map_err(|e| io_error(path, "cannot read", e))?;
                 if at.read - at.reported >= PROGRESS_EVERY {
                     progress(at.read, total);
                     at.reported = at.read;
@@ -122,9 +123,9 @@ pub(super) fn read_parsed(
                     break;
                 }
                 let lane = &lanes[(sent % workers as u64) as usize];
-                lane.0
-                    .send(chunk)
-                    .map_err(|_| io_error(path, "cannot verify", "a verification thread stopped"))?;
+                lane.0.send(chunk).map_err(|_| {
+                    io_error(path, "cannot verify", "a verification thread stopped")
+                })?;
                 sent += 1;
             }
             if applied == sent {

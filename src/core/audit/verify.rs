@@ -235,16 +235,20 @@ impl Verifier {
                 Ok(())
             }
             (None, Some(prev)) => {
-                let rotated = receipt.payload().get("rotated");
-                let from = rotated
+                let from = receipt
+                    .payload()
+                    .get("rotated")
                     .and_then(|r| r.get("from"))
-                    .and_then(Json::as_str)
-                    .map_or(String::new(), |f| format!(" (the rotated file {f})"));
+                    .and_then(Json::as_str);
+                let missing = match from {
+                    Some(f) => format!("are in files not given (the one just before: {f})"),
+                    None => "are missing (deleted, or in files not given)".into(),
+                };
                 Err(format!(
                     "the log does not start at a genesis record: its first record (seq {}, \
-                     kind {}) continues a chain whose records up to seq {} are in files not \
-                     given{from}, ending with digest {prev}; give the files before it, or \
-                     --after {prev} to verify from there",
+                     kind {}) continues a chain whose records up to seq {} {missing}, ending \
+                     with digest {prev}; give the files before it, or --after {prev} to verify \
+                     from there",
                     receipt.seq(),
                     receipt.kind(),
                     receipt.seq().saturating_sub(1)

@@ -427,6 +427,7 @@ impl Inner {
         if let Err(e) = (&*file).write_all(&line) {
             // Never leave a partial line behind: cut back to where we started.
             let _ = file.set_len(start);
+            note_own_change(st, file);
             return Err(io_error(path, "cannot append", e));
         }
         if self.options.durability == Durability::Always || seal == Seal::Signed {
@@ -436,14 +437,7 @@ impl Inner {
             st.dirty = true;
         }
         self.advance(st, receipt, line.len() as u64, seal);
-        // The change time this write left, to tell a later in-place rewrite
-        // from it; unknown (so the next append re-checks the file) when the
-        // length is not what this writer just made it.
-        st.known_ctime = file
-            .metadata()
-            .ok()
-            .filter(|m| Some(m.len()) == st.known_len)
-            .map(|m| ctime(&m));
+        note_own_change(st, file);
         if let Some(fold) = &st.fold {
             fold.fold(receipt.payload());
         }
@@ -699,7 +693,9 @@ impl Inner {
                          line {} no longer chains to the record before it ({})",
                         broken.line, broken.why
                     ),
-                    json_map(json!({"line": broken.line, "after_seq": broken.before, "bytes": len})),
+                    json_map(
+                        json!({"line": broken.line, "after_seq": broken.before, "bytes": len}),
+                    ),
                 ));
             }
         }
@@ -874,6 +870,17 @@ fn unseal_after(st: &mut State, last: u64) {
         *end = (*end).min(last);
     }
     st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
+}
+
+/// Remembers the change time this writer's own write (or cut-back) left, to
+/// tell a later in-place rewrite from it; unknown (so the next append
+/// re-checks the file) when the length is not what this writer made it.
+fn note_own_change(st: &mut State, file: &File) {
+    st.known_ctime = file
+        .metadata()
+        .ok()
+        .filter(|m| Some(m.len()) == st.known_len)
+        .map(|m| ctime(&m));
 }
 
 /// A file's change time, which every write moves (and nothing but the clock
