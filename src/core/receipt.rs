@@ -608,10 +608,10 @@ mod tests {
         assert_eq!(r.payload_bytes(), serde_jcs::to_vec(&body).unwrap());
         let expected = serde_json::to_string(&EnvelopeJson {
             payload_type: PAYLOAD_TYPE.into(),
-            payload: B64.encode(r.payload_bytes()),
+            payload: B64.encode(r.payload_bytes()).into(),
             signatures: vec![SignatureJson {
                 keyid: key.kid().into(),
-                sig: B64.encode(&r.signatures()[0].1),
+                sig: B64.encode(&r.signatures()[0].1).into(),
             }],
         })
         .unwrap();
