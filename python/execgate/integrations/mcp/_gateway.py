@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from execgate.gate import Gate
 
 __all__ = [
+    "ASK_PREFIX",
     "CLIENT_METHODS",
     "DEFAULT_MAX_MESSAGE",
     "Forward",
@@ -52,6 +53,7 @@ __all__ = [
     "Pending",
     "Reply",
     "Session",
+    "elicit_result",
 ]
 
 #: The largest JSON-RPC message (one line on stdio, one body over HTTP) the
@@ -76,6 +78,9 @@ CLIENT_METHODS = frozenset(
         "logging/setLevel",
     }
 )
+
+#: The id prefix of the gateway's own ``elicitation/create`` requests.
+ASK_PREFIX = "execgate-approval-"
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 
@@ -185,6 +190,23 @@ class Hold:
     call: Call
     message: dict[str, Any]
     elicitation: dict[str, Any]
+    ask_id: str = field(default_factory=lambda: f"{ASK_PREFIX}{uuid.uuid4().hex}")
+
+    def request(self) -> dict[str, Any]:
+        """The ``elicitation/create`` request to put to the client."""
+        return {
+            "jsonrpc": "2.0",
+            "id": self.ask_id,
+            "method": "elicitation/create",
+            "params": self.elicitation,
+        }
+
+
+def elicit_result(response: Any) -> Any:
+    """The ``ElicitResult`` in the client's answer to :meth:`Hold.request`
+    (an error or a malformed answer counts as no consent)."""
+    result = response.get("result") if isinstance(response, dict) else None
+    return result if isinstance(result, dict) else {"action": "error"}
 
 
 Verdict = Forward | Reply | Hold
@@ -260,8 +282,11 @@ class Gateway:
 
     # -- client -> server ---------------------------------------------------
 
-    def inbound(self, session: Session, msg: Any) -> Verdict:
-        """What to do with one parsed message from the client."""
+    def inbound(self, session: Session, msg: Any, *, can_ask: bool = True) -> Verdict:
+        """What to do with one parsed message from the client. ``can_ask``
+        says whether the transport can put an ``elicitation/create`` to the
+        client for this message (a call needing approval is held only then,
+        and only when the client declared the capability)."""
         if isinstance(msg, list):
             return self._batch(msg)
         if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
@@ -290,7 +315,7 @@ class Gateway:
                 error(id_, INVALID_REQUEST, f"id {id_!r} is already in use by a request in flight")
             )
         if method == "tools/call":
-            return self._tools_call(session, msg, key)
+            return self._tools_call(session, msg, key, can_ask)
         if method not in CLIENT_METHODS:
             self.log(f"refused method {method!r}: not relayed by the execgate MCP gateway")
             return Reply(
@@ -331,7 +356,9 @@ class Gateway:
         ]
         return Reply(out or None)
 
-    def _tools_call(self, session: Session, msg: dict[str, Any], key: tuple[str, Any]) -> Verdict:
+    def _tools_call(
+        self, session: Session, msg: dict[str, Any], key: tuple[str, Any], can_ask: bool
+    ) -> Verdict:
         id_ = msg["id"]
         params = msg.get("params")
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
@@ -358,7 +385,7 @@ class Gateway:
             # A tool the policy's visibility rule hides is refused like any deny.
             call.refuse(f"the tool {name!r} is hidden by policy")
             return self._authorized(session, msg, key, call, self.gate.pipeline.authorize(call))
-        if call.approval is not None and session.elicitation:
+        if call.approval is not None and session.elicitation and can_ask:
             # Held: the id stays taken until the human answers.
             session.pending[key] = Pending("held", id_, None, name)
             return Hold(call, msg, self._elicitation(name, call, call.approval))
