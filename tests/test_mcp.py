@@ -466,6 +466,20 @@ def test_client_disconnect_mid_call(keyed):
     assert completion["outcome"]["status"] == "error"
 
 
+def test_client_gone_while_asked_is_a_recorded_denial(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    raw.init(caps={"elicitation": {}})
+    raw.call(1, "deploy", {"service": "web"})
+    asked = json.loads(raw.proc.stdout.readline())
+    assert asked["method"] == "elicitation/create" and "deploy" in asked["params"]["message"]
+    raw.close()  # gone without answering
+    _verified(log, key)
+    [record] = _records(log)
+    assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
+    assert record["approval"]["approved"] is False
+
+
 # -- the gateway in-process: result shapes the demo server does not produce ----------------
 
 

@@ -490,6 +490,49 @@ def test_http_client_disconnect_mid_call(tmp_path):
     assert report.ok and report.unfinished_count == 0
 
 
+def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
+    with _stack(tmp_path) as stack:
+        raw = RawHTTP(stack["url"])
+        try:
+            r = raw.post(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {"elicitation": {}},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    },
+                }
+            )
+            raw.sid = r.headers["mcp-session-id"]
+            raw.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            body = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "deploy", "arguments": {"service": "web"}},
+                }
+            ).encode()
+            headers = {**raw.headers, "Mcp-Session-Id": raw.sid}
+            with raw.http.stream("POST", raw.url, content=body, headers=headers) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                line = next(x for x in r.iter_lines() if x.startswith("data:"))
+                assert json.loads(line[5:])["method"] == "elicitation/create"
+            raw.http.close()  # gone without answering
+            end = time.monotonic() + TIMEOUT
+            while time.monotonic() < end and not stack["log"].exists():
+                time.sleep(0.1)
+            time.sleep(0.5)
+            [record] = _records(stack["log"])
+        finally:
+            raw.close()
+    assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
+    assert record["approval"]["approved"] is False
+
+
 def test_http_upstream_crash_mid_call_is_recorded_failed(tmp_path):
     async def session(url):
         async with _client(url, "alice-token") as c:

@@ -338,7 +338,7 @@ class _Relay:
                         if sse:
                             for item in out:
                                 yield frame(item)
-                        else:
+                        elif out:
                             yield frame(out[0] if len(out) == 1 else out)
             why, error_type = "the upstream MCP server sent no answer", "upstream_failed"
             if sse:
