@@ -157,6 +157,8 @@ class Session:
     protocol: str | None = None
     elicitation: bool = False
     pending: dict[tuple[str, Any], Pending] = field(default_factory=dict)
+    # Calls answered, their completion not yet recorded (Gateway.finish).
+    answered: list[Run] = field(default_factory=list)
 
     def context(self, tool_call_id: Any) -> dict[str, Any]:
         """``input.context`` for a call in this session."""
@@ -460,7 +462,8 @@ class Gateway:
     # -- server -> client ---------------------------------------------------
 
     def outbound(self, session: Session, msg: Any) -> list[Any]:
-        """What the client gets for one parsed message from the server."""
+        """What the client gets for one parsed message from the server (then
+        :meth:`finish` records the completions)."""
         if isinstance(msg, list):
             out: list[Any] = []
             for item in msg:
@@ -477,7 +480,7 @@ class Gateway:
             self.log(f"dropped a server answer to id {pending.id!r}, which it was never sent")
             return []
         if pending.method == "tools/call":
-            return [self._result(pending, msg)]
+            return [self._result(session, pending, msg)]
         result = msg.get("result")
         if not isinstance(result, dict):
             return [msg]
@@ -521,9 +524,17 @@ class Gateway:
             return [_failed_result(id_, pending.name, why)]
         return [error(id_, INVALID_REQUEST, why)]
 
+    def finish(self, session: Session) -> None:
+        """Records the completion of every call answered by :meth:`outbound`.
+        Transports call it once they have handed the answers on, so that
+        writing the record is not on the round trip."""
+        while session.answered:
+            session.answered.pop().__exit__(None, None, None)
+
     def fail_pending(self, session: Session, why: str, error_type: str) -> list[dict[str, Any]]:
         """Closes every call still in flight as failed (the server died, the
         client went away); returns what the client should be told."""
+        self.finish(session)
         out: list[dict[str, Any]] = []
         for pending in session.pending.values():
             if pending.run is not None:
@@ -535,7 +546,9 @@ class Gateway:
         session.pending.clear()
         return out
 
-    def _result(self, pending: Pending, msg: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, session: Session, pending: Pending, msg: dict[str, Any]) -> dict[str, Any]:
+        """What the client gets for the server's answer to an allowed call;
+        its completion is recorded by :meth:`finish`."""
         run = pending.run
         if run is None:
             raise RuntimeError("an answer for a call that never started to run")
@@ -544,7 +557,7 @@ class Gateway:
             err = msg.get("error")
             run.error = "jsonrpc_error" if isinstance(err, dict) else "malformed_result"
             run.result = err
-            run.__exit__(None, None, None)
+            session.answered.append(run)
             if not isinstance(err, dict):
                 return _failed_result(
                     pending.id, pending.name, "the server sent a malformed result"
@@ -560,7 +573,7 @@ class Gateway:
         }
         if result.get("isError") is True:
             run.error = "isError"
-        run.__exit__(None, None, None)
+        session.answered.append(run)
         try:
             shown = self._redacted(run, result)
         except ActionDenied as refusal:

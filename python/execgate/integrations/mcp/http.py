@@ -317,6 +317,7 @@ class _Relay:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
                 async for event in _sse(response, self.max_message):
                     yield self._event(session, event)
+                    self.gateway.finish(session)  # once the answer is on its way
             else:
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -349,6 +350,7 @@ class _Relay:
             for out in self._fail(session, key, "the upstream MCP server broke off"):
                 yield frame(out)
         finally:
+            self.gateway.finish(session)
             self._fail(session, key, why, error_type)
             with anyio.CancelScope(shield=True):
                 await response.aclose()

@@ -299,6 +299,9 @@ class StdioProxy:
         else:
             for item in out:
                 self._reply(item)
+        if self.session.answered:
+            with self._lock:
+                self.gateway.finish(self.session)
 
     # -- running ----------------------------------------------------------------
 
