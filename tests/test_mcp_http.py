@@ -437,6 +437,13 @@ def test_http_hostile_requests_never_crash_or_pass(tmp_path):
                 first = raw.messages(slow.result())[0]
             assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
             assert first["result"]["content"][0]["text"] == "done"
+            # Duplicate keys: decided on the last "method" (a ping), and the
+            # upstream gets that ping re-encoded, not the client's bytes.
+            r = raw.post(
+                b'{"jsonrpc": "2.0", "id": 11, "method": "tools/call", '
+                b'"params": {"name": "echo", "arguments": {"text": "smuggled"}}, "method": "ping"}'
+            )
+            assert raw.messages(r)[0]["result"] == {}
             # Still serving, and the server saw only what was decided and allowed.
             assert raw.seen() == ["slow"]
         finally:

@@ -25,6 +25,10 @@ Strictness, so that no message can invoke a tool undecided:
   handled on its own.
 - A request whose id is still in flight is refused (``-32600``): a second
   answer must never be matched to the first call's obligations.
+- What the server receives from the client is the message as the gateway
+  parsed it, encoded again (see :func:`encode`), never the client's bytes: a
+  parser differential (duplicate keys, of which Python keeps the last) cannot
+  make the server see another method, tool or argument than was decided.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ __all__ = [
     "Reply",
     "Session",
     "elicit_result",
+    "encode",
 ]
 
 #: The largest JSON-RPC message (one line on stdio, one body over HTTP) the
@@ -98,6 +103,15 @@ _ELICIT_SCHEMA = {
 _HEAD_ID = re.compile(
     rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,18})'
 )
+
+
+def encode(msg: Any) -> bytes:
+    """``msg`` as compact JSON (UTF-8; escaped where a lone surrogate leaves no
+    other way)."""
+    try:
+        return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(msg, separators=(",", ":")).encode()
 
 
 def error(id_: Any, code: int, message: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from execgate.integrations.mcp._gateway import (
     Reply,
     Session,
     elicit_result,
+    encode,
     error,
     id_key,
 )
@@ -82,7 +83,7 @@ _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"
 
 def _event_bytes(msg: Any) -> bytes:
     """One server-sent event carrying ``msg``."""
-    return b"event: message\ndata: " + json.dumps(msg, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: message\ndata: " + encode(msg) + b"\n\n"
 
 
 def _refused(status: int, code: int, message: str) -> JSONResponse:
@@ -211,9 +212,8 @@ class _Relay:
             return StreamingResponse(
                 self._held(verdict, session, digest, headers, key), headers=_SSE_HEADERS
             )
-        out = body if verdict.message is msg else json.dumps(verdict.message).encode()
-        try:
-            response = await self._send(headers, out)
+        try:  # what was decided, not the client's bytes
+            response = await self._send(headers, encode(verdict.message))
         except httpx2.HTTPError as e:
             self.log(f"the upstream failed: {e}")
             replies = self._fail(session, key, "the upstream MCP server could not be reached")
@@ -269,7 +269,7 @@ class _Relay:
                 yield _event_bytes(decided.message)
             return
         try:
-            response = await self._send(headers, json.dumps(decided.message).encode())
+            response = await self._send(headers, encode(decided.message))
         except httpx2.HTTPError as e:
             self.log(f"the upstream failed: {e}")
             for out in self._fail(session, key, "the upstream MCP server could not be reached"):
@@ -311,7 +311,7 @@ class _Relay:
         why, error_type = "the client disconnected", "client_disconnected"
 
         def frame(msg: Any) -> bytes:
-            return _event_bytes(msg) if sse else json.dumps(msg).encode()
+            return _event_bytes(msg) if sse else encode(msg)
 
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):

@@ -48,6 +48,7 @@ from execgate.integrations.mcp._gateway import (
     Reply,
     Session,
     elicit_result,
+    encode,
     error,
     head_id,
 )
@@ -105,7 +106,7 @@ class _Lines:
 
 
 def _dumps(msg: Any) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return encode(msg) + b"\n"
 
 
 class _Out:
@@ -237,7 +238,7 @@ class StdioProxy:
         with self._lock:
             verdict = self.gateway.inbound(self.session, msg)
         if isinstance(verdict, Forward):
-            self._send_server(line + b"\n" if verdict.message is msg else _dumps(verdict.message))
+            self._send_server(_dumps(verdict.message))  # what was decided, not the bytes
         elif isinstance(verdict, Reply):
             self._reply(verdict.message)
         else:
