@@ -647,7 +647,5 @@ class Gateway:
             return True
         if not isinstance(name, str):
             return False
-        call = self.visible.pipeline.start(
-            name, {}, session.principal, session.context(None), query=True
-        )
-        return call.decision.allowed
+        decision = self.visible.pipeline.check(name, {}, session.principal, session.context(None))
+        return decision.allowed
