@@ -71,17 +71,17 @@ class Instruments:
         self.duration.record(took_ns / 1e9, labels)
         span = self.tracer.start_span(f"execgate.decide {action}", start_time=start_ns)
         if span.is_recording():
-            # Reasons leave the process only through the privacy router.
-            reasons, _ = native.redact(list(decision.reasons))
-            span.set_attributes(
-                {
-                    **labels,
-                    **_policy(decision),
-                    "execgate.blocked": decision.blocked,
-                    "execgate.mode": decision.mode,
-                    "execgate.reasons": [str(r) for r in reasons],
-                }
-            )
+            attributes = {
+                **labels,
+                **_policy(decision),
+                "execgate.blocked": decision.blocked,
+                "execgate.mode": decision.mode,
+            }
+            if reasons := decision.reasons:
+                # Reasons leave the process only through the privacy router.
+                redacted, _ = native.redact(list(reasons))
+                attributes["execgate.reasons"] = [str(r) for r in redacted]
+            span.set_attributes(attributes)
             if (call_id := decision.context.get("tool_call_id")) is not None:
                 span.set_attribute("gen_ai.tool.call.id", str(call_id))
         span.end(end_time=end_ns)
