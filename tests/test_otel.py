@@ -174,7 +174,7 @@ print(json.dumps(result))
     duration = metrics["execgate.decision.duration"]
     assert duration["unit"] == "s"
     assert sum(p["value"]["count"] for p in duration["points"]) == 4
-    assert all(0 < p["value"]["sum"] < 1 for p in duration["points"])
+    assert all(p["value"]["sum"] > 0 for p in duration["points"])
     # The shipping lag gauge: absent until a shipper reports, then per log.
     assert not (out["lags_before"] or {}).get("points")
     assert metrics["execgate.audit.shipping.lag"]["points"] == [
