@@ -632,3 +632,16 @@ def test_max_age_options_are_checked(
     server, _, served_pub = served
     with pytest.raises(execgate.ConfigurationError, match="must exceed bundle_poll"):
         execgate.Gate(bundle=server.url, bundle_key=served_pub, bundle_poll=10, bundle_max_age=10)
+
+
+def test_a_gate_that_never_had_a_bundle_is_stale_from_the_start(
+    served: tuple[_BundleServer, pathlib.Path, pathlib.Path],
+) -> None:
+    server, _, pub = served
+    server.down = True
+    gate = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_max_age=60)
+    denied = gate.check("fs.read")
+    assert denied.error == "stale" and "never confirmed current" in denied.reasons[0]
+    server.down = False
+    gate.reload()  # the first valid bundle is confirmed as it is installed
+    assert gate.policy_revision == "v1" and gate.check("fs.read").allowed
