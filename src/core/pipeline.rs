@@ -24,9 +24,9 @@ use super::args::Arg;
 use super::decision::{Decision, FailureKind, Request};
 use super::error::{CoreError, Result};
 use super::gate::{input_document, Current, Gate};
-use super::policy::EvalFailure;
 use super::ledger::{history_entry, Budget, Rate};
 use super::obligation::{ApprovalSpec, Obligations, RedactRule};
+use super::policy::EvalFailure;
 use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome, Receipt};
 
 /// What an entry point can do with a call beyond deciding it. An obligation

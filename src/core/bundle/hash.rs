@@ -235,4 +235,3 @@ fn go_string(s: &str) -> String {
     out.push('"');
     out
 }
-

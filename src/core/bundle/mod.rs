@@ -559,7 +559,8 @@ mod tests {
         tar.append_link(&mut h, "policy.rego", "/etc/passwd")
             .unwrap();
         let bytes = tar.into_inner().unwrap().finish().unwrap();
-        let e = Bundle::from_bytes(&bytes, &SigningKey::generate().verify_key().into()).unwrap_err();
+        let e =
+            Bundle::from_bytes(&bytes, &SigningKey::generate().verify_key().into()).unwrap_err();
         assert!(
             matches!(e, CoreError::Policy(_)) && e.to_string().contains("not a regular file"),
             "{e}"

@@ -127,11 +127,9 @@ impl BundleKey {
                                 ),
                             ));
                         }
-                        Kind::P256(
-                            p256::ecdsa::VerifyingKey::from_public_key_der(der).map_err(|e| {
-                                key_error(path, format!("not a valid P-256 public key: {e}"))
-                            })?,
-                        )
+                        Kind::P256(p256::ecdsa::VerifyingKey::from_public_key_der(der).map_err(
+                            |e| key_error(path, format!("not a valid P-256 public key: {e}")),
+                        )?)
                     }
                     other => {
                         return Err(key_error(
