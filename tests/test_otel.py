@@ -242,18 +242,23 @@ imported_early = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
 from execgate import telemetry
 gate = execgate.Gate('package execgate\\ndecision := true\\n')
 otel = telemetry.current()
-span = otel.tool_started(gate.check("t"))
+
+@gate.guard(action="t")
+def tool():
+    return 1
+
+assert tool() == 1
 print(json.dumps({
     "imported_early": imported_early,
-    "recording": span.is_recording(),
+    "span": otel.tool_started(gate.check("t")) is not None,
     "tracer": type(otel.tracer).__name__,
 }))
 """
     )
     # `import execgate` alone imports nothing of OpenTelemetry; a gate loads the
-    # API, whose tracer is a no-op until an SDK is configured.
+    # API, whose tracer is a no-op until an SDK is configured: no span is built.
     assert out["imported_early"] == []
-    assert out["recording"] is False and out["tracer"] == "ProxyTracer"
+    assert out["span"] is False and out["tracer"] == "ProxyTracer"
 
 
 def test_telemetry_can_be_turned_off() -> None:

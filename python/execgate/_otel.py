@@ -69,47 +69,56 @@ class Instruments:
             labels["execgate.error"] = error
         self.decisions.add(1, labels)
         self.duration.record(took_ns / 1e9, labels)
-        span = self.tracer.start_span(f"execgate.decide {action}", start_time=start_ns)
-        if span.is_recording():
-            attributes = {
-                **labels,
-                **_policy(decision),
-                "execgate.blocked": decision.blocked,
-                "execgate.mode": decision.mode,
-            }
-            if reasons := decision.reasons:
-                # Reasons leave the process only through the privacy router.
-                redacted, _ = native.redact(list(reasons))
-                attributes["execgate.reasons"] = [str(r) for r in redacted]
-            span.set_attributes(attributes)
-            if (call_id := decision.context.get("tool_call_id")) is not None:
-                span.set_attribute("gen_ai.tool.call.id", str(call_id))
+        if not _tracing():
+            return
+        attributes = {
+            **labels,
+            **_policy(decision),
+            "execgate.blocked": decision.blocked,
+            "execgate.mode": decision.mode,
+        }
+        if reasons := decision.reasons:
+            # Reasons leave the process only through the privacy router.
+            redacted, _ = native.redact(list(reasons))
+            attributes["execgate.reasons"] = [str(r) for r in redacted]
+        if (call_id := decision.context.get("tool_call_id")) is not None:
+            attributes["gen_ai.tool.call.id"] = str(call_id)
+        span = self.tracer.start_span(
+            f"execgate.decide {action}", start_time=start_ns, attributes=attributes
+        )
         span.end(end_time=end_ns)
 
-    def tool_started(self, decision: Decision) -> Span:
-        """The ``execute_tool`` span of an authorized call, started now."""
+    def tool_started(self, decision: Decision) -> Span | None:
+        """The ``execute_tool`` span of an authorized call, started now (None
+        while no SDK is configured)."""
+        if not _tracing():
+            return None
         name = decision.action
-        span = self.tracer.start_span(f"execute_tool {name}", kind=SpanKind.INTERNAL)
-        if span.is_recording():
-            attributes: dict[str, Any] = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": name,
-                **_policy(decision),
-            }
-            if (call_id := decision.context.get("tool_call_id")) is not None:
-                attributes["gen_ai.tool.call.id"] = str(call_id)
-            span.set_attributes(attributes)
-        return span
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            **_policy(decision),
+        }
+        if (call_id := decision.context.get("tool_call_id")) is not None:
+            attributes["gen_ai.tool.call.id"] = str(call_id)
+        return self.tracer.start_span(
+            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
 
     @staticmethod
     def tool_ended(span: Span, error: str | None, completion: Receipt | None) -> None:
-        if span.is_recording():
-            if completion is not None:
-                span.set_attribute("execgate.completion.id", completion.id)
-            if error is not None:
-                span.set_attribute("error.type", error)
-                span.set_status(Status(StatusCode.ERROR, error))
+        if completion is not None:
+            span.set_attribute("execgate.completion.id", completion.id)
+        if error is not None:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, error))
         span.end()
+
+
+def _tracing() -> bool:
+    """Whether an SDK is configured: until one is, the API's global provider
+    is its proxy, every span a no-op, and the attributes not worth building."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _policy(decision: Decision) -> dict[str, Any]:

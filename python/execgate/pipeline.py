@@ -218,8 +218,8 @@ class Run:
 
     def __enter__(self) -> Run:
         otel = telemetry.current()
-        if otel is not None:
-            self.span = (otel, otel.tool_started(self.decision))
+        if otel is not None and (span := otel.tool_started(self.decision)) is not None:
+            self.span = (otel, span)
         self.start = time.perf_counter_ns()
         return self
 
