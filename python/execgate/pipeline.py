@@ -15,9 +15,9 @@ obligation. It is also the one place that reports to OpenTelemetry
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from time import perf_counter_ns, time_ns
+from typing import TYPE_CHECKING, Any
 
 from execgate import telemetry
 from execgate._core import Call, Decision
@@ -25,6 +25,9 @@ from execgate._core import Gate as NativeGate
 from execgate.approval import Approval, ApprovalRequest, Approver, ask
 from execgate.context import _context, _principal
 from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError
+
+if TYPE_CHECKING:
+    from execgate._otel import Instruments
 
 __all__ = ["Pipeline", "Run", "raise_if_blocked"]
 
@@ -73,10 +76,10 @@ class Pipeline:
         the gate's clock when it has its own."""
         p = _principal.get()
         if principal:
-            p = {**p, **principal}
+            p = {**p, **principal} if p else dict(principal)
         c = _context.get()
         if context:
-            c = {**c, **context}
+            c = {**c, **context} if c else dict(context)
         if time is None and self.clock is not None:
             time = _rfc3339(self.clock())
         return p, c, time
@@ -119,23 +122,49 @@ class Pipeline:
         args: dict[str, Any] | None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        time: str | None = None,
         **capabilities: Any,
     ) -> tuple[Call, Decision]:
         """:meth:`start` then :meth:`authorize`, in one native call when the
         gate has no approver to ask (the entry points without a
         human-in-the-loop of their own use this)."""
         if self.approver is not None:
-            call = self.start(action, args, principal, context, **capabilities)
+            call = self.start(action, args, principal, context, time=time, **capabilities)
             return call, self.authorize(call)
-        p, c, when = self._ambient(principal, context, capabilities.pop("time", None))
+        p, c, when = self._ambient(principal, context, time)
         otel = telemetry.current()
-        start, t0 = (time.time_ns(), time.perf_counter_ns()) if otel is not None else (0, 0)
+        if otel is None:
+            call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
+            return call, call.decision
+        begun, t0 = time_ns(), perf_counter_ns()
         call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
-        decision = call.decision
-        if otel is not None:
-            took = time.perf_counter_ns() - t0
-            otel.decided(self.native, decision, start, start + took, took)
-        return call, decision
+        return call, self._observed(otel, call.decision, begun, t0)
+
+    def check(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """The decision of a query (``gate.check``): :meth:`decide` with
+        ``query=True``, without a call object when there is nobody to ask."""
+        if self.approver is not None:
+            return self.decide(action, args, principal, context, query=True)[1]
+        ambient = self._ambient(principal, context, None)
+        otel = telemetry.current()
+        if otel is None:
+            return self.native.check(action, args, *ambient)
+        begun, t0 = time_ns(), perf_counter_ns()
+        return self._observed(otel, self.native.check(action, args, *ambient), begun, t0)
+
+    def _observed(self, otel: Instruments, decision: Decision, begun: int, t0: int) -> Decision:
+        """Reports a decision made in one native call that began at ``begun``
+        (wall clock) / ``t0`` (performance counter)."""
+        took = perf_counter_ns() - t0
+        otel.decided(self.native, decision, begun, begun + took, took)
+        return decision
 
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate
@@ -181,7 +210,7 @@ class Pipeline:
         now less its duration), if telemetry is on."""
         if telemetry.current() is None:
             return None
-        return time.time_ns() - call.decision.duration_ns
+        return time_ns() - call.decision.duration_ns
 
     def _authorized(self, call: Call, start: int | None) -> Decision:
         """The last stage of a call decided by :meth:`start`, reported as one
@@ -190,11 +219,9 @@ class Pipeline:
         otel = telemetry.current()
         if otel is None or start is None:
             return call.authorize()
-        evaluation, t0 = call.decision.duration_ns, time.perf_counter_ns()
+        evaluation, t0 = call.decision.duration_ns, perf_counter_ns()
         decision = call.authorize()
-        otel.decided(
-            self.native, decision, start, time.time_ns(), evaluation + time.perf_counter_ns() - t0
-        )
+        otel.decided(self.native, decision, start, time_ns(), evaluation + perf_counter_ns() - t0)
         return decision
 
 
@@ -220,7 +247,7 @@ class Run:
         otel = telemetry.current()
         if otel is not None and (span := otel.tool_started(self.decision)) is not None:
             self.span = (otel, span)
-        self.start = time.perf_counter_ns()
+        self.start = perf_counter_ns()
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
@@ -229,7 +256,7 @@ class Run:
         try:
             completion = self.call.complete(
                 status="ok" if error is None else "error",
-                duration_ns=time.perf_counter_ns() - self.start,
+                duration_ns=perf_counter_ns() - self.start,
                 output=self.result if exc is None else None,
                 error_type=error,
                 extra=self.extra,
