@@ -64,7 +64,7 @@ class Gate:
         history: int | None = None,
         bundle: Bundle | None = None,
         bundle_max_age: float | None = None,
-        bundle_name: str = "",
+        bundle_name: str = ...,
     ) -> Gate: ...
     def decide(
         self,
