@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.deps-installed
-TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16
+TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16 opentelemetry-api>=1.27 opentelemetry-sdk>=1.27
 
 .DEFAULT_GOAL := help
 .PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz

@@ -422,6 +422,14 @@ def test_hostile_lines_never_crash_or_pass(keyed):
         dup = raw.read(9)
         assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
         assert raw.read(9)["result"]["content"][0]["text"] == "done"
+        # Duplicate keys: the gateway decides on the last "method" (a ping) and
+        # the server gets that ping re-encoded, never the bytes a first-wins
+        # parser would read as an undecided tools/call.
+        raw.send(
+            b'{"jsonrpc": "2.0", "id": 11, "method": "tools/call", '
+            b'"params": {"name": "echo", "arguments": {"text": "smuggled"}}, "method": "ping"}'
+        )
+        assert raw.read(11)["result"] == {}
         # Still serving, and the server saw only what was allowed.
         raw.call(10, "calls")
         assert raw.read(10)["result"]["structuredContent"]["result"] == ["slow"]
@@ -464,6 +472,20 @@ def test_client_disconnect_mid_call(keyed):
     assert report.allowed == 1 and report.completions == 1
     completion = next(r for r in _records(log) if r["kind"] == "completion")
     assert completion["outcome"]["status"] == "error"
+
+
+def test_client_gone_while_asked_is_a_recorded_denial(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    raw.init(caps={"elicitation": {}})
+    raw.call(1, "deploy", {"service": "web"})
+    asked = json.loads(raw.proc.stdout.readline())
+    assert asked["method"] == "elicitation/create" and "deploy" in asked["params"]["message"]
+    raw.close()  # gone without answering
+    _verified(log, key)
+    [record] = _records(log)
+    assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
+    assert record["approval"]["approved"] is False
 
 
 # -- the gateway in-process: result shapes the demo server does not produce ----------------
@@ -584,3 +606,28 @@ visible if input.action.name != "secret"
         {"jsonrpc": "2.0", "id": 3, "result": {"tools": [{"name": "open"}, {"name": "secret"}]}},
     )
     assert [t["name"] for t in out["result"]["tools"]] == ["open"]
+
+
+def test_the_server_gets_what_was_decided_not_the_clients_bytes():
+    """A first-wins parser behind the gateway must not read a duplicate key
+    the gateway (last-wins) decided differently: the relay re-encodes."""
+    from execgate.integrations.mcp.stdio import StdioProxy, _Out
+
+    gw, _session = _gateway(REDACTING)
+    proxy = StdioProxy(gw, ["unused"], log=lambda _line: None)
+    r, w = os.pipe()
+    proxy._to_server = _Out(w, owned=True)
+    try:
+        proxy._from_client(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "method": "ping"}')
+        proxy._from_client(
+            b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rm", '
+            b'"arguments": {"path": "/etc/passwd", "path": "/tmp/scratch/a"}}}'
+        )
+        lines = os.read(r, 65536).splitlines()
+    finally:
+        proxy._to_server.close()
+        os.close(r)
+    assert json.loads(lines[0]) == {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    assert lines[0].count(b'"method"') == 1 and b"tools/call" not in lines[0]
+    assert json.loads(lines[1])["params"]["arguments"] == {"path": "/tmp/scratch/a"}
+    assert lines[1].count(b'"path"') == 1

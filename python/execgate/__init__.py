@@ -6,6 +6,7 @@ policies natively, then blocked with reasons or allowed.
 
 from execgate._core import (
     AuditLog,
+    BundleKey,
     Decision,
     Receipt,
     SigningKey,
@@ -41,6 +42,7 @@ __all__ = [
     "ArgumentError",
     "AuditLog",
     "AuditLogError",
+    "BundleKey",
     "Completed",
     "ConfigurationError",
     "Decision",

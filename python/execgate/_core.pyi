@@ -15,12 +15,14 @@ _Error = Literal[
     "obligation",
     "approval",
     "refused",
+    "stale",
 ]
 _Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
     "Bundle",
+    "BundleKey",
     "Call",
     "Decision",
     "Gate",
@@ -61,6 +63,8 @@ class Gate:
         record_input: bool = False,
         history: int | None = None,
         bundle: Bundle | None = None,
+        bundle_max_age: float | None = None,
+        bundle_name: str = ...,
     ) -> Gate: ...
     def decide(
         self,
@@ -77,6 +81,14 @@ class Gate:
         output: bool = True,
         authorize: bool = False,
     ) -> Call: ...
+    def check(
+        self,
+        action: str,
+        args: dict[str, Any] | None = None,
+        principal: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        time: str | None = None,
+    ) -> Decision: ...
     def reload(
         self,
         *,
@@ -86,6 +98,7 @@ class Gate:
         data_files: list[str] | None = None,
         bundle: Bundle | None = None,
     ) -> str: ...
+    def confirm_bundle(self, age: float = 0.0) -> None: ...
     def record_outcome(
         self,
         receipt: Receipt,
@@ -142,6 +155,10 @@ class Decision:
     @property
     def policy_digest(self) -> str: ...
     @property
+    def policy_revision(self) -> str | None: ...
+    @property
+    def context(self) -> dict[str, Any]: ...
+    @property
     def entrypoint(self) -> str: ...
     @property
     def duration_ns(self) -> int: ...
@@ -167,6 +184,7 @@ class Call:
     def refuse(self, reason: str) -> None: ...
     def authorize(self) -> Decision: ...
     def arguments(self) -> dict[str, Any]: ...
+    def arguments_if_copied(self) -> dict[str, Any] | None: ...
     @property
     def sandbox(self) -> dict[str, Any] | None: ...
     @property
@@ -260,13 +278,24 @@ class AuditLog:
     def verify_key(self) -> VerifyKey: ...
 
 @final
+class BundleKey:
+    """A public key for bundle signatures: Ed25519 (EdDSA), RSA (RS256), P-256 (ES256)."""
+
+    @staticmethod
+    def from_pem(source: bytes | str | os.PathLike[str]) -> BundleKey: ...
+    @property
+    def algorithm(self) -> Literal["EdDSA", "RS256", "ES256"]: ...
+    @property
+    def id(self) -> str: ...
+
+@final
 class Bundle:
     """An OPA-format bundle whose signature and file list verified."""
 
     @staticmethod
-    def read(path: str | os.PathLike[str], key: VerifyKey) -> Bundle: ...
+    def read(path: str | os.PathLike[str], key: VerifyKey | BundleKey) -> Bundle: ...
     @staticmethod
-    def from_bytes(data: bytes, key: VerifyKey) -> Bundle: ...
+    def from_bytes(data: bytes, key: VerifyKey | BundleKey) -> Bundle: ...
     @property
     def revision(self) -> str: ...
     @property

@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import AuditLog, Bundle, Decision, Receipt, SigningKey, VerifyKey
+from execgate._core import AuditLog, Bundle, BundleKey, Decision, Receipt, SigningKey, VerifyKey
 from execgate.approval import Approver
 from execgate.bundle_source import BundleSource, Poller, deny_all_policy, is_url
 from execgate.bundle_source import log as bundle_log
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied, SandboxError
+from execgate.errors import ActionDenied, ConfigurationError, SandboxError
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
 
@@ -145,7 +145,9 @@ class Gate:
     log when the gate opens it.
 
     ``bundle`` (a path to an OPA-format ``.tar.gz``) with ``bundle_key`` (a
-    :class:`VerifyKey` or a public key PEM path) loads the policy and data from
+    :class:`VerifyKey`, a :class:`BundleKey`, or a public key PEM path: an
+    execgate Ed25519 key verifies EdDSA bundles, an RSA key RS256 and a P-256
+    key ES256, OPA's own signatures) loads the policy and data from
     a signed bundle instead of ``policy``/``data``: its signature, exact file
     list and every file hash must verify, or the gate is not built
     (:class:`SignatureError` / :class:`PolicyError`). ``reload()`` reads the
@@ -161,6 +163,15 @@ class Gate:
     background thread (with jitter, backing off while it fails) and swaps a
     new revision in through :meth:`reload`; a bundle that fails is logged
     (logger ``execgate.bundle``) and the old policy stays.
+
+    ``bundle_max_age=SECONDS`` makes a stale policy deny: when the bundle in
+    force was last confirmed current longer ago than that, every decision is
+    a deny with ``error="stale"`` and a reason naming the bundle. A bundle is
+    confirmed current when it is installed (built, or ``reload()``) and, for
+    a URL, whenever the server answers 304 to a poll; a failed fetch confirms
+    nothing. A bundle restored from ``bundle_cache`` is as old as the cache's
+    last confirmation. With a URL, ``bundle_max_age`` must exceed
+    ``bundle_poll``.
 
     Every entry point drives the same call pipeline, :attr:`pipeline` (see
     :mod:`execgate.pipeline` and the README's "Call pipeline").
@@ -184,14 +195,16 @@ class Gate:
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
         bundle: str | os.PathLike[str] | None = None,
-        bundle_key: VerifyKey | str | os.PathLike[str] | None = None,
+        bundle_key: VerifyKey | BundleKey | str | os.PathLike[str] | None = None,
         bundle_poll: float | None = None,
         bundle_cache: str | os.PathLike[str] | None = None,
+        bundle_max_age: float | None = None,
     ) -> None:
-        self._bundle: tuple[str, VerifyKey] | None = None
+        self._bundle: tuple[str, VerifyKey | BundleKey] | None = None
         self._source: BundleSource | None = None
         self._poller: Poller | None = None
         spec: dict[str, Any]
+        age: float | None = None  # how long ago the bundle in force was confirmed current
         if bundle is not None:
             if policy is not None or data is not None:
                 raise TypeError("pass either policy/data or bundle, not both")
@@ -199,15 +212,23 @@ class Gate:
                 raise TypeError("a bundle needs its public key: Gate(bundle=..., bundle_key=...)")
             verify_key = (
                 bundle_key
-                if isinstance(bundle_key, VerifyKey)
-                else VerifyKey.from_pem(os.fspath(bundle_key))
+                if isinstance(bundle_key, (VerifyKey, BundleKey))
+                else BundleKey.from_pem(os.fspath(bundle_key))
             )
             if is_url(bundle):
                 self._source = BundleSource(os.fspath(bundle), verify_key, cache=bundle_cache)
-                spec = self._first_bundle(entrypoint)
+                spec, age = self._first_bundle(entrypoint)
             else:
                 self._bundle = (os.fspath(bundle), verify_key)
-                spec = {"bundle": Bundle.read(self._bundle[0], verify_key)}
+                spec, age = {"bundle": Bundle.read(self._bundle[0], verify_key)}, 0.0
+            if bundle_max_age is not None and bundle_poll is not None:
+                if bundle_max_age <= bundle_poll:
+                    raise ConfigurationError(
+                        f"bundle_max_age ({bundle_max_age:g} s) must exceed bundle_poll "
+                        f"({bundle_poll:g} s), or the policy goes stale between polls"
+                    )
+        elif bundle_max_age is not None:
+            raise TypeError("bundle_max_age needs bundle=...")
         elif policy is None:
             raise TypeError("Gate needs a policy (or bundle=... with bundle_key=...)")
         else:
@@ -223,7 +244,11 @@ class Gate:
             log=self._log,
             record_input=record_input,
             history=history,
+            bundle_max_age=bundle_max_age,
+            bundle_name=os.fspath(bundle) if bundle is not None else "",
         )
+        if age is not None:
+            native.confirm_bundle(age)
         self._native = native
         #: The call pipeline every entry point drives.
         self.pipeline = Pipeline(
@@ -236,32 +261,38 @@ class Gate:
         elif bundle_poll is not None:
             raise TypeError("bundle_poll needs bundle=URL")
 
-    def _first_bundle(self, entrypoint: str) -> dict[str, Any]:
+    def _first_bundle(self, entrypoint: str) -> tuple[dict[str, Any], float | None]:
+        """The policy to start with and how long ago it was confirmed current
+        (None: no bundle, a deny-all placeholder)."""
         source = self._source
         assert source is not None  # noqa: S101  (only called with a source)
-        fetched: Bundle | None = None
         error: Exception | None = None
         try:
             fetched = source.fetch()
+            if fetched is not None:
+                return {"bundle": fetched}, 0.0
         except Exception as e:  # the server is down or serves a bad bundle: try the cache
             error = e
-        bundle = fetched if fetched is not None else source.cached()
-        if bundle is not None:
+        cached = source.cached()
+        if cached is not None:
             if error is not None:
                 bundle_log.warning("execgate: %s: %s; using the cached bundle", source.url, error)
-            return {"bundle": bundle}
+            return {"bundle": cached[0]}, cached[1]
         reason = f"no valid policy bundle from {source.url}: {error}"
         bundle_log.warning("execgate: %s", reason)
-        return {"sources": [("<no bundle>", deny_all_policy(entrypoint, reason))]}
+        return {"sources": [("<no bundle>", deny_all_policy(entrypoint, reason))]}, None
 
     def _update_from_source(self) -> str:
         source = self._source
         assert source is not None  # noqa: S101  (only called with a source)
         bundle = source.fetch()
-        if bundle is None:  # 304: unchanged
-            return self.policy_digest
-        digest = self._native.reload(bundle=bundle)
-        source.installed()
+        if bundle is None:  # 304: the bundle in force is still the server's
+            source.confirmed()
+            digest = self.policy_digest
+        else:
+            digest = self._native.reload(bundle=bundle)
+            source.installed()
+        self._native.confirm_bundle()
         return digest
 
     @classmethod
@@ -289,7 +320,7 @@ class Gate:
         ``obligations.sandbox``, ``redact`` and ``args`` (or use ``guard``,
         ``run`` or an integration, which do).
         """
-        return self.pipeline.decide(action, _mapping(args), principal, context, query=True)[1]
+        return self.pipeline.check(action, _mapping(args), principal, context)
 
     def enforce(
         self,
@@ -414,7 +445,9 @@ class Gate:
                 return self._update_from_source()
             if self._bundle is not None:
                 path, key = self._bundle
-                return self._native.reload(bundle=Bundle.read(path, key))
+                digest = self._native.reload(bundle=Bundle.read(path, key))
+                self._native.confirm_bundle()
+                return digest
             return self._native.reload()
         if policy is None:
             raise TypeError("reload(data=...) needs the policy too")

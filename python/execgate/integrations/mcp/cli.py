@@ -4,7 +4,6 @@ command line (the subparser lives in :mod:`execgate.cli`)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
             log=_say,
         )
         try:
-            return asyncio.run(proxy.run())
+            return proxy.run()
         except SandboxError as e:
             _say(str(e))
             return EXIT_SANDBOX
