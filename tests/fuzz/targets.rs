@@ -137,10 +137,11 @@ pub fn state(bytes: &[u8]) {
 /// that key: the reader must accept the builder's signature and hashes, so
 /// a bundle that builds never fails as unsigned or tampered.
 pub fn bundle(bytes: &[u8]) {
-    use execgate::core::bundle::{build, Bundle};
+    use execgate::core::bundle::{build, Bundle, BundleKey};
     use execgate::core::error::CoreError;
     let key = fuzz_key();
-    if let Ok(b) = Bundle::from_bytes(bytes, &key.verify_key()) {
+    let public = BundleKey::from(key.verify_key());
+    if let Ok(b) = Bundle::from_bytes(bytes, &public) {
         assert!(!b.roots.is_empty());
     }
     let Some((&pick, content)) = bytes.split_first() else {
@@ -154,7 +155,7 @@ pub fn bundle(bytes: &[u8]) {
     std::fs::write(dir.join("p.rego"), "package fuzz\n\nallow := true\n").expect("write");
     std::fs::write(&file, content).expect("write");
     if let Ok(built) = build(&dir, key, Some("r1")) {
-        match Bundle::from_bytes(&built, &key.verify_key()) {
+        match Bundle::from_bytes(&built, &public) {
             Err(CoreError::Signature(m)) => panic!("a built bundle fails its signature: {m}"),
             Ok(b) => assert_eq!(b.revision, "r1"),
             Err(_) => {}
