@@ -378,6 +378,8 @@ def test_three_workers_a_kill_and_a_server_restart_lose_and_duplicate_nothing(
             if w.poll() is None:
                 w.kill()
                 w.wait()
+            if w.stdout is not None:
+                w.stdout.close()
     with psycopg.connect(dsn) as conn:
         total = conn.execute("SELECT count(*) FROM execgate_audit").fetchone()
     assert total is not None and total[0] == sum(len(local_records(log)) for log in logs)

@@ -344,15 +344,19 @@ class Shipper:
         differ = sorted(seq for seq, envelope in rows if envelope != local[seq])
         if not differ:
             return
-        with self._lock:
-            known = set(self._conflicts)
-            new = [seq for seq in differ if seq not in known]
-            self._conflicts.extend(new[: _MAX_CONFLICTS - len(self._conflicts)])
-        raise ShippingConflict(
+        message = (
             f"conflict: {TABLE} holds a different record for log {log_id[:16]} at seq "
             f"{', '.join(map(str, differ[:10]))}; this log's records are not shipped "
             "while it does"
         )
+        with self._lock:
+            known = set(self._conflicts)
+            new = [seq for seq in differ if seq not in known]
+            self._conflicts.extend(new[: _MAX_CONFLICTS - len(self._conflicts)])
+            self._error = (message, time.time())
+        if new:
+            log.error("execgate: shipping to %s: %s", self._target, message)
+        raise ShippingConflict(message)
 
     def _caught_up(self) -> None:
         with self._lock:
