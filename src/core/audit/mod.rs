@@ -36,8 +36,8 @@ use super::error::CoreError;
 pub use reader::{LogReader, LogRecord};
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, ChainVerifier, verify_logs_with_progress, Incident, VerifyFailure,
-    VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, ChainVerifier, Incident,
+    VerifyFailure, VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 

@@ -154,7 +154,11 @@ impl LogReader {
             _ => PathBuf::from("."),
         };
         let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
-            return Err(io_error(&self.path, "cannot read", "the path has no file name"));
+            return Err(io_error(
+                &self.path,
+                "cannot read",
+                "the path has no file name",
+            ));
         };
         let prefix = format!("{name}.");
         let entries = match std::fs::read_dir(&dir) {
@@ -269,7 +273,11 @@ fn read_record(reader: &mut BufReader<File>, path: &Path) -> Result<Option<(LogR
     }
     if line.pop() != Some(b'\n') {
         if n as u64 > MAX_RECORD_BYTES {
-            return Err(io_error(path, "cannot read", "a line is longer than a record may be"));
+            return Err(io_error(
+                path,
+                "cannot read",
+                "a line is longer than a record may be",
+            ));
         }
         reader
             .seek_relative(-(n as i64))
@@ -355,14 +363,25 @@ mod tests {
         assert!(v.finish().ok());
         let mut v = ChainVerifier::new(ring.clone(), Some(all[0].digest.clone()));
         let gap = all.iter().filter(|r| r.seq != 9);
-        assert!(!gap.into_iter().all(|r| v.push(r.seq, r.envelope.as_bytes())));
+        assert!(!gap
+            .into_iter()
+            .all(|r| v.push(r.seq, r.envelope.as_bytes())));
         let failure = v.finish().failure.unwrap();
         assert_eq!(failure.line, 10);
-        assert!(failure.reason.contains("where 9 was expected"), "{}", failure.reason);
+        assert!(
+            failure.reason.contains("where 9 was expected"),
+            "{}",
+            failure.reason
+        );
         let mut v = ChainVerifier::new(ring, Some(all[0].digest.clone()));
         assert!(v.push(1, all[0].envelope.as_bytes()));
         assert!(!v.push(2, all[2].envelope.as_bytes()));
-        assert!(v.finish().failure.unwrap().reason.contains("holds the record of seq 3"));
+        assert!(v
+            .finish()
+            .failure
+            .unwrap()
+            .reason
+            .contains("holds the record of seq 3"));
     }
 
     #[test]
@@ -370,10 +389,16 @@ mod tests {
         let (path, _) = rotating_log(3);
         let missing = path.with_file_name("nothing-here");
         assert_eq!(LogReader::new(&missing).log_id().unwrap(), None);
-        assert!(LogReader::new(&missing).read_from(1, 10, usize::MAX).unwrap().is_empty());
+        assert!(LogReader::new(&missing)
+            .read_from(1, 10, usize::MAX)
+            .unwrap()
+            .is_empty());
         let mut reader = LogReader::new(&path);
         let n = reader.read_from(1, 100, usize::MAX).unwrap().len() as u64;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         std::io::Write::write_all(&mut f, b"{\"payloadType\":").unwrap();
         assert!(reader.read_from(n + 1, 100, usize::MAX).unwrap().is_empty());
     }
