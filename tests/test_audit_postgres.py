@@ -407,3 +407,18 @@ def test_records_are_shipped_at_interpreter_exit_without_close(
     )
     assert done.returncode == 0, done.stderr
     assert_shipped_exactly(dsn, path)
+
+
+def test_a_log_whose_first_file_is_gone_is_not_shipped_and_says_why(
+    tmp_path: Path, key: SigningKey, dsn: str
+) -> None:
+    path = tmp_path / "rot.jsonl"
+    with execgate.Gate(POLICY, audit=AuditLog(str(path), key, rotate_bytes=4096)) as gate:
+        make_calls(gate, 20)
+    min(tmp_path.glob("rot.jsonl.*")).unlink()  # the archive holding seq 1
+    with execgate.Gate(POLICY, key=key, audit=path, ship_to=dsn) as gate:
+        status = wait_for(lambda: (s := gate.shipping) and s.last_error and s, "the error")
+        assert "first record (seq 1) is not here" in (status.last_error or "")
+        assert status.log_id is None and status.shipped_seq == 0
+        assert gate.check("ok").allowed
+    assert rows(dsn) == []
