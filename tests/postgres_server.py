@@ -22,9 +22,8 @@ import pytest
 
 def _bindir() -> Path | None:
     candidates = [os.environ.get("PG_BIN", "")]
-    candidates += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
-    )
+    versions = [p for p in glob.glob("/usr/lib/postgresql/*/bin") if p.split("/")[-2].isdigit()]
+    candidates += sorted(versions, key=lambda p: int(p.split("/")[-2]), reverse=True)
     for c in candidates:
         if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
             return Path(c)
