@@ -26,8 +26,8 @@ from pathlib import Path
 import psycopg
 
 import execgate
-from execgate import SigningKey
-from execgate.postgres import Shipper
+from execgate import SigningKey, _core
+from execgate.postgres import _INSERT, Shipper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -86,9 +86,28 @@ def bulk(dsn: str, tmp: Path, key: SigningKey, records: int) -> None:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
     shipper.stop()
+    # Baseline, same run: the same rows inserted by bare psycopg, the same
+    # statement and batches, under another log id (no reading, no checks).
+    lines = path.read_text().splitlines()
+    start = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(0, len(lines), 1000):
+            chunk = lines[i : i + 1000]
+            seqs = list(range(i + 1, i + 1 + len(chunk)))
+            with conn.transaction():
+                conn.execute(_INSERT, ("f" * 64, seqs, ["0" * 64] * len(chunk), chunk)).fetchall()
+    raw = time.perf_counter() - start
+    # And the core's reader alone.
+    start = time.perf_counter()
+    reader, seq = _core.LogReader(str(path)), 1
+    while batch := reader.read_from(seq, 1000)[0]:
+        seq = batch[-1] + 1
+    read = time.perf_counter() - start
     print(
         f"bulk: {total} records shipped in {elapsed:.2f} s = {total / elapsed:,.0f} records/s "
-        f"(one shipper, batches of 1000, from an empty table)"
+        f"(one shipper, batches of 1000, from an empty table); bare psycopg insert of the same "
+        f"rows {total / raw:,.0f} records/s (shipper/bare time {elapsed / raw:.2f}); "
+        f"LogReader alone {total / read:,.0f} records/s"
     )
 
 
@@ -96,6 +115,7 @@ def load(dsn: str | None, tmp: Path, keyfile: Path, procs: int, seconds: float, 
     script = tmp / "worker.py"
     script.write_text(WORKER)
     logs = [tmp / f"{tag}-{i}.jsonl" for i in range(procs)]
+    before = count(dsn) if dsn is not None else 0
     workers = [
         subprocess.Popen(
             [sys.executable, str(script), str(log), str(keyfile), dsn or "", str(seconds)],
@@ -107,10 +127,10 @@ def load(dsn: str | None, tmp: Path, keyfile: Path, procs: int, seconds: float, 
     results = [json.loads(w.communicate()[0]) for w in workers]
     stopped = time.perf_counter()
     rate = sum(r["decisions"] / r["elapsed"] for r in results)
-    line = f"{tag:>9}: {procs} procs, {rate:,.0f} decisions/s in all"
+    line = f"{tag:>10}: {procs} procs, {rate:,.0f} decisions/s in all"
     if dsn is not None:
         total = sum(r["seq"] for r in results)
-        while count(dsn) < total:
+        while count(dsn) < before + total:
             time.sleep(0.01)
         drained = time.perf_counter() - stopped
         lags = [x for r in results for x in r["lags"]]
@@ -130,6 +150,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     server = None
     if args.dsn is None:
@@ -148,8 +169,9 @@ def main() -> None:
             key.to_pem(str(keyfile))
             dsn = args.dsn or server.database()  # type: ignore[union-attr]
             bulk(dsn, tmp, key, args.records)
-            load(None, tmp, keyfile, args.procs, args.seconds, "baseline")
-            load(dsn, tmp, keyfile, args.procs, args.seconds, "shipping")
+            for r in range(args.rounds):  # alternated, so drift in the load hits both
+                load(None, tmp, keyfile, args.procs, args.seconds, f"baseline{r}")
+                load(dsn, tmp, keyfile, args.procs, args.seconds, f"shipping{r}")
             print(f"table holds {count(dsn)} rows")
     finally:
         if server is not None:

@@ -116,7 +116,8 @@ class ShippingStatus:
     local_seq: int
     #: Local records not yet known to be in the table.
     lag: int
-    #: Seconds since the table last held every local record (0 when it does).
+    #: At most how long the oldest record not yet in the table has waited
+    #: (seconds; 0 when the table holds every local record).
     lag_seconds: float
     #: Records this shipper inserted.
     shipped: int
@@ -287,7 +288,7 @@ class Shipper:
         if self._log_id is None:
             log_id = self._reader.log_id()
             if log_id is None:
-                self._caught_up()
+                self._caught_up(time.monotonic())
                 return False
             with self._lock:
                 self._log_id = log_id
@@ -306,9 +307,10 @@ class Shipper:
             self._overlap = bool(self._shipped_seq)
         shipped_seq = self._shipped_seq or 0
         start = shipped_seq if self._overlap else shipped_seq + 1
+        read_at = time.monotonic()
         seqs, digests, envelopes = self._reader.read_from(start, self._batch)
         if not seqs or seqs[-1] == shipped_seq:
-            self._caught_up()
+            self._caught_up(read_at)
             return False
         with conn.transaction():
             inserted = {r[0] for r in conn.execute(_INSERT, (log_id, seqs, digests, envelopes))}
@@ -321,6 +323,9 @@ class Shipper:
             self._shipped += len(inserted)
             self._error = None
         self._overlap = False
+        if len(seqs) < self._batch:
+            # The read took every record written before it began.
+            self._caught_up(read_at)
         return len(seqs) == self._batch
 
     def _check_existing(
@@ -358,9 +363,10 @@ class Shipper:
             log.error("execgate: shipping to %s: %s", self._target, message)
         raise ShippingConflict(message)
 
-    def _caught_up(self) -> None:
+    def _caught_up(self, read_at: float) -> None:
+        """Every record written before ``read_at`` is in the table."""
         with self._lock:
-            self._caught_up_at = time.monotonic()
+            self._caught_up_at = read_at
             self._known_seq = max(self._known_seq, self._shipped_seq or 0)
 
 
