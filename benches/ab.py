@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ POLICY = Path(execgate.__file__).parent / "policies"
 _NAMES = re.compile(r"(^\s*from\s+|^\s*import\s+|resources\.files\()(['\"]?)execgate\b", re.M)
 AB = Sizes(**{**QUICK.__dict__, "iterations": 30_000, "rounds": 10, "warmup": 1_000})
 ROLES = ("baseline", "candidate")
+TLS = "glibc.rtld.optional_static_tls"
 
 
 def unpack(wheel: Path, into: Path, name: str) -> None:
@@ -139,6 +141,12 @@ def instructions(names: dict[str, str], into: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if TLS not in os.environ.get("GLIBC_TUNABLES", ""):
+        # Three copies of the extension in one process (the installed one that
+        # the benchmark helpers import, and the two builds) need more static
+        # TLS than the loader keeps spare by default.
+        env = {**os.environ, "GLIBC_TUNABLES": f"{TLS}=65536"}
+        os.execve(sys.executable, [sys.executable, __file__, *argv], env)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("wheels", nargs="*", type=Path, help="BASELINE.whl [CANDIDATE.whl]")
     parser.add_argument("--quick", action="store_true", help="a third of the calls")
