@@ -23,6 +23,7 @@ from execgate.cli import main as cli
 from execgate.postgres import verify_postgres
 from postgres_server import PostgresServer, postgres_server  # noqa: F401
 
+# Gates here get timeout=10: a loaded machine must not turn a check into a limit deny.
 POLICY = """
 package execgate
 default decision := {"allow": false, "reasons": ["not allowed"]}
@@ -103,7 +104,7 @@ def test_every_record_is_shipped_byte_for_byte_and_verifies(
     tmp_path: Path, key: SigningKey, dsn: str
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    with execgate.Gate(POLICY, key=key, audit=path, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=path, ship_to=dsn) as gate:
         make_calls(gate, 40)
 
         @gate.guard(action="ok")
@@ -135,7 +136,9 @@ def test_every_record_is_shipped_byte_for_byte_and_verifies(
 def test_triggers_refuse_update_delete_and_truncate(
     tmp_path: Path, key: SigningKey, dsn: str
 ) -> None:
-    with execgate.Gate(POLICY, key=key, audit=tmp_path / "a.jsonl", ship_to=dsn) as gate:
+    with execgate.Gate(
+        POLICY, timeout=10, key=key, audit=tmp_path / "a.jsonl", ship_to=dsn
+    ) as gate:
         make_calls(gate, 5)
         wait_for(lambda: caught_up(gate), "the shipper to catch up")
     before = rows(dsn)
@@ -173,7 +176,9 @@ def forged(envelope: str) -> str:
 def test_rows_changed_behind_the_triggers_back_are_named(
     tmp_path: Path, key: SigningKey, dsn: str, change: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with execgate.Gate(POLICY, key=key, audit=tmp_path / "a.jsonl", ship_to=dsn) as gate:
+    with execgate.Gate(
+        POLICY, timeout=10, key=key, audit=tmp_path / "a.jsonl", ship_to=dsn
+    ) as gate:
         make_calls(gate, 12)
         wait_for(lambda: caught_up(gate), "the shipper to catch up")
     table = {seq: env for _, seq, env in rows(dsn)}
@@ -212,18 +217,18 @@ def test_another_chain_under_a_log_id_is_reported_and_never_mixed_in(
     """A log file copied to a second host: both chains start with the same
     record (one log id) and then diverge."""
     first, clone = tmp_path / "a.jsonl", tmp_path / "clone.jsonl"
-    with execgate.Gate(POLICY, key=key, audit=first) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=first) as gate:
         make_calls(gate, 6)
     clone.write_bytes(first.read_bytes())
-    with execgate.Gate(POLICY, key=key, audit=clone) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=clone) as gate:
         make_calls(gate, 9)
-    with execgate.Gate(POLICY, key=key, audit=first, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=first, ship_to=dsn) as gate:
         make_calls(gate, 3)
         wait_for(lambda: caught_up(gate), "the first log to be shipped")
     log_id = digest(local_records(first)[0])
     assert digest(local_records(clone)[0]) == log_id
     shipped = rows(dsn, log_id)
-    with execgate.Gate(POLICY, key=key, audit=clone, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=clone, ship_to=dsn) as gate:
         status = wait_for(lambda: (s := gate.shipping) and s.conflicts and s, "the conflict")
         last = len(shipped)
         assert status.conflicts == (last,)
@@ -239,7 +244,7 @@ def test_processes_sharing_one_log_ship_each_record_once(
     tmp_path: Path, key: SigningKey, dsn: str
 ) -> None:
     path = tmp_path / "shared.jsonl"
-    gates = [execgate.Gate(POLICY, key=key, audit=path, ship_to=dsn) for _ in range(2)]
+    gates = [execgate.Gate(POLICY, timeout=10, key=key, audit=path, ship_to=dsn) for _ in range(2)]
     try:
         for _ in range(5):
             for g in gates:
@@ -258,11 +263,13 @@ def test_rotated_logs_are_shipped_across_files_even_when_started_late(
     tmp_path: Path, key: SigningKey, dsn: str
 ) -> None:
     path = tmp_path / "rot.jsonl"
-    with execgate.Gate(POLICY, audit=AuditLog(str(path), key, rotate_bytes=4096)) as gate:
+    with execgate.Gate(
+        POLICY, timeout=10, audit=AuditLog(str(path), key, rotate_bytes=4096)
+    ) as gate:
         make_calls(gate, 30)  # several archives before any shipping
     assert len(list(tmp_path.glob("rot.jsonl.*"))) >= 2
     log = AuditLog(str(path), key, rotate_bytes=4096)
-    with execgate.Gate(POLICY, audit=log, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, audit=log, ship_to=dsn) as gate:
         make_calls(gate, 30)  # and more rotations while shipping
         wait_for(lambda: caught_up(gate), "the shipper to catch up")
     assert_shipped_exactly(dsn, path)
@@ -278,7 +285,7 @@ def test_an_outage_never_blocks_decisions_and_shipping_resumes_without_loss(
     postgres_server: PostgresServer,  # noqa: F811
 ) -> None:
     path = tmp_path / "a.jsonl"
-    with execgate.Gate(POLICY, key=key, audit=path, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=path, ship_to=dsn) as gate:
         make_calls(gate, 10)
         wait_for(lambda: caught_up(gate), "the shipper to catch up")
         postgres_server.stop()
@@ -300,11 +307,13 @@ def test_an_outage_never_blocks_decisions_and_shipping_resumes_without_loss(
 
 def test_ship_to_needs_a_local_log_and_a_connection_string(tmp_path: Path, key: SigningKey) -> None:
     with pytest.raises(TypeError, match="local audit log"):
-        execgate.Gate(POLICY, ship_to="postgresql://localhost/x")
+        execgate.Gate(POLICY, timeout=10, ship_to="postgresql://localhost/x")
     with pytest.raises(TypeError, match="local audit log"):
-        execgate.Gate(POLICY, key=key, ship_to="postgresql://localhost/x")
+        execgate.Gate(POLICY, timeout=10, key=key, ship_to="postgresql://localhost/x")
     with pytest.raises(execgate.ConfigurationError, match="connection string"):
-        execgate.Gate(POLICY, key=key, audit=tmp_path / "a.jsonl", ship_to="not a dsn ===")
+        execgate.Gate(
+            POLICY, timeout=10, key=key, audit=tmp_path / "a.jsonl", ship_to="not a dsn ==="
+        )
 
 
 WORKER = textwrap.dedent(
@@ -413,10 +422,12 @@ def test_a_log_whose_first_file_is_gone_is_not_shipped_and_says_why(
     tmp_path: Path, key: SigningKey, dsn: str
 ) -> None:
     path = tmp_path / "rot.jsonl"
-    with execgate.Gate(POLICY, audit=AuditLog(str(path), key, rotate_bytes=4096)) as gate:
+    with execgate.Gate(
+        POLICY, timeout=10, audit=AuditLog(str(path), key, rotate_bytes=4096)
+    ) as gate:
         make_calls(gate, 20)
     min(tmp_path.glob("rot.jsonl.*")).unlink()  # the archive holding seq 1
-    with execgate.Gate(POLICY, key=key, audit=path, ship_to=dsn) as gate:
+    with execgate.Gate(POLICY, timeout=10, key=key, audit=path, ship_to=dsn) as gate:
         status = wait_for(lambda: (s := gate.shipping) and s.last_error and s, "the error")
         assert "first record (seq 1) is not here" in (status.last_error or "")
         assert status.log_id is None and status.shipped_seq == 0
