@@ -22,8 +22,10 @@ __all__ = [
     "AuditLog",
     "Bundle",
     "Call",
+    "ChainVerifier",
     "Decision",
     "Gate",
+    "LogReader",
     "Receipt",
     "SigningKey",
     "VerifyKey",
@@ -277,7 +279,7 @@ class LogReader:
     def __new__(cls, path: str | os.PathLike[str]) -> LogReader: ...
     def log_id(self) -> str | None: ...
     def read_from(
-        self, seq: int, max_records: int = 1000, max_bytes: int = 8388608
+        self, seq: int, max_records: int = 1000, max_bytes: int = ...
     ) -> tuple[list[int], list[str], list[str]]: ...
 
 @final
