@@ -11,10 +11,13 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from execgate import __version__
 from execgate.errors import ExecgateError
+
+if TYPE_CHECKING:
+    from execgate._core import VerifyReport
 
 __all__ = ["main"]
 
@@ -130,9 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify",
         help="verify an audit log's signatures and chain (several files or a directory: "
-        "a rotated log, checked as one chain)",
+        "a rotated log, checked as one chain; --postgres DSN: every log in the table)",
     )
-    verify.add_argument("log", metavar="LOG", nargs="+")
+    verify.add_argument("log", metavar="LOG", nargs="*")
+    verify.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="verify the logs shipped to this PostgreSQL database instead of files",
+    )
+    verify.add_argument("--log-id", metavar="ID", help="with --postgres: only the log with this id")
     verify.add_argument(
         "--key",
         action="append",
@@ -332,6 +341,14 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.key and not args.keyring:
         print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
         return EXIT_ERROR
+    if args.postgres is not None or args.log_id is not None:
+        if args.log or args.postgres is None:
+            print("execgate: give LOG files or --postgres DSN [--log-id ID]", file=sys.stderr)
+            return EXIT_ERROR
+        return _verify_postgres(args)
+    if not args.log:
+        print("execgate: give LOG files (or --postgres DSN)", file=sys.stderr)
+        return EXIT_ERROR
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
         if len(args.log) == 1 and not os.path.isdir(args.log[0]):
@@ -342,7 +359,30 @@ def _verify(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.done()
-    name = " ".join(args.log)
+    return _print_report(" ".join(args.log), report, "line")
+
+
+def _verify_postgres(args: argparse.Namespace) -> int:
+    from execgate.postgres import verify_postgres
+
+    reports = verify_postgres(args.postgres, args.key, keyring=args.keyring, log_id=args.log_id)
+    if not reports:
+        print(f"{args.postgres}: no logs in the table; there is nothing to verify")
+        return EXIT_DENY
+    status = EXIT_OK
+    for log_id, report in reports:
+        if report.records == 0 and args.log_id is not None:
+            print(f"log {log_id}: no rows in the table")
+            status = EXIT_DENY
+            continue
+        if _print_report(f"log {log_id}", report, "seq") != EXIT_OK:
+            status = EXIT_DENY
+    return status
+
+
+def _print_report(name: str, report: VerifyReport, unit: str) -> int:
+    """Prints a verification report; its exit status. ``unit`` names what a
+    report's line counts (file lines, or the seq of a table's rows)."""
     span = f"{report.first_ts} .. {report.last_ts}" if report.first_ts else "-"
     print(
         f"{name}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
@@ -369,9 +409,9 @@ def _verify(args: argparse.Namespace) -> int:
             f"{len(report.incidents)} incident(s):"
         )
         for line, reason in report.incidents[:10]:
-            print(f"    line {line}: {reason}")
+            print(f"    {unit} {line}: {reason}")
         return EXIT_DENY
-    print(f"  INVALID at line {report.line}: {report.reason}")
+    print(f"  INVALID at {unit} {report.line}: {report.reason}")
     return EXIT_DENY
 
 
