@@ -29,7 +29,7 @@ from execgate.errors import (
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
-from execgate.sandbox import Completed, Limits, Sandbox
+from execgate.sandbox import Completed, Egress, Limits, Sandbox, Secret
 from execgate.verify import verify_log
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Completed",
     "ConfigurationError",
     "Decision",
+    "Egress",
     "ExecgateError",
     "Gate",
     "IsolatedError",
@@ -52,6 +53,7 @@ __all__ = [
     "Receipt",
     "Sandbox",
     "SandboxError",
+    "Secret",
     "SignatureError",
     "SigningKey",
     "VerifyKey",

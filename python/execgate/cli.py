@@ -28,13 +28,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The network settings ``execgate run`` and ``execgate mcp`` accept besides ports.
-RUN_NETWORKS = ("none", "host", "proxy")
-MCP_NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "proxy")
 #: Flags that ask for a sandbox (``execgate mcp`` runs its server unconfined without one).
 SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
 
 
-def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) -> None:
+def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     """The sandbox flags ``execgate run`` and ``execgate mcp`` share."""
     parser.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
     parser.add_argument("--cpu", type=float, metavar="SECONDS")
@@ -43,7 +42,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     parser.add_argument("--file-size", metavar="SIZE")
     parser.add_argument("--open-files", type=int, metavar="N")
     parser.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
-    parser.add_argument("--network", metavar="|".join(networks) + "|PORT[,PORT...]")
+    parser.add_argument("--network", metavar="|".join(NETWORKS) + "|PORT[,PORT...]")
     parser.add_argument("--read", action="append", default=[], metavar="DIR")
     parser.add_argument("--write", action="append", default=[], metavar="DIR")
     parser.add_argument(
@@ -58,18 +57,18 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     )
 
 
-def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any:
+def sandbox_from_flags(args: argparse.Namespace) -> Any:
     """The :class:`~execgate.Sandbox` the shared flags describe (ValueError for a
     bad ``--network``)."""
     from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
 
     network: Any = args.network or "none"
-    if network not in networks:
+    if network not in NETWORKS:
         try:
             network = [int(p) for p in network.split(",")]
         except ValueError:
             raise ValueError(
-                f"--network must be {', '.join(networks)} or ports, not {network!r}"
+                f"--network must be {', '.join(NETWORKS)} or ports, not {network!r}"
             ) from None
     return Sandbox(
         limits=Limits(
@@ -162,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--action", default="shell.exec")
     run.add_argument("--principal", metavar="ID")
     run.add_argument("--role", action="append", default=[], metavar="ROLE")
-    add_sandbox_flags(run, RUN_NETWORKS)
+    add_sandbox_flags(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     mcp = sub.add_parser(
@@ -211,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--sandbox", action="store_true", help="confine the server even without other limits"
     )
-    add_sandbox_flags(mcp, MCP_NETWORKS)
+    add_sandbox_flags(mcp)
     mcp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     replay = sub.add_parser(
@@ -413,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
         print("execgate: --log needs --key", file=sys.stderr)
         return EXIT_ERROR
     try:
-        box = sandbox_from_flags(args, RUN_NETWORKS)
+        box = sandbox_from_flags(args)
     except ValueError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

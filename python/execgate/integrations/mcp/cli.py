@@ -8,7 +8,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from execgate.cli import MCP_NETWORKS, SANDBOX_FLAGS, sandbox_from_flags
+from execgate.cli import SANDBOX_FLAGS, sandbox_from_flags
 from execgate.errors import SandboxError
 from execgate.sandbox import Sandbox, parse_size
 
@@ -37,7 +37,7 @@ def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
     )
     if not wanted:
         return None
-    box: Sandbox = sandbox_from_flags(args, MCP_NETWORKS)
+    box: Sandbox = sandbox_from_flags(args)
     return box
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -367,7 +368,21 @@ class StdioProxy:
             fifo_dir,
             *self.command,
         ]
-        exited = asyncio.ensure_future(asyncio.to_thread(box.run, argv))
+        if box.network == "proxy":
+            # Its outbound requests are decided too (no single tool call made
+            # them: context.parent is None).
+            from execgate.gate import behind_proxy
+
+            run = functools.partial(
+                behind_proxy,
+                self.gateway.gate.pipeline,
+                box,
+                argv,
+                principal=self.session.principal,
+            )
+            exited = asyncio.ensure_future(asyncio.to_thread(run))
+        else:
+            exited = asyncio.ensure_future(asyncio.to_thread(box.run, argv))
         opened = asyncio.ensure_future(
             asyncio.gather(
                 asyncio.to_thread(os.open, os.path.join(fifo_dir, "in"), os.O_WRONLY),
