@@ -259,6 +259,14 @@ def test_credentials_that_could_change_the_request_are_refused(
         Egress(credentials=credentials)
 
 
+def test_a_credential_variable_cannot_also_be_passed_to_the_child() -> None:
+    egress = Egress(credentials={"http://a.example": {"X-Key": Secret(env="API_TOKEN")}})
+    with pytest.raises(execgate.ConfigurationError, match="API_TOKEN"):
+        Sandbox(egress=egress, env_allow=["PATH", "API_TOKEN"])
+    with pytest.raises(execgate.ConfigurationError, match="API_TOKEN"):
+        Sandbox(egress=egress, env={"API_TOKEN": "x"})
+
+
 def test_a_secret_is_never_shown() -> None:
     box = Sandbox(egress=Egress(credentials={"http://a.example": {"X-Key": TOKEN}}))
     assert "s3cr3t" not in repr(box) and "s3cr3t" not in repr(Secret(TOKEN))

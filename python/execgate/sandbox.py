@@ -199,6 +199,13 @@ class Egress:
             if not os.path.isfile(path):
                 raise ConfigurationError(f"upstream_ca {os.fspath(path)!r} is not a file")
 
+    @property
+    def variables(self) -> set[str]:
+        """The environment variables the credentials are read from."""
+        found: dict[tuple[str, str, int], tuple[tuple[str, Secret], ...]]
+        found = self._injections  # type: ignore[attr-defined]
+        return {s.env for items in found.values() for _, s in items if s.env is not None}
+
     def injections(self, scheme: str, host: str, port: int) -> tuple[tuple[str, Secret], ...]:
         """The headers to inject into an allowed request to this origin."""
         found: dict[tuple[str, str, int], tuple[tuple[str, Secret], ...]]
@@ -228,6 +235,14 @@ class Sandbox:
     stream: bool = False
     unix_sockets: bool = False
     egress: Egress = field(default_factory=Egress)
+
+    def __post_init__(self) -> None:
+        passed = self.egress.variables & {*self.env_allow, *(self.env or {})}
+        if passed:
+            raise ConfigurationError(
+                f"the credential variables {sorted(passed)} would be passed to the child"
+                " (env_allow or env): the proxy injects them, the tool must not hold them"
+            )
 
     def spec(self, join_network: int | None = None) -> dict[str, Any]:
         """The plain specification the native runner takes (``join_network``:

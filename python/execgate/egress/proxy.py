@@ -5,15 +5,17 @@ See :mod:`execgate.egress` for what it guarantees; this module is how.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import queue
 import selectors
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import h11
@@ -98,7 +100,7 @@ def _host_port(netloc: str, default_port: int) -> tuple[str, int]:
         raise _Refused(400, str(e)) from None
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     for n, v in headers:
         if n == name:
             return v
@@ -145,7 +147,11 @@ class EgressProxy:
             self.interceptor = Interceptor()
         self._slots = threading.BoundedSemaphore(self.bounds.connections)
         self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
+        # Connections go to worker threads that stay for the next one (a
+        # thread start per connection costs a scheduling round trip).
+        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
         self._lock = threading.Lock()
         self.listener.settimeout(0.1)
         self._acceptor = threading.Thread(target=self._accept, name="execgate-egress", daemon=True)
@@ -167,8 +173,10 @@ class EgressProxy:
         self._acceptor.join(timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
-            threads = list(self._threads)
-        for t in threads:
+            workers = list(self._workers)
+        for _ in workers:
+            self._queue.put(None)
+        for t in workers:
             t.join(max(0.0, deadline - time.monotonic()))
         self.listener.close()
         if self.interceptor is not None:
@@ -191,22 +199,34 @@ class EgressProxy:
             if not self._slots.acquire(blocking=False):
                 client.close()
                 continue
-            t = threading.Thread(target=self._serve, args=(client,), daemon=True)
             with self._lock:
-                self._threads.add(t)
-            t.start()
+                spawn = self._idle == 0
+                self._idle -= 0 if spawn else 1
+            self._queue.put(client)
+            if spawn:
+                t = threading.Thread(target=self._work, name="execgate-egress-conn", daemon=True)
+                with self._lock:
+                    self._workers.append(t)
+                t.start()
+
+    def _work(self) -> None:
+        while (client := self._queue.get()) is not None:
+            try:
+                self._serve(client)
+            finally:
+                with self._lock:
+                    self._idle += 1
 
     # -- one connection ----------------------------------------------------------
 
     def _serve(self, client: socket.socket) -> None:
         try:
             with client:
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with contextlib.suppress(OSError):  # the client may be gone already
+                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._session(client, None)
         finally:
             self._slots.release()
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
     def _session(self, stream: socket.socket, tunnel: _Origin | None) -> int:
         """Serves requests on one connection (the tool's, or the inside of an
