@@ -418,3 +418,29 @@ print(len(paths), paths.pop())
     assert not pathlib.Path(bundle).exists()
     # The gate's own process was never told to trust it.
     assert bundle not in {v for v in __import__("os").environ.values()}
+
+
+def test_execgate_run_credential_flags(
+    tmp_path: pathlib.Path,
+    upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from execgate.cli import main
+
+    monkeypatch.setenv("EXECGATE_TEST_TOKEN", TOKEN)
+    policy = tmp_path / "p.rego"
+    policy.write_text(POLICY.replace("data.ports", f"{{{upstream.port}}}"))
+    origin = f"http://127.0.0.1:{upstream.port}"
+    flags = ["--credential", origin, "Authorization=env:EXECGATE_TEST_TOKEN"]
+    base = ["run", "--policy", str(policy), "--wall", "20"]
+    argv = [*base, *flags]
+    assert main([*argv, "--", "curl", "-sS", f"{origin}/x"]) == 2  # needs --network proxy
+    assert "need --network proxy" in capfd.readouterr().err
+    assert main([*argv, "--network", "proxy", "--", "curl", "-sS", f"{origin}/x"]) == 0
+    assert "hello from upstream" in capfd.readouterr().out
+    (got,) = upstream.received
+    assert got.headers["authorization"] == TOKEN
+    bad = [*base, "--network", "proxy", "--credential", origin, "Authorization=Bearer x"]
+    assert main([*bad, "--", "true"]) == 2  # no literal secrets on a command line
+    assert "HEADER=env:NAME" in capfd.readouterr().err

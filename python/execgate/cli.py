@@ -55,6 +55,26 @@ def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="refuse to run without every protection"
     )
+    parser.add_argument(
+        "--intercept-tls",
+        action="store_true",
+        help="with --network proxy: decide and redact each HTTPS request (ephemeral CA)",
+    )
+    parser.add_argument(
+        "--upstream-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="another trust anchor for the proxy's own TLS connections (repeatable)",
+    )
+    parser.add_argument(
+        "--credential",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ORIGIN", "HEADER=env:NAME|file:PATH"),
+        help="a header the proxy adds to allowed requests to ORIGIN (repeatable)",
+    )
 
 
 def sandbox_from_flags(args: argparse.Namespace) -> Any:
@@ -71,6 +91,7 @@ def sandbox_from_flags(args: argparse.Namespace) -> Any:
                 f"--network must be {', '.join(NETWORKS)} or ports, not {network!r}"
             ) from None
     return Sandbox(
+        egress=_egress_from_flags(args, network),
         limits=Limits(
             cpu=args.cpu,
             memory=args.memory,
@@ -86,6 +107,29 @@ def sandbox_from_flags(args: argparse.Namespace) -> Any:
         env_allow=(*DEFAULT_ENV, *args.env),
         strict=args.strict,
         stream=True,
+    )
+
+
+def _egress_from_flags(args: argparse.Namespace, network: Any) -> Any:
+    """The :class:`~execgate.Egress` of ``--intercept-tls``, ``--upstream-ca`` and
+    ``--credential`` (secrets by reference only: a value on the command line
+    would be visible to every process)."""
+    from execgate.sandbox import Egress, Secret
+
+    if (args.intercept_tls or args.upstream_ca or args.credential) and network != "proxy":
+        raise ValueError("--intercept-tls, --upstream-ca and --credential need --network proxy")
+    credentials: dict[str, dict[str, Secret]] = {}
+    for origin, spec in args.credential:
+        header, _, source = spec.partition("=")
+        kind, _, where = source.partition(":")
+        if kind not in ("env", "file") or not where or not header:
+            raise ValueError(
+                f"--credential {origin} {spec}: give HEADER=env:NAME or HEADER=file:PATH"
+            )
+        secret = Secret(env=where) if kind == "env" else Secret(file=where)
+        credentials.setdefault(origin, {})[header] = secret
+    return Egress(
+        credentials=credentials, intercept_tls=args.intercept_tls, upstream_ca=args.upstream_ca
     )
 
 

@@ -33,6 +33,9 @@ def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
         or args.write
         or args.strict
         or args.env
+        or args.intercept_tls
+        or args.credential
+        or args.upstream_ca
         or any(getattr(args, f) is not None for f in SANDBOX_FLAGS)
     )
     if not wanted:
