@@ -400,13 +400,13 @@ def test_a_slow_loris_client_is_cut_off_undecided(upstream: Upstream) -> None:
     gate = execgate.Gate(POLICY, data={"ports": [upstream.port]})
     listener = socket.create_server(("127.0.0.1", 0))
     seen: list[str] = []
-    original = gate.pipeline.start
+    original = gate.pipeline.decide
 
-    def start(action: str, *a: Any, **kw: Any) -> Any:
+    def decide(action: str, *a: Any, **kw: Any) -> Any:
         seen.append(action)
         return original(action, *a, **kw)
 
-    gate.pipeline.start = start  # type: ignore[method-assign]
+    gate.pipeline.decide = decide  # type: ignore[method-assign]
     with EgressProxy(gate.pipeline, listener, bounds=Bounds(request_seconds=1.0, idle_seconds=5)):
         c = socket.create_connection(listener.getsockname(), timeout=10)
         started = time.monotonic()

@@ -413,10 +413,9 @@ class EgressProxy:
             # bytes: the policy sees only {bytes_sha256, size}; redaction reads it.
             "body": body,
         }
-        call = self.pipeline.start(
+        call, decision = self.pipeline.decide(
             "net.request", args, self.principal, self.context, replaceable=["body"]
         )
-        decision = self.pipeline.authorize(call)
         if decision.blocked:
             reasons = list(decision.reasons) or ["denied by policy"]
             self._answer(
