@@ -400,6 +400,33 @@ def test_a_clienthello_naming_another_host_or_plaintext_in_the_tunnel_gets_nowhe
     assert "handshake failed" in _outcomes(log)[connect["id"]]["error"]
 
 
+def test_a_request_inside_a_tunnel_naming_another_origin_is_refused_undecided(
+    tmp_path: pathlib.Path, tls_upstream: TlsUpstream
+) -> None:
+    script = f"""
+import http.client, os, ssl
+port = int(os.environ["HTTPS_PROXY"].rsplit(":", 1)[1])
+c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                context=ssl.create_default_context())
+c.set_tunnel("127.0.0.1", {tls_upstream.port})
+c.putrequest("GET", "/x", skip_host=True)
+c.putheader("Host", "evil.example")
+c.endheaders()
+r = c.getresponse()
+print(r.status, r.read().decode().strip())
+"""
+    box = _box(intercept_tls=True, upstream_ca=[str(tls_upstream.ca)])
+    with _gate(tmp_path, tls_upstream.port) as g:
+        done = g.run([PY, "-c", script], sandbox=box)
+    assert done.ok, done.stderr
+    assert done.stdout.decode().strip() == (
+        "400 the Host header names another origin than the tunnel"
+    )
+    assert tls_upstream.received == []
+    (connect,) = decisions(tmp_path / "audit.jsonl", "net.request")  # the CONNECT only
+    assert connect["decision"] == "allow"
+
+
 def test_the_child_trusts_only_the_ephemeral_ca_and_it_is_gone_after_the_run(
     tmp_path: pathlib.Path, tls_upstream: TlsUpstream
 ) -> None:
