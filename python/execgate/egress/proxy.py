@@ -560,11 +560,15 @@ class EgressProxy:
         redacted when the decision says so."""
         received = 0
         held = bytearray()
+        pending = bytearray()  # for the client: sent before waiting on the server
         response: h11.Response | None = None
         while True:
             try:
                 event = up.next_event()
                 if event is h11.NEED_DATA:
+                    if pending:
+                        client.sendall(pending)
+                        pending.clear()
                     up.receive_data(upstream.recv(65536))
                     continue
             except (OSError, h11.RemoteProtocolError) as e:
@@ -583,18 +587,14 @@ class EgressProxy:
                         return out, False
                     continue
                 kept = [(n, v) for n, v in event.headers if n not in _RESPONSE_DROPPED]
-                client.sendall(
-                    conn.send(
-                        h11.Response(
-                            status_code=event.status_code, headers=kept, reason=event.reason
-                        )
-                    )
-                    or b""
+                head = h11.Response(
+                    status_code=event.status_code, headers=kept, reason=event.reason
                 )
+                pending += conn.send(head) or b""
             elif isinstance(event, h11.Data):
                 received += len(event.data)
                 if not redacts:
-                    client.sendall(conn.send(h11.Data(data=event.data)) or b"")
+                    pending += conn.send(h11.Data(data=event.data)) or b""
                     continue
                 held += event.data
                 if len(held) > self.bounds.response_bytes:
@@ -624,19 +624,12 @@ class EgressProxy:
                 return out, True
             kept = [(n, v) for n, v in response.headers if n not in _HOP_BY_HOP]
             kept.append((b"content-length", str(len(data)).encode()))
-            client.sendall(
-                (
-                    conn.send(
-                        h11.Response(
-                            status_code=response.status_code, headers=kept, reason=response.reason
-                        )
-                    )
-                    or b""
-                )
-                + (conn.send(h11.Data(data=data)) or b"")
+            head = h11.Response(
+                status_code=response.status_code, headers=kept, reason=response.reason
             )
+            pending += (conn.send(head) or b"") + (conn.send(h11.Data(data=data)) or b"")
             out["redacted"] = data != bytes(held)
-        client.sendall(conn.send(h11.EndOfMessage()) or b"")
+        client.sendall(pending + (conn.send(h11.EndOfMessage()) or b""))
         return out, True
 
     def _connect(
