@@ -31,13 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The network settings ``execgate run`` and ``execgate mcp`` accept besides ports.
-RUN_NETWORKS = ("none", "host", "proxy")
-MCP_NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "proxy")
 #: Flags that ask for a sandbox (``execgate mcp`` runs its server unconfined without one).
 SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
 
 
-def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) -> None:
+def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     """The sandbox flags ``execgate run`` and ``execgate mcp`` share."""
     parser.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
     parser.add_argument("--cpu", type=float, metavar="SECONDS")
@@ -46,7 +45,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     parser.add_argument("--file-size", metavar="SIZE")
     parser.add_argument("--open-files", type=int, metavar="N")
     parser.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
-    parser.add_argument("--network", metavar="|".join(networks) + "|PORT[,PORT...]")
+    parser.add_argument("--network", metavar="|".join(NETWORKS) + "|PORT[,PORT...]")
     parser.add_argument("--read", action="append", default=[], metavar="DIR")
     parser.add_argument("--write", action="append", default=[], metavar="DIR")
     parser.add_argument(
@@ -59,22 +58,43 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     parser.add_argument(
         "--strict", action="store_true", help="refuse to run without every protection"
     )
+    parser.add_argument(
+        "--intercept-tls",
+        action="store_true",
+        help="with --network proxy: decide and redact each HTTPS request (ephemeral CA)",
+    )
+    parser.add_argument(
+        "--upstream-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="another trust anchor for the proxy's own TLS connections (repeatable)",
+    )
+    parser.add_argument(
+        "--credential",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ORIGIN", "HEADER=env:NAME|file:PATH"),
+        help="a header the proxy adds to allowed requests to ORIGIN (repeatable)",
+    )
 
 
-def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any:
+def sandbox_from_flags(args: argparse.Namespace) -> Any:
     """The :class:`~execgate.Sandbox` the shared flags describe (ValueError for a
     bad ``--network``)."""
     from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
 
     network: Any = args.network or "none"
-    if network not in networks:
+    if network not in NETWORKS:
         try:
             network = [int(p) for p in network.split(",")]
         except ValueError:
             raise ValueError(
-                f"--network must be {', '.join(networks)} or ports, not {network!r}"
+                f"--network must be {', '.join(NETWORKS)} or ports, not {network!r}"
             ) from None
     return Sandbox(
+        egress=_egress_from_flags(args, network),
         limits=Limits(
             cpu=args.cpu,
             memory=args.memory,
@@ -90,6 +110,29 @@ def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any
         env_allow=(*DEFAULT_ENV, *args.env),
         strict=args.strict,
         stream=True,
+    )
+
+
+def _egress_from_flags(args: argparse.Namespace, network: Any) -> Any:
+    """The :class:`~execgate.Egress` of ``--intercept-tls``, ``--upstream-ca`` and
+    ``--credential`` (secrets by reference only: a value on the command line
+    would be visible to every process)."""
+    from execgate.sandbox import Egress, Secret
+
+    if (args.intercept_tls or args.upstream_ca or args.credential) and network != "proxy":
+        raise ValueError("--intercept-tls, --upstream-ca and --credential need --network proxy")
+    credentials: dict[str, dict[str, Secret]] = {}
+    for origin, spec in args.credential:
+        header, _, source = spec.partition("=")
+        kind, _, where = source.partition(":")
+        if kind not in ("env", "file") or not where or not header:
+            raise ValueError(
+                f"--credential {origin} {spec}: give HEADER=env:NAME or HEADER=file:PATH"
+            )
+        secret = Secret(env=where) if kind == "env" else Secret(file=where)
+        credentials.setdefault(origin, {})[header] = secret
+    return Egress(
+        credentials=credentials, intercept_tls=args.intercept_tls, upstream_ca=args.upstream_ca
     )
 
 
@@ -171,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--action", default="shell.exec")
     run.add_argument("--principal", metavar="ID")
     run.add_argument("--role", action="append", default=[], metavar="ROLE")
-    add_sandbox_flags(run, RUN_NETWORKS)
+    add_sandbox_flags(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     mcp = sub.add_parser(
@@ -220,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--sandbox", action="store_true", help="confine the server even without other limits"
     )
-    add_sandbox_flags(mcp, MCP_NETWORKS)
+    add_sandbox_flags(mcp)
     mcp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     replay = sub.add_parser(
@@ -453,7 +496,7 @@ def _run(args: argparse.Namespace) -> int:
         print("execgate: --log needs --key", file=sys.stderr)
         return EXIT_ERROR
     try:
-        box = sandbox_from_flags(args, RUN_NETWORKS)
+        box = sandbox_from_flags(args)
     except ValueError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

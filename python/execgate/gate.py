@@ -593,7 +593,17 @@ def run_sandboxed(
     wants_proxy = box.network == "proxy" or (call.sandbox or {}).get("network") == "proxy"
     with Run(call, decision) as run:
         if wants_proxy and pipeline is not None:
-            done = _run_behind_proxy(pipeline, call, decision, argv, box, stdin)
+            receipt = decision.receipt
+            done = behind_proxy(
+                pipeline,
+                box,
+                argv,
+                stdin=stdin,
+                obligation=call.sandbox,
+                principal=decision.input.get("principal"),
+                context=decision.input.get("context"),
+                parent=receipt.id if receipt is not None else None,
+            )
         else:
             done = box.run(argv, stdin=stdin, obligation=call.sandbox)
         run.result = done.stdout
@@ -616,36 +626,11 @@ def run_sandboxed(
     return run, done
 
 
-def _run_behind_proxy(
-    pipeline: Pipeline,
-    call: _core.Call,
-    decision: Decision,
-    argv: list[str],
-    box: Sandbox,
-    stdin: bytes | str | None,
-) -> Completed:
-    """``box.run`` in the egress proxy's network namespace, the proxy serving
-    it for the run's duration (requests linked to ``decision``'s receipt)."""
-    import socket
-
+def behind_proxy(pipeline: Pipeline, box: Sandbox, argv: Sequence[str], **how: Any) -> Completed:
+    """:func:`execgate.egress.run_behind_proxy`, or ``SandboxError`` when the
+    egress extra is not installed."""
     try:
-        from execgate.egress import EgressProxy, proxy_environment
+        from execgate.egress import run_behind_proxy
     except ImportError as e:  # h11 is the extra `execgate[egress]`
         raise SandboxError(f'network="proxy" needs execgate[egress] (h11): {e}') from None
-
-    namespace, listener_fd, port = _core.private_network()
-    try:
-        listener = socket.socket(fileno=listener_fd)
-        receipt = decision.receipt
-        proxy = EgressProxy(
-            pipeline,
-            listener,
-            principal=decision.input.get("principal"),
-            context=decision.input.get("context"),
-            parent=receipt.id if receipt is not None else None,
-        )
-        with proxy:
-            boxed = dataclasses.replace(box, env={**(box.env or {}), **proxy_environment(port)})
-            return boxed.run(argv, stdin=stdin, obligation=call.sandbox, join_network=namespace)
-    finally:
-        os.close(namespace)
+    return run_behind_proxy(pipeline, box, argv, **how)
