@@ -10,6 +10,7 @@
     reason = "a test crate"
 )]
 
+#[path = "fuzz/targets.rs"]
 mod targets;
 
 use std::path::PathBuf;

@@ -271,6 +271,82 @@ def test_sandboxed_server(keyed, tmp_path):
     _verified(log, key)
 
 
+EGRESS_POLICY = """
+package execgate
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not allowed"]}
+default visible := true
+
+decision := {"allow": true} if input.action.name in {"fetch", "calls"}
+
+decision := {"allow": count(deny) == 0, "reasons": sort(deny)} if {
+    input.action.name == "net.request"
+}
+deny contains sprintf("host %s is not allowed", [h]) if {
+    h := input.action.args.host
+    h != "127.0.0.1"
+}
+deny contains sprintf("path %s is not allowed", [p]) if {
+    p := input.action.args.path
+    startswith(p, "/admin")
+}
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the proxy's network namespace needs root")
+def test_a_sandboxed_server_reaches_the_network_only_through_the_egress_proxy(keyed, tmp_path):
+    import http.server
+    import threading
+
+    key, key_path, log = keyed
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}"
+    policy = tmp_path / "egress.rego"
+    policy.write_text(EGRESS_POLICY)
+    argv = _proxy_argv(key_path, log, "--network", "proxy", "--read", str(ROOT))
+    argv[argv.index(str(POLICY))] = str(policy)
+    argv[argv.index("--") : argv.index("--")] = ["--read", sys.prefix, "--read", sys.base_prefix]
+    params = StdioServerParameters(
+        command=sys.executable, args=argv, env={**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    )
+
+    async def session():
+        async with Client(params, mode="legacy") as c:
+            ok = await c.call_tool("fetch", {"url": f"{url}/data"})
+            denied = await c.call_tool("fetch", {"url": f"{url}/admin"})
+            elsewhere = await c.call_tool("fetch", {"url": "http://10.255.255.1/"})
+            return ok, denied, elsewhere
+
+    try:
+        ok, denied, elsewhere = _run(session())
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert _text(ok) == "hello"
+    assert "403" in _text(denied) and "path /admin is not allowed" in _text(denied)
+    assert "host 10.255.255.1 is not allowed" in _text(elsewhere)
+    assert seen == ["/data"]
+    requests = [r for r in _records(log) if r.get("action", {}).get("name") == "net.request"]
+    assert [r["decision"] for r in requests] == ["allow", "deny", "deny"]
+    assert all(r["principal"]["id"] == "agent-7" for r in requests)
+    _verified(log, key)
+
+
 # -- hostile protocol: raw lines to the proxy --------------------------------------------
 
 

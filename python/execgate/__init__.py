@@ -30,7 +30,7 @@ from execgate.errors import (
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
-from execgate.sandbox import Completed, Limits, Sandbox
+from execgate.sandbox import Completed, Egress, Limits, Sandbox, Secret
 from execgate.verify import verify_log
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "Completed",
     "ConfigurationError",
     "Decision",
+    "Egress",
     "ExecgateError",
     "Gate",
     "IsolatedError",
@@ -54,6 +55,7 @@ __all__ = [
     "Receipt",
     "Sandbox",
     "SandboxError",
+    "Secret",
     "SignatureError",
     "SigningKey",
     "VerifyKey",

@@ -24,8 +24,10 @@ __all__ = [
     "Bundle",
     "BundleKey",
     "Call",
+    "ChainVerifier",
     "Decision",
     "Gate",
+    "LogReader",
     "Receipt",
     "SigningKey",
     "VerifyKey",
@@ -273,6 +275,8 @@ class AuditLog:
     def close(self) -> None: ...
     def rotate(self) -> str: ...
     @property
+    def seq(self) -> int: ...
+    @property
     def path(self) -> str | None: ...
     @property
     def verify_key(self) -> VerifyKey: ...
@@ -287,6 +291,29 @@ class BundleKey:
     def algorithm(self) -> Literal["EdDSA", "RS256", "ES256"]: ...
     @property
     def id(self) -> str: ...
+
+@final
+class LogReader:
+    """A log's records by seq, across rotated files."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> LogReader: ...
+    def log_id(self) -> str | None: ...
+    def read_from(
+        self, seq: int, max_records: int = 1000, max_bytes: int = ...
+    ) -> tuple[list[int], list[str], list[str]]: ...
+
+@final
+class ChainVerifier:
+    """Verifies one chain fed as ``(seq, envelope)`` rows in seq order."""
+
+    def __new__(
+        cls,
+        keys: list[VerifyKey] = ...,
+        keyring_dir: str | None = None,
+        log_id: str | None = None,
+    ) -> ChainVerifier: ...
+    def push(self, rows: list[tuple[int, str]]) -> bool: ...
+    def finish(self) -> VerifyReport: ...
 
 @final
 class Bundle:

@@ -11,7 +11,7 @@ import pathlib
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
 from execgate._core import AuditLog, Bundle, BundleKey, Decision, Receipt, SigningKey, VerifyKey
@@ -22,6 +22,9 @@ from execgate.decorators import guard as _guard
 from execgate.errors import ActionDenied, ConfigurationError, SandboxError
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
+
+if TYPE_CHECKING:
+    from execgate.postgres import Shipper, ShippingStatus
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
 
@@ -87,6 +90,10 @@ def _close_open_logs() -> None:
             log.close()
         except Exception as e:  # exit goes on; say what could not be sealed
             print(f"execgate: could not close an audit log at exit: {e}", file=sys.stderr)
+    # Then the shippers copy the logs' last records (checkpoints) and stop.
+    shipping = sys.modules.get("execgate.postgres")
+    if shipping is not None:
+        shipping.stop_all()
 
 
 def _mapping(args: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -155,6 +162,14 @@ class Gate:
     policy in force. Receipts record the bundle's revision in
     ``policy.revision``.
 
+    ``ship_to`` (a PostgreSQL connection string, with ``audit=PATH``) copies
+    every record of the local log, which stays the first durable copy, into
+    the append-only table ``execgate_audit`` on a background thread (see
+    :mod:`execgate.postgres`; needs ``execgate[postgres]``): decisions never
+    wait for it; :attr:`shipping` shows the lag and the last error; an
+    outage is retried with backoff and shipping resumes where the server
+    stands, with no record lost or inserted twice.
+
     ``bundle`` may be an ``http(s)://`` URL: it is downloaded (``If-None-Match``
     with the last ETag), verified, and the last good one kept at
     ``bundle_cache`` (a file path) for restarts without the server. A gate
@@ -199,6 +214,7 @@ class Gate:
         bundle_poll: float | None = None,
         bundle_cache: str | os.PathLike[str] | None = None,
         bundle_max_age: float | None = None,
+        ship_to: str | None = None,
     ) -> None:
         self._bundle: tuple[str, VerifyKey | BundleKey] | None = None
         self._source: BundleSource | None = None
@@ -254,12 +270,25 @@ class Gate:
         self.pipeline = Pipeline(
             native, clock=clock, approver=approver, approval_timeout=approval_timeout
         )
+        self._shipper = self._start_shipping(ship_to)
         if self._source is not None:
             self._source.installed()
             if bundle_poll is not None:
                 self._poller = Poller(self._update_from_source, bundle_poll)
         elif bundle_poll is not None:
             raise TypeError("bundle_poll needs bundle=URL")
+
+    def _start_shipping(self, ship_to: str | None) -> Shipper | None:
+        if ship_to is None:
+            return None
+        path = self._log.path if self._log is not None else None
+        if self._log is None or path is None:
+            raise TypeError(
+                "ship_to needs a local audit log: Gate(key=..., audit=PATH, ship_to=...)"
+            )
+        from execgate.postgres import Shipper
+
+        return Shipper(path, ship_to, head=self._log)
 
     def _first_bundle(self, entrypoint: str) -> tuple[dict[str, Any], float | None]:
         """The policy to start with and how long ago it was confirmed current
@@ -517,13 +546,22 @@ class Gate:
         """The audit log (or in-memory chain) receipts go to, if any."""
         return self._log
 
+    @property
+    def shipping(self) -> ShippingStatus | None:
+        """Where shipping to PostgreSQL (``ship_to``) stands: the last seq
+        shipped, the lag, the last error (None without ``ship_to``)."""
+        return self._shipper.status if self._shipper is not None else None
+
     def close(self) -> None:
         """Stops bundle polling; flushes and closes the audit log (sealing
-        checkpoints). Safe to call twice."""
+        checkpoints); ships its last records (while PostgreSQL answers, a few
+        seconds at most) and stops the shipper. Safe to call twice."""
         if self._poller is not None:
             self._poller.stop()
         if self._log is not None:
             self._log.close()
+        if self._shipper is not None:
+            self._shipper.stop()
 
     def __enter__(self) -> Gate:
         return self
@@ -555,7 +593,17 @@ def run_sandboxed(
     wants_proxy = box.network == "proxy" or (call.sandbox or {}).get("network") == "proxy"
     with Run(call, decision) as run:
         if wants_proxy and pipeline is not None:
-            done = _run_behind_proxy(pipeline, call, decision, argv, box, stdin)
+            receipt = decision.receipt
+            done = behind_proxy(
+                pipeline,
+                box,
+                argv,
+                stdin=stdin,
+                obligation=call.sandbox,
+                principal=decision.input.get("principal"),
+                context=decision.input.get("context"),
+                parent=receipt.id if receipt is not None else None,
+            )
         else:
             done = box.run(argv, stdin=stdin, obligation=call.sandbox)
         run.result = done.stdout
@@ -578,36 +626,11 @@ def run_sandboxed(
     return run, done
 
 
-def _run_behind_proxy(
-    pipeline: Pipeline,
-    call: _core.Call,
-    decision: Decision,
-    argv: list[str],
-    box: Sandbox,
-    stdin: bytes | str | None,
-) -> Completed:
-    """``box.run`` in the egress proxy's network namespace, the proxy serving
-    it for the run's duration (requests linked to ``decision``'s receipt)."""
-    import socket
-
+def behind_proxy(pipeline: Pipeline, box: Sandbox, argv: Sequence[str], **how: Any) -> Completed:
+    """:func:`execgate.egress.run_behind_proxy`, or ``SandboxError`` when the
+    egress extra is not installed."""
     try:
-        from execgate.egress import EgressProxy, proxy_environment
+        from execgate.egress import run_behind_proxy
     except ImportError as e:  # h11 is the extra `execgate[egress]`
         raise SandboxError(f'network="proxy" needs execgate[egress] (h11): {e}') from None
-
-    namespace, listener_fd, port = _core.private_network()
-    try:
-        listener = socket.socket(fileno=listener_fd)
-        receipt = decision.receipt
-        proxy = EgressProxy(
-            pipeline,
-            listener,
-            principal=decision.input.get("principal"),
-            context=decision.input.get("context"),
-            parent=receipt.id if receipt is not None else None,
-        )
-        with proxy:
-            boxed = dataclasses.replace(box, env={**(box.env or {}), **proxy_environment(port)})
-            return boxed.run(argv, stdin=stdin, obligation=call.sandbox, join_network=namespace)
-    finally:
-        os.close(namespace)
+    return run_behind_proxy(pipeline, box, argv, **how)

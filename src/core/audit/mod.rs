@@ -6,7 +6,12 @@
 //! - [`recovery`]: the linear tail scan, moving a torn tail aside, and the
 //!   signed `recovery` records that name what a writer found instead of
 //!   silently starting or extending a chain it cannot vouch for.
-//! - [`verify`]: [`verify_log`], a streaming verifier in bounded memory.
+//! - [`verify`]: [`verify_log`], a streaming verifier in bounded memory, and
+//!   [`ChainVerifier`], the same checks over records fed as rows; both
+//!   parse and batch-verify through [`parse`] and link decisions through
+//!   [`links`].
+//! - [`reader`]: [`LogReader`], the records from a given `seq` on, across
+//!   rotated files, for copying them elsewhere (PostgreSQL).
 //!
 //! The rules a log obeys (also in the README):
 //! - every payload names the writer's signing mode (`signing`: `"record"` or
@@ -20,7 +25,8 @@
 //!   writing a signed `recovery` record that names it.
 
 mod links;
-mod read;
+mod parse;
+mod reader;
 mod recovery;
 mod state;
 mod verify;
@@ -31,10 +37,11 @@ use std::time::Duration;
 
 use super::error::CoreError;
 
+pub use reader::{LogReader, LogRecord};
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, Start,
-    VerifyFailure, VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, ChainVerifier, Incident,
+    Start, VerifyFailure, VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 

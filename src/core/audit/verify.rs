@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::{Map, Value as Json};
 
 use super::links::{Authorizations, Entry};
-use super::read::{read_parsed, Parsed, ParsedLine, Position, Signer};
+use super::parse::{parse_lines, read_parsed, Parsed, ParsedLine, Position, Signer, CHUNK_LINES};
 use super::recovery::is_incident;
 use super::{io_error, MAX_RECORD_BYTES};
 use crate::core::error::Result;
@@ -106,6 +106,11 @@ struct Verifier {
     seq_base: u64,
     /// The digest the first record must continue from (see [`Start`]).
     after: Option<String>,
+    /// Fed by [`ChainVerifier`]: each record's label is the seq it is stored
+    /// under, and must be its own.
+    rows: bool,
+    /// The digest the first record must have (a [`ChainVerifier`]'s log id).
+    genesis: Option<String>,
 }
 
 /// Where the verified chain must start.
@@ -196,6 +201,56 @@ pub fn verify_logs_with_progress(
         i.reason = format!("{}: {}", locate(i.line), i.reason);
     }
     Ok(report)
+}
+
+/// Verifies one chain fed as rows in `seq` order (a database table's, say)
+/// by the rules [`verify_log`] applies to a file's lines (the same code:
+/// parsing, batched signatures, chain, links), plus: each record is stored
+/// under its own `seq`, and with a `log_id` the first record must be the one
+/// it names (its digest: see [`super::LogReader::log_id`]). Failures name
+/// the `seq` a record is stored under as their `line`.
+pub struct ChainVerifier {
+    verifier: Verifier,
+    keyring: Keyring,
+    stopped: bool,
+}
+
+impl ChainVerifier {
+    /// A verifier for one chain signed by keys of `keyring`, from its genesis.
+    pub fn new(keyring: Keyring, log_id: Option<String>) -> Self {
+        Self {
+            verifier: Verifier {
+                rows: true,
+                genesis: log_id,
+                ..Verifier::default()
+            },
+            keyring,
+            stopped: false,
+        }
+    }
+
+    /// Checks the next rows, `(seq stored under, record without a newline)`,
+    /// in order; `false` once verification has stopped at a failure (later
+    /// rows are not looked at).
+    pub fn push<'a>(&mut self, rows: impl IntoIterator<Item = (u64, &'a [u8])>) -> bool {
+        let mut rows = rows.into_iter().peekable();
+        while !self.stopped && rows.peek().is_some() {
+            let chunk = rows.by_ref().take(CHUNK_LINES);
+            self.stopped = self
+                .verifier
+                .apply(parse_lines(chunk, None, &self.keyring));
+        }
+        !self.stopped
+    }
+
+    /// The report, once every row was pushed.
+    pub fn finish(self) -> VerifyReport {
+        if self.stopped {
+            self.verifier.report
+        } else {
+            self.verifier.finish()
+        }
+    }
 }
 
 /// The `seq` of a file's first record (0 when it has none that parses).
@@ -339,6 +394,12 @@ impl Verifier {
         receipt: &Receipt,
         signer: Signer,
     ) -> std::result::Result<(), String> {
+        if self.rows && receipt.seq() != line_no {
+            return Err(format!(
+                "the row stored as seq {line_no} holds the record of seq {} (a moved or copied row)",
+                receipt.seq()
+            ));
+        }
         if self.report.records == 0 {
             self.start_at(receipt)?;
         }
@@ -347,6 +408,16 @@ impl Verifier {
             self.seq_base + self.report.records,
             self.prev.as_deref(),
         )?;
+        if let (0, Some(genesis)) = (self.report.records, &self.genesis) {
+            if receipt.digest() != genesis {
+                return Err(format!(
+                    "the first record is not the one the log id names (a log id is the digest \
+                     of the log's first record): it was replaced, or the rows belong to another \
+                     log (digest {})",
+                    receipt.digest()
+                ));
+            }
+        }
         let payload = receipt.payload();
         let signer = signer?;
         match &signer {

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from execgate.cli import MCP_NETWORKS, SANDBOX_FLAGS, sandbox_from_flags
+from execgate.cli import SANDBOX_FLAGS, sandbox_from_flags
 from execgate.errors import SandboxError
 from execgate.sandbox import Sandbox, parse_size
 
@@ -32,11 +32,14 @@ def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
         or args.write
         or args.strict
         or args.env
+        or args.intercept_tls
+        or args.credential
+        or args.upstream_ca
         or any(getattr(args, f) is not None for f in SANDBOX_FLAGS)
     )
     if not wanted:
         return None
-    box: Sandbox = sandbox_from_flags(args, MCP_NETWORKS)
+    box: Sandbox = sandbox_from_flags(args)
     return box
 
 

@@ -19,6 +19,7 @@ server's stderr streams through the runner.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -434,8 +435,21 @@ class StdioProxy:
             fifo_dir,
             *self.command,
         ]
+        run: Callable[[], Any] = functools.partial(box.run, argv)
+        if box.network == "proxy":
+            # Its outbound requests are decided too (no single tool call made
+            # them: context.parent is None).
+            from execgate.gate import behind_proxy
+
+            run = functools.partial(
+                behind_proxy,
+                self.gateway.gate.pipeline,
+                box,
+                argv,
+                principal=self.session.principal,
+            )
         pool = ThreadPoolExecutor(3, thread_name_prefix="execgate-mcp-start")
-        exited: Future[Any] = pool.submit(box.run, argv)
+        exited: Future[Any] = pool.submit(run)
         opens: list[Future[Any]] = [
             pool.submit(os.open, os.path.join(fifo_dir, "in"), os.O_WRONLY),
             pool.submit(os.open, os.path.join(fifo_dir, "out"), os.O_RDONLY),

@@ -19,7 +19,7 @@ use crate::core::keys::Keyring;
 use crate::core::receipt::Receipt;
 
 /// Lines and bytes per chunk (a longer record makes a chunk of its own).
-const CHUNK_LINES: usize = 256;
+pub(super) const CHUNK_LINES: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Worker threads at most (fewer on a machine with fewer cores).
 const MAX_WORKERS: usize = 4;
@@ -178,22 +178,34 @@ fn read_chunk(reader: &mut BufReader<File>, at: &mut Position) -> std::io::Resul
 }
 
 fn parse_chunk(chunk: Chunk, keyring: &Keyring) -> Parsed {
-    let mut batch = Vec::new();
     let mut start = 0;
-    let mut lines = Vec::with_capacity(chunk.ends.len());
-    for (i, &end) in chunk.ends.iter().enumerate() {
-        let line = chunk.first_line + i as u64;
+    let lines = chunk.ends.iter().enumerate().map(|(i, &end)| {
         let raw = &chunk.data[start..end - 1];
         start = end;
-        lines.push(ParsedLine {
+        (chunk.first_line + i as u64, raw)
+    });
+    parse_lines(lines, chunk.end, keyring)
+}
+
+/// Parses complete lines (without their newlines), each with the number a
+/// failure names (a line of a file, or the `seq` a row is stored under),
+/// and batch-verifies their signatures; `end` as in [`Parsed`].
+pub(super) fn parse_lines<'a>(
+    lines: impl Iterator<Item = (u64, &'a [u8])>,
+    end: Option<(u64, String)>,
+    keyring: &Keyring,
+) -> Parsed {
+    let mut batch = Vec::new();
+    let lines = lines
+        .map(|(line, raw)| ParsedLine {
             line,
             outcome: parse_line(line, raw, keyring, &mut batch),
-        });
-    }
+        })
+        .collect();
     Parsed {
         lines,
         bad_signature: check_signatures(&batch),
-        end: chunk.end,
+        end,
     }
 }
 
