@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use execgate::core::audit::verify_log;
+use execgate::core::audit::{verify_log, ChainVerifier};
 use execgate::core::keys::{Keyring, SigningKey};
 use execgate::core::receipt::{canonical_json, Receipt};
 
@@ -43,11 +43,18 @@ pub fn receipt(bytes: &[u8]) {
     let _ = Receipt::chain_head(&text);
 }
 
-/// The log verifier on arbitrary bytes: without a key nothing is vouched for.
+/// The log verifier on arbitrary bytes, as a file and as rows: without a
+/// key nothing is vouched for.
 pub fn verify(bytes: &[u8]) {
     let path = scratch("log");
     std::fs::write(&path, bytes).expect("write");
     let report = verify_log(&path, &Keyring::new()).expect("a readable file verifies to a report");
+    assert!(!report.ok() || report.records == 0, "{bytes:?}");
+    // The same lines as rows (the PostgreSQL verifier's path).
+    let mut rows = ChainVerifier::new(Keyring::new(), None);
+    let lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    rows.push(lines.enumerate().map(|(i, l)| (i as u64 + 1, l)));
+    let report = rows.finish();
     assert!(!report.ok() || report.records == 0, "{bytes:?}");
 }
 

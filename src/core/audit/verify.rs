@@ -236,9 +236,7 @@ impl ChainVerifier {
         let mut rows = rows.into_iter().peekable();
         while !self.stopped && rows.peek().is_some() {
             let chunk = rows.by_ref().take(CHUNK_LINES);
-            self.stopped = self
-                .verifier
-                .apply(parse_lines(chunk, None, &self.keyring));
+            self.stopped = self.verifier.apply(parse_lines(chunk, None, &self.keyring));
         }
         !self.stopped
     }
