@@ -129,6 +129,13 @@ def test_rotated_log_verifies_as_one_chain(tmp_path: pathlib.Path) -> None:
         [*cli, str(path), "--key", str(pub), "--after", "0" * 64], capture_output=True, text=True
     )
     assert wrong.returncode == 1 and "does not continue from" in wrong.stdout, wrong.stdout
+    # Rows in PostgreSQL always start at genesis: --after does not apply there.
+    rows = subprocess.run(
+        [*cli, "--postgres", "host=/nonexistent", "--key", str(pub), "--after", head],
+        capture_output=True,
+        text=True,
+    )
+    assert rows.returncode == 2 and "--after D] or --postgres" in rows.stderr, rows.stderr
 
 
 def test_rotated_set_missing_its_first_file_is_not_valid(tmp_path: pathlib.Path) -> None:

@@ -393,7 +393,10 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if args.postgres is not None or args.log_id is not None:
         if args.log or args.postgres is None or args.after is not None:
-            print("execgate: give LOG files [--after D] or --postgres DSN [--log-id ID]", file=sys.stderr)
+            print(
+                "execgate: give LOG files [--after D] or --postgres DSN [--log-id ID]",
+                file=sys.stderr,
+            )
             return EXIT_ERROR
         return _verify_postgres(args)
     if not args.log:
