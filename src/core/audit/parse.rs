@@ -1,15 +1,14 @@
-//! The parallel half of [`super::verify_log`]: the log is read in chunks of
-//! lines, and worker threads parse each line (envelope, base64, payload,
-//! canonical form, digest), find its signer and batch-verify the chunk's
-//! signatures; the verifier then checks the chain over the parsed lines, in
-//! order, on the calling thread. A bounded number of chunks is in flight, so
-//! memory stays bounded whatever the log's length.
+//! How [`super::verify_log`] reads a log: in chunks of lines, each parsed
+//! (envelope, base64, payload, canonical form, digest) with its signer found
+//! and the chunk's signatures batch-verified, then handed to the verifier,
+//! which checks the chain over the parsed lines in order. One chunk at a
+//! time, in one reused buffer, so memory stays bounded whatever the log's
+//! length. (Parsing on worker threads was measured slower: on 2 cores it
+//! took 1.7x the CPU time and 1.6x the wall time of parsing in place.)
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::mpsc;
 
 use serde_json::Value as Json;
 
@@ -21,8 +20,6 @@ use crate::core::receipt::Receipt;
 /// Lines and bytes per chunk (a longer record makes a chunk of its own).
 pub(super) const CHUNK_LINES: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
-/// Worker threads at most (fewer on a machine with fewer cores).
-const MAX_WORKERS: usize = 4;
 /// How often (in bytes read) the progress callback is called.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 
@@ -85,73 +82,43 @@ pub(super) fn read_parsed(
 ) -> Result<bool> {
     let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, NonZeroUsize::get)
-        .clamp(1, MAX_WORKERS);
-    // Chunks sent and not yet applied; workers get them round-robin, so
-    // chunk n comes back from lane n % workers, in order.
-    let in_flight = 2 * workers as u64 + 2;
-    std::thread::scope(|scope| {
-        let mut lanes = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (work, chunks) = mpsc::channel::<Chunk>();
-            let (done, results) = mpsc::channel::<Parsed>();
-            std::thread::Builder::new()
-                .name("execgate-verify".into())
-                .spawn_scoped(scope, move || {
-                    while let Ok(chunk) = chunks.recv() {
-                        if done.send(parse_chunk(chunk, keyring)).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| io_error(path, "cannot start a verification thread", e))?;
-            lanes.push((work, results));
-        }
-        let (mut sent, mut applied, mut eof) = (0u64, 0u64, false);
-        loop {
-            while !eof && sent - applied < in_flight {
-                let chunk =
-                    read_chunk(&mut reader, at).map_err(|e| io_error(path, "cannot read", e))?;
-                if at.read - at.reported >= PROGRESS_EVERY {
-                    progress(at.read, total);
-                    at.reported = at.read;
-                }
-                eof = chunk.end.is_some()
-                    || (chunk.ends.len() < CHUNK_LINES && chunk.data.len() < CHUNK_BYTES);
-                if chunk.ends.is_empty() && chunk.end.is_none() {
-                    break;
-                }
-                let lane = &lanes[(sent % workers as u64) as usize];
-                lane.0.send(chunk).map_err(|_| {
-                    io_error(path, "cannot verify", "a verification thread stopped")
-                })?;
-                sent += 1;
-            }
-            if applied == sent {
-                return Ok(false);
-            }
-            let parsed = lanes[(applied % workers as u64) as usize]
-                .1
-                .recv()
-                .map_err(|_| io_error(path, "cannot verify", "a verification thread stopped"))?;
-            applied += 1;
-            if apply(parsed) {
-                return Ok(true);
-            }
-        }
-    })
-}
-
-/// The next lines of the file, up to a chunk's worth; a line that does not
-/// end with `'\n'` ends the file (`end`).
-fn read_chunk(reader: &mut BufReader<File>, at: &mut Position) -> std::io::Result<Chunk> {
     let mut chunk = Chunk {
-        first_line: at.line + 1,
+        first_line: 0,
         data: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
         ends: Vec::with_capacity(CHUNK_LINES),
         end: None,
     };
+    loop {
+        read_chunk(&mut reader, at, &mut chunk).map_err(|e| io_error(path, "cannot read", e))?;
+        if at.read - at.reported >= PROGRESS_EVERY {
+            progress(at.read, total);
+            at.reported = at.read;
+        }
+        let last = chunk.end.is_some()
+            || (chunk.ends.len() < CHUNK_LINES && chunk.data.len() < CHUNK_BYTES);
+        if chunk.ends.is_empty() && chunk.end.is_none() {
+            return Ok(false);
+        }
+        if apply(parse_chunk(&mut chunk, keyring)) {
+            return Ok(true);
+        }
+        if last {
+            return Ok(false);
+        }
+    }
+}
+
+/// The next lines of the file, up to a chunk's worth, into `chunk`; a line
+/// that does not end with `'\n'` ends the file (`end`).
+fn read_chunk(
+    reader: &mut BufReader<File>,
+    at: &mut Position,
+    chunk: &mut Chunk,
+) -> std::io::Result<()> {
+    chunk.first_line = at.line + 1;
+    chunk.data.clear();
+    chunk.ends.clear();
+    chunk.end = None;
     while chunk.ends.len() < CHUNK_LINES && chunk.data.len() < CHUNK_BYTES {
         let start = chunk.data.len();
         let n = (&mut *reader)
@@ -174,17 +141,19 @@ fn read_chunk(reader: &mut BufReader<File>, at: &mut Position) -> std::io::Resul
         }
         chunk.ends.push(chunk.data.len());
     }
-    Ok(chunk)
+    Ok(())
 }
 
-fn parse_chunk(chunk: Chunk, keyring: &Keyring) -> Parsed {
+fn parse_chunk(chunk: &mut Chunk, keyring: &Keyring) -> Parsed {
     let mut start = 0;
+    let data = &chunk.data;
+    let first = chunk.first_line;
     let lines = chunk.ends.iter().enumerate().map(|(i, &end)| {
-        let raw = &chunk.data[start..end - 1];
+        let raw = &data[start..end - 1];
         start = end;
-        (chunk.first_line + i as u64, raw)
+        (first + i as u64, raw)
     });
-    parse_lines(lines, chunk.end, keyring)
+    parse_lines(lines, chunk.end.take(), keyring)
 }
 
 /// Parses complete lines (without their newlines), each with the number a

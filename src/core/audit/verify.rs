@@ -677,9 +677,9 @@ mod tests {
         }
     }
 
-    /// Lines are parsed in chunks on worker threads: the first failure is
-    /// still the first bad line, whichever chunk and worker it is in, and
-    /// the counts stop there.
+    /// Lines are parsed and batch-verified in chunks: the first failure is
+    /// still the first bad line, whichever chunk it is in, and the counts
+    /// stop there.
     #[test]
     fn first_failure_across_chunks_is_the_first_bad_line() {
         use crate::core::audit::{AuditLog, AuditOptions, Durability};
