@@ -3,8 +3,8 @@
 //! and the chunk's signatures batch-verified, then handed to the verifier,
 //! which checks the chain over the parsed lines in order. One chunk at a
 //! time, in one reused buffer, so memory stays bounded whatever the log's
-//! length. (Parsing on worker threads was measured slower: on 2 cores it
-//! took 1.7x the CPU time and 1.6x the wall time of parsing in place.)
+//! length. (Parsing on worker threads was measured slower on 2 cores: 1.6x
+//! the CPU time of parsing in place, and more wall time; `benches/soak_verify.py`.)
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
