@@ -201,7 +201,6 @@ class Call:
     def redact_output(self, value: Any) -> Any: ...
     def complete(
         self,
-        *,
         status: _Status,
         duration_ns: int = 0,
         output: object | None = None,

@@ -244,11 +244,11 @@ class Run:
         completion = None
         try:
             completion = self.call.complete(
-                status="ok" if error is None else "error",
-                duration_ns=perf_counter_ns() - self.start,
-                output=self.result if exc is None else None,
-                error_type=error,
-                extra=self.extra,
+                "ok" if error is None else "error",
+                perf_counter_ns() - self.start,
+                self.result if exc is None else None,
+                error,
+                self.extra,
             )
         finally:
             if self.span is not None:

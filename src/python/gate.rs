@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyMapping, PyTuple};
@@ -420,6 +419,7 @@ fn request(
 
 /// The ambient principal or context: a context variable of `execgate.context`.
 struct Ambient {
+    /// The variable's `get`.
     var: PyOnceLock<Py<PyAny>>,
     attr: &'static str,
     name: &'static str,
@@ -444,26 +444,38 @@ impl Ambient {
         conv: &mut Converter,
         own: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Value> {
-        let current = self
-            .var
-            .import(py, "execgate.context", self.attr)?
-            .call_method0(intern!(py, "get"))?;
-        let current = current.cast::<PyDict>().map_err(PyErr::from)?;
-        let mut value = optional_object(conv, Some(current), self.name)?.to_value();
-        if let (Some(own), Ok(map)) = (own, value.as_object_mut()) {
-            let own = match own.cast::<PyDict>() {
+        // The context variable's bound `get`, looked up once.
+        let get = self.var.get_or_try_init(py, || {
+            let module = py.import("execgate.context")?;
+            PyResult::Ok(module.getattr(self.attr)?.getattr("get")?.unbind())
+        })?;
+        let current = get.call0(py)?;
+        let current = current.bind(py).cast::<PyDict>().map_err(PyErr::from)?;
+        let own = match own {
+            None => None,
+            Some(o) => Some(match o.cast::<PyDict>() {
                 Ok(d) => d.clone(),
                 Err(_) => {
                     // Any other mapping, as `dict(own)` reads it.
                     let d = PyDict::new(py);
-                    d.update(own.cast::<PyMapping>().map_err(PyErr::from)?)?;
+                    d.update(o.cast::<PyMapping>().map_err(PyErr::from)?)?;
                     d
                 }
-            };
-            if let Some(entries) = optional_object(conv, Some(&own), self.name)?.entries() {
-                for (k, v) in entries {
-                    map.insert(Value::String(k.clone()), v.to_value());
-                }
+            }),
+        };
+        let Some(own) = own.filter(|o| !o.is_empty()) else {
+            return Ok(optional_object(conv, Some(current), self.name)?.to_value());
+        };
+        if current.is_empty() {
+            return Ok(optional_object(conv, Some(&own), self.name)?.to_value());
+        }
+        let mut value = optional_object(conv, Some(current), self.name)?.to_value();
+        if let (Some(entries), Ok(map)) = (
+            optional_object(conv, Some(&own), self.name)?.entries(),
+            value.as_object_mut(),
+        ) {
+            for (k, v) in entries {
+                map.insert(Value::String(k.clone()), v.to_value());
             }
         }
         Ok(value)
@@ -638,7 +650,7 @@ impl PyCall {
 
     /// Records what happened when the tool ran (once). Returns the
     /// completion receipt when the gate keeps a log.
-    #[pyo3(signature = (*, status, duration_ns=0, output=None, error_type=None, extra=None))]
+    #[pyo3(signature = (status, duration_ns=0, output=None, error_type=None, extra=None))]
     fn complete(
         &self,
         py: Python<'_>,
