@@ -289,7 +289,7 @@ class Gate:
         ``obligations.sandbox``, ``redact`` and ``args`` (or use ``guard``,
         ``run`` or an integration, which do).
         """
-        return self.pipeline.decide(action, _mapping(args), principal, context, query=True)[1]
+        return self.pipeline.check(action, _mapping(args), principal, context)
 
     def enforce(
         self,

@@ -70,10 +70,10 @@ class Pipeline:
         the gate's clock when it has its own."""
         p = _principal.get()
         if principal:
-            p = {**p, **principal}
+            p = {**p, **principal} if p else dict(principal)
         c = _context.get()
         if context:
-            c = {**c, **context}
+            c = {**c, **context} if c else dict(context)
         if time is None and self.clock is not None:
             time = _rfc3339(self.clock())
         return p, c, time
@@ -116,17 +116,32 @@ class Pipeline:
         args: dict[str, Any] | None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        time: str | None = None,
         **capabilities: Any,
     ) -> tuple[Call, Decision]:
         """:meth:`start` then :meth:`authorize`, in one native call when the
         gate has no approver to ask (the entry points without a
         human-in-the-loop of their own use this)."""
         if self.approver is not None:
-            call = self.start(action, args, principal, context, **capabilities)
+            call = self.start(action, args, principal, context, time=time, **capabilities)
             return call, self.authorize(call)
-        p, c, time = self._ambient(principal, context, capabilities.pop("time", None))
+        p, c, time = self._ambient(principal, context, time)
         call = self.native.decide(action, args, p, c, time, authorize=True, **capabilities)
         return call, call.decision
+
+    def check(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """The decision of a query (``gate.check``): :meth:`decide` with
+        ``query=True``, without a call object when there is nobody to ask."""
+        if self.approver is not None:
+            return self.decide(action, args, principal, context, query=True)[1]
+        return self.native.check(action, args, *self._ambient(principal, context, None))
 
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate

@@ -169,34 +169,36 @@ impl PyGate {
         output: bool,
         authorize: bool,
     ) -> PyResult<PyCall> {
-        let mut conv = Converter::default();
-        let args = optional_object(&mut conv, args, "args")?;
-        let mut side = Converter::default();
-        let request = Request {
-            action,
-            args,
-            principal: optional_object(&mut side, principal, "principal")?.to_value(),
-            context: optional_object(&mut side, context, "context")?.to_value(),
-            time,
-        };
+        let (request, conv) = request(action, args, principal, context, time)?;
         let capabilities = (!query).then_some(Capabilities {
             sandbox,
             rewrite,
             replaceable,
             output,
         });
-        let gate = self.inner.clone();
-        let call = py.detach(|| -> crate::core::error::Result<Call> {
-            let mut call = gate.decide(request, capabilities)?;
-            // One crossing when nobody is to be asked first (a pending
-            // approval is then recorded as such).
-            if authorize {
-                call.authorize()?;
-            }
-            Ok(call)
-        })?;
+        let call = self.run(py, request, capabilities, authorize)?;
         Ok(PyCall {
             state: Mutex::new(CallState { call, conv }),
+        })
+    }
+
+    /// `decide(..., query=True, authorize=True).decision` in one step, for
+    /// `check()` when there is no approver to ask: the decision, with no call
+    /// object around it.
+    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        action: String,
+        args: Option<&Bound<'_, PyDict>>,
+        principal: Option<&Bound<'_, PyDict>>,
+        context: Option<&Bound<'_, PyDict>>,
+        time: Option<String>,
+    ) -> PyResult<PyDecision> {
+        let (request, _) = request(action, args, principal, context, time)?;
+        let call = self.run(py, request, None, true)?;
+        Ok(PyDecision {
+            inner: call.shared_decision(),
         })
     }
 
@@ -357,6 +359,49 @@ struct CallState {
     conv: Converter,
 }
 
+impl PyGate {
+    /// Decides `request` without the GIL; with `authorize`, also authorizes
+    /// it in the same crossing (a pending approval is then recorded as such).
+    fn run(
+        &self,
+        py: Python<'_>,
+        request: Request,
+        capabilities: Option<Capabilities>,
+        authorize: bool,
+    ) -> PyResult<Call> {
+        let gate = self.inner.clone();
+        Ok(py.detach(|| -> crate::core::error::Result<Call> {
+            let mut call = gate.decide(request, capabilities)?;
+            if authorize {
+                call.authorize()?;
+            }
+            Ok(call)
+        })?)
+    }
+}
+
+/// The request from the Python arguments, and the converter that holds the
+/// originals of the arguments' opaque values (to hand them to the tool).
+fn request(
+    action: String,
+    args: Option<&Bound<'_, PyDict>>,
+    principal: Option<&Bound<'_, PyDict>>,
+    context: Option<&Bound<'_, PyDict>>,
+    time: Option<String>,
+) -> PyResult<(Request, Converter)> {
+    let mut conv = Converter::default();
+    let args = optional_object(&mut conv, args, "args")?;
+    let mut side = Converter::default();
+    let request = Request {
+        action,
+        args,
+        principal: optional_object(&mut side, principal, "principal")?.to_value(),
+        context: optional_object(&mut side, context, "context")?.to_value(),
+        time,
+    };
+    Ok((request, conv))
+}
+
 /// One call on its way through the pipeline (see `core::pipeline`). Each
 /// method is one stage; a stage out of order raises.
 #[pyclass(frozen, name = "Call", module = "execgate._core")]
@@ -370,7 +415,7 @@ impl PyCall {
     #[getter]
     fn decision(&self) -> PyDecision {
         PyDecision {
-            inner: self.state.lock().call.decision().clone(),
+            inner: self.state.lock().call.shared_decision(),
         }
     }
 
@@ -416,8 +461,10 @@ impl PyCall {
     fn authorize(&self, py: Python<'_>) -> PyResult<PyDecision> {
         py.detach(|| {
             let mut state = self.state.lock();
-            let decision = state.call.authorize()?.clone();
-            Ok(PyDecision { inner: decision })
+            state.call.authorize()?;
+            Ok(PyDecision {
+                inner: state.call.shared_decision(),
+            })
         })
     }
 
@@ -426,6 +473,19 @@ impl PyCall {
         let state = self.state.lock();
         let args = state.call.tool_args()?;
         state.conv.to_python(py, args)
+    }
+
+    /// Like `arguments()`, but None when the tool may be called with the
+    /// caller's own values: the obligations left them as they were and each
+    /// is an immutable scalar of an exact type (what the policy judged is
+    /// then what those objects are, and nobody can change them).
+    fn arguments_if_copied<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let state = self.state.lock();
+        let args = state.call.tool_args()?;
+        if !state.call.args_changed() && !state.conv.needs_copies {
+            return Ok(None);
+        }
+        state.conv.to_python(py, args).map(Some)
     }
 
     /// `obligations.sandbox`, for an entry point that runs the tool sandboxed.
@@ -476,11 +536,12 @@ impl PyCall {
     ) -> PyResult<Option<PyReceipt>> {
         // Without a receipt nothing is recorded: skip digesting the output.
         let recorded = self.state.lock().call.decision().receipt.is_some();
-        let outcome = if recorded {
-            outcome(status, duration_ns, output.as_ref(), error_type, extra)?
-        } else {
-            Outcome::default()
-        };
+        if !recorded {
+            // Nothing to write: only the stage moves on (no need to let go of the GIL).
+            self.state.lock().call.complete(&Outcome::default())?;
+            return Ok(None);
+        }
+        let outcome = outcome(status, duration_ns, output.as_ref(), error_type, extra)?;
         py.detach(|| {
             let receipt = self.state.lock().call.complete(&outcome)?;
             Ok(receipt.map(|inner| PyReceipt { inner }))
@@ -491,7 +552,7 @@ impl PyCall {
 /// An immutable authorization decision.
 #[pyclass(frozen, name = "Decision", module = "execgate._core")]
 pub struct PyDecision {
-    inner: Decision,
+    inner: Arc<Decision>,
 }
 
 #[pymethods]
