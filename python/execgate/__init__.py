@@ -6,6 +6,7 @@ policies natively, then blocked with reasons or allowed.
 
 from execgate._core import (
     AuditLog,
+    BundleKey,
     Decision,
     Receipt,
     SigningKey,
@@ -29,7 +30,7 @@ from execgate.errors import (
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
-from execgate.sandbox import Completed, Limits, Sandbox
+from execgate.sandbox import Completed, Egress, Limits, Sandbox, Secret
 from execgate.verify import verify_log
 
 __all__ = [
@@ -41,9 +42,11 @@ __all__ = [
     "ArgumentError",
     "AuditLog",
     "AuditLogError",
+    "BundleKey",
     "Completed",
     "ConfigurationError",
     "Decision",
+    "Egress",
     "ExecgateError",
     "Gate",
     "IsolatedError",
@@ -52,6 +55,7 @@ __all__ = [
     "Receipt",
     "Sandbox",
     "SandboxError",
+    "Secret",
     "SignatureError",
     "SigningKey",
     "VerifyKey",

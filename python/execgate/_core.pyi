@@ -15,15 +15,19 @@ _Error = Literal[
     "obligation",
     "approval",
     "refused",
+    "stale",
 ]
 _Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
     "Bundle",
+    "BundleKey",
     "Call",
+    "ChainVerifier",
     "Decision",
     "Gate",
+    "LogReader",
     "Receipt",
     "SigningKey",
     "VerifyKey",
@@ -61,6 +65,8 @@ class Gate:
         record_input: bool = False,
         history: int | None = None,
         bundle: Bundle | None = None,
+        bundle_max_age: float | None = None,
+        bundle_name: str = ...,
     ) -> Gate: ...
     def decide(
         self,
@@ -94,6 +100,7 @@ class Gate:
         data_files: list[str] | None = None,
         bundle: Bundle | None = None,
     ) -> str: ...
+    def confirm_bundle(self, age: float = 0.0) -> None: ...
     def record_outcome(
         self,
         receipt: Receipt,
@@ -149,6 +156,10 @@ class Decision:
     def action(self) -> str: ...
     @property
     def policy_digest(self) -> str: ...
+    @property
+    def policy_revision(self) -> str | None: ...
+    @property
+    def context(self) -> dict[str, Any]: ...
     @property
     def entrypoint(self) -> str: ...
     @property
@@ -264,18 +275,54 @@ class AuditLog:
     def close(self) -> None: ...
     def rotate(self) -> str: ...
     @property
+    def seq(self) -> int: ...
+    @property
     def path(self) -> str | None: ...
     @property
     def verify_key(self) -> VerifyKey: ...
+
+@final
+class BundleKey:
+    """A public key for bundle signatures: Ed25519 (EdDSA), RSA (RS256), P-256 (ES256)."""
+
+    @staticmethod
+    def from_pem(source: bytes | str | os.PathLike[str]) -> BundleKey: ...
+    @property
+    def algorithm(self) -> Literal["EdDSA", "RS256", "ES256"]: ...
+    @property
+    def id(self) -> str: ...
+
+@final
+class LogReader:
+    """A log's records by seq, across rotated files."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> LogReader: ...
+    def log_id(self) -> str | None: ...
+    def read_from(
+        self, seq: int, max_records: int = 1000, max_bytes: int = ...
+    ) -> tuple[list[int], list[str], list[str]]: ...
+
+@final
+class ChainVerifier:
+    """Verifies one chain fed as ``(seq, envelope)`` rows in seq order."""
+
+    def __new__(
+        cls,
+        keys: list[VerifyKey] = ...,
+        keyring_dir: str | None = None,
+        log_id: str | None = None,
+    ) -> ChainVerifier: ...
+    def push(self, rows: list[tuple[int, str]]) -> bool: ...
+    def finish(self) -> VerifyReport: ...
 
 @final
 class Bundle:
     """An OPA-format bundle whose signature and file list verified."""
 
     @staticmethod
-    def read(path: str | os.PathLike[str], key: VerifyKey) -> Bundle: ...
+    def read(path: str | os.PathLike[str], key: VerifyKey | BundleKey) -> Bundle: ...
     @staticmethod
-    def from_bytes(data: bytes, key: VerifyKey) -> Bundle: ...
+    def from_bytes(data: bytes, key: VerifyKey | BundleKey) -> Bundle: ...
     @property
     def revision(self) -> str: ...
     @property

@@ -67,6 +67,8 @@ pub enum FailureKind {
     /// The entry point refused the call before it was authorized, for a
     /// reason of its own protocol (a tool the policy's visibility rule hides).
     Refused,
+    /// The policy bundle in force is older than the gate's maximum age.
+    Stale,
 }
 
 impl FailureKind {
@@ -82,6 +84,7 @@ impl FailureKind {
             Self::Obligation => "obligation",
             Self::Approval => "approval",
             Self::Refused => "refused",
+            Self::Stale => "stale",
         }
     }
 }

@@ -26,6 +26,7 @@ use super::error::{CoreError, Result};
 use super::gate::{input_document, Current, Gate};
 use super::ledger::{history_entry, Budget, Rate};
 use super::obligation::{ApprovalSpec, Obligations, RedactRule};
+use super::policy::EvalFailure;
 use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome, Receipt};
 
 /// What an entry point can do with a call beyond deciding it. An obligation
@@ -114,10 +115,18 @@ impl Gate {
         if stateful {
             self.add_state(&mut input, &session, &[]);
         }
-        let mut verdict = current.policy.evaluate(&input).outcome;
+        // A policy older than the gate's maximum age does not decide.
+        let stale = self.stale(current.policy.revision());
+        let mut verdict = match stale {
+            Some(message) => Err(EvalFailure {
+                kind: FailureKind::Stale,
+                message,
+            }),
+            None => current.policy.evaluate(&input).outcome,
+        };
         // input.usage.budgets shows only the budgets this decision names: the
         // first evaluation says which; the second sees their spending.
-        if reads.usage {
+        if reads.usage && verdict.is_ok() {
             if let Ok(v) = &verdict {
                 let keys = budget_keys(&v.obligations, &current);
                 if !keys.is_empty() {

@@ -99,7 +99,6 @@ impl Converter {
         if obj.is_exact_instance_of::<PyDict>()
             || obj.is_exact_instance_of::<PyList>()
             || obj.is_exact_instance_of::<PyTuple>()
-            || obj.is_exact_instance_of::<PyBytes>()
             || obj.is_exact_instance_of::<PyByteArray>()
         {
             return self.native(obj, path, depth);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -92,7 +93,7 @@ impl PyGate {
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
                         max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None,
-                        bundle=None))]
+                        bundle=None, bundle_max_age=None, bundle_name=String::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -109,6 +110,8 @@ impl PyGate {
         record_input: bool,
         history: Option<usize>,
         bundle: Option<PyRef<'_, PyBundle>>,
+        bundle_max_age: Option<f64>,
+        bundle_name: String,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         for (what, n) in [
@@ -133,6 +136,9 @@ impl PyGate {
         let mut inner = py.detach(|| Gate::new(set, options, mode))?;
         if let Some(len) = history {
             inner = inner.with_history(len)?;
+        }
+        if let Some(age) = bundle_max_age {
+            inner = inner.with_max_age(bundle_name, seconds(age, "bundle_max_age")?)?;
         }
         if let Some(log) = log {
             let log = log.inner.clone();
@@ -230,6 +236,22 @@ impl PyGate {
             None
         };
         Ok(py.detach(|| self.inner.reload(set))?)
+    }
+
+    /// Records that the bundle in force was confirmed current `age` seconds
+    /// ago (see `bundle_max_age`); an infinite age leaves it stale.
+    #[pyo3(signature = (age=0.0))]
+    fn confirm_bundle(&self, age: f64) -> PyResult<()> {
+        if age.is_nan() || age < 0.0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "a bundle's age cannot be {age} seconds"
+            ))
+            .into());
+        }
+        // Past what a Duration holds (inf): never confirmed, so stale.
+        let age = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
+        self.inner.confirm_bundle(age);
+        Ok(())
     }
 
     /// Records the outcome of a call its caller ran itself (after a bare
@@ -600,6 +622,18 @@ impl PyDecision {
     #[getter]
     fn policy_digest(&self) -> &str {
         &self.inner.policy_digest
+    }
+
+    /// The revision of the bundle the decision was made under, if any.
+    #[getter]
+    fn policy_revision(&self) -> Option<&str> {
+        self.inner.policy_revision.as_deref()
+    }
+
+    /// `input.context` alone (cheaper than `input` when that is all one needs).
+    #[getter]
+    fn context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.inner.input["context"])
     }
 
     #[getter]
