@@ -557,10 +557,14 @@ impl Inner {
         forget_unsealed_after(st, last);
     }
 
-    /// Releases the file lock once no record is in flight.
+    /// Releases the file lock once no record is in flight; after a failed
+    /// write, first brings the fold back to the file (see [`Inner::refold`]).
     fn unlock_if_idle(&self, st: &mut State) {
         if st.in_flight > 0 || !st.locked {
             return;
+        }
+        if st.failed.take().is_some() {
+            self.refold(st);
         }
         if let Some(file) = &st.file {
             // Closing the descriptor would release it too; an error here
@@ -568,7 +572,27 @@ impl Inner {
             let _ = file.unlock();
         }
         st.locked = false;
-        st.failed = None;
+    }
+
+    /// The fold took every record as it was chained, so after a failed write
+    /// it holds records the file does not (a limit would stay spent by calls
+    /// that were denied): it is rebuilt from the file, still under the lock.
+    /// If that fails it keeps what it had: limits err towards refusing.
+    fn refold(&self, st: &mut State) {
+        let (Some(fold), Some(file)) = (st.fold.clone(), st.file.clone()) else {
+            return;
+        };
+        let before = fold.snapshot();
+        let limit = search_limit(self.options.state_every);
+        match rebuild(&file, st.known_len.unwrap_or(0), &self.verify_key, fold.as_ref(), limit) {
+            Ok(rebuilt) => {
+                st.since_state = rebuilt.folded;
+                st.rebuilt_from = rebuilt.from_seq;
+            }
+            Err(_) => {
+                let _ = fold.restore(&before);
+            }
+        }
     }
 
     /// Chains, signs and writes one record at once (the file lock held, no
@@ -1122,6 +1146,70 @@ mod tests {
             assert_eq!(decisions, 240);
             assert_eq!(report.recoveries, 0);
         }
+    }
+
+    /// A write that fails after later records were chained onto it: the
+    /// record and every one chained after it fail (their callers get the
+    /// error), nothing of them is in the file, the chain goes back to the
+    /// last record written, the fold forgets them (a limit they took is not
+    /// spent), and the next append continues the chain.
+    #[test]
+    fn failed_write_fails_the_records_chained_after_it() {
+        use crate::core::ledger::{Ledger, DEFAULT_HISTORY};
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        let fold: Arc<dyn StateFold> = Arc::new(Ledger::new(DEFAULT_HISTORY));
+        let fold = log.attach_state(fold).unwrap();
+        let calls = |fold: &Arc<dyn StateFold>| fold.snapshot()["sessions"][0][1].as_u64();
+        let first = log.append(body(0)).unwrap();
+        let inner = &log.inner;
+        let mut st = inner.state.lock();
+        let chained: Vec<Unsigned> = (1..=3)
+            .map(|n| {
+                let body = Body::from(body(n));
+                inner.reserve(&mut st, &body, Seal::Mode, false).unwrap().unwrap()
+            })
+            .collect();
+        assert_eq!((st.seq, st.in_flight, st.locked), (4, 3, true));
+        assert_eq!(calls(&fold), Some(4));
+        // The next write fails: a descriptor that cannot write.
+        let real = st.file.replace(Arc::new(File::open(&path).unwrap()));
+        let mut results = Vec::new();
+        for (i, unsigned) in chained.into_iter().enumerate() {
+            let seq = unsigned.seq();
+            let sealed = unsigned.seal(Some(&inner.key));
+            results.push(inner.finish(&mut st, seq, sealed, Seal::Mode));
+            if i == 0 {
+                st.file = real.clone();
+            }
+        }
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.unwrap_err().to_string())
+            .collect();
+        assert!(errors[0].contains("Bad file descriptor"), "{errors:?}");
+        for e in &errors[1..] {
+            assert!(e.contains("a record chained before this one was not written"), "{e}");
+        }
+        assert_eq!((st.seq, st.in_flight, st.locked), (1, 0, false));
+        assert_eq!(st.head.as_deref(), Some(first.digest()));
+        assert!(st.failed.is_none());
+        drop(st);
+        assert_eq!(calls(&fold), Some(1), "the fold still counts records not written");
+        assert_eq!(log.append(body(4)).unwrap().seq(), 2);
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        let ns: Vec<u64> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| Receipt::from_json(l).unwrap())
+            .filter(|r| r.kind() == "decision")
+            .map(|r| r.payload()["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 4]);
     }
 
     #[test]
