@@ -444,6 +444,79 @@ def test_full_disk_denies_with_the_reason(tiny_fs: pathlib.Path, key: SigningKey
     assert execgate.verify_log(path, key.verify_key).ok
 
 
+BUDGET = """
+package execgate
+decision := {"allow": true, "obligations": {
+    "budget": {"key": "spend", "limit": 20, "cost": 1},
+}}
+"""
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+def test_disk_full_under_threads_fails_closed(
+    tiny_fs: pathlib.Path, key: SigningKey, signing: str
+) -> None:
+    """Threads whose records are chained and signed together while the disk
+    fills: a caller whose record did not land is denied with error="audit"
+    (with the records chained after it), every allowed call is in the log, the
+    log verifies, and the budget the lost records took is not spent."""
+    import threading
+
+    path = tiny_fs / "log.jsonl"
+    log = AuditLog(path, key, signing=signing, checkpoint_every=4)
+    gate = execgate.Gate(BUDGET, audit=log)
+    decisions: list[execgate.Decision] = []
+    lock = threading.Lock()
+
+    def run(calls: int, threads: int = 4) -> list[execgate.Decision]:
+        got: list[execgate.Decision] = []
+
+        def work() -> None:
+            mine = [gate.check("buy", {}) for _ in range(calls)]
+            with lock:
+                got.extend(mine)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        decisions.extend(got)
+        return got
+
+    assert all(d.allowed for d in run(3))
+    filler = tiny_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    full = run(20)
+    lost = [d for d in full if not d.allowed]
+    assert len(lost) >= 70, len(lost)  # the log's last page holds a few records at most
+    for d in lost:
+        assert d.error == "audit" and "could not be recorded" in d.reasons[0], d.reasons
+    assert path.read_bytes().endswith(b"\n")  # nothing half-written
+    filler.unlink()
+    after = run(5)
+    granted = sum(d.allowed for d in decisions)
+    # Exactly the budget: the calls denied for the full disk gave back what they took.
+    assert granted == 20, granted
+    for d in after:
+        assert d.allowed or (d.error != "audit" and "budget" in d.reasons[0]), d.reasons
+    gate.close()
+    report = execgate.verify_log(path, key.verify_key)
+    assert report.ok, report.reason
+    assert report.allowed == granted
+    records = [
+        json.loads(base64.b64decode(json.loads(line)["payload"]))
+        for line in path.read_text().splitlines()
+    ]
+    allowed_ids = {r["id"] for r in records if r.get("decision") == "allow"}
+    assert allowed_ids == {d.receipt.id for d in decisions if d.allowed and d.receipt}
+
+
 def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKey) -> None:
     path = tiny_fs / "log.jsonl"
     with execgate.Gate(POLICY, key=key, audit=path) as gate:
