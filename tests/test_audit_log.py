@@ -347,6 +347,94 @@ def test_sigkill_mid_append_loses_no_completed_record(
     assert side_files and any(s.read_bytes().startswith(b'{"payloadType"') for s in side_files)
 
 
+GUARDED_WRITER = textwrap.dedent(
+    """
+    import os, sys, threading, execgate
+    key = execgate.SigningKey.from_pem(sys.argv[1])
+    say = lambda *words: os.write(1, (" ".join(words) + "\\n").encode())  # one write per line
+    threads, calls = int(sys.argv[4]), int(sys.argv[5])
+    log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
+    gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+
+    def work(t):
+        for c in range(calls):
+            name = f"t{t}c{c}"
+            gate.guard(action=name)(lambda: say("RAN", name))()
+            say("RETURNED", name)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    gate.close()
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize(("durability", "threads"), [("always", 1), ("always", 2), ("none", 2)])
+def test_sigkill_at_every_step_of_guarded_calls(
+    tmp_path: pathlib.Path, key: SigningKey, durability: str, threads: int
+) -> None:
+    """SIGKILL (strace injects it) before each write and each fdatasync of the
+    log, so at every step of guarded calls (one or two threads signing at once): before the decision is written,
+    after it is written and before it is synced, while the tool runs, before
+    the completion is written or synced, after the call returned. Each time:
+    the log verifies, every tool that ran has its decision in the log, every
+    call that returned has its completion (written before it returns; synced
+    too with durability="always"), and the calls authorized but never completed
+    are exactly those the verifier reports (at most one per thread)."""
+    keyfile = tmp_path / "k.pem"
+    key.to_pem(keyfile)
+    # strace counts each thread's calls: the kill comes at the n-th write (or
+    # fdatasync) of the thread that gets there first.
+    calls = 2
+    records = 2 * calls  # per thread: a decision and a completion per call
+    steps = [("write", n) for n in range(1, records + 2)]
+    if durability == "always":
+        steps += [("fdatasync", n) for n in range(1, records + 1)]
+    for syscall, n in steps:
+        path = tmp_path / f"{syscall}{n}.jsonl"
+        out = subprocess.run(
+            [
+                "strace", "-f", "-qq", "-o", os.devnull, "-P", str(path),
+                "-e", "trace=write,fdatasync", "-e", f"inject={syscall}:signal=KILL:when={n}",
+                sys.executable, "-c", GUARDED_WRITER,
+                str(keyfile), str(path), durability, str(threads), str(calls),
+            ],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        killed = out.returncode != 0
+        assert killed == (n <= records) or (syscall, n) == ("write", records + 1), out.stderr
+        said = [line.split() for line in out.stdout.splitlines()]
+        ran = {name for what, name in said if what == "RAN"}
+        returned = {name for what, name in said if what == "RETURNED"}
+        report = execgate.verify_log(path, key.verify_key) if path.exists() else None
+        payloads = [
+            json.loads(base64.b64decode(json.loads(line)["payload"]))
+            for line in (path.read_text().splitlines() if path.exists() else [])
+        ]
+        decided = {p["id"]: p["action"]["name"] for p in payloads if p["kind"] == "decision"}
+        completed = {
+            decided[p["authorization"]["id"]] for p in payloads if p["kind"] == "completion"
+        }
+        where = (syscall, n, out.stdout)
+        assert report is None or report.ok, (where, report.reason)
+        assert ran <= set(decided.values()), where
+        assert returned <= completed, where
+        unfinished = {decided[i] for i in (report.unfinished if report else [])}
+        assert unfinished == set(decided.values()) - completed, where
+        assert len(unfinished) <= threads, where
+        if not killed:
+            assert completed == {f"t{t}c{c}" for t in range(threads) for c in range(calls)}
+        # A killed writer's log takes the next writer's records.
+        if path.exists():
+            with execgate.Gate(POLICY, key=key, audit=path) as gate:
+                assert gate.check("ok").allowed
+            assert execgate.verify_log(path, key.verify_key).ok, where
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: SigningKey) -> None:
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
