@@ -282,22 +282,23 @@ def timed(names: dict[str, str], sizes: Sizes) -> None:
 def _count(module_name: str, scenario: str, calls: int) -> None:
     """The body run under callgrind: ``calls`` calls of one scenario."""
     module = importlib.import_module(module_name)
-    work = scenarios(module, "x")[f"x {scenario}"]
     denied = (*DENIED, module.ActionDenied)
-    for i in range(calls):
-        fn, args, kwargs = work[i % len(work)]
-        try:
-            fn(*args, **kwargs)
-        except denied:
-            pass
+    with tempfile.TemporaryDirectory() as tmp:
+        work = receipt_scenarios(module, "x", Path(tmp))[f"x {scenario}"]
+        for i in range(calls):
+            fn, args, kwargs = work[i % len(work)]
+            try:
+                fn(*args, **kwargs)
+            except denied:
+                pass
 
 
-def instructions(names: dict[str, str], into: Path) -> None:
+def instructions(names: dict[str, str], into: Path, what: tuple[str, ...]) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt install valgrind)")
     low, high = len(CASES) * 20, len(CASES) * 220
     print(f"instructions per call (callgrind, ({high} - {low}) calls of {len(CASES)} inputs)")
-    for scenario in ("gate.check", "guarded call"):
+    for scenario in what:
         per_call = {}
         for role, module_name in names.items():
             totals = []
@@ -316,7 +317,7 @@ def instructions(names: dict[str, str], into: Path) -> None:
             per_call[role] = (totals[1] - totals[0]) / (high - low)
         old, new = per_call["baseline"], per_call["candidate"]
         print(
-            f"  {scenario:<14} baseline {old:>10,.0f}  candidate {new:>10,.0f}  "
+            f"  {scenario:<24} baseline {old:>10,.0f}  candidate {new:>10,.0f}  "
             f"ratio {new / old:.3f}"
         )
 
@@ -347,7 +348,10 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         names = module_names(wheels, Path(tmp))
         if args.instructions:
-            instructions(names, Path(tmp))
+            what = ("gate.check", "guarded call")
+            if args.receipts:
+                what = ("check + signed receipt", "check + chained record", "guarded call, signed")
+            instructions(names, Path(tmp), what)
             return
         sizes = AB
         if args.quick:

@@ -18,7 +18,7 @@
 //! file lock is held from the first record taken to the last one written:
 //! another process must not chain onto a head whose next record is still
 //! being signed, so processes take turns per batch of at most
-//! [`MAX_IN_FLIGHT`] records, while this process's threads sign together.
+//! [`MAX_BATCH`] records, while this process's threads sign together.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -39,9 +39,11 @@ use crate::core::error::{CoreError, Result};
 use crate::core::keys::{SigningKey, VerifyKey};
 use crate::core::receipt::{Body, Receipt, Unsigned, FORMAT_VERSION};
 
-/// Records chained but not yet written, at most, before further appends wait
-/// for them: bounds how long one process keeps the file lock from others.
-const MAX_IN_FLIGHT: u64 = 16;
+/// Records chained under one hold of the file lock, at most: further appends
+/// wait until they are written and the lock released, which bounds how long
+/// one process keeps the file from others (and how many records a checkpoint
+/// or a `state` record that falls due waits for).
+const MAX_BATCH: u64 = 16;
 
 /// The chain head as this writer last saw it.
 struct State {
@@ -52,6 +54,8 @@ struct State {
     locked: bool,
     /// Records chained (`seq` and `prev` taken) and not yet written.
     in_flight: u64,
+    /// Records chained since this writer took the file lock.
+    batch: u64,
     /// The last record in the file as this writer knows it, `(seq, digest)`:
     /// records are written in chain order, the one after this is next.
     written: (u64, Option<String>),
@@ -338,6 +342,7 @@ impl Inner {
                 file: None,
                 locked: false,
                 in_flight: 0,
+                batch: 0,
                 written: (0, None),
                 failed: None,
                 closed: false,
@@ -383,7 +388,7 @@ impl Inner {
         let mut st = self.state.lock();
         // After a failed write, the records in flight must fail before the
         // chain continues from the file's real head.
-        while !st.closed && (st.failed.is_some() || st.in_flight >= MAX_IN_FLIGHT) {
+        while !st.closed && (st.failed.is_some() || st.batch >= MAX_BATCH) {
             self.progress.wait(&mut st);
         }
         if st.closed {
@@ -501,6 +506,7 @@ impl Inner {
             }
             if st.file.is_some() {
                 st.in_flight += 1;
+                st.batch += 1;
             }
             Ok(Ok(unsigned))
         })();
@@ -572,6 +578,7 @@ impl Inner {
             let _ = file.unlock();
         }
         st.locked = false;
+        st.batch = 0;
     }
 
     /// The fold took every record as it was chained, so after a failed write
@@ -1146,6 +1153,43 @@ mod tests {
             assert_eq!(decisions, 240);
             assert_eq!(report.recoveries, 0);
         }
+    }
+
+    /// However many threads keep appending, one hold of the file lock chains
+    /// at most `MAX_BATCH` records: then the lock is let go (other processes
+    /// get their turn) and what fell due is written; here, a checkpoint.
+    #[test]
+    fn batches_are_bounded_under_many_threads() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = Arc::new(AuditLog::open(&path, key.clone(), checkpoints(4)).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for n in 0..150 {
+                        log.append(body(n)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        log.close().unwrap();
+        let mut run = 0u64;
+        let mut longest = 0u64;
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            if Receipt::from_json(line).unwrap().kind() == "checkpoint" {
+                run = 0;
+            } else {
+                run += 1;
+                longest = longest.max(run);
+            }
+        }
+        assert!(longest <= 4 - 1 + MAX_BATCH, "{longest} records without a checkpoint");
+        assert!(verify_log(&path, &keyring(&key)).unwrap().ok());
     }
 
     /// A write that fails after later records were chained onto it: the
