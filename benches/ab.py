@@ -44,7 +44,7 @@ from types import ModuleType
 
 import execgate
 from measure import DENIED, QUICK, Call, Sizes, Stats, interleaved
-from workloads import CASES, TOOLS
+from workloads import CASES, TOOLS, _hash_loop, _one_vs_two
 
 POLICY = Path(execgate.__file__).parent / "policies"
 # Import statements and resource lookups that name the package.
@@ -216,7 +216,13 @@ def scaling(names: dict[str, str], into: Path, rounds: int, calls: int) -> None:
                 rates.setdefault((role, f"{n} process"), []).append(
                     _processes(names[role], into, path, key, calls, n)
                 )
+        one, two = _one_vs_two(_hash_loop, 200, 1)
+        rates.setdefault(("ceiling", ""), []).append(two / one)
     print(f"\nsigned log (durability none), {calls:,} checks per thread/process, {rounds} rounds")
+    print(
+        f"  (ceiling: 2 threads of sha256(64 KiB) ran "
+        f"{statistics.median(rates['ceiling', '']):.2f}x one thread, median of the rounds)"
+    )
     print(f"  {'':<12}{'':<12}{'checks/s':>10}{'x one':>8}")
     for role in modules:
         for unit in ("thread", "process"):

@@ -591,7 +591,13 @@ impl Inner {
         };
         let before = fold.snapshot();
         let limit = search_limit(self.options.state_every);
-        match rebuild(&file, st.known_len.unwrap_or(0), &self.verify_key, fold.as_ref(), limit) {
+        match rebuild(
+            &file,
+            st.known_len.unwrap_or(0),
+            &self.verify_key,
+            fold.as_ref(),
+            limit,
+        ) {
             Ok(rebuilt) => {
                 st.since_state = rebuilt.folded;
                 st.rebuilt_from = rebuilt.from_seq;
@@ -1188,7 +1194,10 @@ mod tests {
                 longest = longest.max(run);
             }
         }
-        assert!(longest <= 4 - 1 + MAX_BATCH, "{longest} records without a checkpoint");
+        assert!(
+            longest <= 4 - 1 + MAX_BATCH,
+            "{longest} records without a checkpoint"
+        );
         assert!(verify_log(&path, &keyring(&key)).unwrap().ok());
     }
 
@@ -1213,7 +1222,10 @@ mod tests {
         let chained: Vec<Unsigned> = (1..=3)
             .map(|n| {
                 let body = Body::from(body(n));
-                inner.reserve(&mut st, &body, Seal::Mode, false).unwrap().unwrap()
+                inner
+                    .reserve(&mut st, &body, Seal::Mode, false)
+                    .unwrap()
+                    .unwrap()
             })
             .collect();
         assert_eq!((st.seq, st.in_flight, st.locked), (4, 3, true));
@@ -1235,13 +1247,20 @@ mod tests {
             .collect();
         assert!(errors[0].contains("Bad file descriptor"), "{errors:?}");
         for e in &errors[1..] {
-            assert!(e.contains("a record chained before this one was not written"), "{e}");
+            assert!(
+                e.contains("a record chained before this one was not written"),
+                "{e}"
+            );
         }
         assert_eq!((st.seq, st.in_flight, st.locked), (1, 0, false));
         assert_eq!(st.head.as_deref(), Some(first.digest()));
         assert!(st.failed.is_none());
         drop(st);
-        assert_eq!(calls(&fold), Some(1), "the fold still counts records not written");
+        assert_eq!(
+            calls(&fold),
+            Some(1),
+            "the fold still counts records not written"
+        );
         assert_eq!(log.append(body(4)).unwrap().seq(), 2);
         log.close().unwrap();
         let report = verify_log(&path, &keyring(&key)).unwrap();
