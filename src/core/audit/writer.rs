@@ -531,10 +531,10 @@ impl Inner {
             return sealed; // in memory: nothing to write
         };
         let doomed = |st: &State| st.failed.as_ref().filter(|(from, _)| *from <= seq).cloned();
-        while st.written.0 + 1 != seq && doomed(&**st).is_none() {
+        while st.written.0 + 1 != seq && doomed(st).is_none() {
             self.progress.wait(st);
         }
-        let result = match (doomed(&**st), sealed) {
+        let result = match (doomed(st), sealed) {
             (Some((_, why)), _) => Err(io_error(self.path_for_errors(), "cannot append", why)),
             (None, Ok(receipt)) => self.write_line(st, &file, &receipt, seal).map(|()| receipt),
             (None, Err(e)) => Err(e),
