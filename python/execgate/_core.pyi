@@ -1,7 +1,7 @@
 """Typed stubs for the native extension ``execgate._core``."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, final
 
 _Mode = Literal["enforce", "audit"]
@@ -24,6 +24,7 @@ __all__ = [
     "Bundle",
     "BundleKey",
     "Call",
+    "Capabilities",
     "ChainVerifier",
     "Decision",
     "Gate",
@@ -72,23 +73,18 @@ class Gate:
         self,
         action: str,
         args: dict[str, Any] | None = None,
-        principal: dict[str, Any] | None = None,
-        context: dict[str, Any] | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
         time: str | None = None,
-        *,
-        query: bool = False,
-        sandbox: bool = False,
-        rewrite: bool = True,
-        replaceable: list[str] | None = None,
-        output: bool = True,
+        capabilities: Capabilities | None = None,
         authorize: bool = False,
     ) -> Call: ...
     def check(
         self,
         action: str,
         args: dict[str, Any] | None = None,
-        principal: dict[str, Any] | None = None,
-        context: dict[str, Any] | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
         time: str | None = None,
     ) -> Decision: ...
     def reload(
@@ -171,6 +167,17 @@ class Decision:
     @property
     def receipt(self) -> Receipt | None: ...
     def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class Capabilities:
+    def __new__(
+        cls,
+        *,
+        sandbox: bool = False,
+        rewrite: bool = True,
+        replaceable: list[str] | None = None,
+        output: bool = True,
+    ) -> Capabilities: ...
 
 @final
 class Call:
