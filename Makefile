@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.deps-installed
 TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16 opentelemetry-api>=1.27 opentelemetry-sdk>=1.27 psycopg[binary]>=3.2
 
 .DEFAULT_GOAL := help
-.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz postgres
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz postgres strace
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ test: test-rust test-python ## install test deps, build, run cargo test and pyte
 test-rust: ## Rust unit and integration tests of the pure core (built without Python)
 	cargo test --quiet --no-default-features
 
-test-python: develop postgres ## pytest against the freshly built extension
+test-python: develop postgres strace ## pytest against the freshly built extension
 	$(BIN)/pytest -q
 
 # The shipping tests start their own server from these binaries (tests/postgres_server.py).
@@ -43,6 +43,18 @@ postgres: ## install PostgreSQL (Debian's postgresql package) for the tests, if 
 		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else \
 		echo "PostgreSQL is not installed: the shipping tests will be skipped (CI=true: fail)"; \
+	fi
+
+# The crash tests kill a writer at a chosen system call (strace -e inject).
+strace: ## install strace (Debian's package) for the crash tests, if missing
+	@command -v strace >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing strace (apt)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq >/dev/null && \
+		apt-get install -y -qq --no-install-recommends strace >/dev/null; \
+	else \
+		echo "strace is not installed: the crash-at-every-step tests will be skipped"; \
 	fi
 
 lint: develop ## clippy, rustfmt, ruff, mypy and stubtest

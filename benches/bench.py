@@ -52,6 +52,7 @@ from workloads import (
     receipts_agree,
     redaction,
     sandbox_startup,
+    signed_threads,
     stateful,
     threads,
     verify,
@@ -94,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         receipts_agree(Path(tmp), keys, baseline)
         single = receipts(Path(tmp), keys, baseline, sizes)
+        signed_threads(Path(tmp), keys, sizes)
         log_verification(Path(tmp), keys, sizes)
         concurrent_writers(Path(tmp), keys, sizes, single)
     sandbox_startup(sizes)

@@ -393,6 +393,33 @@ def receipts_agree(tmp: Path, keys: Keys, baseline: RegopyBaseline) -> None:
     )
 
 
+def signed_threads(tmp: Path, keys: Keys, sizes: Sizes) -> None:
+    """Two threads on one Gate whose decisions are signed into one log file vs
+    one thread: the signature is made outside the log's mutex (only taking
+    the chain head and the write are under it), so two threads sign at once
+    when two cores are free. Read against the same ceiling as above."""
+    path = tmp / "threads-signed.jsonl"
+    log = AuditLog(path, keys.execgate, **LOG_MODES["log none"])
+    gate = example_gate(audit=log)
+    calls = max(sizes.thread_calls // 4, 500)
+    _check_loop(gate, sizes.warmup)
+    one, two = _one_vs_two(lambda n: _check_loop(gate, n), calls, sizes.thread_rounds)
+    ceiling_one, ceiling_two = _one_vs_two(_hash_loop, calls // 5, sizes.thread_rounds)
+    log.close()
+    report = verify_log(path, keys.execgate.verify_key)
+    assert report.ok, report.failure
+    print(
+        f"\nthreads, one Gate with a signed log (log none), {calls:,} checks per thread x "
+        f"{sizes.thread_rounds} rounds ({os.cpu_count()} CPUs)"
+    )
+    print(f"  1 thread : {one:>12,.0f} calls/s")
+    print(f"  2 threads: {two:>12,.0f} calls/s  ({two / one:.2f}x one thread)")
+    print(
+        f"  ceiling  : 2 threads of sha256(64 KiB) run {ceiling_two / ceiling_one:.2f}x "
+        f"one thread on this machine now; the log verifies ({report.records:,} records)"
+    )
+
+
 def receipts(tmp: Path, keys: Keys, baseline: RegopyBaseline, sizes: Sizes) -> Stats:
     """Latency of checks and guarded calls with receipts, per log mode, against
     the pure-Python gate. Returns the mix's check + receipt (log none) stats,

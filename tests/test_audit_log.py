@@ -347,6 +347,94 @@ def test_sigkill_mid_append_loses_no_completed_record(
     assert side_files and any(s.read_bytes().startswith(b'{"payloadType"') for s in side_files)
 
 
+GUARDED_WRITER = textwrap.dedent(
+    """
+    import os, sys, threading, execgate
+    key = execgate.SigningKey.from_pem(sys.argv[1])
+    say = lambda *words: os.write(1, (" ".join(words) + "\\n").encode())  # one write per line
+    threads, calls = int(sys.argv[4]), int(sys.argv[5])
+    log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
+    gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+
+    def work(t):
+        for c in range(calls):
+            name = f"t{t}c{c}"
+            gate.guard(action=name)(lambda: say("RAN", name))()
+            say("RETURNED", name)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    gate.close()
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize(("durability", "threads"), [("always", 1), ("always", 2), ("none", 2)])
+def test_sigkill_at_every_step_of_guarded_calls(
+    tmp_path: pathlib.Path, key: SigningKey, durability: str, threads: int
+) -> None:
+    """SIGKILL (strace injects it) before each write and each fdatasync of the
+    log, so at every step of guarded calls (one or two threads signing at once): before the decision is written,
+    after it is written and before it is synced, while the tool runs, before
+    the completion is written or synced, after the call returned. Each time:
+    the log verifies, every tool that ran has its decision in the log, every
+    call that returned has its completion (written before it returns; synced
+    too with durability="always"), and the calls authorized but never completed
+    are exactly those the verifier reports (at most one per thread)."""
+    keyfile = tmp_path / "k.pem"
+    key.to_pem(keyfile)
+    # strace counts each thread's calls: the kill comes at the n-th write (or
+    # fdatasync) of the thread that gets there first.
+    calls = 2
+    records = 2 * calls  # per thread: a decision and a completion per call
+    steps = [("write", n) for n in range(1, records + 2)]
+    if durability == "always":
+        steps += [("fdatasync", n) for n in range(1, records + 1)]
+    for syscall, n in steps:
+        path = tmp_path / f"{syscall}{n}.jsonl"
+        out = subprocess.run(
+            [
+                "strace", "-f", "-qq", "-o", os.devnull, "-P", str(path),
+                "-e", "trace=write,fdatasync", "-e", f"inject={syscall}:signal=KILL:when={n}",
+                sys.executable, "-c", GUARDED_WRITER,
+                str(keyfile), str(path), durability, str(threads), str(calls),
+            ],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        killed = out.returncode != 0
+        assert killed == (n <= records) or (syscall, n) == ("write", records + 1), out.stderr
+        said = [line.split() for line in out.stdout.splitlines()]
+        ran = {name for what, name in said if what == "RAN"}
+        returned = {name for what, name in said if what == "RETURNED"}
+        report = execgate.verify_log(path, key.verify_key) if path.exists() else None
+        payloads = [
+            json.loads(base64.b64decode(json.loads(line)["payload"]))
+            for line in (path.read_text().splitlines() if path.exists() else [])
+        ]
+        decided = {p["id"]: p["action"]["name"] for p in payloads if p["kind"] == "decision"}
+        completed = {
+            decided[p["authorization"]["id"]] for p in payloads if p["kind"] == "completion"
+        }
+        where = (syscall, n, out.stdout)
+        assert report is None or report.ok, (where, report.reason)
+        assert ran <= set(decided.values()), where
+        assert returned <= completed, where
+        unfinished = {decided[i] for i in (report.unfinished if report else [])}
+        assert unfinished == set(decided.values()) - completed, where
+        assert len(unfinished) <= threads, where
+        if not killed:
+            assert completed == {f"t{t}c{c}" for t in range(threads) for c in range(calls)}
+        # A killed writer's log takes the next writer's records.
+        if path.exists():
+            with execgate.Gate(POLICY, key=key, audit=path) as gate:
+                assert gate.check("ok").allowed
+            assert execgate.verify_log(path, key.verify_key).ok, where
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: SigningKey) -> None:
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
@@ -442,6 +530,79 @@ def test_full_disk_denies_with_the_reason(tiny_fs: pathlib.Path, key: SigningKey
     assert gate.check("ok").allowed
     gate.close()
     assert execgate.verify_log(path, key.verify_key).ok
+
+
+BUDGET = """
+package execgate
+decision := {"allow": true, "obligations": {
+    "budget": {"key": "spend", "limit": 20, "cost": 1},
+}}
+"""
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+def test_disk_full_under_threads_fails_closed(
+    tiny_fs: pathlib.Path, key: SigningKey, signing: str
+) -> None:
+    """Threads whose records are chained and signed together while the disk
+    fills: a caller whose record did not land is denied with error="audit"
+    (with the records chained after it), every allowed call is in the log, the
+    log verifies, and the budget the lost records took is not spent."""
+    import threading
+
+    path = tiny_fs / "log.jsonl"
+    log = AuditLog(path, key, signing=signing, checkpoint_every=4)
+    gate = execgate.Gate(BUDGET, audit=log)
+    decisions: list[execgate.Decision] = []
+    lock = threading.Lock()
+
+    def run(calls: int, threads: int = 4) -> list[execgate.Decision]:
+        got: list[execgate.Decision] = []
+
+        def work() -> None:
+            mine = [gate.check("buy", {}) for _ in range(calls)]
+            with lock:
+                got.extend(mine)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        decisions.extend(got)
+        return got
+
+    assert all(d.allowed for d in run(3))
+    filler = tiny_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    full = run(20)
+    lost = [d for d in full if not d.allowed]
+    assert len(lost) >= 70, len(lost)  # the log's last page holds a few records at most
+    for d in lost:
+        assert d.error == "audit" and "could not be recorded" in d.reasons[0], d.reasons
+    assert path.read_bytes().endswith(b"\n")  # nothing half-written
+    filler.unlink()
+    after = run(5)
+    granted = sum(d.allowed for d in decisions)
+    # Exactly the budget: the calls denied for the full disk gave back what they took.
+    assert granted == 20, granted
+    for d in after:
+        assert d.allowed or (d.error != "audit" and "budget" in d.reasons[0]), d.reasons
+    gate.close()
+    report = execgate.verify_log(path, key.verify_key)
+    assert report.ok, report.reason
+    assert report.allowed == granted
+    records = [
+        json.loads(base64.b64decode(json.loads(line)["payload"]))
+        for line in path.read_text().splitlines()
+    ]
+    allowed_ids = {r["id"] for r in records if r.get("decision") == "allow"}
+    assert allowed_ids == {d.receipt.id for d in decisions if d.allowed and d.receipt}
 
 
 def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKey) -> None:

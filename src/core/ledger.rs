@@ -25,9 +25,10 @@ use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use regorus::Value;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 
 use super::audit::StateFold;
+use super::receipt::Fields;
 
 /// Default number of history entries kept per session, for policies that
 /// read `input.history` (a policy that does not read it keeps none).
@@ -334,7 +335,7 @@ impl Ledger {
 
     /// Replays a decision record from the log (on open): history, and the
     /// limits of allowed decisions, as of the record's time.
-    pub fn replay(&self, payload: &Map<String, Json>) {
+    pub fn replay(&self, payload: &dyn Fields) {
         let Some(r) = replayed(payload) else { return };
         let mut inner = self.inner.lock();
         self.record_locked(&mut inner, r.session, r.entry);
@@ -484,7 +485,7 @@ impl Ledger {
 }
 
 impl StateFold for Ledger {
-    fn fold(&self, payload: &Map<String, Json>) {
+    fn fold(&self, payload: &dyn Fields) {
         self.replay(payload);
     }
 
@@ -502,7 +503,7 @@ impl StateFold for Ledger {
 
     /// An allowed decision is admitted only if every limit it takes still
     /// holds over this fold (the records of every writer of the log).
-    fn admits(&self, body: &Map<String, Json>) -> Result<(), String> {
+    fn admits(&self, body: &dyn Fields) -> Result<(), String> {
         match replayed(body).and_then(|r| r.limits) {
             Some((rates, budgets, now)) => self.check(&rates, &budgets, now),
             None => Ok(()),
@@ -511,20 +512,20 @@ impl StateFold for Ledger {
 }
 
 /// What a decision record means to the ledger, or `None` for other records.
-fn replayed(payload: &Map<String, Json>) -> Option<Replayed<'_>> {
-    if payload.get("kind").and_then(Json::as_str) != Some("decision") {
+fn replayed(payload: &dyn Fields) -> Option<Replayed<'_>> {
+    if payload.field("kind").and_then(Json::as_str) != Some("decision") {
         return None;
     }
     let str_at = |outer: &str, inner: &str| {
         payload
-            .get(outer)
+            .field(outer)
             .and_then(|v| v.get(inner))
             .and_then(Json::as_str)
             .unwrap_or("")
     };
     let session = str_at("context", "session");
     let time = str_at("context", "time");
-    let allowed = payload.get("decision").and_then(Json::as_str) == Some("allow");
+    let allowed = payload.field("decision").and_then(Json::as_str) == Some("allow");
     let entry = history_entry(
         str_at("action", "name"),
         allowed,
@@ -536,7 +537,7 @@ fn replayed(payload: &Map<String, Json>) -> Option<Replayed<'_>> {
             .map(|t| t.timestamp_micros() as f64 / 1e6)
             .unwrap_or(0.0);
         payload
-            .get("obligations")
+            .field("obligations")
             .and_then(|ob| super::obligation::limits(ob).ok())
             .map(|(r, b)| (r, b, now))
     } else {

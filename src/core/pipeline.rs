@@ -430,7 +430,7 @@ impl Call {
             // its limits); refused, it is recorded as the deny it is.
             let body = decision_body(&self.decision, gate.record_input, &self.current.redactor);
             let appended = match (&taken, body) {
-                (Some(t), Ok(body)) => match log.append_admitted(body) {
+                (Some(t), Ok(body)) => match log.append_admitted(&body) {
                     Ok(Err(reason)) => {
                         gate.ledger.give_back(&t.rates, &t.budgets, t.now);
                         taken = None;

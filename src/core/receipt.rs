@@ -8,6 +8,7 @@
 //! by the audit log ([`crate::core::audit`]).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -122,42 +123,101 @@ struct SignatureJson<'a> {
     sig: Cow<'a, str>,
 }
 
+/// A record whose canonical payload is written and hashed (its digest, the
+/// next record's `prev`, is known) but not yet signed: the log chains it
+/// under its lock and signs it outside.
+#[derive(Debug)]
+pub struct Unsigned {
+    payload_bytes: Vec<u8>,
+    digest: String,
+    id: String,
+    kind: String,
+    seq: u64,
+}
+
+impl Unsigned {
+    /// The canonical payload `body` and then `chain` (whose members win)
+    /// write; `id`, `kind` and `seq` are what they hold.
+    pub fn new(body: &Body, chain: &Body, id: String, seq: u64) -> Result<Self> {
+        let mut payload_bytes = Vec::with_capacity(1024);
+        body.write_with(chain, &mut payload_bytes)?;
+        let kind = [chain, body]
+            .iter()
+            .find_map(|b| b.field("kind").and_then(Json::as_str))
+            .unwrap_or("")
+            .to_string();
+        Ok(Self {
+            digest: sha256_hex(&payload_bytes),
+            payload_bytes,
+            id,
+            kind,
+            seq,
+        })
+    }
+
+    /// Lowercase hex SHA-256 of the payload bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The payload's `seq`.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The length of the envelope line [`Unsigned::seal`] writes, at most.
+    pub fn envelope_len_bound(&self) -> usize {
+        self.payload_bytes.len().div_ceil(3) * 4 + 256
+    }
+
+    /// Signs (with `key`, when one is given: else a chained, unsigned
+    /// record) and writes the envelope: the DSSE PAE is signed and the
+    /// payload base64'd once.
+    pub fn seal(self, key: Option<&SigningKey>) -> Result<Receipt> {
+        let signatures = key
+            .map(|k| {
+                vec![(
+                    k.kid().to_string(),
+                    k.sign(&pae(PAYLOAD_TYPE, &self.payload_bytes)).to_vec(),
+                )]
+            })
+            .unwrap_or_default();
+        let envelope = envelope_line(&self.payload_bytes, &signatures)?;
+        Ok(Receipt {
+            payload_bytes: self.payload_bytes,
+            payload: OnceLock::new(),
+            id: self.id,
+            kind: self.kind,
+            seq: self.seq,
+            signatures,
+            envelope,
+            digest: self.digest,
+        })
+    }
+}
+
 /// One signed (or, in checkpoint mode, chained but unsigned) record.
 #[derive(Debug, Clone)]
 pub struct Receipt {
     payload_bytes: Vec<u8>,
-    payload: Map<String, Json>,
+    /// Parsed from `payload_bytes` when first asked for (a record this
+    /// process sealed is rarely read back).
+    payload: OnceLock<Map<String, Json>>,
+    id: String,
+    kind: String,
+    seq: u64,
     signatures: Vec<(String, Vec<u8>)>,
     envelope: String,
     digest: String,
 }
 
 impl Receipt {
-    /// Canonicalizes `payload` and wraps it in an envelope, signed by `key`
-    /// when one is given.
-    ///
-    /// One pass: the payload's canonical bytes are written once, then
-    /// hashed (the chain digest), signed (over their DSSE PAE) and base64'd
-    /// into the envelope line.
-    pub fn seal(payload: Map<String, Json>, key: Option<&SigningKey>) -> Result<Self> {
-        let mut payload_bytes = Vec::with_capacity(1024);
-        jcs::write_map(&mut payload_bytes, &payload)?;
-        let signatures = key
-            .map(|k| {
-                vec![(
-                    k.kid().to_string(),
-                    k.sign(&pae(PAYLOAD_TYPE, &payload_bytes)).to_vec(),
-                )]
-            })
-            .unwrap_or_default();
-        let envelope = envelope_line(&payload_bytes, &signatures)?;
-        Ok(Self {
-            digest: sha256_hex(&payload_bytes),
-            payload_bytes,
-            payload,
-            signatures,
-            envelope,
-        })
+    /// Canonicalizes `body` and wraps it in an envelope, signed by `key`
+    /// when one is given (`id`, `kind` and `seq` are read from the body).
+    pub fn seal(body: &Body, key: Option<&SigningKey>) -> Result<Self> {
+        let text = |k: &str| body.field(k).and_then(Json::as_str).unwrap_or("");
+        let seq = body.field("seq").and_then(Json::as_u64).unwrap_or(0);
+        Unsigned::new(body, &Body::new(), text("id").to_string(), seq)?.seal(key)
     }
 
     /// Parses a DSSE envelope (one log line). Checks the structure, not the
@@ -191,10 +251,20 @@ impl Receipt {
                     .map_err(|e| bad(format!("signature is not base64: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let member = |k: &str| {
+            payload
+                .get(k)
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         Ok(Self {
             digest: sha256_hex(&payload_bytes),
+            id: member("id"),
+            kind: member("kind"),
+            seq: payload.get("seq").and_then(Json::as_u64).unwrap_or(0),
             payload_bytes,
-            payload,
+            payload: OnceLock::from(payload),
             signatures,
             envelope: text.trim_end_matches('\n').to_string(),
         })
@@ -257,7 +327,7 @@ impl Receipt {
                 Some(key) if key.verify(&message, sig) => {
                     // The payload names its signer; a record signed by one key
                     // but claiming another is not what either key vouched for.
-                    let claimed = self.payload.get("kid").and_then(Json::as_str);
+                    let claimed = self.payload().get("kid").and_then(Json::as_str);
                     if claimed != Some(kid.as_str()) {
                         return Err(CoreError::Signature(format!(
                             "payload kid {} does not match the key that signed it ({kid})",
@@ -283,7 +353,9 @@ impl Receipt {
 
     /// The decoded payload.
     pub fn payload(&self) -> &Map<String, Json> {
-        &self.payload
+        // The bytes are canonical JSON this process wrote or already parsed.
+        self.payload
+            .get_or_init(|| serde_json::from_slice(&self.payload_bytes).unwrap_or_default())
     }
 
     /// The canonical payload bytes.
@@ -308,20 +380,147 @@ impl Receipt {
 
     /// The payload's `id`, or "" when absent.
     pub fn id(&self) -> &str {
-        self.payload.get("id").and_then(Json::as_str).unwrap_or("")
+        &self.id
     }
 
     /// The payload's `kind` (`decision`, `completion`, `recovery`, `checkpoint`).
     pub fn kind(&self) -> &str {
-        self.payload
-            .get("kind")
-            .and_then(Json::as_str)
-            .unwrap_or("")
+        &self.kind
     }
 
     /// The payload's `seq`, or 0 when absent.
     pub fn seq(&self) -> u64 {
-        self.payload.get("seq").and_then(Json::as_u64).unwrap_or(0)
+        self.seq
+    }
+}
+
+/// Something a record's fields can be read from by name: a parsed payload,
+/// or a [`Body`] before it is written (the JSON members it holds).
+pub trait Fields {
+    /// The member `key`, when it is there as JSON.
+    fn field(&self, key: &str) -> Option<&Json>;
+}
+
+impl Fields for Map<String, Json> {
+    fn field(&self, key: &str) -> Option<&Json> {
+        self.get(key)
+    }
+}
+
+/// A member of a [`Body`]: JSON (canonicalized when the record is sealed, and
+/// readable before), or bytes that already are canonical JSON (strings and
+/// digests written once, in place).
+#[derive(Debug, Clone)]
+enum Member {
+    Json(Json),
+    Canonical(std::ops::Range<usize>),
+}
+
+/// The body of a record, written straight to RFC 8785 bytes when it is
+/// sealed: members are kept as they are set (a later member replaces an
+/// earlier one of the same key) and sorted once, at sealing, with the chain
+/// fields the log adds. No `serde_json` object is built for the parts that
+/// are already canonical (digests, names, the redacted parts written once).
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    members: Vec<(Cow<'static, str>, Member)>,
+    canonical: Vec<u8>,
+}
+
+impl Body {
+    /// An empty body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to a JSON value.
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: Json) -> &mut Self {
+        self.members.push((key.into(), Member::Json(value)));
+        self
+    }
+
+    /// Sets `key` to a string.
+    pub fn set_str(&mut self, key: &'static str, value: &str) -> &mut Self {
+        let start = self.canonical.len();
+        jcs::write_str(&mut self.canonical, value);
+        self.push_canonical(key, start)
+    }
+
+    /// Sets `key` to an unsigned integer.
+    pub fn set_u64(&mut self, key: &'static str, value: u64) -> &mut Self {
+        let start = self.canonical.len();
+        jcs::write_u64(&mut self.canonical, value);
+        self.push_canonical(key, start)
+    }
+
+    /// Sets `key` to a JSON value, canonicalized now (it cannot be read back
+    /// with [`Fields::field`]).
+    pub fn set_canonical(&mut self, key: &'static str, value: &Json) -> Result<&mut Self> {
+        let start = self.canonical.len();
+        jcs::write_json(&mut self.canonical, value)?;
+        Ok(self.push_canonical(key, start))
+    }
+
+    fn push_canonical(&mut self, key: &'static str, start: usize) -> &mut Self {
+        let end = self.canonical.len();
+        self.members
+            .push((Cow::Borrowed(key), Member::Canonical(start..end)));
+        self
+    }
+
+    /// Appends the canonical JSON object of this body's members and then
+    /// `more`'s (which win over this body's for the same key).
+    pub fn write_with(&self, more: &Body, out: &mut Vec<u8>) -> Result<()> {
+        let mut members: Vec<(&str, &Member, &[u8])> = self
+            .members
+            .iter()
+            .map(|(k, m)| (&**k, m, &self.canonical[..]))
+            .chain(
+                more.members
+                    .iter()
+                    .map(|(k, m)| (&**k, m, &more.canonical[..])),
+            )
+            .collect();
+        // Stable: of equal keys the one set last ends up last.
+        members.sort_by(|a, b| jcs::cmp_utf16(a.0, b.0));
+        out.push(b'{');
+        let mut first = true;
+        for (i, (key, member, canonical)) in members.iter().enumerate() {
+            if members.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            jcs::write_str(out, key);
+            out.push(b':');
+            match member {
+                Member::Json(value) => jcs::write_json(out, value)?,
+                Member::Canonical(span) => out.extend_from_slice(&canonical[span.clone()]),
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl Fields for Body {
+    fn field(&self, key: &str) -> Option<&Json> {
+        match self.members.iter().rev().find(|(k, _)| k == key) {
+            Some((_, Member::Json(value))) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+impl From<Map<String, Json>> for Body {
+    fn from(map: Map<String, Json>) -> Self {
+        let mut body = Body::new();
+        for (key, value) in map {
+            body.set(key, value);
+        }
+        body
     }
 }
 
@@ -394,25 +593,24 @@ fn member(value: &regorus::Value, key: &str) -> Result<Json> {
 ///
 /// The input document is canonicalized once, for both `input_sha256` and
 /// `action.args_sha256`; only the parts the record holds (principal,
-/// context, obligations) become JSON.
-pub fn decision_body(
-    decision: &Decision,
-    record_input: bool,
-    redactor: &Redactor,
-) -> Result<Map<String, Json>> {
+/// context, obligations) become JSON, and of those only what the log's
+/// ledger reads (`kind`, `decision`, `action`, `context`, `obligations`, see
+/// [`crate::core::ledger`]) stays JSON until the record is sealed: the rest
+/// is written to canonical bytes once, here.
+pub fn decision_body(decision: &Decision, record_input: bool, redactor: &Redactor) -> Result<Body> {
     let input = &decision.input;
     let (input_sha256, args_sha256) = input_digests(input)?;
-    let mut body = Map::new();
-    body.insert("kind".into(), json!("decision"));
-    body.insert(
-        "decision".into(),
-        json!(if decision.allowed { "allow" } else { "deny" }),
-    );
-    body.insert("mode".into(), json!(decision.mode.as_str()));
-    body.insert(
-        "action".into(),
-        json!({"name": member(&input["action"], "name")?, "args_sha256": args_sha256}),
-    );
+    let mut body = Body::new();
+    body.set("kind", json!("decision"))
+        .set(
+            "decision",
+            json!(if decision.allowed { "allow" } else { "deny" }),
+        )
+        .set_str("mode", decision.mode.as_str())
+        .set(
+            "action",
+            json!({"name": member(&input["action"], "name")?, "args_sha256": args_sha256}),
+        );
     let mut findings = Vec::new();
     let mut clean = |value: Json, path: &str| -> Result<Json> {
         let (out, found) = redactor.redact_json(value, None, Transform::Hash, path)?;
@@ -436,20 +634,25 @@ pub fn decision_body(
     } else {
         None
     };
-    body.insert("principal".into(), principal);
-    body.insert("context".into(), context);
-    body.insert("reasons".into(), reasons);
-    body.insert("obligations".into(), obligations);
-    if let Some(a) = &decision.approval {
-        let comment = match &a.comment {
-            Some(c) => clean(json!(c), "approval.comment")?,
-            None => Json::Null,
-        };
-        body.insert(
-            "approval".into(),
-            json!({"approved": a.approved && !a.timed_out, "approver": a.approver,
-                   "comment": comment, "timed_out": a.timed_out}),
-        );
+    let approval = match &decision.approval {
+        Some(a) => {
+            let comment = match &a.comment {
+                Some(c) => clean(json!(c), "approval.comment")?,
+                None => Json::Null,
+            };
+            Some(
+                json!({"approved": a.approved && !a.timed_out, "approver": a.approver,
+                        "comment": comment, "timed_out": a.timed_out}),
+            )
+        }
+        None => None,
+    };
+    body.set_canonical("principal", &principal)?
+        .set("context", context)
+        .set_canonical("reasons", &reasons)?
+        .set("obligations", obligations);
+    if let Some(approval) = &approval {
+        body.set_canonical("approval", approval)?;
     }
     let mut policy =
         json!({"entrypoint": &*decision.entrypoint, "sha256": &*decision.policy_digest});
@@ -457,16 +660,16 @@ pub fn decision_body(
         // Only a policy from a bundle has a revision; others keep the two keys.
         p.insert("revision".into(), json!(&**revision));
     }
-    body.insert("policy".into(), policy);
-    body.insert("input_sha256".into(), json!(input_sha256));
+    body.set_canonical("policy", &policy)?
+        .set_str("input_sha256", &input_sha256);
     if let Some(kind) = decision.error {
-        body.insert("error".into(), json!(kind.as_str()));
+        body.set_str("error", kind.as_str());
     }
-    if let Some(recorded) = recorded {
-        body.insert("input".into(), recorded);
+    if let Some(recorded) = &recorded {
+        body.set_canonical("input", recorded)?;
     }
     if !findings.is_empty() {
-        body.insert("redacted".into(), json!(findings));
+        body.set_canonical("redacted", &json!(findings))?;
     }
     Ok(body)
 }
@@ -500,7 +703,7 @@ pub struct Approval {
 }
 
 /// The payload body of a completion record, linked to its authorization.
-pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Map<String, Json>> {
+pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Body> {
     if authorization.kind() != "decision" {
         return Err(CoreError::InvalidArgument(format!(
             "a completion must name a decision receipt, not a {:?} record",
@@ -518,13 +721,13 @@ pub fn completion_body(authorization: &Receipt, outcome: &Outcome) -> Result<Map
     result.insert("error_type".into(), json!(outcome.error_type));
     result.insert("duration_ns".into(), json!(outcome.duration_ns));
     result.insert("output_sha256".into(), json!(outcome.output_sha256));
-    let mut body = Map::new();
-    body.insert("kind".into(), json!("completion"));
-    body.insert(
-        "authorization".into(),
-        json!({"id": authorization.id(), "sha256": authorization.digest()}),
-    );
-    body.insert("outcome".into(), Json::Object(result));
+    let mut body = Body::new();
+    body.set("kind", json!("completion"))
+        .set(
+            "authorization",
+            json!({"id": authorization.id(), "sha256": authorization.digest()}),
+        )
+        .set_canonical("outcome", &Json::Object(result))?;
     Ok(body)
 }
 
@@ -539,7 +742,7 @@ mod tests {
         let value = 1.993_758_000_000_000_1_f64;
         let mut payload = Map::new();
         payload.insert("user_cpu".into(), json!(value));
-        let receipt = Receipt::seal(payload, None).unwrap();
+        let receipt = Receipt::seal(&payload.into(), None).unwrap();
         assert!(Receipt::from_json(receipt.envelope()).is_ok());
     }
 
@@ -604,7 +807,7 @@ mod tests {
         let Json::Object(body) = body else {
             unreachable!()
         };
-        let r = Receipt::seal(body.clone(), Some(&key)).unwrap();
+        let r = Receipt::seal(&body.clone().into(), Some(&key)).unwrap();
         assert_eq!(r.payload_bytes(), serde_jcs::to_vec(&body).unwrap());
         let expected = serde_json::to_string(&EnvelopeJson {
             payload_type: PAYLOAD_TYPE.into(),
@@ -616,11 +819,52 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.envelope(), expected);
-        let unsigned = Receipt::seal(body, None).unwrap();
+        let unsigned = Receipt::seal(&body.into(), None).unwrap();
         assert!(unsigned.envelope().ends_with(r#""signatures":[]}"#));
         assert_eq!(
             pae(PAYLOAD_TYPE, b"{}"),
             format!("DSSEv1 {} {PAYLOAD_TYPE} 2 {{}}", PAYLOAD_TYPE.len()).as_bytes()
+        );
+    }
+
+    /// A body and the chain fields, members set as JSON or as canonical
+    /// bytes, in any order and some twice, write what `serde_jcs` writes for
+    /// the object with the last value of each key.
+    #[test]
+    fn body_writes_the_canonical_object_of_its_last_members() {
+        let mut body = Body::new();
+        body.set("kind", json!("decision"))
+            .set_str("zeta", "a\"\u{1}\u{e000}")
+            .set("\u{1f600}", json!([1.5, -0.0, {"b": 1, "a": null}]))
+            .set_u64("seq", 1)
+            .set_canonical("obj", &json!({"y": [true], "x": "é"}))
+            .unwrap()
+            .set("zeta", json!(7));
+        let mut chain = Body::new();
+        chain
+            .set_u64("seq", 9)
+            .set_str("id", "r")
+            .set("prev", Json::Null);
+        let mut out = Vec::new();
+        body.write_with(&chain, &mut out).unwrap();
+        let expected = json!({"kind": "decision", "zeta": 7, "\u{1f600}": [1.5, -0.0, {"b": 1, "a": null}],
+                              "obj": {"y": [true], "x": "é"}, "seq": 9, "id": "r", "prev": null});
+        assert_eq!(out, serde_jcs::to_vec(&expected).unwrap());
+        assert_eq!(body.field("zeta"), Some(&json!(7)));
+        assert_eq!(
+            body.field("obj"),
+            None,
+            "canonical members are not read back"
+        );
+        let sealed = Unsigned::new(&body, &chain, "r".into(), 9).unwrap();
+        assert_eq!((sealed.kind.as_str(), sealed.seq()), ("decision", 9));
+        let receipt = sealed.seal(None).unwrap();
+        // Parsed back from the canonical bytes (where -0 is 0).
+        let parsed: Json = serde_json::from_slice(&out).unwrap();
+        assert_eq!(Json::Object(receipt.payload().clone()), parsed);
+        assert_eq!(
+            (receipt.id(), receipt.kind(), receipt.seq()),
+            ("r", "decision", 9)
         );
     }
 
@@ -649,7 +893,7 @@ mod tests {
         body.insert("kind".into(), json!("decision"));
         body.insert("id".into(), json!("r1"));
         body.insert("kid".into(), json!(key.kid()));
-        let r = Receipt::seal(body.clone(), Some(&key)).unwrap();
+        let r = Receipt::seal(&body.clone().into(), Some(&key)).unwrap();
         r.verify(&key.verify_key()).unwrap();
         let again = Receipt::from_json(r.envelope()).unwrap();
         again.verify(&key.verify_key()).unwrap();
@@ -661,7 +905,7 @@ mod tests {
             .is_err());
         // Signed by `key` but claiming another signer: not what the key vouched for.
         body.insert("kid".into(), json!(SigningKey::generate().kid()));
-        let e = Receipt::seal(body, Some(&key))
+        let e = Receipt::seal(&body.into(), Some(&key))
             .unwrap()
             .verify(&key.verify_key())
             .unwrap_err()

@@ -32,13 +32,13 @@ use serde_json::{Map, Value as Json};
 
 use super::MAX_RECORD_BYTES;
 use crate::core::keys::VerifyKey;
-use crate::core::receipt::Receipt;
+use crate::core::receipt::{Fields, Receipt};
 
 /// State kept in step with a log's records, so it can be written out in
 /// `state` records and rebuilt from the last one (the gate's ledger).
 pub trait StateFold: Send + Sync {
     /// Takes one record (every kind; a fold ignores what it does not count).
-    fn fold(&self, payload: &Map<String, Json>);
+    fn fold(&self, payload: &dyn Fields);
     /// The state as JSON, for a `state` record.
     fn snapshot(&self) -> Json;
     /// Replaces the state with a snapshot; `Err` (and nothing replaced) when
@@ -51,7 +51,7 @@ pub trait StateFold: Send + Sync {
     /// not): how limits stay exact across processes sharing one log (see
     /// [`super::AuditLog::append_admitted`]). Every record is admitted by
     /// default.
-    fn admits(&self, _body: &Map<String, Json>) -> std::result::Result<(), String> {
+    fn admits(&self, _body: &dyn Fields) -> std::result::Result<(), String> {
         Ok(())
     }
 }
@@ -392,7 +392,12 @@ mod tests {
                 "state".into(),
                 json!({"v": 1, "sessions": [], "rates": [], "budgets": []}),
             );
-            writeln!(f, "{}", Receipt::seal(forged, signer).unwrap().envelope()).unwrap();
+            writeln!(
+                f,
+                "{}",
+                Receipt::seal(&forged.into(), signer).unwrap().envelope()
+            )
+            .unwrap();
         }
         drop(f);
         let (_, ledger) = open(&path, &key, 3);

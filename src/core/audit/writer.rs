@@ -8,6 +8,17 @@
 //! inode) and that the file is not shorter than what it last saw; when the
 //! file moved, it reads and checks the new head before chaining onto it
 //! (see [`super::recovery`]).
+//!
+//! A record is chained and written in two steps, so threads sign at once:
+//! under the thread mutex (and the file lock) a record takes the next `seq`
+//! and the head as `prev`, its canonical payload is written and hashed (the
+//! next record's `prev`), and the mutex is released; the signature, which
+//! covers `seq` and `prev` (the format leaves no other way), is made outside
+//! the mutex; then, back under it, records are written in chain order. The
+//! file lock is held from the first record taken to the last one written:
+//! another process must not chain onto a head whose next record is still
+//! being signed, so processes take turns per batch of at most
+//! [`MAX_BATCH`] records, while this process's threads sign together.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -17,7 +28,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail};
@@ -26,12 +37,32 @@ use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
 use crate::core::decision::now_rfc3339;
 use crate::core::error::{CoreError, Result};
 use crate::core::keys::{SigningKey, VerifyKey};
-use crate::core::receipt::{Receipt, FORMAT_VERSION};
+use crate::core::receipt::{Body, Receipt, Unsigned, FORMAT_VERSION};
+
+/// Records chained under one hold of the file lock, at most: further appends
+/// wait until they are written and the lock released, which bounds how long
+/// one process keeps the file from others (and how many records a checkpoint
+/// or a `state` record that falls due waits for).
+const MAX_BATCH: u64 = 16;
 
 /// The chain head as this writer last saw it.
 struct State {
     /// `None` for an in-memory chain or after close.
-    file: Option<File>,
+    file: Option<Arc<File>>,
+    /// This writer holds the file lock: from the first record chained to the
+    /// last one written (see the module notes).
+    locked: bool,
+    /// Records chained (`seq` and `prev` taken) and not yet written.
+    in_flight: u64,
+    /// Records chained since this writer took the file lock.
+    batch: u64,
+    /// The last record in the file as this writer knows it, `(seq, digest)`:
+    /// records are written in chain order, the one after this is next.
+    written: (u64, Option<String>),
+    /// A write failed: the records chained after `.0` cannot be written
+    /// (their `prev` is not in the file) and fail with `.1` until the ones
+    /// in flight are done; the head went back to `written`.
+    failed: Option<(u64, String)>,
     closed: bool,
     seq: u64,
     head: Option<String>,
@@ -68,6 +99,8 @@ pub(super) struct Inner {
     verify_key: VerifyKey,
     options: AuditOptions,
     state: Mutex<State>,
+    /// Signalled when a record is written (or fails) and when none is in flight.
+    progress: Condvar,
 }
 
 /// A hash-chained, signed, append-only log. Cheap to share (`Arc` inside).
@@ -138,7 +171,7 @@ impl AuditLog {
             let lock = FileLock::acquire(&file, path)?;
             inner.sync_head(&mut st, &file)?;
             drop(lock);
-            st.file = Some(file);
+            st.file = Some(Arc::new(file));
         }
         let log = Self {
             inner,
@@ -180,8 +213,8 @@ impl AuditLog {
 
     /// Appends a record with `body` and the chain fields; returns its receipt
     /// once it is written (and, with `Durability::Always`, synced).
-    pub fn append(&self, body: Map<String, Json>) -> Result<Receipt> {
-        self.inner.append(body)
+    pub fn append(&self, body: impl Into<Body>) -> Result<Receipt> {
+        self.inner.append(&body.into())
     }
 
     /// Like [`AuditLog::append`], but first asks the attached fold whether
@@ -190,10 +223,7 @@ impl AuditLog {
     /// a rate or budget is written only if the limit still holds over every
     /// record in the file, so processes sharing one log share its limits
     /// exactly. `Ok(Err(reason))`: refused, nothing written.
-    pub fn append_admitted(
-        &self,
-        body: Map<String, Json>,
-    ) -> Result<std::result::Result<Receipt, String>> {
+    pub fn append_admitted(&self, body: &Body) -> Result<std::result::Result<Receipt, String>> {
         self.inner.append_checked(body, true)
     }
 
@@ -239,12 +269,15 @@ impl AuditLog {
             let _ = handle.join();
         }
         let mut st = self.inner.state.lock();
+        self.inner.drain(&mut st);
         if st.closed {
             return Ok(());
         }
         let result = self.inner.seal_and_sync(&mut st);
         st.closed = true;
         st.file = None;
+        // Appends waiting for a turn see the log closed.
+        self.inner.progress.notify_all();
         result
     }
 
@@ -311,6 +344,11 @@ impl Inner {
             options,
             state: Mutex::new(State {
                 file: None,
+                locked: false,
+                in_flight: 0,
+                batch: 0,
+                written: (0, None),
+                failed: None,
                 closed: false,
                 seq: 0,
                 head: None,
@@ -327,6 +365,7 @@ impl Inner {
                 state_bytes: 0,
                 bytes_since_state: 0,
             }),
+            progress: Condvar::new(),
         })
     }
 
@@ -334,83 +373,256 @@ impl Inner {
         self.path.as_deref().unwrap_or(Path::new("<memory>"))
     }
 
-    fn append(&self, body: Map<String, Json>) -> Result<Receipt> {
+    fn append(&self, body: &Body) -> Result<Receipt> {
         self.append_checked(body, false)?
             .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))
     }
 
+    fn closed_error(&self) -> CoreError {
+        io_error(self.path_for_errors(), "cannot append", "the log is closed")
+    }
+
+    /// Chains `body` under the mutex, signs it outside, writes it in chain
+    /// order (see the module notes), then does what falls due once no record
+    /// is in flight (a checkpoint, a `state` record, a rotation).
     fn append_checked(
         &self,
-        body: Map<String, Json>,
+        body: &Body,
         admit: bool,
     ) -> Result<std::result::Result<Receipt, String>> {
         let mut st = self.state.lock();
-        if st.closed {
-            return Err(io_error(
-                self.path_for_errors(),
-                "cannot append",
-                "the log is closed",
-            ));
+        // After a failed write, the records in flight must fail before the
+        // chain continues from the file's real head.
+        while !st.closed && (st.failed.is_some() || st.batch >= MAX_BATCH) {
+            self.progress.wait(&mut st);
         }
-        let receipt = match self.write_record_checked(&mut st, body, Seal::Mode, admit)? {
-            Ok(receipt) => receipt,
+        if st.closed {
+            return Err(self.closed_error());
+        }
+        let unsigned = match self.reserve(&mut st, body, Seal::Mode, admit)? {
+            Ok(unsigned) => unsigned,
             Err(reason) => return Ok(Err(reason)),
         };
+        let seq = unsigned.seq();
+        let key = self.signs(Seal::Mode).then_some(&self.key);
+        let sealed = MutexGuard::unlocked(&mut st, || unsigned.seal(key));
+        let receipt = self.finish(&mut st, seq, sealed, Seal::Mode)?;
+        if st.in_flight == 0 {
+            self.after_append(&mut st)?;
+        }
+        Ok(Ok(receipt))
+    }
+
+    /// What falls due after appends, with no record in flight.
+    fn after_append(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         if let Signing::Checkpoint { every, .. } = self.options.signing {
             if st.unsigned >= every {
-                self.write_checkpoint(&mut st)?;
+                self.write_checkpoint(st)?;
             }
         }
-        if self.state_due(&st) {
+        if self.state_due(st) {
             // A snapshot only saves time on the next open: failing to write
             // one (the line is cut back) never fails the record it follows.
-            let _ = self.write_state(&mut st);
+            let _ = self.write_state(st);
         }
         let limit = self.options.rotate_bytes;
         if limit > 0 && st.file.is_some() && st.known_len.unwrap_or(0) >= limit {
             // The record is written; a rotation that fails is tried again
             // on the next append.
-            let _ = self.rotate(&mut st);
+            let _ = self.rotate(st);
         }
-        Ok(Ok(receipt))
+        Ok(())
     }
 
-    /// Adds the chain fields, seals, and writes one record under the file lock.
-    fn write_record(&self, st: &mut State, body: Map<String, Json>, seal: Seal) -> Result<Receipt> {
-        self.write_record_checked(st, body, seal, false)?
-            .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))
+    /// Waits until no record is in flight (for work that reads or replaces
+    /// the file, or names this writer's records).
+    fn drain(&self, st: &mut MutexGuard<'_, State>) {
+        while st.in_flight > 0 {
+            self.progress.wait(st);
+        }
     }
 
-    /// [`Inner::write_record`]; with `admit`, the fold (caught up with other
-    /// writers' records under the lock) may refuse the record first.
-    fn write_record_checked(
+    /// Whether a record of this kind is signed.
+    fn signs(&self, seal: Seal) -> bool {
+        seal != Seal::Mode || self.options.signing == Signing::Record
+    }
+
+    /// Chains, signs and writes one record without letting go of the mutex
+    /// (checkpoints, `state`, rotation records: the rare ones).
+    fn write_record(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        body: &Body,
+        seal: Seal,
+    ) -> Result<Receipt> {
+        self.drain(st);
+        let unsigned = self
+            .reserve(st, body, seal, false)?
+            .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))?;
+        let seq = unsigned.seq();
+        let sealed = unsigned.seal(self.signs(seal).then_some(&self.key));
+        self.finish(st, seq, sealed, seal)
+    }
+
+    /// Takes the next `seq` and the head for `body`: under the file lock
+    /// (taken, and the head checked, when this writer does not hold it yet).
+    /// With `admit`, the fold (caught up with other writers' records and
+    /// holding every record chained before) may refuse the record first.
+    /// The record must then be passed to [`Inner::finish`].
+    fn reserve(
         &self,
         st: &mut State,
-        body: Map<String, Json>,
+        body: &Body,
         seal: Seal,
         admit: bool,
-    ) -> Result<std::result::Result<Receipt, String>> {
-        let Some(file) = st.file.take() else {
-            // In-memory chain: one writer, nothing to catch up with.
-            let receipt = self.seal(st, body, seal)?;
-            self.advance(st, &receipt, 0, seal);
-            return Ok(Ok(receipt));
-        };
+    ) -> Result<std::result::Result<Unsigned, String>> {
+        if let Some(file) = st.file.clone() {
+            if !st.locked {
+                let path = self.path_for_errors();
+                file.lock().map_err(|e| io_error(path, "cannot lock", e))?;
+                st.locked = true;
+                if let Err(e) = self.sync_head(st, &file) {
+                    self.unlock_if_idle(st);
+                    return Err(e);
+                }
+            }
+        }
         let result = (|| {
-            let path = self.path_for_errors();
-            let _lock = FileLock::acquire(&file, path)?;
-            self.sync_head(st, &file)?;
             if admit {
-                if let Some(Err(reason)) = st.fold.as_ref().map(|f| f.admits(&body)) {
+                if let Some(Err(reason)) = st.fold.as_ref().map(|f| f.admits(body)) {
                     return Ok(Err(reason));
                 }
             }
-            let receipt = self.seal(st, body, seal)?;
-            self.write_line(st, &file, &receipt, seal)?;
-            Ok(Ok(receipt))
+            let unsigned = self.prepare(st, body, seal)?;
+            let bound = unsigned.envelope_len_bound() as u64 + 1;
+            if bound > MAX_RECORD_BYTES {
+                return Err(io_error(
+                    self.path_for_errors(),
+                    "cannot append",
+                    format!(
+                        "the record is about {bound} bytes, more than a record may be \
+                         ({MAX_RECORD_BYTES})"
+                    ),
+                ));
+            }
+            self.advance_chain(st, &unsigned, seal);
+            if let Some(fold) = &st.fold {
+                fold.fold(body);
+            }
+            if st.file.is_some() {
+                st.in_flight += 1;
+                st.batch += 1;
+            }
+            Ok(Ok(unsigned))
         })();
-        st.file = Some(file);
+        if !matches!(result, Ok(Ok(_))) {
+            self.unlock_if_idle(st);
+        }
         result
+    }
+
+    /// Writes a record [`Inner::reserve`] chained (`sealed`: signed, or the
+    /// error that stopped it) when its turn comes; a failure fails the
+    /// records chained after it too. Releases the file lock when no record
+    /// is left in flight.
+    fn finish(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        seq: u64,
+        sealed: Result<Receipt>,
+        seal: Seal,
+    ) -> Result<Receipt> {
+        let Some(file) = st.file.clone() else {
+            return sealed; // in memory: nothing to write
+        };
+        let doomed = |st: &State| st.failed.as_ref().filter(|(from, _)| *from <= seq).cloned();
+        while st.written.0 + 1 != seq && doomed(st).is_none() {
+            self.progress.wait(st);
+        }
+        let result = match (doomed(st), sealed) {
+            (Some((_, why)), _) => Err(io_error(self.path_for_errors(), "cannot append", why)),
+            (None, Ok(receipt)) => self.write_line(st, &file, &receipt, seal).map(|()| receipt),
+            (None, Err(e)) => Err(e),
+        };
+        if let Err(e) = &result {
+            if st.failed.is_none() {
+                self.fail_from(st, seq, e.to_string());
+            }
+        }
+        st.in_flight = st.in_flight.saturating_sub(1);
+        self.unlock_if_idle(st);
+        self.progress.notify_all();
+        result
+    }
+
+    /// Record `seq` could not be written: it and the records chained after
+    /// it are lost, and the chain goes back to the last record written.
+    fn fail_from(&self, st: &mut State, seq: u64, why: String) {
+        st.failed = Some((
+            seq,
+            format!("a record chained before this one was not written: {why}"),
+        ));
+        let (last, head) = st.written.clone();
+        st.seq = last;
+        st.head = head;
+        forget_unsealed_after(st, last);
+    }
+
+    /// Releases the file lock once no record is in flight; after a failed
+    /// write, first brings the fold back to the file (see [`Inner::refold`]).
+    fn unlock_if_idle(&self, st: &mut State) {
+        if st.in_flight > 0 || !st.locked {
+            return;
+        }
+        if st.failed.take().is_some() {
+            self.refold(st);
+        }
+        if let Some(file) = &st.file {
+            // Closing the descriptor would release it too; an error here
+            // leaves nothing to undo.
+            let _ = file.unlock();
+        }
+        st.locked = false;
+        st.batch = 0;
+    }
+
+    /// The fold took every record as it was chained, so after a failed write
+    /// it holds records the file does not (a limit would stay spent by calls
+    /// that were denied): it is rebuilt from the file, still under the lock.
+    /// If that fails it keeps what it had: limits err towards refusing.
+    fn refold(&self, st: &mut State) {
+        let (Some(fold), Some(file)) = (st.fold.clone(), st.file.clone()) else {
+            return;
+        };
+        let before = fold.snapshot();
+        let limit = search_limit(self.options.state_every);
+        match rebuild(
+            &file,
+            st.known_len.unwrap_or(0),
+            &self.verify_key,
+            fold.as_ref(),
+            limit,
+        ) {
+            Ok(rebuilt) => {
+                st.since_state = rebuilt.folded;
+                st.rebuilt_from = rebuilt.from_seq;
+            }
+            Err(_) => {
+                let _ = fold.restore(&before);
+            }
+        }
+    }
+
+    /// Chains, signs and writes one record at once (the file lock held, no
+    /// record in flight): the recovery records [`Inner::sync_head`] writes.
+    fn write_now(&self, st: &mut State, file: &File, body: &Body, seal: Seal) -> Result<()> {
+        let unsigned = self.prepare(st, body, seal)?;
+        self.advance_chain(st, &unsigned, seal);
+        if let Some(fold) = &st.fold {
+            fold.fold(body);
+        }
+        let receipt = unsigned.seal(self.signs(seal).then_some(&self.key))?;
+        self.write_line(st, file, &receipt, seal)
     }
 
     /// Appends `receipt` as one line (the file lock held).
@@ -419,16 +631,6 @@ impl Inner {
         let mut line = Vec::with_capacity(receipt.envelope().len() + 1);
         line.extend_from_slice(receipt.envelope().as_bytes());
         line.push(b'\n');
-        if line.len() as u64 > MAX_RECORD_BYTES {
-            return Err(io_error(
-                path,
-                "cannot append",
-                format!(
-                    "the record is {} bytes, more than a record may be ({MAX_RECORD_BYTES})",
-                    line.len()
-                ),
-            ));
-        }
         let start = st.known_len.unwrap_or(0);
         if let Err(e) = (&*file).write_all(&line) {
             // Never leave a partial line behind: cut back to where we started.
@@ -442,52 +644,63 @@ impl Inner {
         } else {
             st.dirty = true;
         }
-        self.advance(st, receipt, line.len() as u64, seal);
+        let written = line.len() as u64;
+        st.known_len = Some(start.saturating_add(written));
         note_own_change(st, file);
-        if let Some(fold) = &st.fold {
-            fold.fold(receipt.payload());
-        }
-        Ok(())
-    }
-
-    fn seal(&self, st: &State, mut body: Map<String, Json>, seal: Seal) -> Result<Receipt> {
-        body.insert("v".into(), json!(FORMAT_VERSION));
-        body.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
-        body.insert("seq".into(), json!(st.seq + 1));
-        body.insert("ts".into(), json!(now_rfc3339()));
-        body.insert("kid".into(), json!(self.key.kid()));
-        body.insert("prev".into(), json!(st.head));
-        body.insert("signing".into(), json!(self.options.signing.as_str()));
-        if seal == Seal::Checkpoint {
-            // Computed here, after the head was re-read under the lock: only
-            // records this writer wrote and that are still in the chain.
-            body.insert("sealed".into(), json!(st.pending));
-        }
         if seal == Seal::State {
-            // Also after the head was re-read: the fold holds every record
-            // before this one, and `offset` is where this one starts.
-            let state = st.fold.as_ref().map(|f| f.snapshot()).unwrap_or(Json::Null);
-            body.insert("state".into(), state);
-            body.insert("offset".into(), json!(st.known_len.unwrap_or(0)));
-        }
-        let sign = seal != Seal::Mode || self.options.signing == Signing::Record;
-        Receipt::seal(body, sign.then_some(&self.key))
-    }
-
-    fn advance(&self, st: &mut State, receipt: &Receipt, written: u64, seal: Seal) {
-        let seq = receipt.seq();
-        st.seq = seq;
-        st.head = Some(receipt.digest().to_string());
-        st.known_len = Some(st.known_len.unwrap_or(0).saturating_add(written));
-        if seal == Seal::State {
-            st.since_state = 0;
             st.state_bytes = written;
             st.bytes_since_state = 0;
         } else {
-            st.since_state += 1;
             st.bytes_since_state += written;
         }
-        if receipt.signatures().is_empty() {
+        st.written = (receipt.seq(), Some(receipt.digest().to_string()));
+        Ok(())
+    }
+
+    /// The record's canonical payload: `body` with the chain fields.
+    fn prepare(&self, st: &State, body: &Body, seal: Seal) -> Result<Unsigned> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let seq = st.seq + 1;
+        let mut chain = Body::new();
+        chain
+            .set_u64("v", FORMAT_VERSION)
+            .set_str("id", &id)
+            .set_u64("seq", seq)
+            .set_str("ts", &now_rfc3339())
+            .set_str("kid", self.key.kid())
+            .set_str("signing", self.options.signing.as_str());
+        match &st.head {
+            Some(head) => chain.set_str("prev", head),
+            None => chain.set("prev", Json::Null),
+        };
+        if seal == Seal::Checkpoint {
+            // Computed here, after the head was re-read under the lock: only
+            // records this writer wrote and that are still in the chain.
+            chain.set_canonical("sealed", &json!(st.pending))?;
+        }
+        if seal == Seal::State {
+            // Also after the head was re-read, with no record in flight: the
+            // fold holds every record before this one, and `offset` is where
+            // this one starts.
+            let state = st.fold.as_ref().map(|f| f.snapshot()).unwrap_or(Json::Null);
+            chain
+                .set_canonical("state", &state)?
+                .set_u64("offset", st.known_len.unwrap_or(0));
+        }
+        Unsigned::new(body, &chain, id, seq)
+    }
+
+    /// Moves the head to a record just chained.
+    fn advance_chain(&self, st: &mut State, record: &Unsigned, seal: Seal) {
+        let seq = record.seq();
+        st.seq = seq;
+        st.head = Some(record.digest().to_string());
+        if seal == Seal::State {
+            st.since_state = 0;
+        } else {
+            st.since_state += 1;
+        }
+        if !self.signs(seal) {
             st.unsigned += 1;
             match st.pending.last_mut() {
                 Some((_, end)) if *end + 1 == seq => *end = seq,
@@ -502,7 +715,8 @@ impl Inner {
 
     /// Closes this file's part of the chain and starts the next file (see
     /// [`AuditLog::rotate`]). Returns the archived file's path.
-    fn rotate(&self, st: &mut State) -> Result<PathBuf> {
+    fn rotate(&self, st: &mut MutexGuard<'_, State>) -> Result<PathBuf> {
+        self.drain(st);
         let path = self.path_for_errors().to_path_buf();
         if st.closed || st.file.is_none() {
             return Err(io_error(
@@ -553,7 +767,7 @@ impl Inner {
             }
         };
         let bytes = st.known_len.unwrap_or(0);
-        st.file = Some(new);
+        st.file = Some(Arc::new(new));
         st.identity = (dev, ino);
         st.known_len = Some(0);
         st.known_ctime = Some(changed);
@@ -561,13 +775,12 @@ impl Inner {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut body = Map::new();
-        body.insert("kind".into(), json!("rotation"));
-        body.insert(
-            "rotated".into(),
+        let mut body = Body::new();
+        body.set("kind", json!("rotation")).set(
+            "rotated",
             json!({"from": name, "seq": st.seq, "sha256": st.head, "bytes": bytes}),
         );
-        self.write_record(st, body, Seal::Signed)?;
+        self.write_record(st, &body, Seal::Signed)?;
         if st.fold.is_some() && self.options.state_every > 0 {
             // The next file opens on its own: it starts with the ledger.
             let _ = self.write_state(st);
@@ -587,10 +800,10 @@ impl Inner {
     }
 
     /// A signed `state` record holding the fold (see [`super::state`]).
-    fn write_state(&self, st: &mut State) -> Result<Receipt> {
-        let mut body = Map::new();
-        body.insert("kind".into(), json!("state"));
-        self.write_record(st, body, Seal::State)
+    fn write_state(&self, st: &mut MutexGuard<'_, State>) -> Result<Receipt> {
+        let mut body = Body::new();
+        body.set("kind", json!("state"));
+        self.write_record(st, &body, Seal::State)
     }
 
     /// Attaches `fold` (or returns the one already attached): rebuilds it
@@ -598,10 +811,11 @@ impl Inner {
     /// the file lock, and keeps it in step from then on.
     fn attach_state(&self, fold: Arc<dyn StateFold>) -> Result<Arc<dyn StateFold>> {
         let mut st = self.state.lock();
+        self.drain(&mut st);
         if let Some(existing) = &st.fold {
             return Ok(existing.clone());
         }
-        let Some(file) = st.file.take() else {
+        let Some(file) = st.file.clone() else {
             if st.closed {
                 return Err(io_error(
                     self.path_for_errors(),
@@ -626,7 +840,6 @@ impl Inner {
             st.fold = Some(fold.clone());
             Ok(())
         })();
-        st.file = Some(file);
         result?;
         if self.state_due(&st) {
             let _ = self.write_state(&mut st);
@@ -636,10 +849,10 @@ impl Inner {
 
     /// A signed record whose signature vouches for this writer's unsigned
     /// records since its last checkpoint, which it names in `sealed`.
-    fn write_checkpoint(&self, st: &mut State) -> Result<Receipt> {
-        let mut body = Map::new();
-        body.insert("kind".into(), json!("checkpoint"));
-        self.write_record(st, body, Seal::Checkpoint)
+    fn write_checkpoint(&self, st: &mut MutexGuard<'_, State>) -> Result<Receipt> {
+        let mut body = Body::new();
+        body.set("kind", json!("checkpoint"));
+        self.write_record(st, &body, Seal::Checkpoint)
     }
 
     /// Checks that the path still names this writer's file; when the file's
@@ -681,7 +894,7 @@ impl Inner {
         }
         let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
         let tail = scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?;
-        let mut notes: Vec<Map<String, Json>> = Vec::new();
+        let mut notes: Vec<Body> = Vec::new();
         let mut rewritten = false;
         if in_place {
             // Written without growing: an in-place rewrite (or only a chmod or
@@ -691,8 +904,8 @@ impl Inner {
                 first_broken_link(file, len).map_err(|e| io_error(path, "cannot read", e))?
             {
                 rewritten = true;
-                unseal_after(st, broken.before.saturating_sub(1));
-                notes.push(recovery_body(
+                forget_unsealed_after(st, broken.before.saturating_sub(1));
+                notes.push(Body::from(recovery_body(
                     "rewritten",
                     format!(
                         "the log was written in place (its length, {len} bytes, did not change): \
@@ -702,13 +915,13 @@ impl Inner {
                     json_map(
                         json!({"line": broken.line, "after_seq": broken.before, "bytes": len}),
                     ),
-                ));
+                )));
             }
         }
         if tail.good_len < len {
             let moved = move_aside(file, path, tail.good_len, len)
                 .map_err(|(p, what, e)| io_error(&p, &what, e))?;
-            notes.push(recovery_body(
+            notes.push(Body::from(recovery_body(
                 "torn_tail",
                 "torn last line (a writer stopped mid-record)".into(),
                 json_map(json!({
@@ -716,7 +929,7 @@ impl Inner {
                     "sha256": moved.sha256,
                     "side_file": moved.side_file.display().to_string(),
                 })),
-            ));
+            )));
         }
         let head = match &tail.last {
             None => None,
@@ -736,7 +949,7 @@ impl Inner {
         // Shorter than this writer left it: records it wrote or saw are gone.
         if let Some((known, seq, digest)) = &expected {
             if tail.good_len < *known {
-                notes.push(recovery_body(
+                notes.push(Body::from(recovery_body(
                     "truncated",
                     format!(
                         "the log was cut from {known} to {} bytes below this writer's head: \
@@ -747,16 +960,16 @@ impl Inner {
                         "expected": {"seq": seq, "sha256": digest, "bytes": known},
                         "found": {"seq": found_seq, "sha256": found_digest, "bytes": tail.good_len},
                     })),
-                ));
+                )));
                 // Unsealed records past the cut are not this writer's to seal
                 // any more: their seq numbers will be reused.
-                unseal_after(st, found_seq);
+                forget_unsealed_after(st, found_seq);
             } else if found_seq <= *seq && found_digest != *digest {
                 rewritten = true;
                 // The records from the replaced one on are not what this
                 // writer wrote: its checkpoint must not vouch for them.
-                unseal_after(st, found_seq.saturating_sub(1));
-                notes.push(recovery_body(
+                forget_unsealed_after(st, found_seq.saturating_sub(1));
+                notes.push(Body::from(recovery_body(
                     "rewritten",
                     format!(
                         "the log's last record is seq {found_seq} with another digest than \
@@ -766,13 +979,13 @@ impl Inner {
                         "expected": {"seq": seq, "sha256": digest, "bytes": known},
                         "found": {"seq": found_seq, "sha256": found_digest, "bytes": tail.good_len},
                     })),
-                ));
+                )));
             }
         }
         if let Some(receipt) = &head {
             if found_digest != st.head {
                 if let Some(problem) = self.unverifiable(receipt) {
-                    notes.push(recovery_body(
+                    notes.push(Body::from(recovery_body(
                         "unverified_head",
                         format!("the last record (seq {found_seq}) {problem}; chained over, not vouched for"),
                         json_map(json!({
@@ -780,7 +993,7 @@ impl Inner {
                             "sha256": found_digest,
                             "kids": receipt.signatures().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
                         })),
-                    ));
+                    )));
                 }
             }
         }
@@ -796,12 +1009,12 @@ impl Inner {
             }
         }
         st.seq = found_seq;
-        st.head = found_digest;
+        st.head = found_digest.clone();
+        st.written = (found_seq, found_digest);
         st.known_len = Some(tail.good_len);
         st.known_ctime = (tail.good_len == len).then(|| ctime(&meta));
         for body in notes {
-            let receipt = self.seal(st, body, Seal::Signed)?;
-            self.write_line(st, file, &receipt, Seal::Signed)?;
+            self.write_now(st, file, &body, Seal::Signed)?;
         }
         Ok(())
     }
@@ -827,7 +1040,7 @@ impl Inner {
         }
     }
 
-    fn seal_and_sync(&self, st: &mut State) -> Result<()> {
+    fn seal_and_sync(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         if st.unsigned > 0 {
             self.write_checkpoint(st)?;
         }
@@ -849,7 +1062,9 @@ impl Inner {
             return;
         }
         if let Signing::Checkpoint { interval, .. } = self.options.signing {
-            if st.unsigned > 0 && st.last_signed.elapsed() >= interval {
+            // With records in flight the checkpoint waits for the next tick
+            // (it must follow them in the file).
+            if st.in_flight == 0 && st.unsigned > 0 && st.last_signed.elapsed() >= interval {
                 let _ = self.write_checkpoint(&mut st);
             }
         }
@@ -868,12 +1083,13 @@ impl Inner {
     }
 }
 
-/// Forgets this writer's unsealed records after `last`: they are gone or
-/// were replaced, so its checkpoints must not seal them.
-fn unseal_after(st: &mut State, last: u64) {
-    st.pending.retain(|(start, _)| *start <= last);
+/// Unsealed records after `seq` are not this writer's to seal any more (cut
+/// from the file, replaced, or never written): its checkpoints must not seal
+/// them, and their seq numbers may be reused.
+fn forget_unsealed_after(st: &mut State, seq: u64) {
+    st.pending.retain(|(start, _)| *start <= seq);
     if let Some((_, end)) = st.pending.last_mut() {
-        *end = (*end).min(last);
+        *end = (*end).min(seq);
     }
     st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
 }
@@ -957,6 +1173,163 @@ mod tests {
         assert_eq!(log.append(body(10)).unwrap().seq(), 11);
     }
 
+    /// Threads sign outside the mutex and two writers (two open file
+    /// descriptions, as two processes have) share the file lock: one chain,
+    /// every seq once, in order, every record verified, in both modes.
+    #[test]
+    fn threads_and_writers_append_one_chain() {
+        for options in [AuditOptions::default(), checkpoints(7)] {
+            let dir = tempdir();
+            let path = dir.join("log.jsonl");
+            let key = SigningKey::generate();
+            let a = Arc::new(AuditLog::open(&path, key.clone(), options).unwrap());
+            let b = Arc::new(AuditLog::open(&path, key.clone(), options).unwrap());
+            let handles: Vec<_> = (0..6)
+                .map(|t| {
+                    let log = if t % 2 == 0 { a.clone() } else { b.clone() };
+                    std::thread::spawn(move || {
+                        for n in 0..40 {
+                            log.append(body(n)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            a.close().unwrap();
+            b.close().unwrap();
+            let report = verify_log(&path, &keyring(&key)).unwrap();
+            assert!(report.ok(), "{:?}", report.failure);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let seqs: Vec<u64> = text
+                .lines()
+                .map(|l| Receipt::from_json(l).unwrap().seq())
+                .collect();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+            let decisions = text
+                .lines()
+                .filter(|l| Receipt::from_json(l).unwrap().kind() == "decision")
+                .count();
+            assert_eq!(decisions, 240);
+            assert_eq!(report.recoveries, 0);
+        }
+    }
+
+    /// However many threads keep appending, one hold of the file lock chains
+    /// at most `MAX_BATCH` records: then the lock is let go (other processes
+    /// get their turn) and what fell due is written; here, a checkpoint.
+    #[test]
+    fn batches_are_bounded_under_many_threads() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = Arc::new(AuditLog::open(&path, key.clone(), checkpoints(4)).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for n in 0..150 {
+                        log.append(body(n)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        log.close().unwrap();
+        let mut run = 0u64;
+        let mut longest = 0u64;
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            if Receipt::from_json(line).unwrap().kind() == "checkpoint" {
+                run = 0;
+            } else {
+                run += 1;
+                longest = longest.max(run);
+            }
+        }
+        assert!(
+            longest <= 4 - 1 + MAX_BATCH,
+            "{longest} records without a checkpoint"
+        );
+        assert!(verify_log(&path, &keyring(&key)).unwrap().ok());
+    }
+
+    /// A write that fails after later records were chained onto it: the
+    /// record and every one chained after it fail (their callers get the
+    /// error), nothing of them is in the file, the chain goes back to the
+    /// last record written, the fold forgets them (a limit they took is not
+    /// spent), and the next append continues the chain.
+    #[test]
+    fn failed_write_fails_the_records_chained_after_it() {
+        use crate::core::ledger::{Ledger, DEFAULT_HISTORY};
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        let fold: Arc<dyn StateFold> = Arc::new(Ledger::new(DEFAULT_HISTORY));
+        let fold = log.attach_state(fold).unwrap();
+        let calls = |fold: &Arc<dyn StateFold>| fold.snapshot()["sessions"][0][1].as_u64();
+        let first = log.append(body(0)).unwrap();
+        let inner = &log.inner;
+        let mut st = inner.state.lock();
+        let chained: Vec<Unsigned> = (1..=3)
+            .map(|n| {
+                let body = Body::from(body(n));
+                inner
+                    .reserve(&mut st, &body, Seal::Mode, false)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!((st.seq, st.in_flight, st.locked), (4, 3, true));
+        assert_eq!(calls(&fold), Some(4));
+        // The next write fails: a descriptor that cannot write.
+        let real = st.file.replace(Arc::new(File::open(&path).unwrap()));
+        let mut results = Vec::new();
+        for (i, unsigned) in chained.into_iter().enumerate() {
+            let seq = unsigned.seq();
+            let sealed = unsigned.seal(Some(&inner.key));
+            results.push(inner.finish(&mut st, seq, sealed, Seal::Mode));
+            if i == 0 {
+                st.file = real.clone();
+            }
+        }
+        let errors: Vec<String> = results
+            .into_iter()
+            .map(|r| r.unwrap_err().to_string())
+            .collect();
+        assert!(errors[0].contains("Bad file descriptor"), "{errors:?}");
+        for e in &errors[1..] {
+            assert!(
+                e.contains("a record chained before this one was not written"),
+                "{e}"
+            );
+        }
+        assert_eq!((st.seq, st.in_flight, st.locked), (1, 0, false));
+        assert_eq!(st.head.as_deref(), Some(first.digest()));
+        assert!(st.failed.is_none());
+        drop(st);
+        assert_eq!(
+            calls(&fold),
+            Some(1),
+            "the fold still counts records not written"
+        );
+        assert_eq!(log.append(body(4)).unwrap().seq(), 2);
+        log.close().unwrap();
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+        let ns: Vec<u64> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| Receipt::from_json(l).unwrap())
+            .filter(|r| r.kind() == "decision")
+            .map(|r| r.payload()["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 4]);
+    }
+
     #[test]
     fn torn_tail_is_moved_aside_and_recorded() {
         let dir = tempdir();
@@ -999,7 +1372,7 @@ mod tests {
             forged.insert("seq".into(), json!(2));
             forged.insert("prev".into(), json!(first.digest()));
             forged.insert("signing".into(), signing.clone());
-            let forged = Receipt::seal(forged, None).unwrap();
+            let forged = Receipt::seal(&forged.into(), None).unwrap();
             let mut f = OpenOptions::new().append(true).open(&path).unwrap();
             writeln!(f, "{}", forged.envelope()).unwrap();
             // The writer notices it cannot verify the head and says so.
@@ -1050,7 +1423,7 @@ mod tests {
         forged.insert("id".into(), json!(uuid::Uuid::now_v7().to_string()));
         forged.insert("prev".into(), json!(a.digest()));
         forged.insert("decision".into(), json!("allow"));
-        let forged = Receipt::seal(forged, None).unwrap();
+        let forged = Receipt::seal(&forged.into(), None).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         writeln!(f, "{}", forged.envelope()).unwrap();
         log.append(body(3)).unwrap();
