@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.deps-installed
 TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16
 
 .DEFAULT_GOAL := help
-.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke servers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,16 @@ test: test-rust test-python ## install test deps, build, run cargo test and pyte
 test-rust: ## Rust unit and integration tests of the pure core (built without Python)
 	cargo test --quiet --no-default-features
 
-test-python: develop ## pytest against the freshly built extension
+# The servers the tests start on free ports (tests/redis_server.py), from
+# Debian's packages when missing; quiet and idempotent. Root, or sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+servers: ## install the servers the tests need (Debian: redis-server) if missing
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    redis-server >/dev/null; }
+
+test-python: develop servers ## pytest against the freshly built extension
 	$(BIN)/pytest -q
 
 lint: develop ## clippy, rustfmt, ruff, mypy and stubtest
@@ -48,9 +57,10 @@ fmt: $(STAMP) ## format Rust and Python sources
 	cargo fmt
 	$(BIN)/ruff format python tests benches
 
-bench: release ## criterion bench of the core, then the Python benchmark
+bench: release servers ## criterion bench of the core, then the Python benchmarks
 	cargo bench --bench core
 	$(BIN)/python benches/bench.py
+	$(BIN)/python benches/bench_fleet.py
 
 demo: develop ## run `execgate demo` from the development build
 	$(BIN)/execgate demo

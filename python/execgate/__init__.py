@@ -26,6 +26,7 @@ from execgate.errors import (
     PolicyError,
     SandboxError,
     SignatureError,
+    StateError,
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
@@ -54,6 +55,7 @@ __all__ = [
     "SandboxError",
     "SignatureError",
     "SigningKey",
+    "StateError",
     "VerifyKey",
     "VerifyReport",
     "__version__",

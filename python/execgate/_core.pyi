@@ -15,6 +15,7 @@ _Error = Literal[
     "obligation",
     "approval",
     "refused",
+    "state",
 ]
 _Status = Literal["ok", "error"]
 
@@ -61,6 +62,9 @@ class Gate:
         record_input: bool = False,
         history: int | None = None,
         bundle: Bundle | None = None,
+        state: str | None = None,
+        state_timeout: float = ...,
+        state_connect_timeout: float = ...,
     ) -> Gate: ...
     def decide(
         self,
@@ -326,6 +330,15 @@ def verify(
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
 ) -> VerifyReport: ...
+def rebuild_state(
+    state: str,
+    paths: list[str],
+    keys: list[VerifyKey] = ...,
+    keyring_dir: str | None = None,
+    history: int = ...,
+    timeout: float = ...,
+    connect_timeout: float = ...,
+) -> dict[str, Any]: ...
 def verify_set(
     paths: list[str],
     keys: list[VerifyKey] = ...,

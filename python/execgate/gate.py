@@ -162,6 +162,18 @@ class Gate:
     new revision in through :meth:`reload`; a bundle that fails is logged
     (logger ``execgate.bundle``) and the old policy stays.
 
+    ``state`` (``"redis://host:port/db"``, ``"redis+unix:///path"`` or
+    ``"unix:///path"``) keeps rates, budgets and history in that Redis,
+    shared by every gate pointed at it: one script checks and takes all of a
+    decision's limits on Redis's clock, and a retried call (same
+    ``tool_call_id``, session, principal, action and arguments) does not take
+    twice. It needs ``key`` (limit keys are the pseudonyms the log records).
+    When the store cannot be reached, answers later than ``state_timeout``
+    seconds (connecting: ``state_connect_timeout``), or lost its data, calls
+    that take limits or whose policy reads history are denied with
+    ``error="state"``; other calls are unaffected. A new or emptied store is
+    initialized from the audit trail with ``execgate state rebuild``.
+
     Every entry point drives the same call pipeline, :attr:`pipeline` (see
     :mod:`execgate.pipeline` and the README's "Call pipeline").
     """
@@ -187,6 +199,9 @@ class Gate:
         bundle_key: VerifyKey | str | os.PathLike[str] | None = None,
         bundle_poll: float | None = None,
         bundle_cache: str | os.PathLike[str] | None = None,
+        state: str | None = None,
+        state_timeout: float = 0.25,
+        state_connect_timeout: float = 1.0,
     ) -> None:
         self._bundle: tuple[str, VerifyKey] | None = None
         self._source: BundleSource | None = None
@@ -223,6 +238,9 @@ class Gate:
             log=self._log,
             record_input=record_input,
             history=history,
+            state=state,
+            state_timeout=state_timeout,
+            state_connect_timeout=state_connect_timeout,
         )
         self._native = native
         #: The call pipeline every entry point drives.

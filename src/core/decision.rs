@@ -67,6 +67,9 @@ pub enum FailureKind {
     /// The entry point refused the call before it was authorized, for a
     /// reason of its own protocol (a tool the policy's visibility rule hides).
     Refused,
+    /// The shared state store (Redis) the call's limits or history live in
+    /// cannot be used: unreachable, too slow, or it lost its data.
+    State,
 }
 
 impl FailureKind {
@@ -82,6 +85,7 @@ impl FailureKind {
             Self::Obligation => "obligation",
             Self::Approval => "approval",
             Self::Refused => "refused",
+            Self::State => "state",
         }
     }
 }

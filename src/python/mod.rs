@@ -10,3 +10,4 @@ pub mod gate;
 pub mod keys;
 pub mod redact;
 pub mod sandbox;
+pub mod state;

@@ -1,0 +1,88 @@
+"""A real redis-server for tests and benchmarks: on a free loopback port and a
+unix socket in a temporary directory, no persistence, stopped at the end.
+
+The binary comes from Debian's ``redis-server`` package (``make servers``
+installs it). Tests skip when it is absent, except in CI (``CI=true``), where
+they fail instead: a CI run that silently skipped them would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+def redis_binary() -> str:
+    """The redis-server path, or skip (fail in CI) when it is not installed."""
+    found = shutil.which("redis-server")
+    if found is None:
+        why = "redis-server is not installed (make servers installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process; ``stop()`` and ``start()`` again for outages
+    (it keeps no data across a restart, like a server that lost its memory)."""
+
+    def __init__(self, directory: pathlib.Path, binary: str) -> None:
+        self.directory = directory
+        self.binary = binary
+        self.port = _free_port()
+        self.socket = directory / "redis.sock"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.unix_url = f"unix://{self.socket}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115  (the server owns it)
+        self._proc = subprocess.Popen(args, stdout=log, stderr=log)  # noqa: S603
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError((self.directory / "redis.log").read_text())
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+    def command(self, *args: str) -> str:
+        """Sends one command (inline protocol) and returns the first reply line."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(" ".join(args).encode() + b"\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.decode().strip().lstrip("+:")
