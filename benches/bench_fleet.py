@@ -31,15 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from measure import FULL, QUICK, Stats, interleaved  # noqa: E402
-from redis_server import RedisServer, redis_binary  # noqa: E402
-
-import execgate  # noqa: E402
+import execgate
+from measure import FULL, QUICK, Stats, interleaved
+from redis_server import RedisServer, redis_binary
 
 LIMITED = """
 package execgate
 decision := {"allow": true, "obligations": {
-    "rate": {"key": sprintf("calls:%v", [input.principal.id]), "limit": 1000000000, "window_seconds": 3600},
+    "rate": {"key": sprintf("calls:%v", [input.principal.id]), "limit": 1000000000,
+             "window_seconds": 3600},
     "budget": {"key": sprintf("spend:%v", [input.principal.id]), "limit": 1000000000, "cost": 1},
 }}
 """
@@ -59,7 +59,7 @@ def latency(server: RedisServer, key: execgate.SigningKey, quick: bool) -> None:
         "limits on Redis, TCP loopback": _gate(LIMITED, key, server.url),
     }
     for g in gates.values():
-        assert g.check("tool").allowed  # noqa: S101  (reachable and initialized)
+        assert g.check("tool").allowed
     scenarios = {name: [(g.check, ("tool",), {})] for name, g in gates.items()}
     with execgate.principal("p"):
         samples = interleaved(scenarios, sizes)
@@ -77,7 +77,9 @@ def latency(server: RedisServer, key: execgate.SigningKey, quick: bool) -> None:
         )
 
 
-def _worker(state: str | None, key_pem: str, threads: int, calls: int, start: object, out: object) -> None:
+def _worker(
+    state: str | None, key_pem: str, threads: int, calls: int, start: object, out: object
+) -> None:
     key = execgate.SigningKey.from_pem(key_pem)
     gate = _gate(LIMITED, key, state)
     granted = [0] * threads
@@ -97,7 +99,9 @@ def _worker(state: str | None, key_pem: str, threads: int, calls: int, start: ob
     out.put((sum(granted), began, time.perf_counter()))  # type: ignore[attr-defined]
 
 
-def fleet(server: RedisServer, key_pem: str, quick: bool, processes: int = 8, threads: int = 2) -> None:
+def fleet(
+    server: RedisServer, key_pem: str, quick: bool, processes: int = 8, threads: int = 2
+) -> None:
     calls = 500 if quick else 3_000
     ctx = multiprocessing.get_context("spawn")
     print(f"\n{processes} processes x {threads} threads, {calls:,} decisions per thread")

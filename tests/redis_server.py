@@ -52,8 +52,8 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115  (the server owns it)
-        self._proc = subprocess.Popen(args, stdout=log, stderr=log)  # noqa: S603
+        log = open(self.directory / "redis.log", "ab")
+        self._proc = subprocess.Popen(args, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import multiprocessing
-import os
 import pathlib
 import subprocess
 import sys
@@ -19,11 +18,11 @@ from collections.abc import Iterator
 from importlib import resources
 
 import pytest
-from redis_server import RedisServer, redis_binary
-from test_audit_log import _mount, tiny_fs  # noqa: F401  (a fixture)
 
 import execgate
+from conftest import mount
 from execgate.cli import main
+from redis_server import RedisServer, redis_binary
 
 POLICY = """
 package execgate
@@ -172,7 +171,7 @@ def test_history_written_by_one_process_is_read_by_another(
         "with execgate.context(session='risky'):\n"
         "    assert gate.check('secrets.read', {'name': 'db'}).allowed\n"
     )
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, "-c", script, str(policy), str(key), redis.url],
         check=True,
         timeout=120,
@@ -240,7 +239,9 @@ def test_a_store_that_lost_its_data_denies_until_rebuilt_from_the_logs(
     _init(redis.url, key)
     gate = execgate.Gate(POLICY, key=key, audit=log, state=redis.url)
     with execgate.principal("bob@example.com"):
-        assert [gate.check("spend", {"limit": 5, "cost": 1}).allowed for _ in range(3)] == [True] * 3
+        assert [gate.check("spend", {"limit": 5, "cost": 1}).allowed for _ in range(3)] == [
+            True
+        ] * 3
         assert all(gate.check("call", {"round": 0}).allowed for _ in range(4))
     gate.close()
 
@@ -277,7 +278,7 @@ def test_rebuild_restores_history_and_counts_retries_once(
     spender.close()
     redis.stop()
     redis.start()  # no persistence: everything is gone
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -335,7 +336,7 @@ def test_state_settings_are_checked(redis: RedisServer, key: pathlib.Path) -> No
     d = gate.check("spend", {"limit": 1, "cost": 1})
     assert d.error == "state" and "redis://127.0.0.1:1/0" in d.reasons[0]
     assert gate.check("free").allowed
-    with pytest.raises(execgate.StateError, match="127.0.0.1:1"):
+    with pytest.raises(execgate.StateError, match=r"127\.0\.0\.1:1"):
         execgate._core.rebuild_state("redis://127.0.0.1:1/0", [])
 
 
@@ -346,10 +347,10 @@ def test_units_are_given_back_when_the_decision_cannot_be_recorded(
     gate = execgate.Gate(POLICY, key=key, audit=tiny_fs / "log.jsonl", state=redis.url)
     with execgate.principal("p"):
         assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
-        assert _mount("-o", "remount,ro", str(tiny_fs))
+        assert mount("-o", "remount,ro", str(tiny_fs))
         d = gate.check("spend", {"limit": 2, "cost": 1})
         assert not d.allowed and d.error == "audit"
         assert redis.command("GET", "{execgate}:b:spend:p") == "1000000"  # given back
-        assert _mount("-o", "remount,rw", str(tiny_fs))
+        assert mount("-o", "remount,rw", str(tiny_fs))
         assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
         assert not gate.check("spend", {"limit": 2, "cost": 1}).allowed

@@ -254,7 +254,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PUB",
         help="a public key PEM file the logs must verify with (repeatable)",
     )
-    rebuild.add_argument("--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys")
+    rebuild.add_argument(
+        "--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys"
+    )
     rebuild.add_argument(
         "--history", type=int, default=32, metavar="N", help="entries kept per session (32)"
     )
@@ -632,9 +634,7 @@ def _state_rebuild(args: argparse.Namespace) -> int:
         print("execgate: give --key PUB or --keyring DIR to verify the logs", file=sys.stderr)
         return EXIT_ERROR
     keys = [VerifyKey.from_pem(k) for k in args.key]
-    done = rebuild_state(
-        args.state, args.log, keys, keyring_dir=args.keyring, history=args.history
-    )
+    done = rebuild_state(args.state, args.log, keys, keyring_dir=args.keyring, history=args.history)
     print(
         f"{done['state']}: rebuilt from {done['decisions']} decisions "
         f"({done['retries']} retries counted once): {done['budgets']} budgets, "
