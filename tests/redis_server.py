@@ -74,15 +74,22 @@ class RedisServer:
             self._proc = None
 
     def command(self, *args: str) -> str:
-        """Sends one command (inline protocol) and returns the first reply line."""
+        """Sends one command (inline protocol) and returns its reply: a status,
+        an integer or a bulk string as text ("" for nil), an array's header."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(str(self.socket))
             s.sendall(" ".join(args).encode() + b"\r\n")
             reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
+            while True:
+                chunk = s.recv(65536)
                 reply += chunk
-        return reply.decode().strip().lstrip("+:")
+                lines = reply.split(b"\r\n")
+                if not chunk or (len(lines) > 1 and not lines[0].startswith(b"$")):
+                    break
+                if lines[0].startswith(b"$") and (lines[0] == b"$-1" or len(lines) > 2):
+                    break
+        head, _, rest = reply.decode().partition("\r\n")
+        if head.startswith("$"):
+            return "" if head == "$-1" else rest.split("\r\n")[0]
+        return head.lstrip("+:")

@@ -20,7 +20,6 @@ from importlib import resources
 import pytest
 
 import execgate
-from conftest import mount
 from execgate.cli import main
 from redis_server import RedisServer, redis_binary
 
@@ -345,12 +344,18 @@ def test_units_are_given_back_when_the_decision_cannot_be_recorded(
 ) -> None:
     _init(redis.url, key)
     gate = execgate.Gate(POLICY, key=key, audit=tiny_fs / "log.jsonl", state=redis.url)
+    filler = tiny_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass  # the disk is full
     with execgate.principal("p"):
-        assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
-        assert mount("-o", "remount,ro", str(tiny_fs))
         d = gate.check("spend", {"limit": 2, "cost": 1})
         assert not d.allowed and d.error == "audit"
-        assert redis.command("GET", "{execgate}:b:spend:p") == "1000000"  # given back
-        assert mount("-o", "remount,rw", str(tiny_fs))
+        assert redis.command("GET", "{execgate}:b:spend:p") == "0"  # taken, then given back
+        filler.unlink()
+        assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
         assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
         assert not gate.check("spend", {"limit": 2, "cost": 1}).allowed

@@ -84,7 +84,7 @@ if op == 'give' then
   for i = 1, nr do redis.call('ZREM', KEYS[2 + i], id .. ':' .. i) end
   for j = 1, nb do
     local k = KEYS[2 + nr + j]
-    if redis.call('DECRBY', k, ARGV[6 + 2 * nr + 2 * j]) < 0 then redis.call('SET', k, 0) end
+    if redis.call('DECRBY', k, ARGV[5 + 2 * nr + 2 * j]) < 0 then redis.call('SET', k, 0) end
   end
   return {1, 0, 0, 0, 0}
 end
@@ -116,7 +116,7 @@ if nr + nb > 0 then
         redis.call('ZADD', k, n(now), id .. ':' .. i)
         redis.call('PEXPIRE', k, n(math.ceil(tonumber(ARGV[5 + 2 * i]) / 1000) + 1000))
       end
-      for j = 1, nb do redis.call('INCRBY', KEYS[2 + nr + j], ARGV[6 + 2 * nr + 2 * j]) end
+      for j = 1, nb do redis.call('INCRBY', KEYS[2 + nr + j], ARGV[5 + 2 * nr + 2 * j]) end
       redis.call('SET', KEYS[2], n(now), 'PX', ARGV[5])
     end
   end

@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 
 use super::convert::seconds;
 use super::keys::{keyring, PyVerifyKey};
+use crate::core::keys::Keyring;
 use crate::core::state::{SharedState, StateOptions};
 
 /// Replaces the execgate state in the Redis at `state` with the counters and
@@ -27,7 +28,12 @@ pub fn rebuild_state<'py>(
     timeout: f64,
     connect_timeout: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let ring = keyring(&keys, keyring_dir.as_deref())?;
+    // With no log there is nothing to verify: an empty store is initialized.
+    let ring = if paths.is_empty() {
+        Keyring::new()
+    } else {
+        keyring(&keys, keyring_dir.as_deref())?
+    };
     let options = StateOptions {
         connect_timeout: seconds(connect_timeout, "connect_timeout")?,
         timeout: seconds(timeout, "timeout")?,
