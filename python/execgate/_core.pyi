@@ -32,6 +32,7 @@ __all__ = [
     "__version__",
     "build_bundle",
     "private_network",
+    "rebuild_state",
     "redact",
     "rego_tests",
     "run_rego_test",
