@@ -41,20 +41,65 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+ERRORS: list[str] = []
+
+
 async def timed_calls(client, n, tag):
     out = []
     for i in range(n):
         t = time.perf_counter_ns()
         r = await client.call_tool("echo", {"text": f"{tag}{i}"})
         out.append(time.perf_counter_ns() - t)
-        assert not r.is_error, r
+        if r.is_error:
+            ERRORS.append(" ".join(getattr(c, "text", "") for c in r.content)[:200])
     return out
 
 
-async def stdio(params, n, warmup):
+def _children():
+    """pid -> ppid of every process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    out[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def cpu_of_children():
+    """CPU time (ns, from schedstat) of every descendant of this process."""
+    parents = _children()
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in mine:
+                mine.add(child)
+                todo.append(child)
+    total = 0
+    for pid in mine:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+CPU: dict[str, list[float]] = {}
+
+
+async def stdio(params, n, warmup, name):
     async with Client(params, mode="legacy") as c:
         await timed_calls(c, warmup, "w")
-        return await timed_calls(c, n, "x")
+        own, others = time.process_time_ns(), cpu_of_children()
+        out = await timed_calls(c, n, "x")
+        own, others = time.process_time_ns() - own, cpu_of_children() - others
+        CPU.setdefault(name, []).append((own + others) / n)
+        return out
 
 
 def proxy_args(tmp, *rest):
@@ -127,9 +172,16 @@ def main():
     )
     direct, proxied = [], []
     for _ in range(args.rounds):  # side by side, alternating, on a noisy machine
-        direct += asyncio.run(stdio(direct_params, args.calls, 30))
-        proxied += asyncio.run(stdio(proxy_params, args.calls, 30))
+        direct += asyncio.run(stdio(direct_params, args.calls, 30, "direct"))
+        proxied += asyncio.run(stdio(proxy_params, args.calls, 30, "proxy"))
     report("stdio tools/call", direct, proxied)
+    # CPU per call of client + (proxy +) server, load-independent: the round
+    # trip is serial, so on an idle machine it is about the latency.
+    d_cpu, p_cpu = statistics.median(CPU["direct"]) / 1e3, statistics.median(CPU["proxy"]) / 1e3
+    print(
+        f"{'stdio CPU per call':<28} direct {d_cpu:8.0f} us | proxy {p_cpu:8.0f} us | "
+        f"ratio {p_cpu / d_cpu:.2f} (the proxy's own: {p_cpu - d_cpu:.0f} us)"
+    )
 
     token = "bench-token"
     (tmp / "tokens.json").write_text(
@@ -137,7 +189,10 @@ def main():
     )
     up, mine = port(), port()
     server = subprocess.Popen(
-        [sys.executable, str(SERVER), "http", str(up)], env=ENV, stderr=subprocess.DEVNULL
+        [sys.executable, str(SERVER), "http", str(up)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     proxy = None
     try:
@@ -169,7 +224,9 @@ def main():
             if p is not None:
                 p.terminate()
                 p.wait(timeout=10)
-    print(f"median of medians check: stdio direct {statistics.median(direct) / 1e3:.0f} us")
+    print(f"errors (denied or failed calls): {len(ERRORS)}")
+    for reason in sorted(set(ERRORS))[:5]:
+        print(f"  {reason}")
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ fn redaction_payloads() -> (Arg, Arg) {
     let dirty: String = filler.repeat(26).chars().take(1900).collect::<String>()
         + " contact alice@example.com, card 4111 1111 1111 1111, ssn 123-45-6789, \
            key AKIAIOSFODNN7EXAMPLE";
-    let body = |text: String| Arg::Map(vec![("body".into(), Arg::Str(text))]);
+    let body = |text: String| Arg::Map(vec![("body".into(), Arg::Str(text.into()))]);
     (body(clean), body(dirty))
 }
 

@@ -68,7 +68,12 @@ Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 DENIED = (ActionDenied, BaselineDenied)
 
 
-def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
+def measure(
+    calls: Sequence[Call],
+    iterations: int,
+    warmup: int,
+    denied: tuple[type[BaseException], ...] = DENIED,
+) -> list[int]:
     """Times ``fn(*args, **kwargs)`` for each call in turn (cycling), in ns.
 
     Denied guarded calls raise ActionDenied; catching it is part of a guarded
@@ -79,7 +84,7 @@ def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
         fn, a, kw = calls[i % n]
         try:
             fn(*a, **kw)
-        except DENIED:
+        except denied:
             pass
     clock = time.perf_counter_ns
     samples = [0] * iterations
@@ -88,7 +93,7 @@ def measure(calls: Sequence[Call], iterations: int, warmup: int) -> list[int]:
         t0 = clock()
         try:
             fn(*a, **kw)
-        except DENIED:
+        except denied:
             pass
         samples[i] = clock() - t0
     return samples
@@ -116,7 +121,10 @@ class Stats:
 
 
 def interleaved(
-    scenarios: Mapping[str, Sequence[Call]], sizes: Sizes, iterations: int | None = None
+    scenarios: Mapping[str, Sequence[Call]],
+    sizes: Sizes,
+    iterations: int | None = None,
+    denied: tuple[type[BaseException], ...] = DENIED,
 ) -> dict[str, list[int]]:
     """Runs every scenario in rounds, alternating, so drift in machine load hits
     all of them alike.
@@ -132,7 +140,7 @@ def interleaved(
     for r in range(sizes.rounds):
         for name, calls in scenarios.items():
             # Warm up before the first round only; later rounds are already warm.
-            samples[name] += measure(calls, per_round, sizes.warmup if r == 0 else 0)
+            samples[name] += measure(calls, per_round, sizes.warmup if r == 0 else 0, denied)
     return samples
 
 

@@ -30,7 +30,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::keys::PyReceipt>()?;
     m.add_class::<python::audit::PyAuditLog>()?;
     m.add_class::<python::audit::PyVerifyReport>()?;
+    m.add_class::<python::ship::PyLogReader>()?;
+    m.add_class::<python::ship::PyChainVerifier>()?;
     m.add_class::<python::bundle::PyBundle>()?;
+    m.add_class::<python::bundle::PyBundleKey>()?;
     m.add_function(wrap_pyfunction!(python::bundle::build_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(python::audit::verify, m)?)?;
     m.add_function(wrap_pyfunction!(python::state::rebuild_state, m)?)?;

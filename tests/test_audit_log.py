@@ -256,7 +256,7 @@ KEYFILE_WRITER = textwrap.dedent(
     import sys, threading, execgate
     key = execgate.SigningKey.from_pem(sys.argv[1])
     log = execgate.AuditLog(sys.argv[2], key, signing=sys.argv[4])
-    gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+    gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log, timeout=10)
     n = int(sys.argv[3])
     def work():
         for i in range(n):

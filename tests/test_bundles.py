@@ -6,11 +6,13 @@ import base64
 import hashlib
 import io
 import json
+import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -375,3 +377,271 @@ def test_bundle_build_refuses_a_directory_without_policy(
     )
     assert done.returncode == 2 and "no .rego file to bundle" in done.stderr
     assert not out.exists()
+
+
+# -- RS256 / ES256: bundles as OPA's tooling signs them ----------------------------------------
+
+
+def _opa_bundle(
+    files: dict[str, bytes],
+    sign: Callable[[bytes], bytes],
+    alg: str,
+    *,
+    header: dict[str, object] | None = None,
+    claims: dict[str, object] | None = None,
+) -> bytes:
+    """A bundle laid out as ``opa build --signing-alg ALG`` writes one: entries
+    named from the root ("/policy.rego"), and a ``.signatures.json`` with one
+    JWT whose header is ``{"alg", "kid"}`` and whose payload lists every other
+    file ``{"name", "hash", "algorithm": "SHA-256"}`` (names without the leading
+    slash) plus the deprecated ``keyid`` claim (OPA's ``bundle/sign.go``)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    listed = []
+    for name, data in files.items():
+        structured = name.rsplit("/", 1)[-1] in ("data.json", ".manifest")
+        digest = _opa_hash(json.loads(data)) if structured else hashlib.sha256(data).hexdigest()
+        listed.append({"name": name, "hash": digest, "algorithm": "SHA-256"})
+    head = header if header is not None else {"alg": alg, "kid": "global_key"}
+    payload = {"files": listed, "keyid": "global_key", **(claims or {})}
+    signing_input = f"{b64(json.dumps(head).encode())}.{b64(json.dumps(payload).encode())}"
+    token = f"{signing_input}.{b64(sign(signing_input.encode()))}"
+    buf = io.BytesIO()
+    members = {".signatures.json": json.dumps({"signatures": [token]}).encode(), **files}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo("/" + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _opa_files(allowed: list[str], revision: str = "opa-1") -> dict[str, bytes]:
+    return {
+        ".manifest": json.dumps({"revision": revision, "roots": [""]}).encode(),
+        "execgate.rego": POLICY.encode(),
+        "app/data.json": json.dumps({"allowed": allowed}).encode(),
+    }
+
+
+def _rsa() -> tuple[Callable[[bytes], bytes], bytes]:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256()), pem
+
+
+def _p256() -> tuple[Callable[[bytes], bytes], bytes]:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    def sign(data: bytes) -> bytes:  # JWS carries ES256 as r || s, 32 bytes each
+        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    return sign, pem
+
+
+@pytest.mark.parametrize(("alg", "keygen"), [("RS256", _rsa), ("ES256", _p256)])
+def test_opa_signed_rs256_and_es256_bundles_load_and_tampering_is_refused(
+    tmp_path: pathlib.Path, alg: str, keygen: Callable[[], tuple[Callable[[bytes], bytes], bytes]]
+) -> None:
+    sign, pem = keygen()
+    (tmp_path / "opa.pub").write_bytes(pem)
+    key = execgate.BundleKey.from_pem(pem)
+    assert key.algorithm == alg
+    live = tmp_path / "live.tar.gz"
+    live.write_bytes(_opa_bundle(_opa_files(["fs.read"]), sign, alg))
+    gate = execgate.Gate(bundle=live, bundle_key=tmp_path / "opa.pub")  # a PEM path
+    assert gate.policy_revision == "opa-1" and gate.check("fs.read").allowed
+    # A new revision signed the same way is picked up.
+    live.write_bytes(_opa_bundle(_opa_files(["fs.read", "fs.write"], "opa-2"), sign, alg))
+    gate.reload()
+    assert gate.policy_revision == "opa-2" and gate.check("fs.write").allowed
+    # Tampered, extra and missing files are refused; opa-2 stays.
+    signed = {k.lstrip("/"): v for k, v in _members(live).items()}
+    tampered = {**signed, "app/data.json": b'{"allowed": ["shell.exec"]}'}
+    for variant in (tampered, _variant(signed, "extra"), _variant(signed, "missing")):
+        _write(live, variant)
+        with pytest.raises(execgate.SignatureError):
+            gate.reload()
+        assert gate.policy_revision == "opa-2" and not gate.check("shell.exec").allowed
+    # Signed by another key of the same type.
+    other, _ = keygen()
+    live.write_bytes(_opa_bundle(_opa_files(["shell.exec"], "evil"), other, alg))
+    with pytest.raises(execgate.SignatureError, match="does not verify"):
+        gate.reload()
+    assert gate.policy_revision == "opa-2"
+
+
+def test_no_algorithm_confusion(tmp_path: pathlib.Path) -> None:
+    """The algorithm follows the key, never the token: ``none``, HS256 keyed
+    with the public key PEM, a token of another asymmetric algorithm, each refused."""
+    import hmac
+
+    rsa_sign, rsa_pem = _rsa()
+    ec_sign, ec_pem = _p256()
+    ed = execgate.SigningKey.generate()
+    ed_pem = ed.verify_key.to_pem()
+    assert ed_pem is not None
+    files = _opa_files(["shell.exec"], "forged")
+    forged = {
+        # HS256 with the (public) RSA key's PEM as the HMAC secret: the classic confusion.
+        "hs256 with the public key": (
+            _opa_bundle(files, lambda d: hmac.new(rsa_pem, d, "sha256").digest(), "HS256"),
+            rsa_pem,
+        ),
+        "none": (_opa_bundle(files, lambda d: b"", "none"), rsa_pem),
+        "RS256 token, Ed25519 key": (_opa_bundle(files, rsa_sign, "RS256"), ed_pem),
+        "ES256 token, RSA key": (_opa_bundle(files, ec_sign, "ES256"), rsa_pem),
+        "RS256 token, P-256 key": (_opa_bundle(files, rsa_sign, "RS256"), ec_pem),
+        # An RS256 signature relabelled as ES256 for a P-256 key.
+        "relabelled": (
+            _opa_bundle(files, rsa_sign, "RS256", header={"alg": "ES256", "kid": "k"}),
+            ec_pem,
+        ),
+    }
+    for what, (data, pem) in forged.items():
+        with pytest.raises(execgate.SignatureError) as refused:
+            Bundle.from_bytes(data, execgate.BundleKey.from_pem(pem))
+        assert re.search(r"is not the key's|does not verify", str(refused.value)), what
+    # A scoped token is refused (OPA compares the scope with its configured one: none here).
+    scoped = _opa_bundle(_opa_files(["fs.read"]), rsa_sign, "RS256", claims={"scope": "write"})
+    with pytest.raises(execgate.SignatureError, match="scope"):
+        Bundle.from_bytes(scoped, execgate.BundleKey.from_pem(rsa_pem))
+    # An execgate key given as a VerifyKey verifies EdDSA only.
+    with pytest.raises(execgate.SignatureError, match="is not the key's"):
+        Bundle.from_bytes(_opa_bundle(files, rsa_sign, "RS256"), ed.verify_key)
+
+
+def test_bundle_keys_refuse_what_is_not_a_usable_public_key(tmp_path: pathlib.Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    def public(key: object) -> bytes:
+        return key.public_key().public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(execgate.ExecgateError, match="at least 2048"):
+        execgate.BundleKey.from_pem(public(small))
+    with pytest.raises(execgate.ExecgateError, match="only P-256"):
+        execgate.BundleKey.from_pem(public(ec.generate_private_key(ec.SECP384R1())))
+    private = small.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(execgate.ExecgateError, match="private key"):
+        execgate.BundleKey.from_pem(private)
+    # PKCS#1 "RSA PUBLIC KEY" is accepted too (OPA accepts it).
+    pkcs1 = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+    )
+    assert execgate.BundleKey.from_pem(pkcs1).algorithm == "RS256"
+
+
+# -- bundle_max_age: a stale policy denies --------------------------------------------------------
+
+
+def test_a_file_bundle_older_than_max_age_denies_until_reloaded(
+    built: tuple[pathlib.Path, pathlib.Path],
+) -> None:
+    import time
+
+    out, pub = built
+    gate = execgate.Gate(bundle=out, bundle_key=pub, bundle_max_age=0.3)
+    assert gate.check("fs.read").allowed
+    time.sleep(0.4)
+    stale = gate.check("fs.read")
+    assert not stale.allowed and stale.error == "stale"
+    assert str(out) in stale.reasons[0] and '(revision "v1")' in stale.reasons[0]
+    assert "bundle_max_age" in stale.reasons[0]
+    gate.reload()  # a successful load confirms it again
+    assert gate.check("fs.read").allowed
+
+
+def test_a_served_bundle_stays_fresh_while_polls_confirm_it_and_goes_stale_when_they_fail(
+    tmp_path: pathlib.Path, served: tuple[_BundleServer, pathlib.Path, pathlib.Path]
+) -> None:
+    import time
+
+    server, _, pub = served
+    cache = tmp_path / "cache.tar.gz"
+    gate = execgate.Gate(
+        bundle=server.url, bundle_key=pub, bundle_cache=cache, bundle_poll=0.05, bundle_max_age=0.5
+    )
+    try:
+        time.sleep(0.8)  # past max age, but every poll got a 304: still current
+        assert server.not_modified >= 3 and gate.check("fs.read").allowed
+        server.down = True
+        deadline = time.monotonic() + 10
+        while gate.check("fs.read").allowed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stale = gate.check("fs.read")
+        assert stale.error == "stale" and server.url in stale.reasons[0]
+        assert gate.policy_revision == "v1"  # the policy is kept, it just does not decide
+        server.down = False
+        deadline = time.monotonic() + 10
+        while not gate.check("fs.read").allowed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.check("fs.read").allowed
+    finally:
+        gate.close()
+    # Restart from the cache with the server down: the cache is as old as its last
+    # confirmation, so a cache older than max age denies at once.
+    server.down = True
+    restarted = execgate.Gate(
+        bundle=server.url, bundle_key=pub, bundle_cache=cache, bundle_max_age=60
+    )
+    assert restarted.check("fs.read").allowed
+    old = time.time() - 120
+    os.utime(cache, (old, old))
+    restarted = execgate.Gate(
+        bundle=server.url, bundle_key=pub, bundle_cache=cache, bundle_max_age=60
+    )
+    denied = restarted.check("fs.read")
+    assert denied.error == "stale" and "last confirmed current 12" in denied.reasons[0]
+
+
+def test_max_age_options_are_checked(
+    built: tuple[pathlib.Path, pathlib.Path],
+    served: tuple[_BundleServer, pathlib.Path, pathlib.Path],
+) -> None:
+    out, pub = built
+    with pytest.raises(TypeError, match="needs bundle"):
+        execgate.Gate(POLICY, bundle_max_age=5)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(execgate.ConfigurationError, match="bundle_max_age"):
+            execgate.Gate(bundle=out, bundle_key=pub, bundle_max_age=bad)
+    server, _, served_pub = served
+    with pytest.raises(execgate.ConfigurationError, match="must exceed bundle_poll"):
+        execgate.Gate(bundle=server.url, bundle_key=served_pub, bundle_poll=10, bundle_max_age=10)
+
+
+def test_a_gate_that_never_had_a_bundle_is_stale_from_the_start(
+    served: tuple[_BundleServer, pathlib.Path, pathlib.Path],
+) -> None:
+    server, _, pub = served
+    server.down = True
+    gate = execgate.Gate(bundle=server.url, bundle_key=pub, bundle_max_age=60)
+    denied = gate.check("fs.read")
+    assert denied.error == "stale" and "never confirmed current" in denied.reasons[0]
+    server.down = False
+    gate.reload()  # the first valid bundle is confirmed as it is installed
+    assert gate.policy_revision == "v1" and gate.check("fs.read").allowed

@@ -94,8 +94,12 @@ def upstream() -> Iterator[Upstream]:
                     self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
                 )
             )
-            data = b"hello from upstream"
+            # /echo answers with the request's body (and its content type).
+            echo = self.path.startswith("/echo")
+            data = body if echo else b"hello from upstream"
             self.send_response(200)
+            if echo and self.headers.get("content-type"):
+                self.send_header("content-type", self.headers["content-type"])
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -332,6 +336,16 @@ print(s.recv(4096).decode().splitlines()[0])
 """
 
 
+#: Sends stdin to the proxy and prints everything it answers.
+RAW_ALL = RAW.replace(
+    "print(s.recv(4096).decode().splitlines()[0])",
+    """out = b""
+while chunk := s.recv(65536):
+    out += chunk
+sys.stdout.buffer.write(out)""",
+)
+
+
 def raw(gate: execgate.Gate, request: bytes) -> str:
     done = gate.run([PY, "-c", RAW], sandbox=BOX, stdin=request)
     assert done.ok, done.stderr
@@ -386,13 +400,13 @@ def test_a_slow_loris_client_is_cut_off_undecided(upstream: Upstream) -> None:
     gate = execgate.Gate(POLICY, data={"ports": [upstream.port]})
     listener = socket.create_server(("127.0.0.1", 0))
     seen: list[str] = []
-    original = gate.pipeline.start
+    original = gate.pipeline.decide
 
-    def start(action: str, *a: Any, **kw: Any) -> Any:
+    def decide(action: str, *a: Any, **kw: Any) -> Any:
         seen.append(action)
         return original(action, *a, **kw)
 
-    gate.pipeline.start = start  # type: ignore[method-assign]
+    gate.pipeline.decide = decide  # type: ignore[method-assign]
     with EgressProxy(gate.pipeline, listener, bounds=Bounds(request_seconds=1.0, idle_seconds=5)):
         c = socket.create_connection(listener.getsockname(), timeout=10)
         started = time.monotonic()
@@ -504,15 +518,96 @@ def test_a_finding_in_a_binary_body_refuses_the_request(
 def test_an_obligation_the_proxy_cannot_meet_denies(upstream: Upstream) -> None:
     policy = POLICY.replace(
         '"obligations": {"redact": {"args": {"paths": ["body"], "detectors": ["email", "card"]}}},',
-        '"obligations": {"redact": {"output": true}},',
+        '"obligations": {"sandbox": {"network": "none"}},',
     )
     with execgate.Gate(policy, data={"ports": [upstream.port]}) as g:
         done = g.run(
             ["curl", "-sS", "-w", "\n%{http_code}", f"http://127.0.0.1:{upstream.port}/x"],
             sandbox=BOX,
         )
-    assert done.stdout.endswith(b"\n403") and b"redact.output" in done.stdout
+    assert done.stdout.endswith(b"\n403") and b"sandbox" in done.stdout
     assert upstream.received == []
+
+
+OUTPUT_POLICY = POLICY.replace(
+    '"obligations": {"redact": {"args": {"paths": ["body"], "detectors": ["email", "card"]}}},',
+    '"obligations": {"redact": {"output": {"detectors": ["email", "card"]}}},',
+)
+
+
+def test_the_response_is_redacted_before_the_tool_sees_it(
+    tmp_path: pathlib.Path, upstream: Upstream
+) -> None:
+    log = tmp_path / "a.jsonl"
+    body = json.dumps({"to": "alice@example.com", "card": "4111 1111 1111 1111", "n": 1})
+    key = execgate.SigningKey.generate()
+    with execgate.Gate(OUTPUT_POLICY, data={"ports": [upstream.port]}, key=key, audit=log) as g:
+        done = g.run(
+            [
+                "curl",
+                "-sS",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept-encoding: gzip",
+                "--data-binary",
+                body,
+                f"http://127.0.0.1:{upstream.port}/echo",
+            ],
+            sandbox=BOX,
+        )
+    assert done.ok, done.stderr
+    (got,) = upstream.received
+    assert got.body == body.encode()  # the request left as it was
+    assert got.headers["accept-encoding"] == "identity"  # a body it can read
+    assert b"alice@" not in done.stdout and b"4111 1111 1111 1111" not in done.stdout
+    shown = json.loads(done.stdout)  # still JSON
+    assert shown["to"].endswith("@example.com") and shown["card"].endswith("1111]")
+    (req,) = decisions(log, "net.request")
+    (outcome,) = [
+        r["outcome"] for r in records(log) if r.get("authorization", {}).get("id") == req["id"]
+    ]
+    assert outcome["redacted"] is True and outcome["response_bytes"] == len(body)
+    assert "alice@example.com" not in log.read_text()
+
+
+def test_a_binary_response_with_a_finding_is_withheld(upstream: Upstream) -> None:
+    body = b"\xff\xfe\x00binary alice@example.com"
+    message = (
+        f"POST http://127.0.0.1:{upstream.port}/echo HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with execgate.Gate(OUTPUT_POLICY, data={"ports": [upstream.port]}) as g:
+        done = g.run([PY, "-c", RAW_ALL], sandbox=BOX, stdin=message)
+    assert done.ok, done.stderr
+    assert done.stdout.startswith(b"HTTP/1.1 502"), done.stdout
+    assert b"withheld" in done.stdout and b"alice@" not in done.stdout
+    assert len(upstream.received) == 1
+
+
+def test_one_connection_carries_several_requests_each_decided(
+    gate: execgate.Gate, upstream: Upstream
+) -> None:
+    script = f"""
+import http.client, os
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+for path in ["/a", "/admin", "/b"]:
+    c.request("GET", "http://127.0.0.1:{upstream.port}" + path)
+    r = c.getresponse()
+    print(r.status, r.read().decode().splitlines()[0], r.getheader("connection"))
+print(c.sock is not None)
+"""
+    done = python(gate, script)
+    assert done.ok, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "200 hello from upstream None"
+    assert lines[1] == "403 execgate denied this request: None"
+    assert lines[2] == "200 hello from upstream None"
+    assert lines[3] == "True"  # the same connection throughout
+    assert [r.path for r in upstream.received] == ["/a", "/b"]
+    verdicts = [r["decision"] for r in decisions(gate.test_log, "net.request")]  # type: ignore[attr-defined]
+    assert verdicts == ["allow", "deny", "allow"]
 
 
 ISOLATING = execgate.Gate(

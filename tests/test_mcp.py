@@ -271,6 +271,82 @@ def test_sandboxed_server(keyed, tmp_path):
     _verified(log, key)
 
 
+EGRESS_POLICY = """
+package execgate
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not allowed"]}
+default visible := true
+
+decision := {"allow": true} if input.action.name in {"fetch", "calls"}
+
+decision := {"allow": count(deny) == 0, "reasons": sort(deny)} if {
+    input.action.name == "net.request"
+}
+deny contains sprintf("host %s is not allowed", [h]) if {
+    h := input.action.args.host
+    h != "127.0.0.1"
+}
+deny contains sprintf("path %s is not allowed", [p]) if {
+    p := input.action.args.path
+    startswith(p, "/admin")
+}
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the proxy's network namespace needs root")
+def test_a_sandboxed_server_reaches_the_network_only_through_the_egress_proxy(keyed, tmp_path):
+    import http.server
+    import threading
+
+    key, key_path, log = keyed
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}"
+    policy = tmp_path / "egress.rego"
+    policy.write_text(EGRESS_POLICY)
+    argv = _proxy_argv(key_path, log, "--network", "proxy", "--read", str(ROOT))
+    argv[argv.index(str(POLICY))] = str(policy)
+    argv[argv.index("--") : argv.index("--")] = ["--read", sys.prefix, "--read", sys.base_prefix]
+    params = StdioServerParameters(
+        command=sys.executable, args=argv, env={**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    )
+
+    async def session():
+        async with Client(params, mode="legacy") as c:
+            ok = await c.call_tool("fetch", {"url": f"{url}/data"})
+            denied = await c.call_tool("fetch", {"url": f"{url}/admin"})
+            elsewhere = await c.call_tool("fetch", {"url": "http://10.255.255.1/"})
+            return ok, denied, elsewhere
+
+    try:
+        ok, denied, elsewhere = _run(session())
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert _text(ok) == "hello"
+    assert "403" in _text(denied) and "path /admin is not allowed" in _text(denied)
+    assert "host 10.255.255.1 is not allowed" in _text(elsewhere)
+    assert seen == ["/data"]
+    requests = [r for r in _records(log) if r.get("action", {}).get("name") == "net.request"]
+    assert [r["decision"] for r in requests] == ["allow", "deny", "deny"]
+    assert all(r["principal"]["id"] == "agent-7" for r in requests)
+    _verified(log, key)
+
+
 # -- hostile protocol: raw lines to the proxy --------------------------------------------
 
 
@@ -422,6 +498,14 @@ def test_hostile_lines_never_crash_or_pass(keyed):
         dup = raw.read(9)
         assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
         assert raw.read(9)["result"]["content"][0]["text"] == "done"
+        # Duplicate keys: the gateway decides on the last "method" (a ping) and
+        # the server gets that ping re-encoded, never the bytes a first-wins
+        # parser would read as an undecided tools/call.
+        raw.send(
+            b'{"jsonrpc": "2.0", "id": 11, "method": "tools/call", '
+            b'"params": {"name": "echo", "arguments": {"text": "smuggled"}}, "method": "ping"}'
+        )
+        assert raw.read(11)["result"] == {}
         # Still serving, and the server saw only what was allowed.
         raw.call(10, "calls")
         assert raw.read(10)["result"]["structuredContent"]["result"] == ["slow"]
@@ -464,6 +548,20 @@ def test_client_disconnect_mid_call(keyed):
     assert report.allowed == 1 and report.completions == 1
     completion = next(r for r in _records(log) if r["kind"] == "completion")
     assert completion["outcome"]["status"] == "error"
+
+
+def test_client_gone_while_asked_is_a_recorded_denial(keyed):
+    key, key_path, log = keyed
+    raw = Raw(key_path, log)
+    raw.init(caps={"elicitation": {}})
+    raw.call(1, "deploy", {"service": "web"})
+    asked = json.loads(raw.proc.stdout.readline())
+    assert asked["method"] == "elicitation/create" and "deploy" in asked["params"]["message"]
+    raw.close()  # gone without answering
+    _verified(log, key)
+    [record] = _records(log)
+    assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
+    assert record["approval"]["approved"] is False
 
 
 # -- the gateway in-process: result shapes the demo server does not produce ----------------
@@ -584,3 +682,28 @@ visible if input.action.name != "secret"
         {"jsonrpc": "2.0", "id": 3, "result": {"tools": [{"name": "open"}, {"name": "secret"}]}},
     )
     assert [t["name"] for t in out["result"]["tools"]] == ["open"]
+
+
+def test_the_server_gets_what_was_decided_not_the_clients_bytes():
+    """A first-wins parser behind the gateway must not read a duplicate key
+    the gateway (last-wins) decided differently: the relay re-encodes."""
+    from execgate.integrations.mcp.stdio import StdioProxy, _Out
+
+    gw, _session = _gateway(REDACTING)
+    proxy = StdioProxy(gw, ["unused"], log=lambda _line: None)
+    r, w = os.pipe()
+    proxy._to_server = _Out(w, owned=True)
+    try:
+        proxy._from_client(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "method": "ping"}')
+        proxy._from_client(
+            b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rm", '
+            b'"arguments": {"path": "/etc/passwd", "path": "/tmp/scratch/a"}}}'
+        )
+        lines = os.read(r, 65536).splitlines()
+    finally:
+        proxy._to_server.close()
+        os.close(r)
+    assert json.loads(lines[0]) == {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    assert lines[0].count(b'"method"') == 1 and b"tools/call" not in lines[0]
+    assert json.loads(lines[1])["params"]["arguments"] == {"path": "/tmp/scratch/a"}
+    assert lines[1].count(b'"path"') == 1

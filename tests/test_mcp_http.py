@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -49,17 +50,32 @@ def _wait_port(port, proc):
     raise AssertionError(f"nothing listens on {port}")
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mcp_http")
+TOKENS = {
+    hashlib.sha256(b"alice-token").hexdigest(): {"id": "alice", "roles": ["dev"]},
+    hashlib.sha256(b"bob-token").hexdigest(): {"id": "bob", "roles": ["dev"]},
+}
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@contextlib.contextmanager
+def _stack(tmp, *extra):
+    """An SDK server over Streamable HTTP and `execgate mcp --listen` in front
+    of it (with ``extra`` flags); yields what the tests need."""
     key = SigningKey.generate()
     key.to_pem(tmp / "k.pem")
     log = tmp / "audit.jsonl"
-    tokens = {
-        hashlib.sha256(b"alice-token").hexdigest(): {"id": "alice", "roles": ["dev"]},
-        hashlib.sha256(b"bob-token").hexdigest(): {"id": "bob", "roles": ["dev"]},
-    }
-    (tmp / "tokens.json").write_text(json.dumps(tokens))
+    (tmp / "tokens.json").write_text(json.dumps(TOKENS))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     up, mine = _port(), _port()
     server = subprocess.Popen(
@@ -86,33 +102,39 @@ def gateway(tmp_path_factory):
                 f"http://127.0.0.1:{up}/mcp",
                 "--tokens",
                 str(tmp / "tokens.json"),
+                *extra,
             ],
             env=env,
             stderr=subprocess.PIPE,
         )
         _wait_port(mine, proxy)
-        yield {"url": f"http://127.0.0.1:{mine}/mcp", "log": log, "key": key, "proxy": proxy}
+        yield {
+            "url": f"http://127.0.0.1:{mine}/mcp",
+            "log": log,
+            "key": key,
+            "proxy": proxy,
+            "server": server,
+        }
     finally:
         for p in (proxy, server):
             if p is not None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
-                if p.stderr is not None:
-                    p.stderr.close()
+                _stop(p)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    with _stack(tmp_path_factory.mktemp("mcp_http")) as stack:
+        yield stack
 
 
 @contextlib.asynccontextmanager
-async def _client(url, token):
+async def _client(url, token, **options):
     """An SDK client over its own HTTP client, both closed on the way out (the
     SDK leaves an HTTP client it was handed open)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=TIMEOUT) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        Client(streamable_http_client(url, http_client=http), mode="legacy", **options) as client,
     ):
         yield client
 
@@ -185,8 +207,351 @@ def test_http_eight_concurrent_clients(gateway):
     assert results == [[f"{i}-{n}" for n in range(5)] for i in range(8)]
 
 
+def _elicit(answer):
+    async def callback(context, params):
+        callback.asked.append(params.message)
+        if answer is None:
+            return mcp.types.ElicitResult(action="decline")
+        return mcp.types.ElicitResult(action="accept", content={"approve": answer})
+
+    callback.asked = []
+    return callback
+
+
+@pytest.mark.parametrize("answer", [True, False, None])
+def test_http_approval_by_elicitation(gateway, answer):
+    callback = _elicit(answer)
+    service = f"svc-{answer}"
+
+    async def session():
+        async with _client(gateway["url"], "alice-token", elicitation_callback=callback) as c:
+            before = (await c.call_tool("calls", {})).structured_content["result"]
+            result = await c.call_tool("deploy", {"service": service})
+            after = (await c.call_tool("calls", {})).structured_content["result"]
+            return result, after[len(before) :]
+
+    result, seen = _run(session())
+    assert len(callback.asked) == 1 and "deploy" in callback.asked[0]
+    assert "deploys need a human" in callback.asked[0]
+    if answer is True:
+        assert not result.is_error and _text(result) == f"deployed {service}"
+        assert seen == ["deploy"]
+    else:
+        assert result.is_error and "denied" in _text(result)
+        assert seen == []  # the server never saw it
+    record = [
+        r
+        for r in _records(gateway["log"])
+        if r["kind"] == "decision" and r["action"]["name"] == "deploy"
+    ][-1]
+    assert record["approval"]["approved"] is (answer is True)
+    assert record["approval"]["approver"] == "mcp-elicitation:mcp"
+    assert record["decision"] == ("allow" if answer is True else "deny")
+    assert record["principal"]["id"] == "alice"
+
+
+def test_http_approval_without_elicitation_capability_fails_closed(gateway):
+    async def session():
+        async with _client(gateway["url"], "alice-token") as c:
+            before = (await c.call_tool("calls", {})).structured_content["result"]
+            result = await c.call_tool("deploy", {"service": "no-capability"})
+            after = (await c.call_tool("calls", {})).structured_content["result"]
+            return result, after[len(before) :]
+
+    result, seen = _run(session())
+    assert result.is_error and "approval" in _text(result).lower()
+    assert seen == []
+
+
 def test_http_log_verifies(gateway):
     report = execgate.verify_log(str(gateway["log"]), [gateway["key"].verify_key])
     assert report.ok, report.reason
     assert report.unfinished_count == 0
     assert report.completions == report.allowed
+
+
+def test_http_rate_limit(tmp_path):
+    data = tmp_path / "limits.json"
+    data.write_text(json.dumps({"execgate_mcp": {"rate_limit": 2}}))
+
+    async def session(url):
+        async with _client(url, "alice-token") as c:
+            results = [await c.call_tool("echo", {"text": str(i)}) for i in range(3)]
+        async with _client(url, "bob-token") as c:  # bob's own rate: not spent
+            seen = (await c.call_tool("calls", {})).structured_content["result"]
+        return results, seen
+
+    with _stack(tmp_path, "--data", str(data)) as stack:
+        results, seen = _run(session(stack["url"]))
+        log, key = stack["log"], stack["key"]
+    assert [r.is_error for r in results] == [False, False, True]
+    assert "rate" in _text(results[2]).lower()
+    assert seen == ["echo", "echo"]  # the call past the rate never reached the server
+    report = execgate.verify_log(str(log), [key.verify_key])
+    assert report.ok and report.denied == 1 and report.completions == report.allowed == 3
+
+
+# -- hostile protocol over HTTP: raw requests to the relay ---------------------------------
+
+
+class RawHTTP:
+    """A hand-written Streamable HTTP client that can send anything."""
+
+    def __init__(self, url, token="alice-token"):
+        self.url = url
+        self.http = httpx2.Client(timeout=TIMEOUT)
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+        self.sid = None
+
+    def post(self, body, *, sid=True, **headers):
+        h = {**self.headers, **headers}
+        if sid and self.sid:
+            h["Mcp-Session-Id"] = self.sid
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.http.post(self.url, content=content, headers=h)
+
+    @staticmethod
+    def messages(response):
+        """The JSON-RPC messages of a JSON or SSE answer."""
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return [
+                json.loads(line[5:])
+                for line in response.text.splitlines()
+                if line.startswith("data:") and line[5:].strip()
+            ]
+        body = response.json()
+        return body if isinstance(body, list) else [body]
+
+    def init(self):
+        r = self.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        assert r.status_code == 200, r.text
+        self.sid = r.headers["mcp-session-id"]
+        assert self.messages(r)[0]["result"]["serverInfo"]["name"] == "demo-server"
+        assert (
+            self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+        )
+        self.headers["Mcp-Protocol-Version"] = "2025-06-18"
+
+    def call(self, id_, name, args=None, **options):
+        body = {
+            "jsonrpc": "2.0",
+            "id": id_,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": args or {}},
+        }
+        return self.post(body, **options)
+
+    def seen(self, id_=1000):
+        [answer] = self.messages(self.call(id_, "calls"))
+        return answer["result"]["structuredContent"]["result"]
+
+    def close(self):
+        self.http.close()
+
+
+def test_http_hostile_requests_never_crash_or_pass(tmp_path):
+    with _stack(tmp_path) as stack:
+        raw = RawHTTP(stack["url"])
+        try:
+            raw.init()
+            r = raw.post(b"this is not json")
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+            # A 10 MB body, over the 4 MiB cap: 413, never read whole nor relayed;
+            # with a Content-Length and chunked without one.
+            big = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "x" * (10 << 20)}},
+            }
+            assert raw.post(big).status_code == 413
+            data = json.dumps(big).encode()
+            chunked = raw.http.post(
+                raw.url,
+                content=(data[i : i + 65536] for i in range(0, len(data), 65536)),
+                headers={**raw.headers, "Mcp-Session-Id": raw.sid},
+            )
+            assert chunked.status_code == 413 and "cap" in chunked.json()["error"]["message"]
+            # A batch carrying a tools/call: refused as a whole.
+            batch = [
+                {
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": "batched"}},
+                },
+                {"jsonrpc": "2.0", "id": 4, "method": "ping"},
+            ]
+            answers = raw.messages(raw.post(batch))
+            assert sorted(a["id"] for a in answers) == [3, 4]
+            assert {a["error"]["code"] for a in answers} == {-32600}
+            # A tools/call as a notification: dropped (202, nothing relayed).
+            note = {
+                "jsonrpc": "2.0",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "note"}},
+            }
+            assert raw.post(note).status_code == 202
+            # Unknown and 2026-era methods, task-augmented calls: refused.
+            for id_, method in ((5, "tools/execute"), (6, "server/discover")):
+                r = raw.post({"jsonrpc": "2.0", "id": id_, "method": method, "params": {}})
+                assert raw.messages(r)[0]["error"]["code"] == -32601
+            task = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {}, "task": {"ttl": 1000}},
+            }
+            assert raw.messages(raw.post(task))[0]["error"]["code"] == -32602
+            # No session id once the upstream issues them: 400; an unknown
+            # one, or another token's: 404. None of them decided or relayed.
+            assert raw.call(8, "echo", {"text": "no session"}, sid=False).status_code == 400
+            r = raw.call(8, "echo", {"text": "?"}, **{"Mcp-Session-Id": "f" * 32}, sid=False)
+            assert r.status_code == 404
+            bob = RawHTTP(stack["url"], token="bob-token")
+            bob.sid = raw.sid
+            try:
+                assert bob.call(8, "echo", {"text": "not bob's"}).status_code == 404
+            finally:
+                bob.close()
+            # A duplicate id while the first call is in flight: refused.
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(raw.call, 9, "slow", {"seconds": 1.0})
+                time.sleep(0.4)
+                dup = raw.messages(raw.call(9, "echo", {"text": "dup"}))[0]
+                first = raw.messages(slow.result())[0]
+            assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
+            assert first["result"]["content"][0]["text"] == "done"
+            # Duplicate keys: decided on the last "method" (a ping), and the
+            # upstream gets that ping re-encoded, not the client's bytes.
+            r = raw.post(
+                b'{"jsonrpc": "2.0", "id": 11, "method": "tools/call", '
+                b'"params": {"name": "echo", "arguments": {"text": "smuggled"}}, "method": "ping"}'
+            )
+            assert raw.messages(r)[0]["result"] == {}
+            # Still serving, and the server saw only what was decided and allowed.
+            assert raw.seen() == ["slow"]
+        finally:
+            raw.close()
+        report = execgate.verify_log(str(stack["log"]), [stack["key"].verify_key])
+    assert report.ok and report.unfinished_count == 0
+    assert report.allowed == report.completions == 2  # slow and calls
+    assert report.denied == 0
+
+
+def _wait_completion(log, name):
+    end = time.monotonic() + TIMEOUT
+    while time.monotonic() < end:
+        records = _records(log) if log.exists() else []
+        ids = {r["id"] for r in records if r["kind"] == "decision" and r["action"]["name"] == name}
+        done = [r for r in records if r["kind"] == "completion" and r["authorization"]["id"] in ids]
+        if done:
+            return done
+        time.sleep(0.1)
+    raise AssertionError(f"no completion for {name}")
+
+
+def test_http_client_disconnect_mid_call(tmp_path):
+    with _stack(tmp_path) as stack:
+        raw = RawHTTP(stack["url"])
+        try:
+            raw.init()
+            body = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "slow", "arguments": {"seconds": 30}},
+                }
+            ).encode()
+            with raw.http.stream(
+                "POST",
+                raw.url,
+                content=body,
+                headers={**raw.headers, "Mcp-Session-Id": raw.sid},
+            ) as r:
+                assert r.status_code == 200
+            raw.http.close()  # gone, mid-call
+            [completion] = _wait_completion(stack["log"], "slow")
+            assert completion["outcome"]["status"] == "error"
+            assert completion["outcome"]["error_type"] == "client_disconnected"
+            assert stack["proxy"].poll() is None  # the relay keeps serving
+        finally:
+            raw.close()
+        report = execgate.verify_log(str(stack["log"]), [stack["key"].verify_key])
+    assert report.ok and report.unfinished_count == 0
+
+
+def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
+    with _stack(tmp_path) as stack:
+        raw = RawHTTP(stack["url"])
+        try:
+            r = raw.post(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {"elicitation": {}},
+                        "clientInfo": {"name": "raw", "version": "1"},
+                    },
+                }
+            )
+            raw.sid = r.headers["mcp-session-id"]
+            raw.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            body = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "deploy", "arguments": {"service": "web"}},
+                }
+            ).encode()
+            headers = {**raw.headers, "Mcp-Session-Id": raw.sid}
+            with raw.http.stream("POST", raw.url, content=body, headers=headers) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                line = next(x for x in r.iter_lines() if x.startswith("data:"))
+                assert json.loads(line[5:])["method"] == "elicitation/create"
+            raw.http.close()  # gone without answering
+            end = time.monotonic() + TIMEOUT
+            while time.monotonic() < end and not stack["log"].exists():
+                time.sleep(0.1)
+            time.sleep(0.5)
+            [record] = _records(stack["log"])
+        finally:
+            raw.close()
+    assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
+    assert record["approval"]["approved"] is False
+
+
+def test_http_upstream_crash_mid_call_is_recorded_failed(tmp_path):
+    async def session(url):
+        async with _client(url, "alice-token") as c:
+            return await c.call_tool("crash", {})
+
+    with _stack(tmp_path) as stack:
+        result = _run(session(stack["url"]))
+        stack["server"].wait(timeout=TIMEOUT)
+        log, key = stack["log"], stack["key"]
+    assert result.is_error and "upstream" in _text(result)
+    [completion] = [r for r in _records(log) if r["kind"] == "completion"]
+    assert completion["outcome"]["status"] == "error"
+    assert completion["outcome"]["error_type"] == "upstream_failed"
+    report = execgate.verify_log(str(log), [key.verify_key])
+    assert report.ok and report.unfinished_count == 0

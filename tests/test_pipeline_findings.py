@@ -375,6 +375,38 @@ def test_a_list_mutated_after_the_check_does_not_reach_the_tool() -> None:
     assert got == [["/workspace/a"]]
 
 
+def test_only_immutable_exact_scalars_reach_the_tool_as_the_callers_objects() -> None:
+    """The tool may be handed the caller's own objects only when nothing can
+    differ from what was judged: exact immutable scalars, arguments the
+    obligations left alone. Anything else is a copy of the judged tree."""
+    received: list[dict[str, Any]] = []
+
+    @execgate.Gate(ALLOW).guard(action="x")
+    def tool(s: str, n: int, b: bytes, items: Any = None) -> None:
+        received.append({"s": s, "n": n, "b": b, "items": items})
+
+    s, n, b = "/workspace/" + "a" * 40, 10**12, b"payload"
+    tool(s, n, b)
+    assert all(received[-1][k] is v for k, v in {"s": s, "n": n, "b": b}.items())
+
+    class Lying(str):
+        pass
+
+    items = ["/workspace/a"]
+    tool(Lying(s), n, b, items=items)
+    got = received[-1]
+    assert type(got["s"]) is str and got["s"] == s  # a subclass is never passed on
+    assert got["items"] == items and got["items"] is not items  # a container is a copy
+
+    rewriting = obliged({"args": {"s": "/workspace/rewritten"}})
+
+    @rewriting.guard(action="x")
+    def rewritten(s: str) -> str:
+        return s
+
+    assert rewritten(s) == "/workspace/rewritten"
+
+
 # -- 9. other entry points -----------------------------------------------------
 
 

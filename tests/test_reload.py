@@ -44,7 +44,7 @@ def test_failed_reload_keeps_old_policy(tmp_path: pathlib.Path) -> None:
 
 
 def test_reload_under_concurrent_load_never_tears() -> None:
-    gate = execgate.Gate(V1)
+    gate = execgate.Gate(V1, timeout=10)  # a loaded machine must not turn checks into limit denies
     digests = {execgate.Gate(V1).policy_digest: "v1", execgate.Gate(V2).policy_digest: "v2"}
     stop = threading.Event()
     errors: list[BaseException] = []

@@ -6,6 +6,7 @@ policies natively, then blocked with reasons or allowed.
 
 from execgate._core import (
     AuditLog,
+    BundleKey,
     Decision,
     Receipt,
     SigningKey,
@@ -30,7 +31,7 @@ from execgate.errors import (
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
-from execgate.sandbox import Completed, Limits, Sandbox
+from execgate.sandbox import Completed, Egress, Limits, Sandbox, Secret
 from execgate.verify import verify_log
 
 __all__ = [
@@ -42,9 +43,11 @@ __all__ = [
     "ArgumentError",
     "AuditLog",
     "AuditLogError",
+    "BundleKey",
     "Completed",
     "ConfigurationError",
     "Decision",
+    "Egress",
     "ExecgateError",
     "Gate",
     "IsolatedError",
@@ -53,6 +56,7 @@ __all__ = [
     "Receipt",
     "Sandbox",
     "SandboxError",
+    "Secret",
     "SignatureError",
     "SigningKey",
     "StateError",

@@ -16,15 +16,19 @@ _Error = Literal[
     "approval",
     "refused",
     "state",
+    "stale",
 ]
 _Status = Literal["ok", "error"]
 
 __all__ = [
     "AuditLog",
     "Bundle",
+    "BundleKey",
     "Call",
+    "ChainVerifier",
     "Decision",
     "Gate",
+    "LogReader",
     "Receipt",
     "SigningKey",
     "VerifyKey",
@@ -63,6 +67,8 @@ class Gate:
         record_input: bool = False,
         history: int | None = None,
         bundle: Bundle | None = None,
+        bundle_max_age: float | None = None,
+        bundle_name: str = ...,
         state: str | None = None,
         state_timeout: float = ...,
         state_connect_timeout: float = ...,
@@ -82,6 +88,14 @@ class Gate:
         output: bool = True,
         authorize: bool = False,
     ) -> Call: ...
+    def check(
+        self,
+        action: str,
+        args: dict[str, Any] | None = None,
+        principal: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        time: str | None = None,
+    ) -> Decision: ...
     def reload(
         self,
         *,
@@ -91,6 +105,7 @@ class Gate:
         data_files: list[str] | None = None,
         bundle: Bundle | None = None,
     ) -> str: ...
+    def confirm_bundle(self, age: float = 0.0) -> None: ...
     def record_outcome(
         self,
         receipt: Receipt,
@@ -147,6 +162,10 @@ class Decision:
     @property
     def policy_digest(self) -> str: ...
     @property
+    def policy_revision(self) -> str | None: ...
+    @property
+    def context(self) -> dict[str, Any]: ...
+    @property
     def entrypoint(self) -> str: ...
     @property
     def duration_ns(self) -> int: ...
@@ -172,6 +191,7 @@ class Call:
     def refuse(self, reason: str) -> None: ...
     def authorize(self) -> Decision: ...
     def arguments(self) -> dict[str, Any]: ...
+    def arguments_if_copied(self) -> dict[str, Any] | None: ...
     @property
     def sandbox(self) -> dict[str, Any] | None: ...
     @property
@@ -260,18 +280,54 @@ class AuditLog:
     def close(self) -> None: ...
     def rotate(self) -> str: ...
     @property
+    def seq(self) -> int: ...
+    @property
     def path(self) -> str | None: ...
     @property
     def verify_key(self) -> VerifyKey: ...
+
+@final
+class BundleKey:
+    """A public key for bundle signatures: Ed25519 (EdDSA), RSA (RS256), P-256 (ES256)."""
+
+    @staticmethod
+    def from_pem(source: bytes | str | os.PathLike[str]) -> BundleKey: ...
+    @property
+    def algorithm(self) -> Literal["EdDSA", "RS256", "ES256"]: ...
+    @property
+    def id(self) -> str: ...
+
+@final
+class LogReader:
+    """A log's records by seq, across rotated files."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> LogReader: ...
+    def log_id(self) -> str | None: ...
+    def read_from(
+        self, seq: int, max_records: int = 1000, max_bytes: int = ...
+    ) -> tuple[list[int], list[str], list[str]]: ...
+
+@final
+class ChainVerifier:
+    """Verifies one chain fed as ``(seq, envelope)`` rows in seq order."""
+
+    def __new__(
+        cls,
+        keys: list[VerifyKey] = ...,
+        keyring_dir: str | None = None,
+        log_id: str | None = None,
+    ) -> ChainVerifier: ...
+    def push(self, rows: list[tuple[int, str]]) -> bool: ...
+    def finish(self) -> VerifyReport: ...
 
 @final
 class Bundle:
     """An OPA-format bundle whose signature and file list verified."""
 
     @staticmethod
-    def read(path: str | os.PathLike[str], key: VerifyKey) -> Bundle: ...
+    def read(path: str | os.PathLike[str], key: VerifyKey | BundleKey) -> Bundle: ...
     @staticmethod
-    def from_bytes(data: bytes, key: VerifyKey) -> Bundle: ...
+    def from_bytes(data: bytes, key: VerifyKey | BundleKey) -> Bundle: ...
     @property
     def revision(self) -> str: ...
     @property

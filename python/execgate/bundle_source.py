@@ -3,7 +3,9 @@
 The bundle format and every check live in the core (``execgate._core.Bundle``);
 this module only moves bytes: it downloads with ``If-None-Match``, hands the
 bytes to the core to verify, and keeps the last bundle that verified on disk so
-a restart without the server still has a policy.
+a restart without the server still has a policy. The cache file's mtime is
+when its bundle was last confirmed current (installed, or a 304 since), so a
+restart from the cache knows how old its policy is (``bundle_max_age``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import os
 import pathlib
 import random
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-from execgate._core import Bundle, VerifyKey
+from execgate._core import Bundle, BundleKey, VerifyKey
 
 __all__ = ["BundleSource", "deny_all_policy", "is_url"]
 
@@ -51,7 +54,7 @@ class BundleSource:
     def __init__(
         self,
         url: str,
-        key: VerifyKey,
+        key: VerifyKey | BundleKey,
         *,
         cache: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
@@ -63,18 +66,27 @@ class BundleSource:
         self.etag: str | None = None
         self._pending: tuple[bytes | None, str | None] = (None, None)
 
-    def cached(self) -> Bundle | None:
-        """The cached last good bundle, verified again (None if absent or bad)."""
+    def cached(self) -> tuple[Bundle, float] | None:
+        """The cached last good bundle, verified again, and how many seconds
+        ago it was last confirmed current (None if absent or bad; a
+        modification time in the future counts as never confirmed)."""
         if self.cache is None or not self.cache.is_file():
             return None
         try:
             bundle = Bundle.read(self.cache, self.key)
+            age = time.time() - self.cache.stat().st_mtime
         except Exception as e:  # a damaged cache is not a policy: say so and ignore it
             log.warning("execgate: cached bundle %s refused: %s", self.cache, e)
             return None
         etag = self.cache.with_name(self.cache.name + ".etag")
         self.etag = (etag.read_text().strip() or None) if etag.is_file() else None
-        return bundle
+        return bundle, age if age >= 0 else float("inf")
+
+    def confirmed(self) -> None:
+        """The server said the bundle in force is current (304): the cache's
+        mtime says so too."""
+        if self.cache is not None and self.cache.is_file():
+            os.utime(self.cache)
 
     def fetch(self) -> Bundle | None:
         """Downloads and verifies the bundle; None when the server says it is

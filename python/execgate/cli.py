@@ -11,10 +11,13 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from execgate import __version__
 from execgate.errors import ExecgateError
+
+if TYPE_CHECKING:
+    from execgate._core import VerifyReport
 
 __all__ = ["main"]
 
@@ -28,13 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The network settings ``execgate run`` and ``execgate mcp`` accept besides ports.
-RUN_NETWORKS = ("none", "host", "proxy")
-MCP_NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "proxy")
 #: Flags that ask for a sandbox (``execgate mcp`` runs its server unconfined without one).
 SANDBOX_FLAGS = ("memory", "cpu", "wall", "processes", "file_size", "open_files", "network")
 
 
-def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) -> None:
+def add_sandbox_flags(parser: argparse.ArgumentParser) -> None:
     """The sandbox flags ``execgate run`` and ``execgate mcp`` share."""
     parser.add_argument("--memory", metavar="SIZE", help="e.g. 256M")
     parser.add_argument("--cpu", type=float, metavar="SECONDS")
@@ -43,7 +45,7 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     parser.add_argument("--file-size", metavar="SIZE")
     parser.add_argument("--open-files", type=int, metavar="N")
     parser.add_argument("--output", default="1M", metavar="SIZE", help="bytes of output kept")
-    parser.add_argument("--network", metavar="|".join(networks) + "|PORT[,PORT...]")
+    parser.add_argument("--network", metavar="|".join(NETWORKS) + "|PORT[,PORT...]")
     parser.add_argument("--read", action="append", default=[], metavar="DIR")
     parser.add_argument("--write", action="append", default=[], metavar="DIR")
     parser.add_argument(
@@ -56,22 +58,43 @@ def add_sandbox_flags(parser: argparse.ArgumentParser, networks: Sequence[str]) 
     parser.add_argument(
         "--strict", action="store_true", help="refuse to run without every protection"
     )
+    parser.add_argument(
+        "--intercept-tls",
+        action="store_true",
+        help="with --network proxy: decide and redact each HTTPS request (ephemeral CA)",
+    )
+    parser.add_argument(
+        "--upstream-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="another trust anchor for the proxy's own TLS connections (repeatable)",
+    )
+    parser.add_argument(
+        "--credential",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ORIGIN", "HEADER=env:NAME|file:PATH"),
+        help="a header the proxy adds to allowed requests to ORIGIN (repeatable)",
+    )
 
 
-def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any:
+def sandbox_from_flags(args: argparse.Namespace) -> Any:
     """The :class:`~execgate.Sandbox` the shared flags describe (ValueError for a
     bad ``--network``)."""
     from execgate.sandbox import DEFAULT_ENV, Limits, Sandbox
 
     network: Any = args.network or "none"
-    if network not in networks:
+    if network not in NETWORKS:
         try:
             network = [int(p) for p in network.split(",")]
         except ValueError:
             raise ValueError(
-                f"--network must be {', '.join(networks)} or ports, not {network!r}"
+                f"--network must be {', '.join(NETWORKS)} or ports, not {network!r}"
             ) from None
     return Sandbox(
+        egress=_egress_from_flags(args, network),
         limits=Limits(
             cpu=args.cpu,
             memory=args.memory,
@@ -87,6 +110,29 @@ def sandbox_from_flags(args: argparse.Namespace, networks: Sequence[str]) -> Any
         env_allow=(*DEFAULT_ENV, *args.env),
         strict=args.strict,
         stream=True,
+    )
+
+
+def _egress_from_flags(args: argparse.Namespace, network: Any) -> Any:
+    """The :class:`~execgate.Egress` of ``--intercept-tls``, ``--upstream-ca`` and
+    ``--credential`` (secrets by reference only: a value on the command line
+    would be visible to every process)."""
+    from execgate.sandbox import Egress, Secret
+
+    if (args.intercept_tls or args.upstream_ca or args.credential) and network != "proxy":
+        raise ValueError("--intercept-tls, --upstream-ca and --credential need --network proxy")
+    credentials: dict[str, dict[str, Secret]] = {}
+    for origin, spec in args.credential:
+        header, _, source = spec.partition("=")
+        kind, _, where = source.partition(":")
+        if kind not in ("env", "file") or not where or not header:
+            raise ValueError(
+                f"--credential {origin} {spec}: give HEADER=env:NAME or HEADER=file:PATH"
+            )
+        secret = Secret(env=where) if kind == "env" else Secret(file=where)
+        credentials.setdefault(origin, {})[header] = secret
+    return Egress(
+        credentials=credentials, intercept_tls=args.intercept_tls, upstream_ca=args.upstream_ca
     )
 
 
@@ -130,9 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify",
         help="verify an audit log's signatures and chain (several files or a directory: "
-        "a rotated log, checked as one chain)",
+        "a rotated log, checked as one chain; --postgres DSN: every log in the table)",
     )
-    verify.add_argument("log", metavar="LOG", nargs="+")
+    verify.add_argument("log", metavar="LOG", nargs="*")
+    verify.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="verify the logs shipped to this PostgreSQL database instead of files",
+    )
+    verify.add_argument("--log-id", metavar="ID", help="with --postgres: only the log with this id")
     verify.add_argument(
         "--key",
         action="append",
@@ -162,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--action", default="shell.exec")
     run.add_argument("--principal", metavar="ID")
     run.add_argument("--role", action="append", default=[], metavar="ROLE")
-    add_sandbox_flags(run, RUN_NETWORKS)
+    add_sandbox_flags(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     mcp = sub.add_parser(
@@ -211,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--sandbox", action="store_true", help="confine the server even without other limits"
     )
-    add_sandbox_flags(mcp, MCP_NETWORKS)
+    add_sandbox_flags(mcp)
     mcp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     replay = sub.add_parser(
@@ -355,6 +407,14 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.key and not args.keyring:
         print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
         return EXIT_ERROR
+    if args.postgres is not None or args.log_id is not None:
+        if args.log or args.postgres is None:
+            print("execgate: give LOG files or --postgres DSN [--log-id ID]", file=sys.stderr)
+            return EXIT_ERROR
+        return _verify_postgres(args)
+    if not args.log:
+        print("execgate: give LOG files (or --postgres DSN)", file=sys.stderr)
+        return EXIT_ERROR
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
         if len(args.log) == 1 and not os.path.isdir(args.log[0]):
@@ -365,7 +425,30 @@ def _verify(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.done()
-    name = " ".join(args.log)
+    return _print_report(" ".join(args.log), report, "line")
+
+
+def _verify_postgres(args: argparse.Namespace) -> int:
+    from execgate.postgres import verify_postgres
+
+    reports = verify_postgres(args.postgres, args.key, keyring=args.keyring, log_id=args.log_id)
+    if not reports:
+        print(f"{args.postgres}: no logs in the table; there is nothing to verify")
+        return EXIT_DENY
+    status = EXIT_OK
+    for log_id, report in reports:
+        if report.records == 0 and args.log_id is not None:
+            print(f"log {log_id}: no rows in the table")
+            status = EXIT_DENY
+            continue
+        if _print_report(f"log {log_id}", report, "seq") != EXIT_OK:
+            status = EXIT_DENY
+    return status
+
+
+def _print_report(name: str, report: VerifyReport, unit: str) -> int:
+    """Prints a verification report; its exit status. ``unit`` names what a
+    report's line counts (file lines, or the seq of a table's rows)."""
     span = f"{report.first_ts} .. {report.last_ts}" if report.first_ts else "-"
     print(
         f"{name}: {report.records} records ({report.allowed} allowed, {report.denied} denied, "
@@ -392,9 +475,9 @@ def _verify(args: argparse.Namespace) -> int:
             f"{len(report.incidents)} incident(s):"
         )
         for line, reason in report.incidents[:10]:
-            print(f"    line {line}: {reason}")
+            print(f"    {unit} {line}: {reason}")
         return EXIT_DENY
-    print(f"  INVALID at line {report.line}: {report.reason}")
+    print(f"  INVALID at {unit} {report.line}: {report.reason}")
     return EXIT_DENY
 
 
@@ -436,7 +519,7 @@ def _run(args: argparse.Namespace) -> int:
         print("execgate: --log needs --key", file=sys.stderr)
         return EXIT_ERROR
     try:
-        box = sandbox_from_flags(args, RUN_NETWORKS)
+        box = sandbox_from_flags(args)
     except ValueError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -103,6 +103,8 @@ class _Binder:
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The call to make with the pipeline's arguments ``tool``."""
         head = args[:1] if self.skip is not None else ()
+        if self.plain and self.names.issuperset(tool):
+            return head, tool  # every parameter by keyword: the pipeline's dict as it is
         rest = dict(tool)
         positional = list(head)
         keywords: dict[str, Any] = {}
@@ -190,10 +192,13 @@ def guard(
         return call, await pipeline.aauthorize(call)
 
     def arguments(
-        call: Call, decision: Decision, args: tuple[Any, ...]
+        call: Call, decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         raise_if_blocked(call, decision)
-        return binder.rebuild(call.arguments(), args)
+        tool = call.arguments_if_copied()
+        if tool is None:  # the caller's own immutable values, exactly as judged
+            return args, kwargs
+        return binder.rebuild(tool, args)
 
     if isolate is not None:
         from execgate.isolate import check_isolatable, run_isolated
@@ -204,7 +209,7 @@ def guard(
         @functools.wraps(fn)
         def isolated(*args: Any, **kwargs: Any) -> Any:
             call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args)
+            a, k = arguments(call, decision, args, kwargs)
             return run_isolated(call, decision, fn, a, k, box, pipeline=pipeline)
 
         isolated.__execgate_action__ = name  # type: ignore[attr-defined]
@@ -215,7 +220,7 @@ def guard(
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             call, decision = await abegin(args, kwargs)
-            a, k = arguments(call, decision, args)
+            a, k = arguments(call, decision, args, kwargs)
             with Run(call, decision) as run:
                 run.result = await fn(*a, **k)
             return run.output(run.result)
@@ -225,7 +230,7 @@ def guard(
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             call, decision = await abegin(args, kwargs)
-            a, k = arguments(call, decision, args)
+            a, k = arguments(call, decision, args, kwargs)
             with Run(call, decision) as run:
                 async for item in fn(*a, **k):
                     yield run.output(item)
@@ -235,7 +240,7 @@ def guard(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args)
+            a, k = arguments(call, decision, args, kwargs)
             with Run(call, decision) as run:
                 run.result = yield from _redacted(fn(*a, **k), run)
             return run.result
@@ -245,7 +250,7 @@ def guard(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args)
+            a, k = arguments(call, decision, args, kwargs)
             with Run(call, decision) as run:
                 run.result = fn(*a, **k)
             return run.output(run.result)

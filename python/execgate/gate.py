@@ -11,17 +11,20 @@ import pathlib
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import AuditLog, Bundle, Decision, Receipt, SigningKey, VerifyKey
+from execgate._core import AuditLog, Bundle, BundleKey, Decision, Receipt, SigningKey, VerifyKey
 from execgate.approval import Approver
 from execgate.bundle_source import BundleSource, Poller, deny_all_policy, is_url
 from execgate.bundle_source import log as bundle_log
 from execgate.decorators import guard as _guard
-from execgate.errors import ActionDenied, SandboxError
+from execgate.errors import ActionDenied, ConfigurationError, SandboxError
 from execgate.pipeline import Pipeline, Run, raise_if_blocked
 from execgate.sandbox import Completed, Sandbox
+
+if TYPE_CHECKING:
+    from execgate.postgres import Shipper, ShippingStatus
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
 
@@ -87,6 +90,10 @@ def _close_open_logs() -> None:
             log.close()
         except Exception as e:  # exit goes on; say what could not be sealed
             print(f"execgate: could not close an audit log at exit: {e}", file=sys.stderr)
+    # Then the shippers copy the logs' last records (checkpoints) and stop.
+    shipping = sys.modules.get("execgate.postgres")
+    if shipping is not None:
+        shipping.stop_all()
 
 
 def _mapping(args: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -145,13 +152,23 @@ class Gate:
     log when the gate opens it.
 
     ``bundle`` (a path to an OPA-format ``.tar.gz``) with ``bundle_key`` (a
-    :class:`VerifyKey` or a public key PEM path) loads the policy and data from
+    :class:`VerifyKey`, a :class:`BundleKey`, or a public key PEM path: an
+    execgate Ed25519 key verifies EdDSA bundles, an RSA key RS256 and a P-256
+    key ES256, OPA's own signatures) loads the policy and data from
     a signed bundle instead of ``policy``/``data``: its signature, exact file
     list and every file hash must verify, or the gate is not built
     (:class:`SignatureError` / :class:`PolicyError`). ``reload()`` reads the
     bundle file again; a bundle that fails to verify or compile leaves the old
     policy in force. Receipts record the bundle's revision in
     ``policy.revision``.
+
+    ``ship_to`` (a PostgreSQL connection string, with ``audit=PATH``) copies
+    every record of the local log, which stays the first durable copy, into
+    the append-only table ``execgate_audit`` on a background thread (see
+    :mod:`execgate.postgres`; needs ``execgate[postgres]``): decisions never
+    wait for it; :attr:`shipping` shows the lag and the last error; an
+    outage is retried with backoff and shipping resumes where the server
+    stands, with no record lost or inserted twice.
 
     ``bundle`` may be an ``http(s)://`` URL: it is downloaded (``If-None-Match``
     with the last ETag), verified, and the last good one kept at
@@ -161,6 +178,15 @@ class Gate:
     background thread (with jitter, backing off while it fails) and swaps a
     new revision in through :meth:`reload`; a bundle that fails is logged
     (logger ``execgate.bundle``) and the old policy stays.
+
+    ``bundle_max_age=SECONDS`` makes a stale policy deny: when the bundle in
+    force was last confirmed current longer ago than that, every decision is
+    a deny with ``error="stale"`` and a reason naming the bundle. A bundle is
+    confirmed current when it is installed (built, or ``reload()``) and, for
+    a URL, whenever the server answers 304 to a poll; a failed fetch confirms
+    nothing. A bundle restored from ``bundle_cache`` is as old as the cache's
+    last confirmation. With a URL, ``bundle_max_age`` must exceed
+    ``bundle_poll``.
 
     ``state`` (``"redis://host:port/db"``, ``"redis+unix:///path"`` or
     ``"unix:///path"``) keeps rates, budgets and history in that Redis,
@@ -196,17 +222,20 @@ class Gate:
         approver: Approver | None = None,
         approval_timeout: float = 300.0,
         bundle: str | os.PathLike[str] | None = None,
-        bundle_key: VerifyKey | str | os.PathLike[str] | None = None,
+        bundle_key: VerifyKey | BundleKey | str | os.PathLike[str] | None = None,
         bundle_poll: float | None = None,
         bundle_cache: str | os.PathLike[str] | None = None,
+        bundle_max_age: float | None = None,
         state: str | None = None,
         state_timeout: float = 0.25,
         state_connect_timeout: float = 1.0,
+        ship_to: str | None = None,
     ) -> None:
-        self._bundle: tuple[str, VerifyKey] | None = None
+        self._bundle: tuple[str, VerifyKey | BundleKey] | None = None
         self._source: BundleSource | None = None
         self._poller: Poller | None = None
         spec: dict[str, Any]
+        age: float | None = None  # how long ago the bundle in force was confirmed current
         if bundle is not None:
             if policy is not None or data is not None:
                 raise TypeError("pass either policy/data or bundle, not both")
@@ -214,15 +243,23 @@ class Gate:
                 raise TypeError("a bundle needs its public key: Gate(bundle=..., bundle_key=...)")
             verify_key = (
                 bundle_key
-                if isinstance(bundle_key, VerifyKey)
-                else VerifyKey.from_pem(os.fspath(bundle_key))
+                if isinstance(bundle_key, (VerifyKey, BundleKey))
+                else BundleKey.from_pem(os.fspath(bundle_key))
             )
             if is_url(bundle):
                 self._source = BundleSource(os.fspath(bundle), verify_key, cache=bundle_cache)
-                spec = self._first_bundle(entrypoint)
+                spec, age = self._first_bundle(entrypoint)
             else:
                 self._bundle = (os.fspath(bundle), verify_key)
-                spec = {"bundle": Bundle.read(self._bundle[0], verify_key)}
+                spec, age = {"bundle": Bundle.read(self._bundle[0], verify_key)}, 0.0
+            if bundle_max_age is not None and bundle_poll is not None:
+                if bundle_max_age <= bundle_poll:
+                    raise ConfigurationError(
+                        f"bundle_max_age ({bundle_max_age:g} s) must exceed bundle_poll "
+                        f"({bundle_poll:g} s), or the policy goes stale between polls"
+                    )
+        elif bundle_max_age is not None:
+            raise TypeError("bundle_max_age needs bundle=...")
         elif policy is None:
             raise TypeError("Gate needs a policy (or bundle=... with bundle_key=...)")
         else:
@@ -241,12 +278,17 @@ class Gate:
             state=state,
             state_timeout=state_timeout,
             state_connect_timeout=state_connect_timeout,
+            bundle_max_age=bundle_max_age,
+            bundle_name=os.fspath(bundle) if bundle is not None else "",
         )
+        if age is not None:
+            native.confirm_bundle(age)
         self._native = native
         #: The call pipeline every entry point drives.
         self.pipeline = Pipeline(
             native, clock=clock, approver=approver, approval_timeout=approval_timeout
         )
+        self._shipper = self._start_shipping(ship_to)
         if self._source is not None:
             self._source.installed()
             if bundle_poll is not None:
@@ -254,32 +296,50 @@ class Gate:
         elif bundle_poll is not None:
             raise TypeError("bundle_poll needs bundle=URL")
 
-    def _first_bundle(self, entrypoint: str) -> dict[str, Any]:
+    def _start_shipping(self, ship_to: str | None) -> Shipper | None:
+        if ship_to is None:
+            return None
+        path = self._log.path if self._log is not None else None
+        if self._log is None or path is None:
+            raise TypeError(
+                "ship_to needs a local audit log: Gate(key=..., audit=PATH, ship_to=...)"
+            )
+        from execgate.postgres import Shipper
+
+        return Shipper(path, ship_to, head=self._log)
+
+    def _first_bundle(self, entrypoint: str) -> tuple[dict[str, Any], float | None]:
+        """The policy to start with and how long ago it was confirmed current
+        (None: no bundle, a deny-all placeholder)."""
         source = self._source
         assert source is not None  # noqa: S101  (only called with a source)
-        fetched: Bundle | None = None
         error: Exception | None = None
         try:
             fetched = source.fetch()
+            if fetched is not None:
+                return {"bundle": fetched}, 0.0
         except Exception as e:  # the server is down or serves a bad bundle: try the cache
             error = e
-        bundle = fetched if fetched is not None else source.cached()
-        if bundle is not None:
+        cached = source.cached()
+        if cached is not None:
             if error is not None:
                 bundle_log.warning("execgate: %s: %s; using the cached bundle", source.url, error)
-            return {"bundle": bundle}
+            return {"bundle": cached[0]}, cached[1]
         reason = f"no valid policy bundle from {source.url}: {error}"
         bundle_log.warning("execgate: %s", reason)
-        return {"sources": [("<no bundle>", deny_all_policy(entrypoint, reason))]}
+        return {"sources": [("<no bundle>", deny_all_policy(entrypoint, reason))]}, None
 
     def _update_from_source(self) -> str:
         source = self._source
         assert source is not None  # noqa: S101  (only called with a source)
         bundle = source.fetch()
-        if bundle is None:  # 304: unchanged
-            return self.policy_digest
-        digest = self._native.reload(bundle=bundle)
-        source.installed()
+        if bundle is None:  # 304: the bundle in force is still the server's
+            source.confirmed()
+            digest = self.policy_digest
+        else:
+            digest = self._native.reload(bundle=bundle)
+            source.installed()
+        self._native.confirm_bundle()
         return digest
 
     @classmethod
@@ -307,7 +367,7 @@ class Gate:
         ``obligations.sandbox``, ``redact`` and ``args`` (or use ``guard``,
         ``run`` or an integration, which do).
         """
-        return self.pipeline.decide(action, _mapping(args), principal, context, query=True)[1]
+        return self.pipeline.check(action, _mapping(args), principal, context)
 
     def enforce(
         self,
@@ -432,7 +492,9 @@ class Gate:
                 return self._update_from_source()
             if self._bundle is not None:
                 path, key = self._bundle
-                return self._native.reload(bundle=Bundle.read(path, key))
+                digest = self._native.reload(bundle=Bundle.read(path, key))
+                self._native.confirm_bundle()
+                return digest
             return self._native.reload()
         if policy is None:
             raise TypeError("reload(data=...) needs the policy too")
@@ -502,13 +564,22 @@ class Gate:
         """The audit log (or in-memory chain) receipts go to, if any."""
         return self._log
 
+    @property
+    def shipping(self) -> ShippingStatus | None:
+        """Where shipping to PostgreSQL (``ship_to``) stands: the last seq
+        shipped, the lag, the last error (None without ``ship_to``)."""
+        return self._shipper.status if self._shipper is not None else None
+
     def close(self) -> None:
         """Stops bundle polling; flushes and closes the audit log (sealing
-        checkpoints). Safe to call twice."""
+        checkpoints); ships its last records (while PostgreSQL answers, a few
+        seconds at most) and stops the shipper. Safe to call twice."""
         if self._poller is not None:
             self._poller.stop()
         if self._log is not None:
             self._log.close()
+        if self._shipper is not None:
+            self._shipper.stop()
 
     def __enter__(self) -> Gate:
         return self
@@ -540,7 +611,17 @@ def run_sandboxed(
     wants_proxy = box.network == "proxy" or (call.sandbox or {}).get("network") == "proxy"
     with Run(call, decision) as run:
         if wants_proxy and pipeline is not None:
-            done = _run_behind_proxy(pipeline, call, decision, argv, box, stdin)
+            receipt = decision.receipt
+            done = behind_proxy(
+                pipeline,
+                box,
+                argv,
+                stdin=stdin,
+                obligation=call.sandbox,
+                principal=decision.input.get("principal"),
+                context=decision.input.get("context"),
+                parent=receipt.id if receipt is not None else None,
+            )
         else:
             done = box.run(argv, stdin=stdin, obligation=call.sandbox)
         run.result = done.stdout
@@ -563,36 +644,11 @@ def run_sandboxed(
     return run, done
 
 
-def _run_behind_proxy(
-    pipeline: Pipeline,
-    call: _core.Call,
-    decision: Decision,
-    argv: list[str],
-    box: Sandbox,
-    stdin: bytes | str | None,
-) -> Completed:
-    """``box.run`` in the egress proxy's network namespace, the proxy serving
-    it for the run's duration (requests linked to ``decision``'s receipt)."""
-    import socket
-
+def behind_proxy(pipeline: Pipeline, box: Sandbox, argv: Sequence[str], **how: Any) -> Completed:
+    """:func:`execgate.egress.run_behind_proxy`, or ``SandboxError`` when the
+    egress extra is not installed."""
     try:
-        from execgate.egress import EgressProxy, proxy_environment
+        from execgate.egress import run_behind_proxy
     except ImportError as e:  # h11 is the extra `execgate[egress]`
         raise SandboxError(f'network="proxy" needs execgate[egress] (h11): {e}') from None
-
-    namespace, listener_fd, port = _core.private_network()
-    try:
-        listener = socket.socket(fileno=listener_fd)
-        receipt = decision.receipt
-        proxy = EgressProxy(
-            pipeline,
-            listener,
-            principal=decision.input.get("principal"),
-            context=decision.input.get("context"),
-            parent=receipt.id if receipt is not None else None,
-        )
-        with proxy:
-            boxed = dataclasses.replace(box, env={**(box.env or {}), **proxy_environment(port)})
-            return boxed.run(argv, stdin=stdin, obligation=call.sandbox, join_network=namespace)
-    finally:
-        os.close(namespace)
+    return run_behind_proxy(pipeline, box, argv, **how)

@@ -8,21 +8,26 @@ conventions: ambient principal and context, the gate's clock, asking an
 approver in a thread or from an event loop, timing the tool and turning a
 refusal into the right exception. Every entry point (decorators, ``gate.run``,
 ``isolate=``, the framework adapters, the CLI) uses it; none interprets an
-obligation.
+obligation. It is also the one place that reports to OpenTelemetry
+(:mod:`execgate.telemetry`): each final decision and each tool run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from time import perf_counter_ns, time_ns
+from typing import TYPE_CHECKING, Any
 
+from execgate import telemetry
 from execgate._core import Call, Decision
 from execgate._core import Gate as NativeGate
 from execgate.approval import Approval, ApprovalRequest, Approver, ask
 from execgate.context import _context, _principal
 from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError
+
+if TYPE_CHECKING:
+    from execgate._otel import Instruments
 
 __all__ = ["Pipeline", "Run", "raise_if_blocked"]
 
@@ -59,6 +64,7 @@ class Pipeline:
         self.clock = clock
         self.approver = approver
         self.approval_timeout = approval_timeout
+        telemetry.load()
 
     def _ambient(
         self,
@@ -70,10 +76,10 @@ class Pipeline:
         the gate's clock when it has its own."""
         p = _principal.get()
         if principal:
-            p = {**p, **principal}
+            p = {**p, **principal} if p else dict(principal)
         c = _context.get()
         if context:
-            c = {**c, **context}
+            c = {**c, **context} if c else dict(context)
         if time is None and self.clock is not None:
             time = _rfc3339(self.clock())
         return p, c, time
@@ -116,17 +122,49 @@ class Pipeline:
         args: dict[str, Any] | None,
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        time: str | None = None,
         **capabilities: Any,
     ) -> tuple[Call, Decision]:
         """:meth:`start` then :meth:`authorize`, in one native call when the
         gate has no approver to ask (the entry points without a
         human-in-the-loop of their own use this)."""
         if self.approver is not None:
-            call = self.start(action, args, principal, context, **capabilities)
+            call = self.start(action, args, principal, context, time=time, **capabilities)
             return call, self.authorize(call)
-        p, c, time = self._ambient(principal, context, capabilities.pop("time", None))
-        call = self.native.decide(action, args, p, c, time, authorize=True, **capabilities)
-        return call, call.decision
+        p, c, when = self._ambient(principal, context, time)
+        otel = telemetry.current()
+        if otel is None:
+            call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
+            return call, call.decision
+        begun, t0 = time_ns(), perf_counter_ns()
+        call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
+        return call, self._observed(otel, call.decision, begun, t0)
+
+    def check(
+        self,
+        action: str,
+        args: dict[str, Any] | None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """The decision of a query (``gate.check``): :meth:`decide` with
+        ``query=True``, without a call object when there is nobody to ask."""
+        if self.approver is not None:
+            return self.decide(action, args, principal, context, query=True)[1]
+        ambient = self._ambient(principal, context, None)
+        otel = telemetry.current()
+        if otel is None:
+            return self.native.check(action, args, *ambient)
+        begun, t0 = time_ns(), perf_counter_ns()
+        return self._observed(otel, self.native.check(action, args, *ambient), begun, t0)
+
+    def _observed(self, otel: Instruments, decision: Decision, begun: int, t0: int) -> Decision:
+        """Reports a decision made in one native call that began at ``begun``
+        (wall clock) / ``t0`` (performance counter)."""
+        took = perf_counter_ns() - t0
+        otel.decided(self.native, decision, begun, begun + took, took)
+        return decision
 
     def _request(self, call: Call) -> tuple[Approver, ApprovalRequest] | None:
         """Whom to ask about what, when the call waits for approval and the gate
@@ -149,20 +187,42 @@ class Pipeline:
     def authorize(self, call: Call) -> Decision:
         """Asks the approver when the policy requires it (in a thread, with the
         timeout), then takes the limits and records the decision."""
+        start = self._began(call)
         asking = self._request(call)
         if asking is not None:
             self._answer(call, ask(*asking, self.approval_timeout))
-        return call.authorize()
+        return self._authorized(call, start)
 
     async def aauthorize(self, call: Call) -> Decision:
         """:meth:`authorize` without blocking the event loop while a human decides."""
+        start = self._began(call)
         asking = self._request(call)
         if asking is not None:
             import asyncio  # imported here: it costs ~10 ms at import time
 
             answer = await asyncio.to_thread(ask, *asking, self.approval_timeout)
             self._answer(call, answer)
-        return call.authorize()
+        return self._authorized(call, start)
+
+    @staticmethod
+    def _began(call: Call) -> int | None:
+        """When the evaluation of a call decided by :meth:`start` began (about:
+        now less its duration), if telemetry is on."""
+        if telemetry.current() is None:
+            return None
+        return time_ns() - call.decision.duration_ns
+
+    def _authorized(self, call: Call, start: int | None) -> Decision:
+        """The last stage of a call decided by :meth:`start`, reported as one
+        decision from ``start`` (the span includes a human's wait, the
+        latency metric does not)."""
+        otel = telemetry.current()
+        if otel is None or start is None:
+            return call.authorize()
+        evaluation, t0 = call.decision.duration_ns, perf_counter_ns()
+        decision = call.authorize()
+        otel.decided(self.native, decision, start, time_ns(), evaluation + perf_counter_ns() - t0)
+        return decision
 
 
 class Run:
@@ -172,7 +232,7 @@ class Run:
     reported without raising), and ``run.extra`` fields. :meth:`output` is
     what the caller may see of a result (after ``obligations.redact.output``)."""
 
-    __slots__ = ("call", "decision", "error", "extra", "result", "start")
+    __slots__ = ("call", "decision", "error", "extra", "result", "span", "start")
 
     def __init__(self, call: Call, decision: Decision) -> None:
         self.call = call
@@ -181,20 +241,30 @@ class Run:
         self.error: str | None = None
         self.extra: dict[str, Any] | None = None
         self.start = 0
+        self.span: Any = None
 
     def __enter__(self) -> Run:
-        self.start = time.perf_counter_ns()
+        otel = telemetry.current()
+        if otel is not None and (span := otel.tool_started(self.decision)) is not None:
+            self.span = (otel, span)
+        self.start = perf_counter_ns()
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         error = type(exc).__qualname__ if exc is not None else self.error
-        self.call.complete(
-            status="ok" if error is None else "error",
-            duration_ns=time.perf_counter_ns() - self.start,
-            output=self.result if exc is None else None,
-            error_type=error,
-            extra=self.extra,
-        )
+        completion = None
+        try:
+            completion = self.call.complete(
+                status="ok" if error is None else "error",
+                duration_ns=perf_counter_ns() - self.start,
+                output=self.result if exc is None else None,
+                error_type=error,
+                extra=self.extra,
+            )
+        finally:
+            if self.span is not None:
+                otel, span = self.span
+                otel.tool_ended(span, error, completion)
 
     def output(self, value: Any) -> Any:
         """``value`` as the caller may see it; a refusal raises ActionDenied."""

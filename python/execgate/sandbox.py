@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from execgate import _core
+from execgate.errors import ConfigurationError
 
-__all__ = ["DEFAULT_ENV", "Completed", "Limits", "Sandbox", "parse_size"]
+__all__ = ["DEFAULT_ENV", "Completed", "Egress", "Limits", "Sandbox", "Secret", "parse_size"]
 
 #: Variables passed through from the parent unless ``env_allow`` says otherwise.
 #: Everything else (tokens, keys, credentials) stays behind.
@@ -79,13 +80,147 @@ class Completed:
         return self.exit_code == 0 and self.limit_hit is None
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Header names a credential may not set: they frame or route the request.
+_FRAMING = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer"}
+    | {"upgrade", "expect", "proxy-authorization", "proxy-connection", "proxy-authenticate"}
+)
+_SECRET_BYTES = 64 << 10
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A credential's value for the egress proxy to inject: ``Secret("...")``,
+    ``Secret(env="NAME")`` (the gate's environment, read when injected) or
+    ``Secret(file="/run/secrets/key")`` (read when injected, one trailing
+    newline dropped). Its repr never shows a value."""
+
+    value: str | None = field(default=None, repr=False)
+    env: str | None = None
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.value, self.env, self.file)) != 1:
+            raise ConfigurationError("a Secret is one of a value, env= or file=")
+        if self.value is not None:
+            try:
+                _check_secret(self.value, "the value")
+            except ValueError as e:
+                raise ConfigurationError(str(e)) from None
+
+    @property
+    def source(self) -> str:
+        """Where the value comes from, as the proxy may say it (never the value)."""
+        if self.env is not None:
+            return f"env {self.env}"
+        return "a literal" if self.file is None else f"file {self.file}"
+
+    def read(self) -> str:
+        """The value (``ValueError`` naming the source, never the value, when
+        it is missing or cannot be a header value)."""
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ValueError(f"the variable {self.env} is not set")
+        else:
+            try:
+                with open(os.fspath(self.file or ""), "rb") as f:
+                    data = f.read(_SECRET_BYTES + 1)
+            except OSError as e:
+                raise ValueError(f"cannot read {self.file}: {e.strerror}") from None
+            if len(data) > _SECRET_BYTES:
+                raise ValueError(f"{self.file} is over {_SECRET_BYTES} bytes")
+            value = data.decode("latin-1").removesuffix("\n").removesuffix("\r")
+        _check_secret(value, self.source)
+        return value
+
+
+def _check_secret(value: str, where: str) -> None:
+    if not value or value != value.strip() or not all(0x20 <= ord(c) < 0x7F for c in value):
+        raise ValueError(
+            f"{where} is not a header value (empty, surrounding spaces, or a character"
+            " outside printable ASCII)"
+        )
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What the egress proxy of a ``network="proxy"`` run does besides deciding
+    (README, "Egress privacy router").
+
+    ``credentials`` maps an origin (``"https://api.example.com"``,
+    ``"http://127.0.0.1:8080"``; a bare host means https on 443) to headers the
+    proxy adds to every allowed request to it, after the decision, replacing
+    any the tool sent: ``{"Authorization": Secret(env="API_TOKEN")}`` (a plain
+    string is a literal secret). The tool never holds them; records name the
+    headers injected, never their values. An https origin needs
+    ``intercept_tls``: a tunnel the proxy cannot read cannot carry them.
+
+    ``intercept_tls`` terminates the tool's TLS with an ephemeral CA that only
+    the sandboxed child trusts, so each request inside a ``CONNECT`` is decided
+    and redacted like a plain one; ``upstream_ca`` adds PEM trust anchors for
+    the proxy's own (verified) connections to the real servers.
+    """
+
+    credentials: Mapping[str, Mapping[str, str | Secret]] = field(default_factory=dict, repr=False)
+    intercept_tls: bool = False
+    upstream_ca: Sequence[str | os.PathLike[str]] = ()
+
+    def __post_init__(self) -> None:
+        from execgate.netloc import origin
+
+        injections: dict[tuple[str, str, int], tuple[tuple[str, Secret], ...]] = {}
+        for where, headers in self.credentials.items():
+            try:
+                key = origin(where)
+            except ValueError as e:
+                raise ConfigurationError(f"credentials: {e}") from None
+            if key[0] == "https" and not self.intercept_tls:
+                raise ConfigurationError(
+                    f"credentials for {where} need intercept_tls=True: without interception"
+                    " the proxy cannot add a header inside the tool's TLS"
+                )
+            items = []
+            for name, value in headers.items():
+                if not _TOKEN.match(name) or name.lower() in _FRAMING:
+                    raise ConfigurationError(
+                        f"{name!r} cannot be a credential header (not a token, or it frames"
+                        " the request)"
+                    )
+                items.append((name.lower(), value if isinstance(value, Secret) else Secret(value)))
+            if key in injections:
+                raise ConfigurationError(f"two entries for the origin of {where}")
+            injections[key] = tuple(items)
+        object.__setattr__(self, "_injections", injections)
+        for path in self.upstream_ca:
+            if not os.path.isfile(path):
+                raise ConfigurationError(f"upstream_ca {os.fspath(path)!r} is not a file")
+
+    @property
+    def variables(self) -> set[str]:
+        """The environment variables the credentials are read from."""
+        found: dict[tuple[str, str, int], tuple[tuple[str, Secret], ...]]
+        found = self._injections  # type: ignore[attr-defined]
+        return {s.env for items in found.values() for _, s in items if s.env is not None}
+
+    def injections(self, scheme: str, host: str, port: int) -> tuple[tuple[str, Secret], ...]:
+        """The headers to inject into an allowed request to this origin."""
+        found: dict[tuple[str, str, int], tuple[tuple[str, Secret], ...]]
+        found = self._injections  # type: ignore[attr-defined]
+        return found.get((scheme, host, port), ())
+
+
 @dataclass(frozen=True)
 class Sandbox:
     """How to run a tool. See the README's "Sandbox" section for each field.
 
     ``unix_sockets=True`` lets the tool create Unix sockets, and so connect to
     any named socket it can reach by path; off (the default), only
-    ``socketpair`` works.
+    ``socketpair`` works. ``egress`` configures the egress proxy of
+    ``network="proxy"`` (credential injection, TLS interception).
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -99,6 +234,15 @@ class Sandbox:
     strict: bool = False
     stream: bool = False
     unix_sockets: bool = False
+    egress: Egress = field(default_factory=Egress)
+
+    def __post_init__(self) -> None:
+        passed = self.egress.variables & {*self.env_allow, *(self.env or {})}
+        if passed:
+            raise ConfigurationError(
+                f"the credential variables {sorted(passed)} would be passed to the child"
+                " (env_allow or env): the proxy injects them, the tool must not hold them"
+            )
 
     def spec(self, join_network: int | None = None) -> dict[str, Any]:
         """The plain specification the native runner takes (``join_network``:

@@ -12,6 +12,10 @@ use serde_json::{Map, Value as Json};
 
 use super::receipt::sha256_hex;
 
+/// Text in an argument tree: shared with the policy's values, so the policy's
+/// view holds the same characters without copying them.
+pub type Text = regorus::Rc<str>;
+
 /// One argument value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arg {
@@ -26,7 +30,7 @@ pub enum Arg {
     /// A finite float.
     Float(f64),
     /// Text.
-    Str(String),
+    Str(Text),
     /// Binary data. The policy sees `{"bytes_sha256", "size"}`, never the
     /// content; the privacy router reads the content when it is text.
     Bytes {
@@ -43,7 +47,7 @@ pub enum Arg {
         tuple: bool,
     },
     /// An object with string keys, in the caller's order.
-    Map(Vec<(String, Arg)>),
+    Map(Vec<(Text, Arg)>),
     /// A value the entry point hands to the tool as it is (a datetime, a
     /// dataclass, ...): `view` is what the policy sees of it, `handle` lets
     /// the entry point find the original again.
@@ -69,7 +73,7 @@ impl Arg {
             Self::Int(i) => Value::from(*i),
             Self::UInt(u) => Value::from(*u),
             Self::Float(f) => Value::from(*f),
-            Self::Str(s) => Value::from(s.as_str()),
+            Self::Str(s) => Value::String(s.clone()),
             Self::Bytes { data, .. } => bytes_view(data).to_value(),
             Self::List { items, .. } => {
                 Value::from(items.iter().map(Arg::to_value).collect::<Vec<_>>())
@@ -78,7 +82,7 @@ impl Arg {
                 let mut out = Value::new_object();
                 if let Ok(map) = out.as_object_mut() {
                     for (k, v) in entries {
-                        map.insert(Value::from(k.as_str()), v.to_value());
+                        map.insert(Value::String(k.clone()), v.to_value());
                     }
                 }
                 out
@@ -95,13 +99,13 @@ impl Arg {
             Self::Int(i) => Json::from(*i),
             Self::UInt(u) => Json::from(*u),
             Self::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-            Self::Str(s) => Json::String(s.clone()),
+            Self::Str(s) => Json::String(s.to_string()),
             Self::Bytes { data, .. } => bytes_view(data).to_json(),
             Self::List { items, .. } => Json::Array(items.iter().map(Arg::to_json).collect()),
             Self::Map(entries) => Json::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
                     .collect::<Map<_, _>>(),
             ),
             Self::Opaque { view, .. } => view.to_json(),
@@ -118,14 +122,14 @@ impl Arg {
                 (None, Some(u)) => Self::UInt(u),
                 _ => Self::Float(n.as_f64().unwrap_or(0.0)),
             },
-            Json::String(s) => Self::Str(s.clone()),
+            Json::String(s) => Self::Str(s.as_str().into()),
             Json::Array(a) => Self::List {
                 items: a.iter().map(Self::from_json).collect(),
                 tuple: false,
             },
             Json::Object(o) => Self::Map(
                 o.iter()
-                    .map(|(k, v)| (k.clone(), Self::from_json(v)))
+                    .map(|(k, v)| (k.as_str().into(), Self::from_json(v)))
                     .collect(),
             ),
         }
@@ -142,7 +146,7 @@ impl Arg {
     }
 
     /// The entries of an object (None for anything else).
-    pub fn entries(&self) -> Option<&[(String, Arg)]> {
+    pub fn entries(&self) -> Option<&[(Text, Arg)]> {
         match self {
             Self::Map(entries) => Some(entries),
             _ => None,
@@ -153,7 +157,7 @@ impl Arg {
 /// The policy's view of binary data.
 fn bytes_view(data: &[u8]) -> Arg {
     Arg::Map(vec![
-        ("bytes_sha256".into(), Arg::Str(sha256_hex(data))),
+        ("bytes_sha256".into(), Arg::Str(sha256_hex(data).into())),
         ("size".into(), Arg::UInt(data.len() as u64)),
     ])
 }

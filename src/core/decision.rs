@@ -70,6 +70,8 @@ pub enum FailureKind {
     /// The shared state store (Redis) the call's limits or history live in
     /// cannot be used: unreachable, too slow, or it lost its data.
     State,
+    /// The policy bundle in force is older than the gate's maximum age.
+    Stale,
 }
 
 impl FailureKind {
@@ -86,6 +88,7 @@ impl FailureKind {
             Self::Approval => "approval",
             Self::Refused => "refused",
             Self::State => "state",
+            Self::Stale => "stale",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use regorus::Value;
@@ -40,6 +41,17 @@ pub struct Gate {
     /// `None`: in `ledger`.
     pub(crate) state: Option<SharedState>,
     redact_key: [u8; 32],
+    freshness: Option<Freshness>,
+}
+
+/// A maximum policy age: the bundle in force must have been confirmed
+/// current (by whoever fetches it) within `max_age`, or every decision denies.
+struct Freshness {
+    /// What the bundle is, for the reason (its path or URL).
+    source: String,
+    max_age: Duration,
+    /// When the bundle in force was last confirmed current; None: never.
+    confirmed: Mutex<Option<Instant>>,
 }
 
 impl Gate {
@@ -60,6 +72,59 @@ impl Gate {
             record_input: false,
             ledger: Ledger::new(DEFAULT_HISTORY),
             state: None,
+            freshness: None,
+        })
+    }
+
+    /// Denies every decision (`error="stale"`) once the policy, a bundle
+    /// from `source`, was last confirmed current more than `max_age` ago
+    /// (see [`Gate::confirm_bundle`]). Until the first confirmation the
+    /// policy counts as stale.
+    pub fn with_max_age(mut self, source: String, max_age: Duration) -> Result<Self> {
+        if max_age.is_zero() {
+            return Err(CoreError::InvalidArgument(
+                "bundle_max_age must be a positive number of seconds".into(),
+            ));
+        }
+        self.freshness = Some(Freshness {
+            source,
+            max_age,
+            confirmed: Mutex::new(None),
+        });
+        Ok(self)
+    }
+
+    /// Records that the bundle in force was confirmed current `age` ago (0:
+    /// now; a bundle restored from a cache is as old as its last
+    /// confirmation). Without a maximum age this does nothing.
+    pub fn confirm_bundle(&self, age: Duration) {
+        if let Some(f) = &self.freshness {
+            // An age beyond what the monotonic clock can reach back to is stale.
+            *f.confirmed.lock() = Instant::now().checked_sub(age);
+        }
+    }
+
+    /// Why the policy in force may not decide, if it is older than the
+    /// maximum age.
+    pub(crate) fn stale(&self, revision: Option<&str>) -> Option<String> {
+        let f = self.freshness.as_ref()?;
+        let confirmed = *f.confirmed.lock();
+        let age = confirmed.map(|t| t.elapsed());
+        if age.is_some_and(|a| a <= f.max_age) {
+            return None;
+        }
+        let what = match revision {
+            Some(r) => format!("policy bundle {} (revision {r:?})", f.source),
+            None => format!("policy bundle {}", f.source),
+        };
+        Some(match age {
+            Some(a) => format!(
+                "{what} is stale: last confirmed current {:.1} s ago, more than \
+                 bundle_max_age {} s",
+                a.as_secs_f64(),
+                f.max_age.as_secs_f64()
+            ),
+            None => format!("{what} is stale: never confirmed current"),
         })
     }
 

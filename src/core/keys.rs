@@ -35,7 +35,7 @@ fn key_error(path: Option<&Path>, message: impl Into<String>) -> CoreError {
 /// anything that is not a regular file of at most
 /// [`MAX_KEY_FILE_BYTES`](super::policy::MAX_KEY_FILE_BYTES) (a FIFO, a
 /// device or a huge file is refused without blocking or reading it whole).
-fn read_key_file(path: &Path, private: bool) -> Result<Vec<u8>> {
+pub(crate) fn read_key_file(path: &Path, private: bool) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path)
         .map_err(|e| key_error(Some(path), format!("cannot read key file: {e}")))?;
     if !meta.is_file() {

@@ -80,10 +80,14 @@ struct Taken {
 pub struct Call {
     gate: Arc<Gate>,
     current: Arc<Current>,
-    decision: Decision,
+    /// Shared with the entry point once final (a `Decision` handed out is a
+    /// snapshot: a later change copies it).
+    decision: Arc<Decision>,
     obligations: Obligations,
     /// What the tool receives (rewritten and redacted) when it runs.
     tool_args: Arg,
+    /// Whether the obligations rewrote or redacted the arguments.
+    args_changed: bool,
     /// The session, as the ledger and the log know it (a pseudonym).
     session: String,
     answer: Option<Approval>,
@@ -113,22 +117,27 @@ impl Gate {
         let stateful = reads.history || reads.usage;
         // A policy that reads state it cannot have is not evaluated.
         let evaluate = |input: &mut Value, keys: &[(String, String)]| {
-            match self.add_state(input, &session, keys) {
-                Ok(()) => current.policy.evaluate(input).outcome,
-                Err(message) => Err(EvalFailure {
-                    kind: FailureKind::State,
-                    message,
-                }),
+            if stateful {
+                if let Err(message) = self.add_state(input, &session, keys) {
+                    return Err(EvalFailure {
+                        kind: FailureKind::State,
+                        message,
+                    });
+                }
             }
+            current.policy.evaluate(input).outcome
         };
-        let mut verdict = if stateful {
-            evaluate(&mut input, &[])
-        } else {
-            current.policy.evaluate(&input).outcome
+        // A policy older than the gate's maximum age does not decide.
+        let mut verdict = match self.stale(current.policy.revision()) {
+            Some(message) => Err(EvalFailure {
+                kind: FailureKind::Stale,
+                message,
+            }),
+            None => evaluate(&mut input, &[]),
         };
         // input.usage.budgets shows only the budgets this decision names: the
         // first evaluation says which; the second sees their spending.
-        if reads.usage {
+        if reads.usage && verdict.is_ok() {
             if let Ok(v) = &verdict {
                 let keys = budget_keys(&v.obligations, &current);
                 if !keys.is_empty() {
@@ -168,9 +177,13 @@ impl Gate {
             Err(f) => decision.deny(f.kind, f.message),
         }
         let mut tool_args = request.args;
+        let mut args_changed = false;
         if decision.allowed {
             match prepare_args(&tool_args, &obligations, &current, &capabilities) {
-                Ok(Some(args)) => tool_args = args,
+                Ok(Some(args)) => {
+                    tool_args = args;
+                    args_changed = true;
+                }
                 Ok(None) => {}
                 Err(reason) => decision.deny(FailureKind::Obligation, reason),
             }
@@ -179,9 +192,10 @@ impl Gate {
         Ok(Call {
             gate: self.clone(),
             current,
-            decision,
+            decision: Arc::new(decision),
             obligations,
             tool_args,
+            args_changed,
             session,
             answer: None,
             stage: Stage::Decided,
@@ -280,9 +294,9 @@ fn prepare_args(
         };
         for (name, value) in rewrite {
             let value = Arg::from_json(value);
-            match entries.iter_mut().find(|(k, _)| k == name) {
+            match entries.iter_mut().find(|(k, _)| **k == **name) {
                 Some(entry) => entry.1 = value,
-                None => entries.push((name.clone(), value)),
+                None => entries.push((name.as_str().into(), value)),
             }
         }
     }
@@ -301,7 +315,8 @@ fn prepare_args(
         (&can.replaceable, args.entries(), out.entries())
     {
         let changed = after.iter().find(|(k, v)| {
-            !names.contains(k) && before.iter().find(|(b, _)| b == k).map(|e| &e.1) != Some(v)
+            !names.iter().any(|n| **n == **k)
+                && before.iter().find(|(b, _)| b == k).map(|e| &e.1) != Some(v)
         });
         if let Some((name, _)) = changed {
             return Err(format!(
@@ -324,7 +339,10 @@ fn redact_args(
     };
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
-        let selected = rule.paths.as_ref().is_none_or(|p| p.contains(name));
+        let selected = rule
+            .paths
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|x| **x == **name));
         let value = if selected {
             current
                 .redactor
@@ -374,6 +392,11 @@ impl Call {
         &self.decision
     }
 
+    /// The decision as it stands, shared (no copy).
+    pub fn shared_decision(&self) -> Arc<Decision> {
+        self.decision.clone()
+    }
+
     /// The typed obligations.
     pub fn obligations(&self) -> &Obligations {
         &self.obligations
@@ -410,7 +433,7 @@ impl Call {
                 "a call can be refused only before it is authorized".into(),
             ));
         }
-        self.decision.deny(FailureKind::Refused, reason);
+        Arc::make_mut(&mut self.decision).deny(FailureKind::Refused, reason);
         Ok(())
     }
 
@@ -447,7 +470,7 @@ impl Call {
                     Ok(Err(reason)) => {
                         gate.ledger.give_back(&t.rates, &t.budgets, t.now);
                         taken = None;
-                        self.decision.deny(FailureKind::Obligation, reason);
+                        Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
                         decision_body(&self.decision, gate.record_input, &self.current.redactor)
                             .and_then(|body| log.append(body))
                     }
@@ -457,12 +480,12 @@ impl Call {
                 (_, body) => body.and_then(|body| log.append(body)),
             };
             match appended {
-                Ok(receipt) => self.decision.receipt = Some(receipt),
+                Ok(receipt) => Arc::make_mut(&mut self.decision).receipt = Some(receipt),
                 Err(e) => {
                     if let Some(t) = &taken {
                         give_back(&gate, t);
                     }
-                    self.decision.deny(
+                    Arc::make_mut(&mut self.decision).deny(
                         FailureKind::Audit,
                         format!("the decision could not be recorded: {e}"),
                     );
@@ -485,8 +508,8 @@ impl Call {
                 history_entry(&name, self.decision.allowed, &self.time(), &digest),
             );
         }
-        self.decision.duration_ns = self
-            .decision
+        let decision = Arc::make_mut(&mut self.decision);
+        decision.duration_ns = decision
             .duration_ns
             .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         Ok(&self.decision)
@@ -502,7 +525,7 @@ impl Call {
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
         match &self.answer {
-            None => self.decision.deny(
+            None => Arc::make_mut(&mut self.decision).deny(
                 FailureKind::Approval,
                 format!("pending approval{why} (no approver answered)"),
             ),
@@ -512,8 +535,8 @@ impl Call {
                     .as_deref()
                     .map(|c| format!(" {c}"))
                     .unwrap_or_default();
-                self.decision.approval = Some(a.clone());
-                self.decision
+                Arc::make_mut(&mut self.decision).approval = Some(a.clone());
+                Arc::make_mut(&mut self.decision)
                     .deny(FailureKind::Approval, format!("approval timed out{after}"));
             }
             Some(a) if !a.approved => {
@@ -522,13 +545,13 @@ impl Call {
                     .as_deref()
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
-                self.decision.approval = Some(a.clone());
-                self.decision.deny(
+                Arc::make_mut(&mut self.decision).approval = Some(a.clone());
+                Arc::make_mut(&mut self.decision).deny(
                     FailureKind::Approval,
                     format!("approval refused by {}{comment}", a.approver),
                 );
             }
-            Some(a) => self.decision.approval = Some(a.clone()),
+            Some(a) => Arc::make_mut(&mut self.decision).approval = Some(a.clone()),
         }
     }
 
@@ -551,7 +574,7 @@ impl Call {
                 call: None,
             }),
             Err(reason) => {
-                self.decision.deny(FailureKind::Obligation, reason);
+                Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
                 None
             }
         }
@@ -610,12 +633,12 @@ impl Call {
             }),
             Ok(Ok(false)) => None,
             Ok(Err(reason)) => {
-                self.decision.deny(FailureKind::Obligation, reason);
+                Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
                 None
             }
             Err(e) => {
                 if self.decision.allowed {
-                    self.decision.deny(FailureKind::State, e.to_string());
+                    Arc::make_mut(&mut self.decision).deny(FailureKind::State, e.to_string());
                 }
                 None
             }
@@ -650,7 +673,7 @@ impl Call {
         let now = match chrono::DateTime::parse_from_rfc3339(&self.time()) {
             Ok(t) => t.timestamp_micros() as f64 / 1e6,
             Err(e) => {
-                self.decision.deny(
+                Arc::make_mut(&mut self.decision).deny(
                     FailureKind::Obligation,
                     format!("cannot read context.time for rate limits: {e}"),
                 );
@@ -665,6 +688,12 @@ impl Call {
     pub fn tool_args(&self) -> Result<&Arg> {
         self.runnable()?;
         Ok(&self.tool_args)
+    }
+
+    /// Whether the obligations rewrote or redacted the arguments (when not,
+    /// [`Call::tool_args`] are the arguments as the entry point gave them).
+    pub fn args_changed(&self) -> bool {
+        self.args_changed
     }
 
     /// `obligations.sandbox`, for an entry point that runs the tool sandboxed.

@@ -778,7 +778,7 @@ impl Walk<'_> {
 
     fn arg(&mut self, value: &Arg, path: &mut String, rewritable: bool) -> Arg {
         match value {
-            Arg::Str(s) => Arg::Str(self.text(s, path, rewritable)),
+            Arg::Str(s) => Arg::Str(self.text(s, path, rewritable).into()),
             Arg::Bytes { data, mutable } => match std::str::from_utf8(data) {
                 Ok(text) => Arg::Bytes {
                     data: self.text(text, path, rewritable).into_bytes(),
@@ -815,7 +815,7 @@ impl Walk<'_> {
                         let key = self.text(k, &format!("{path} (key)"), rewritable);
                         let out = self.arg(v, path, rewritable);
                         path.truncate(len);
-                        (key, out)
+                        (key.into(), out)
                     })
                     .collect(),
             ),

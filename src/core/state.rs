@@ -312,7 +312,10 @@ impl SharedState {
         let history: Vec<Value> = entries.iter().filter_map(|e| parse_entry(e)).collect();
         let mut usage = Value::new_object();
         if let Ok(map) = usage.as_object_mut() {
-            map.insert(Value::from("session_calls"), Value::from(calls.unwrap_or(0)));
+            map.insert(
+                Value::from("session_calls"),
+                Value::from(calls.unwrap_or(0)),
+            );
             let mut budgets = Value::new_object();
             if let Ok(b) = budgets.as_object_mut() {
                 for ((shown, _), units) in budget_keys.iter().zip(spent) {
@@ -473,7 +476,8 @@ impl SharedState {
             let (Some(k), Some(spent)) = (b[0].as_str(), b[1].as_f64()) else {
                 continue;
             };
-            pipe.set(key("b", k), (spent * UNITS).round() as i64).ignore();
+            pipe.set(key("b", k), (spent * UNITS).round() as i64)
+                .ignore();
             report.budgets += 1;
         }
         for r in list("rates").unwrap_or_default() {
@@ -652,7 +656,9 @@ mod tests {
         );
         assert_eq!(without_password("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
         assert!(SharedState::open("http://x", StateOptions::default(), [0; 32]).is_err());
-        assert!(SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [0; 32]).is_ok());
+        assert!(
+            SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [0; 32]).is_ok()
+        );
     }
 
     #[test]
@@ -675,8 +681,10 @@ mod tests {
 
     #[test]
     fn call_ids_are_stable_keyed_and_distinct() {
-        let a = SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [1; 32]).unwrap();
-        let b = SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [2; 32]).unwrap();
+        let a =
+            SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [1; 32]).unwrap();
+        let b =
+            SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [2; 32]).unwrap();
         let id = |s: &SharedState, tc: Option<&str>, args: &str| s.call_id("s", "p", tc, "a", args);
         assert_eq!(id(&a, Some("t"), "h"), id(&a, Some("t"), "h"));
         assert_ne!(id(&a, Some("t"), "h"), id(&b, Some("t"), "h"));

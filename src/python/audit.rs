@@ -93,6 +93,12 @@ impl PyAuditLog {
         Ok(py.detach(|| self.inner.rotate())?.display().to_string())
     }
 
+    /// The ``seq`` of the last record this writer wrote or saw (0 before any).
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.inner.seq()
+    }
+
     #[getter]
     fn path(&self) -> Option<PathBuf> {
         self.inner.path().map(PathBuf::from)
@@ -117,7 +123,7 @@ impl PyAuditLog {
 /// What `verify_log` found.
 #[pyclass(frozen, name = "VerifyReport", module = "execgate._core")]
 pub struct PyVerifyReport {
-    inner: VerifyReport,
+    pub(crate) inner: VerifyReport,
 }
 
 #[pymethods]

@@ -5,9 +5,63 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use super::keys::{PySigningKey, PyVerifyKey};
-use crate::core::bundle::{self, Bundle};
+use super::keys::{PemSource, PySigningKey, PyVerifyKey};
+use crate::core::bundle::{self, Bundle, BundleKey};
 use crate::core::error::CoreError;
+
+/// A public key bundles are verified with: an execgate (Ed25519) key, an RSA
+/// key (RS256) or a P-256 key (ES256). The JWT's algorithm must be the key's.
+#[pyclass(frozen, name = "BundleKey", module = "execgate._core")]
+pub struct PyBundleKey {
+    pub(crate) inner: BundleKey,
+}
+
+#[pymethods]
+impl PyBundleKey {
+    /// Loads a public key PEM (SPKI `BEGIN PUBLIC KEY`, or PKCS#1
+    /// `BEGIN RSA PUBLIC KEY`) from bytes or a file.
+    #[staticmethod]
+    fn from_pem(py: Python<'_>, source: PemSource) -> PyResult<Self> {
+        let inner = py.detach(|| match &source {
+            PemSource::Bytes(b) => BundleKey::from_pem(b),
+            PemSource::Path(p) => BundleKey::from_pem_file(p),
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// The one JWT algorithm this key verifies: "EdDSA", "RS256" or "ES256".
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.inner.algorithm()
+    }
+
+    /// The execgate key id (Ed25519), or the first 16 bytes of SHA-256 over
+    /// the key's SPKI DER as hex.
+    #[getter]
+    fn id(&self) -> String {
+        self.inner.id().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<BundleKey {} {}>", self.inner.algorithm(), self.inner.id())
+    }
+}
+
+/// What `Bundle.read` and `Bundle.from_bytes` accept as a key.
+#[derive(FromPyObject)]
+pub enum AnyBundleKey<'py> {
+    Bundle(PyRef<'py, PyBundleKey>),
+    Verify(PyRef<'py, PyVerifyKey>),
+}
+
+impl AnyBundleKey<'_> {
+    fn key(&self) -> BundleKey {
+        match self {
+            Self::Bundle(k) => k.inner.clone(),
+            Self::Verify(k) => k.inner.clone().into(),
+        }
+    }
+}
 
 /// A bundle whose signature and file list verified; not yet compiled.
 #[pyclass(frozen, name = "Bundle", module = "execgate._core")]
@@ -19,16 +73,16 @@ pub struct PyBundle {
 impl PyBundle {
     /// Reads and verifies the bundle file at `path` with `key`.
     #[staticmethod]
-    fn read(py: Python<'_>, path: PathBuf, key: PyRef<'_, PyVerifyKey>) -> PyResult<Self> {
-        let key = key.inner.clone();
+    fn read(py: Python<'_>, path: PathBuf, key: AnyBundleKey<'_>) -> PyResult<Self> {
+        let key = key.key();
         let inner = py.detach(|| Bundle::from_file(&path, &key))?;
         Ok(Self { inner })
     }
 
     /// Verifies a bundle held in memory (for example as downloaded).
     #[staticmethod]
-    fn from_bytes(py: Python<'_>, data: Vec<u8>, key: PyRef<'_, PyVerifyKey>) -> PyResult<Self> {
-        let key = key.inner.clone();
+    fn from_bytes(py: Python<'_>, data: Vec<u8>, key: AnyBundleKey<'_>) -> PyResult<Self> {
+        let key = key.key();
         let inner = py.detach(|| Bundle::from_bytes(&data, &key))?;
         Ok(Self { inner })
     }
@@ -64,7 +118,7 @@ pub fn build_bundle(
     let key = key.inner.clone();
     let revision = py.detach(|| -> Result<String, CoreError> {
         let bytes = bundle::build(&directory, &key, revision.as_deref())?;
-        let written = Bundle::from_bytes(&bytes, &key.verify_key())?;
+        let written = Bundle::from_bytes(&bytes, &key.verify_key().into())?;
         let tmp = out.with_extension(format!("tmp{}", std::process::id()));
         let io = |e: std::io::Error| CoreError::InvalidArgument(format!("{}: {e}", out.display()));
         std::fs::write(&tmp, &bytes).map_err(io)?;

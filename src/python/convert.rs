@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use regorus::Value;
 
-use crate::core::args::Arg;
+use crate::core::args::{Arg, Text};
 use crate::core::error::CoreError;
 
 static TO_JSON: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -57,6 +57,12 @@ pub fn argument_error(path: &str, message: String) -> PyErr {
 pub struct Converter {
     /// Originals referenced by [`Arg::Opaque`] handles.
     pub handles: Vec<Py<PyAny>>,
+    /// Whether a value below the top level was anything but an immutable
+    /// scalar of an exact type (`str`, `int`, `float`, `bool`, `None`,
+    /// `bytes`): a container the caller could change after the check, a
+    /// subclass, or a type converted by the rules in `execgate._convert`.
+    /// Only when it is not may the tool be handed the caller's own values.
+    pub needs_copies: bool,
 }
 
 impl Converter {
@@ -85,10 +91,14 @@ impl Converter {
         }
         if obj.is_exact_instance_of::<PyInt>()
             || obj.is_exact_instance_of::<PyFloat>()
-            || obj.is_exact_instance_of::<PyDict>()
+            || obj.is_exact_instance_of::<PyBytes>()
+        {
+            return self.native(obj, path, depth);
+        }
+        self.needs_copies = true;
+        if obj.is_exact_instance_of::<PyDict>()
             || obj.is_exact_instance_of::<PyList>()
             || obj.is_exact_instance_of::<PyTuple>()
-            || obj.is_exact_instance_of::<PyBytes>()
             || obj.is_exact_instance_of::<PyByteArray>()
         {
             return self.native(obj, path, depth);
@@ -186,10 +196,9 @@ impl Converter {
         path: &mut String,
         depth: usize,
     ) -> PyResult<Arg> {
-        let items = d.items();
+        let items = storage(d)?;
         let mut out = Vec::with_capacity(items.len());
-        for item in items.iter() {
-            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        for (k, v) in items {
             let Ok(key) = k.cast::<PyString>() else {
                 return Err(argument_error(
                     path,
@@ -263,7 +272,7 @@ impl Converter {
             Arg::Map(entries) => {
                 let d = PyDict::new(py);
                 for (k, v) in entries {
-                    d.set_item(k, self.to_python(py, v)?)?;
+                    d.set_item(&**k, self.to_python(py, v)?)?;
                 }
                 d.into_any()
             }
@@ -280,6 +289,21 @@ impl Converter {
     }
 }
 
+/// A dict's entries as its storage holds them, in a private snapshot: Python
+/// code the conversion runs (a value's `to_json`) cannot change what is being
+/// iterated, and a change to the dict itself is caught by its caller's size
+/// check.
+fn storage<'py>(d: &Bound<'py, PyDict>) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    if d.is_exact_instance_of::<PyDict>() {
+        // PyDict_Copy of an exact dict copies its storage.
+        Ok(d.copy()?.iter().collect())
+    } else {
+        // A subclass: PyDict_Items reads the storage, never an overridden
+        // `keys` or `__iter__` (which PyDict_Copy would call).
+        d.items().iter().map(|item| item.extract()).collect()
+    }
+}
+
 fn changed(path: &str) -> PyErr {
     let what = if path.is_empty() {
         "the arguments"
@@ -293,9 +317,9 @@ fn changed(path: &str) -> PyErr {
 }
 
 /// The characters of a str (or subclass), or an error naming the argument.
-fn text(s: &Bound<'_, PyString>, path: &str) -> PyResult<String> {
+fn text(s: &Bound<'_, PyString>, path: &str) -> PyResult<Text> {
     match s.to_str() {
-        Ok(t) => Ok(t.to_string()),
+        Ok(t) => Ok(t.into()),
         Err(_) => Err(argument_error(
             path,
             format!("argument {path} is not valid Unicode text (it holds a lone surrogate)"),

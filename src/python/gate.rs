@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -20,7 +21,9 @@ use crate::core::policy::{
     DEFAULT_TIMEOUT,
 };
 use crate::core::receipt::{Approval, Outcome};
-use crate::core::state::{StateOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT as DEFAULT_STATE_TIMEOUT};
+use crate::core::state::{
+    StateOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT as DEFAULT_STATE_TIMEOUT,
+};
 
 /// Builds a policy set from the already-classified pieces the Python layer passes.
 fn policy_set(
@@ -93,7 +96,8 @@ impl PyGate {
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
                         max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None,
-                        bundle=None, state=None, state_timeout=DEFAULT_STATE_TIMEOUT.as_secs_f64(),
+                        bundle=None, bundle_max_age=None, bundle_name=String::new(), state=None,
+                        state_timeout=DEFAULT_STATE_TIMEOUT.as_secs_f64(),
                         state_connect_timeout=DEFAULT_CONNECT_TIMEOUT.as_secs_f64()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -111,6 +115,8 @@ impl PyGate {
         record_input: bool,
         history: Option<usize>,
         bundle: Option<PyRef<'_, PyBundle>>,
+        bundle_max_age: Option<f64>,
+        bundle_name: String,
         state: Option<String>,
         state_timeout: f64,
         state_connect_timeout: f64,
@@ -138,6 +144,9 @@ impl PyGate {
         let mut inner = py.detach(|| Gate::new(set, options, mode))?;
         if let Some(len) = history {
             inner = inner.with_history(len)?;
+        }
+        if let Some(age) = bundle_max_age {
+            inner = inner.with_max_age(bundle_name, seconds(age, "bundle_max_age")?)?;
         }
         if let Some(log) = log {
             let log = log.inner.clone();
@@ -181,34 +190,36 @@ impl PyGate {
         output: bool,
         authorize: bool,
     ) -> PyResult<PyCall> {
-        let mut conv = Converter::default();
-        let args = optional_object(&mut conv, args, "args")?;
-        let mut side = Converter::default();
-        let request = Request {
-            action,
-            args,
-            principal: optional_object(&mut side, principal, "principal")?.to_value(),
-            context: optional_object(&mut side, context, "context")?.to_value(),
-            time,
-        };
+        let (request, conv) = request(action, args, principal, context, time)?;
         let capabilities = (!query).then_some(Capabilities {
             sandbox,
             rewrite,
             replaceable,
             output,
         });
-        let gate = self.inner.clone();
-        let call = py.detach(|| -> crate::core::error::Result<Call> {
-            let mut call = gate.decide(request, capabilities)?;
-            // One crossing when nobody is to be asked first (a pending
-            // approval is then recorded as such).
-            if authorize {
-                call.authorize()?;
-            }
-            Ok(call)
-        })?;
+        let call = self.run(py, request, capabilities, authorize)?;
         Ok(PyCall {
             state: Mutex::new(CallState { call, conv }),
+        })
+    }
+
+    /// `decide(..., query=True, authorize=True).decision` in one step, for
+    /// `check()` when there is no approver to ask: the decision, with no call
+    /// object around it.
+    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        action: String,
+        args: Option<&Bound<'_, PyDict>>,
+        principal: Option<&Bound<'_, PyDict>>,
+        context: Option<&Bound<'_, PyDict>>,
+        time: Option<String>,
+    ) -> PyResult<PyDecision> {
+        let (request, _) = request(action, args, principal, context, time)?;
+        let call = self.run(py, request, None, true)?;
+        Ok(PyDecision {
+            inner: call.shared_decision(),
         })
     }
 
@@ -240,6 +251,22 @@ impl PyGate {
             None
         };
         Ok(py.detach(|| self.inner.reload(set))?)
+    }
+
+    /// Records that the bundle in force was confirmed current `age` seconds
+    /// ago (see `bundle_max_age`); an infinite age leaves it stale.
+    #[pyo3(signature = (age=0.0))]
+    fn confirm_bundle(&self, age: f64) -> PyResult<()> {
+        if age.is_nan() || age < 0.0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "a bundle's age cannot be {age} seconds"
+            ))
+            .into());
+        }
+        // Past what a Duration holds (inf): never confirmed, so stale.
+        let age = Duration::try_from_secs_f64(age).unwrap_or(Duration::MAX);
+        self.inner.confirm_bundle(age);
+        Ok(())
     }
 
     /// Records the outcome of a call its caller ran itself (after a bare
@@ -369,6 +396,49 @@ struct CallState {
     conv: Converter,
 }
 
+impl PyGate {
+    /// Decides `request` without the GIL; with `authorize`, also authorizes
+    /// it in the same crossing (a pending approval is then recorded as such).
+    fn run(
+        &self,
+        py: Python<'_>,
+        request: Request,
+        capabilities: Option<Capabilities>,
+        authorize: bool,
+    ) -> PyResult<Call> {
+        let gate = self.inner.clone();
+        Ok(py.detach(|| -> crate::core::error::Result<Call> {
+            let mut call = gate.decide(request, capabilities)?;
+            if authorize {
+                call.authorize()?;
+            }
+            Ok(call)
+        })?)
+    }
+}
+
+/// The request from the Python arguments, and the converter that holds the
+/// originals of the arguments' opaque values (to hand them to the tool).
+fn request(
+    action: String,
+    args: Option<&Bound<'_, PyDict>>,
+    principal: Option<&Bound<'_, PyDict>>,
+    context: Option<&Bound<'_, PyDict>>,
+    time: Option<String>,
+) -> PyResult<(Request, Converter)> {
+    let mut conv = Converter::default();
+    let args = optional_object(&mut conv, args, "args")?;
+    let mut side = Converter::default();
+    let request = Request {
+        action,
+        args,
+        principal: optional_object(&mut side, principal, "principal")?.to_value(),
+        context: optional_object(&mut side, context, "context")?.to_value(),
+        time,
+    };
+    Ok((request, conv))
+}
+
 /// One call on its way through the pipeline (see `core::pipeline`). Each
 /// method is one stage; a stage out of order raises.
 #[pyclass(frozen, name = "Call", module = "execgate._core")]
@@ -382,7 +452,7 @@ impl PyCall {
     #[getter]
     fn decision(&self) -> PyDecision {
         PyDecision {
-            inner: self.state.lock().call.decision().clone(),
+            inner: self.state.lock().call.shared_decision(),
         }
     }
 
@@ -428,8 +498,10 @@ impl PyCall {
     fn authorize(&self, py: Python<'_>) -> PyResult<PyDecision> {
         py.detach(|| {
             let mut state = self.state.lock();
-            let decision = state.call.authorize()?.clone();
-            Ok(PyDecision { inner: decision })
+            state.call.authorize()?;
+            Ok(PyDecision {
+                inner: state.call.shared_decision(),
+            })
         })
     }
 
@@ -438,6 +510,19 @@ impl PyCall {
         let state = self.state.lock();
         let args = state.call.tool_args()?;
         state.conv.to_python(py, args)
+    }
+
+    /// Like `arguments()`, but None when the tool may be called with the
+    /// caller's own values: the obligations left them as they were and each
+    /// is an immutable scalar of an exact type (what the policy judged is
+    /// then what those objects are, and nobody can change them).
+    fn arguments_if_copied<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let state = self.state.lock();
+        let args = state.call.tool_args()?;
+        if !state.call.args_changed() && !state.conv.needs_copies {
+            return Ok(None);
+        }
+        state.conv.to_python(py, args).map(Some)
     }
 
     /// `obligations.sandbox`, for an entry point that runs the tool sandboxed.
@@ -488,11 +573,12 @@ impl PyCall {
     ) -> PyResult<Option<PyReceipt>> {
         // Without a receipt nothing is recorded: skip digesting the output.
         let recorded = self.state.lock().call.decision().receipt.is_some();
-        let outcome = if recorded {
-            outcome(status, duration_ns, output.as_ref(), error_type, extra)?
-        } else {
-            Outcome::default()
-        };
+        if !recorded {
+            // Nothing to write: only the stage moves on (no need to let go of the GIL).
+            self.state.lock().call.complete(&Outcome::default())?;
+            return Ok(None);
+        }
+        let outcome = outcome(status, duration_ns, output.as_ref(), error_type, extra)?;
         py.detach(|| {
             let receipt = self.state.lock().call.complete(&outcome)?;
             Ok(receipt.map(|inner| PyReceipt { inner }))
@@ -503,7 +589,7 @@ impl PyCall {
 /// An immutable authorization decision.
 #[pyclass(frozen, name = "Decision", module = "execgate._core")]
 pub struct PyDecision {
-    inner: Decision,
+    inner: Arc<Decision>,
 }
 
 #[pymethods]
@@ -551,6 +637,18 @@ impl PyDecision {
     #[getter]
     fn policy_digest(&self) -> &str {
         &self.inner.policy_digest
+    }
+
+    /// The revision of the bundle the decision was made under, if any.
+    #[getter]
+    fn policy_revision(&self) -> Option<&str> {
+        self.inner.policy_revision.as_deref()
+    }
+
+    /// `input.context` alone (cheaper than `input` when that is all one needs).
+    #[getter]
+    fn context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.inner.input["context"])
     }
 
     #[getter]

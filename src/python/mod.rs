@@ -10,4 +10,5 @@ pub mod gate;
 pub mod keys;
 pub mod redact;
 pub mod sandbox;
+pub mod ship;
 pub mod state;

@@ -3,7 +3,7 @@
 Tools: ``echo`` (trivial), ``add`` (structured output), ``contact`` (text and
 structured output carrying an email address, for output redaction),
 ``delete`` (an argument rule), ``admin_reset`` (hidden by the example policy),
-``read_file`` and ``connect`` (what a sandbox confines), ``crash`` (the server
+``read_file``, ``connect`` and ``fetch`` (what a sandbox confines), ``crash`` (the server
 dies mid-call), ``slow`` (a call that takes a while), ``deploy`` (needs approval), ``calls`` (how many tool
 calls this server saw, so a test can prove a denied call never arrived).
 """
@@ -86,6 +86,22 @@ def connect(host: str, port: int) -> str:
     try:
         with socket.create_connection((host, port), timeout=2):
             return "connected"
+    except OSError as e:
+        return f"error: {type(e).__name__}: {e}"
+
+
+@server.tool()
+def fetch(url: str) -> str:
+    """GETs a URL (through the proxy in HTTP_PROXY, if any); the answer or the error."""
+    import urllib.error
+    import urllib.request
+
+    _saw("fetch")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return str(answer.read().decode())
+    except urllib.error.HTTPError as e:
+        return f"error: HTTP {e.code}: {e.read().decode()}"
     except OSError as e:
         return f"error: {type(e).__name__}: {e}"
 

@@ -6,7 +6,10 @@
 //! - [`recovery`]: the linear tail scan, moving a torn tail aside, and the
 //!   signed `recovery` records that name what a writer found instead of
 //!   silently starting or extending a chain it cannot vouch for.
-//! - [`verify`]: [`verify_log`], a streaming verifier in bounded memory.
+//! - [`verify`]: [`verify_log`], a streaming verifier in bounded memory, and
+//!   [`ChainVerifier`], the same checks over records fed one by one (rows).
+//! - [`reader`]: [`LogReader`], the records from a given `seq` on, across
+//!   rotated files, for copying them elsewhere (PostgreSQL).
 //!
 //! The rules a log obeys (also in the README):
 //! - every payload names the writer's signing mode (`signing`: `"record"` or
@@ -19,6 +22,7 @@
 //! - a writer never chains onto a record it cannot verify without first
 //!   writing a signed `recovery` record that names it.
 
+mod reader;
 mod recovery;
 mod state;
 mod verify;
@@ -29,10 +33,11 @@ use std::time::Duration;
 
 use super::error::CoreError;
 
+pub use reader::{LogReader, LogRecord};
 pub use state::StateFold;
 pub use verify::{
-    verify_log, verify_log_with_progress, verify_logs_with_progress, Incident, VerifyFailure,
-    VerifyReport, UNFINISHED_LISTED,
+    verify_log, verify_log_with_progress, verify_logs_with_progress, ChainVerifier, Incident,
+    VerifyFailure, VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 

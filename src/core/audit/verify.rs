@@ -131,12 +131,6 @@ fn digest_bytes(hex_digest: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Why a line fails: this line, or an earlier one (a batched signature).
-enum Failure {
-    Here(String),
-    At(VerifyFailure),
-}
-
 #[derive(Default)]
 struct Verifier {
     report: VerifyReport,
@@ -151,6 +145,11 @@ struct Verifier {
     /// The seq before this verification's first record (a later file of a
     /// rotated log verified alone).
     seq_base: u64,
+    /// Fed by [`ChainVerifier`]: each record's label is the seq it is stored
+    /// under, and must be its own.
+    rows: bool,
+    /// The digest the first record must have (a [`ChainVerifier`]'s log id).
+    genesis: Option<String>,
 }
 
 /// Verifies every signature (batched), the hash chain, sequence numbers,
@@ -225,6 +224,51 @@ pub fn verify_logs_with_progress(
     Ok(report)
 }
 
+/// Verifies one chain fed record by record in `seq` order (the rows of a
+/// database table, say), with the checks [`verify_log`] makes, plus: each
+/// record is stored under its own `seq`, and with a `log_id` the first record
+/// must be the one it names (its digest: see [`super::LogReader::log_id`]).
+/// Failures name the `seq` a record is stored under as their `line`.
+pub struct ChainVerifier {
+    verifier: Verifier,
+    keyring: Keyring,
+    stopped: bool,
+}
+
+impl ChainVerifier {
+    /// A verifier for one chain signed by keys of `keyring`.
+    pub fn new(keyring: Keyring, log_id: Option<String>) -> Self {
+        Self {
+            verifier: Verifier {
+                rows: true,
+                genesis: log_id,
+                ..Verifier::default()
+            },
+            keyring,
+            stopped: false,
+        }
+    }
+
+    /// Checks the record stored under `seq` (its bytes, without a newline);
+    /// `false` once verification has stopped at a failure (later records are
+    /// not looked at).
+    pub fn push(&mut self, seq: u64, record: &[u8]) -> bool {
+        if !self.stopped {
+            self.stopped = self.verifier.check_record(seq, record, &self.keyring);
+        }
+        !self.stopped
+    }
+
+    /// The report, once every record was pushed.
+    pub fn finish(self) -> VerifyReport {
+        if self.stopped {
+            self.verifier.report
+        } else {
+            self.verifier.finish()
+        }
+    }
+}
+
 /// The `seq` of a file's first record (0 when it has none that parses).
 fn first_seq(path: &Path) -> Result<u64> {
     let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
@@ -276,42 +320,46 @@ impl Verifier {
                 progress(at.read, total);
                 at.reported = at.read;
             }
-            let outcome = if line.last() != Some(&b'\n') {
-                if line.len() as u64 > MAX_RECORD_BYTES {
-                    Err(Failure::Here(format!(
-                        "line is longer than a record may be ({MAX_RECORD_BYTES} bytes)"
-                    )))
-                } else {
-                    Err(Failure::Here(
-                        "torn tail: the last line is incomplete".into(),
-                    ))
-                }
-            } else {
-                self.record(line_no, &line[..line.len() - 1], keyring)
-                    .map_err(Failure::Here)
-                    .and_then(|()| {
-                        if self.pending.len() >= BATCH {
-                            check_signatures(&mut self.pending)
-                                .map_or(Ok(()), |bad| Err(Failure::At(bad)))
-                        } else {
-                            Ok(())
-                        }
-                    })
-            };
-            match outcome {
-                Ok(()) => {}
-                Err(Failure::Here(reason)) => {
-                    self.fail(line_no, reason);
-                    progress(at.read, total);
-                    return Ok(true);
-                }
-                Err(Failure::At(bad)) => {
-                    self.report.failure = Some(bad);
-                    progress(at.read, total);
-                    return Ok(true);
-                }
+            if self.check_line(line_no, &line, keyring) {
+                progress(at.read, total);
+                return Ok(true);
             }
         }
+    }
+
+    /// Checks one line as read (with its newline when complete); `true` when
+    /// verification stopped at a failure.
+    fn check_line(&mut self, line_no: u64, line: &[u8], keyring: &Keyring) -> bool {
+        match line.strip_suffix(b"\n") {
+            Some(raw) => self.check_record(line_no, raw, keyring),
+            None if line.len() as u64 > MAX_RECORD_BYTES => {
+                self.fail(
+                    line_no,
+                    format!("line is longer than a record may be ({MAX_RECORD_BYTES} bytes)"),
+                );
+                true
+            }
+            None => {
+                self.fail(line_no, "torn tail: the last line is incomplete".into());
+                true
+            }
+        }
+    }
+
+    /// Checks one record (a line without its newline); `true` when
+    /// verification stopped at a failure.
+    fn check_record(&mut self, line_no: u64, raw: &[u8], keyring: &Keyring) -> bool {
+        if let Err(reason) = self.record(line_no, raw, keyring) {
+            self.fail(line_no, reason);
+            return true;
+        }
+        if self.pending.len() >= BATCH {
+            if let Some(bad) = check_signatures(&mut self.pending) {
+                self.report.failure = Some(bad);
+                return true;
+            }
+        }
+        false
     }
 
     /// Records the first failure; a bad signature on an earlier line wins.
@@ -379,6 +427,12 @@ impl Verifier {
     ) -> std::result::Result<(), String> {
         let text = std::str::from_utf8(raw).map_err(|_| "line is not UTF-8".to_string())?;
         let receipt = Receipt::from_json(text).map_err(|e| e.to_string())?;
+        if self.rows && receipt.seq() != line_no {
+            return Err(format!(
+                "the row stored as seq {line_no} holds the record of seq {} (a moved or copied row)",
+                receipt.seq()
+            ));
+        }
         if self.report.records == 0 && receipt.kind() == "rotation" {
             // A later file of a rotated log, verified on its own: the chain
             // starts where its rotation record says (verify the set to
@@ -395,6 +449,16 @@ impl Verifier {
             self.seq_base + self.report.records,
             self.prev.as_deref(),
         )?;
+        if let (0, Some(genesis)) = (self.report.records, &self.genesis) {
+            if receipt.digest() != genesis {
+                return Err(format!(
+                    "the first record is not the one the log id names (a log id is the digest \
+                     of the log's first record): it was replaced, or the rows belong to another \
+                     log (digest {})",
+                    receipt.digest()
+                ));
+            }
+        }
         let payload = receipt.payload();
         let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
         let signer = match receipt.signatures() {

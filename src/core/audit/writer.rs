@@ -215,6 +215,12 @@ impl AuditLog {
         self.inner.rotate(&mut st)
     }
 
+    /// The `seq` of the last record this writer wrote or read at the head
+    /// (other processes' records show up once it next takes the lock).
+    pub fn seq(&self) -> u64 {
+        self.inner.state.lock().seq
+    }
+
     /// The `seq` of the `state` record the attached fold was rebuilt from
     /// (`None`: rebuilt from the start of the file, or none attached).
     pub fn rebuilt_from(&self) -> Option<u64> {

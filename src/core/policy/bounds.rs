@@ -289,6 +289,11 @@ fn exceed(budget: &Budget, why: Exceeded) -> anyhow::Error {
 /// Bytes a value occupies, counted until `cap` is reached (shared parts count
 /// each time they appear: that is what serializing or copying them costs).
 pub fn deep_size(value: &Value, cap: u64) -> u64 {
+    match value {
+        Value::String(s) => return STRING_BYTES + s.len() as u64,
+        Value::Array(_) | Value::Set(_) | Value::Object(_) => {}
+        _ => return VALUE_BYTES,
+    }
     let mut total = 0u64;
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {

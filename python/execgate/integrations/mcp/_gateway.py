@@ -25,6 +25,10 @@ Strictness, so that no message can invoke a tool undecided:
   handled on its own.
 - A request whose id is still in flight is refused (``-32600``): a second
   answer must never be matched to the first call's obligations.
+- What the server receives from the client is the message as the gateway
+  parsed it, encoded again (see :func:`encode`), never the client's bytes: a
+  parser differential (duplicate keys, of which Python keeps the last) cannot
+  make the server see another method, tool or argument than was decided.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from execgate.gate import Gate
 
 __all__ = [
+    "ASK_PREFIX",
     "CLIENT_METHODS",
     "DEFAULT_MAX_MESSAGE",
     "Forward",
@@ -52,6 +57,8 @@ __all__ = [
     "Pending",
     "Reply",
     "Session",
+    "elicit_result",
+    "encode",
 ]
 
 #: The largest JSON-RPC message (one line on stdio, one body over HTTP) the
@@ -77,6 +84,9 @@ CLIENT_METHODS = frozenset(
     }
 )
 
+#: The id prefix of the gateway's own ``elicitation/create`` requests.
+ASK_PREFIX = "execgate-approval-"
+
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 
 _ELICIT_SCHEMA = {
@@ -93,6 +103,15 @@ _ELICIT_SCHEMA = {
 _HEAD_ID = re.compile(
     rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,18})'
 )
+
+
+def encode(msg: Any) -> bytes:
+    """``msg`` as compact JSON (UTF-8; escaped where a lone surrogate leaves no
+    other way)."""
+    try:
+        return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(msg, separators=(",", ":")).encode()
 
 
 def error(id_: Any, code: int, message: str) -> dict[str, Any]:
@@ -152,6 +171,8 @@ class Session:
     protocol: str | None = None
     elicitation: bool = False
     pending: dict[tuple[str, Any], Pending] = field(default_factory=dict)
+    # Calls answered, their completion not yet recorded (Gateway.finish).
+    answered: list[Run] = field(default_factory=list)
 
     def context(self, tool_call_id: Any) -> dict[str, Any]:
         """``input.context`` for a call in this session."""
@@ -185,6 +206,23 @@ class Hold:
     call: Call
     message: dict[str, Any]
     elicitation: dict[str, Any]
+    ask_id: str = field(default_factory=lambda: f"{ASK_PREFIX}{uuid.uuid4().hex}")
+
+    def request(self) -> dict[str, Any]:
+        """The ``elicitation/create`` request to put to the client."""
+        return {
+            "jsonrpc": "2.0",
+            "id": self.ask_id,
+            "method": "elicitation/create",
+            "params": self.elicitation,
+        }
+
+
+def elicit_result(response: Any) -> Any:
+    """The ``ElicitResult`` in the client's answer to :meth:`Hold.request`
+    (an error or a malformed answer counts as no consent)."""
+    result = response.get("result") if isinstance(response, dict) else None
+    return result if isinstance(result, dict) else {"action": "error"}
 
 
 Verdict = Forward | Reply | Hold
@@ -260,8 +298,11 @@ class Gateway:
 
     # -- client -> server ---------------------------------------------------
 
-    def inbound(self, session: Session, msg: Any) -> Verdict:
-        """What to do with one parsed message from the client."""
+    def inbound(self, session: Session, msg: Any, *, can_ask: bool = True) -> Verdict:
+        """What to do with one parsed message from the client. ``can_ask``
+        says whether the transport can put an ``elicitation/create`` to the
+        client for this message (a call needing approval is held only then,
+        and only when the client declared the capability)."""
         if isinstance(msg, list):
             return self._batch(msg)
         if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
@@ -290,7 +331,7 @@ class Gateway:
                 error(id_, INVALID_REQUEST, f"id {id_!r} is already in use by a request in flight")
             )
         if method == "tools/call":
-            return self._tools_call(session, msg, key)
+            return self._tools_call(session, msg, key, can_ask)
         if method not in CLIENT_METHODS:
             self.log(f"refused method {method!r}: not relayed by the execgate MCP gateway")
             return Reply(
@@ -331,7 +372,9 @@ class Gateway:
         ]
         return Reply(out or None)
 
-    def _tools_call(self, session: Session, msg: dict[str, Any], key: tuple[str, Any]) -> Verdict:
+    def _tools_call(
+        self, session: Session, msg: dict[str, Any], key: tuple[str, Any], can_ask: bool
+    ) -> Verdict:
         id_ = msg["id"]
         params = msg.get("params")
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
@@ -358,7 +401,7 @@ class Gateway:
             # A tool the policy's visibility rule hides is refused like any deny.
             call.refuse(f"the tool {name!r} is hidden by policy")
             return self._authorized(session, msg, key, call, self.gate.pipeline.authorize(call))
-        if call.approval is not None and session.elicitation:
+        if call.approval is not None and session.elicitation and can_ask:
             # Held: the id stays taken until the human answers.
             session.pending[key] = Pending("held", id_, None, name)
             return Hold(call, msg, self._elicitation(name, call, call.approval))
@@ -433,7 +476,8 @@ class Gateway:
     # -- server -> client ---------------------------------------------------
 
     def outbound(self, session: Session, msg: Any) -> list[Any]:
-        """What the client gets for one parsed message from the server."""
+        """What the client gets for one parsed message from the server (then
+        :meth:`finish` records the completions)."""
         if isinstance(msg, list):
             out: list[Any] = []
             for item in msg:
@@ -450,7 +494,7 @@ class Gateway:
             self.log(f"dropped a server answer to id {pending.id!r}, which it was never sent")
             return []
         if pending.method == "tools/call":
-            return [self._result(pending, msg)]
+            return [self._result(session, pending, msg)]
         result = msg.get("result")
         if not isinstance(result, dict):
             return [msg]
@@ -494,9 +538,17 @@ class Gateway:
             return [_failed_result(id_, pending.name, why)]
         return [error(id_, INVALID_REQUEST, why)]
 
+    def finish(self, session: Session) -> None:
+        """Records the completion of every call answered by :meth:`outbound`.
+        Transports call it once they have handed the answers on, so that
+        writing the record is not on the round trip."""
+        while session.answered:
+            session.answered.pop().__exit__(None, None, None)
+
     def fail_pending(self, session: Session, why: str, error_type: str) -> list[dict[str, Any]]:
         """Closes every call still in flight as failed (the server died, the
         client went away); returns what the client should be told."""
+        self.finish(session)
         out: list[dict[str, Any]] = []
         for pending in session.pending.values():
             if pending.run is not None:
@@ -508,7 +560,9 @@ class Gateway:
         session.pending.clear()
         return out
 
-    def _result(self, pending: Pending, msg: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, session: Session, pending: Pending, msg: dict[str, Any]) -> dict[str, Any]:
+        """What the client gets for the server's answer to an allowed call;
+        its completion is recorded by :meth:`finish`."""
         run = pending.run
         if run is None:
             raise RuntimeError("an answer for a call that never started to run")
@@ -517,7 +571,7 @@ class Gateway:
             err = msg.get("error")
             run.error = "jsonrpc_error" if isinstance(err, dict) else "malformed_result"
             run.result = err
-            run.__exit__(None, None, None)
+            session.answered.append(run)
             if not isinstance(err, dict):
                 return _failed_result(
                     pending.id, pending.name, "the server sent a malformed result"
@@ -533,7 +587,7 @@ class Gateway:
         }
         if result.get("isError") is True:
             run.error = "isError"
-        run.__exit__(None, None, None)
+        session.answered.append(run)
         try:
             shown = self._redacted(run, result)
         except ActionDenied as refusal:
@@ -593,7 +647,5 @@ class Gateway:
             return True
         if not isinstance(name, str):
             return False
-        call = self.visible.pipeline.start(
-            name, {}, session.principal, session.context(None), query=True
-        )
-        return call.decision.allowed
+        decision = self.visible.pipeline.check(name, {}, session.principal, session.context(None))
+        return decision.allowed

@@ -4,11 +4,10 @@ command line (the subparser lives in :mod:`execgate.cli`)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from execgate.cli import MCP_NETWORKS, SANDBOX_FLAGS, sandbox_from_flags
+from execgate.cli import SANDBOX_FLAGS, sandbox_from_flags
 from execgate.errors import SandboxError
 from execgate.sandbox import Sandbox, parse_size
 
@@ -33,11 +32,14 @@ def sandbox_from(args: argparse.Namespace) -> Sandbox | None:
         or args.write
         or args.strict
         or args.env
+        or args.intercept_tls
+        or args.credential
+        or args.upstream_ca
         or any(getattr(args, f) is not None for f in SANDBOX_FLAGS)
     )
     if not wanted:
         return None
-    box: Sandbox = sandbox_from_flags(args, MCP_NETWORKS)
+    box: Sandbox = sandbox_from_flags(args)
     return box
 
 
@@ -93,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
             log=_say,
         )
         try:
-            return asyncio.run(proxy.run())
+            return proxy.run()
         except SandboxError as e:
             _say(str(e))
             return EXIT_SANDBOX

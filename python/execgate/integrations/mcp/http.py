@@ -10,12 +10,22 @@ The principal comes from authentication, never from the client's say-so: the
 tokens file maps the SHA-256 (lowercase hex) of each bearer token to a
 principal, ``{"<sha256>": {"id": "alice", "roles": ["dev"]}}``. A request
 without a valid token gets 401 and a line on stderr. A session belongs to the
-token that opened it. Approval by elicitation is not offered over HTTP yet: a
-call that needs approval is denied pending approval (fail closed).
+token that opened it: a request naming a session id the relay did not see
+opened for that token gets 404, and once the upstream issues session ids a
+request without one (other than ``initialize``) gets 400, neither relayed.
+
+A call that needs approval is held when the client declared the elicitation
+capability and reads an SSE answer: the relay answers the POST with an SSE
+stream, puts an ``elicitation/create`` to the client on it (a request related
+to the client's request, as the transport allows), takes the client's answer
+from its next POST (``202``), decides, and relays the server's answer on the
+same stream. No capability, no SSE, no answer within the timeout, or a client
+that goes away: denied (fail closed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -23,6 +33,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio
 import httpx2
 import uvicorn
 from starlette.applications import Starlette
@@ -31,13 +42,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from execgate.integrations.mcp._gateway import (
+    ASK_PREFIX,
     DEFAULT_MAX_MESSAGE,
     INVALID_REQUEST,
     PARSE_ERROR,
     Forward,
     Gateway,
+    Hold,
     Reply,
     Session,
+    elicit_result,
+    encode,
     error,
     id_key,
 )
@@ -63,6 +78,18 @@ def load_tokens(path: str) -> dict[str, dict[str, Any]]:
     return tokens
 
 
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+
+
+def _event_bytes(msg: Any) -> bytes:
+    """One server-sent event carrying ``msg``."""
+    return b"event: message\ndata: " + encode(msg) + b"\n\n"
+
+
+def _refused(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse(error(None, code, message), status_code=status)
+
+
 class _Relay:
     def __init__(
         self,
@@ -70,14 +97,22 @@ class _Relay:
         upstream: str,
         tokens: Mapping[str, dict[str, Any]],
         max_message: int,
+        approval_timeout: float,
         log: Callable[[str], None],
     ) -> None:
         self.gateway = gateway
         self.upstream = upstream
         self.tokens = tokens
         self.max_message = max_message
+        self.approval_timeout = approval_timeout
         self.log = log
         self.sessions: dict[tuple[str, str], Session] = {}
+        # Once the upstream has issued a session id, every request but
+        # initialize must name a session this relay knows.
+        self.stateful = False
+        # Our elicitation/create requests awaiting the client's answer:
+        # ask id -> (token digest, session id, future).
+        self.asked: dict[str, tuple[str, str, asyncio.Future[Any]]] = {}
         self.client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
 
     def _principal(self, request: Request) -> tuple[str, dict[str, Any]] | None:
@@ -90,16 +125,6 @@ class _Relay:
             if hmac.compare_digest(known, digest):
                 return digest, principal
         return None
-
-    def _session(self, request: Request, digest: str, principal: dict[str, Any]) -> Session:
-        sid = request.headers.get("mcp-session-id") or ""
-        session = self.sessions.get((sid, digest))
-        if session is None:
-            session = Session(principal=principal)
-            if sid:
-                session.id = sid
-                self.sessions[(sid, digest)] = session
-        return session
 
     def _headers(self, request: Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.lower() in _RELAYED}
@@ -114,66 +139,153 @@ class _Relay:
                 headers={"WWW-Authenticate": 'Bearer realm="execgate"'},
             )
         digest, principal = who
-        session = self._session(request, digest, principal)
+        sid = request.headers.get("mcp-session-id") or ""
+        if sid:
+            known = self.sessions.get((sid, digest))
+            if known is None:
+                # Never relayed: a session this token did not open (or one
+                # that ended) gets what the upstream would say, undecided.
+                self.log(f"404 for {request.method}: unknown Mcp-Session-Id")
+                return _refused(404, INVALID_REQUEST, "unknown or expired Mcp-Session-Id")
+            session = known
+        else:
+            session = Session(principal=principal)
         if request.method == "POST":
-            return await self._post(request, session, digest)
+            return await self._post(request, session, digest, sid)
+        if not sid and self.stateful:
+            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
         upstream = self.client.build_request(
             request.method, self.upstream, headers=self._headers(request)
         )
-        response = await self.client.send(upstream, stream=True)
+        try:
+            response = await self.client.send(upstream, stream=True)
+        except httpx2.HTTPError as e:
+            self.log(f"the upstream failed: {e}")
+            return _refused(502, -32603, "the upstream MCP server could not be reached")
+        if request.method == "DELETE" and response.status_code < 300:
+            self.sessions.pop((sid, digest), None)
         return self._relay(response, session, None)
 
-    async def _post(self, request: Request, session: Session, digest: str) -> Response:
+    async def _body(self, request: Request) -> bytes | None:
+        """The request body, or None when it is over the cap (never read whole)."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_message:
             self.log(f"refused a {length}-byte request (over the {self.max_message}-byte cap)")
-            return JSONResponse(error(None, INVALID_REQUEST, "message too large"), status_code=413)
-        body = b""
+            return None
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.max_message:
                 self.log(f"refused a request over the {self.max_message}-byte cap")
-                return JSONResponse(
-                    error(None, INVALID_REQUEST, "message too large"), status_code=413
-                )
+                return None
+        return bytes(body)
+
+    async def _post(self, request: Request, session: Session, digest: str, sid: str) -> Response:
+        body = await self._body(request)
+        if body is None:
+            return _refused(413, INVALID_REQUEST, f"message over the {self.max_message}-byte cap")
         try:
             msg = json.loads(body)
         except ValueError:
-            return JSONResponse(error(None, PARSE_ERROR, "not JSON"), status_code=400)
-        session.elicitation = False  # no approval by elicitation over HTTP: fail closed
-        verdict = self.gateway.inbound(session, msg)
-        session.elicitation = False
+            self.log("refused a body that is not JSON")
+            return _refused(400, PARSE_ERROR, "not JSON")
+        if isinstance(msg, dict) and "method" not in msg:
+            ask_id = msg.get("id")
+            if isinstance(ask_id, str) and ask_id.startswith(ASK_PREFIX):
+                self._answered(ask_id, msg, digest, session)
+                return Response(status_code=202)
+        initialize = isinstance(msg, dict) and msg.get("method") == "initialize"
+        if not sid and self.stateful and not initialize:
+            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
+        # Approval can be asked on this request's own SSE stream, when the
+        # client reads one (the spec lets a server send requests related to
+        # the client's request there).
+        can_ask = "text/event-stream" in request.headers.get("accept", "")
+        verdict = self.gateway.inbound(session, msg, can_ask=can_ask)
         if isinstance(verdict, Reply):
             if verdict.message is None:
                 return Response(status_code=202)
             return JSONResponse(verdict.message)
-        if not isinstance(verdict, Forward):
-            raise TypeError(f"unexpected verdict {type(verdict).__name__}")
-        out = body if verdict.message is msg else json.dumps(verdict.message).encode()
         key = id_key(msg.get("id")) if isinstance(msg, dict) else None
-        try:
-            response = await self.client.send(
-                self.client.build_request(
-                    "POST", self.upstream, headers=self._headers(request), content=out
-                ),
-                stream=True,
+        headers = self._headers(request)
+        if isinstance(verdict, Hold):
+            return StreamingResponse(
+                self._held(verdict, session, digest, headers, key), headers=_SSE_HEADERS
             )
+        try:  # what was decided, not the client's bytes
+            response = await self._send(headers, encode(verdict.message))
         except httpx2.HTTPError as e:
             self.log(f"the upstream failed: {e}")
             replies = self._fail(session, key, "the upstream MCP server could not be reached")
             return JSONResponse(replies[0] if replies else error(None, -32603, "upstream failed"))
-        sid = response.headers.get("mcp-session-id")
-        if sid and (sid, digest) not in self.sessions:
-            session.id = sid
-            self.sessions[(sid, digest)] = session
+        new_sid = response.headers.get("mcp-session-id")
+        if initialize and new_sid and (new_sid, digest) not in self.sessions:
+            self.stateful = True
+            session.id = new_sid
+            self.sessions[(new_sid, digest)] = session
         return self._relay(response, session, key)
 
-    def _fail(self, session: Session, key: Any, why: str) -> list[Any]:
+    async def _send(self, headers: dict[str, str], body: bytes) -> httpx2.Response:
+        request = self.client.build_request("POST", self.upstream, headers=headers, content=body)
+        return await self.client.send(request, stream=True)
+
+    def _answered(self, ask_id: str, msg: dict[str, Any], digest: str, session: Session) -> None:
+        asked = self.asked.get(ask_id)
+        if asked is None or asked[0] != digest or asked[1] != session.id:
+            # Only the client the question was put to can answer it.
+            self.log(f"ignored an answer to {ask_id!r}: no such question in this session")
+            return
+        if not asked[2].done():
+            asked[2].set_result(msg)
+
+    async def _held(
+        self,
+        hold: Hold,
+        session: Session,
+        digest: str,
+        headers: dict[str, str],
+        key: Any,
+    ) -> AsyncIterator[bytes]:
+        """A call awaiting approval: asks the client on this request's SSE
+        stream, decides with its answer, then relays the server's answer on
+        the same stream."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.asked[hold.ask_id] = (digest, session.id, future)
+        answer: Any = None
+        decided: Forward | Reply | None = None
+        try:
+            yield _event_bytes(hold.request())
+            try:
+                answer = elicit_result(await asyncio.wait_for(future, self.approval_timeout))
+            except asyncio.TimeoutError:
+                self.log(f"no answer to the approval of tool call id {hold.message['id']!r}")
+            decided = self.gateway.answer(session, hold, answer)
+        finally:
+            self.asked.pop(hold.ask_id, None)
+            if decided is None:  # the client went away while asked: a denial, recorded
+                self.gateway.answer(session, hold, None)
+        if not isinstance(decided, Forward):
+            if decided is not None:
+                yield _event_bytes(decided.message)
+            return
+        try:
+            response = await self._send(headers, encode(decided.message))
+        except httpx2.HTTPError as e:
+            self.log(f"the upstream failed: {e}")
+            for out in self._fail(session, key, "the upstream MCP server could not be reached"):
+                yield _event_bytes(out)
+            return
+        async for chunk in self._answers(response, session, key, sse=True):
+            yield chunk
+
+    def _fail(
+        self, session: Session, key: Any, why: str, error_type: str = "upstream_failed"
+    ) -> list[Any]:
         pending = session.pending.get(key) if key is not None else None
         if pending is None:
             return []
         one = Session(principal=session.principal, pending={key: session.pending.pop(key)})
-        return self.gateway.fail_pending(one, why, "upstream_failed")
+        return self.gateway.fail_pending(one, why, error_type)
 
     def _relay(self, response: httpx2.Response, session: Session, key: Any) -> Response:
         headers = {
@@ -181,37 +293,67 @@ class _Relay:
             for k, v in response.headers.items()
             if k.lower() in ("mcp-session-id", "content-type", "cache-control")
         }
-        kind = response.headers.get("content-type", "")
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        return StreamingResponse(
+            self._answers(response, session, key, sse=sse),
+            status_code=response.status_code,
+            headers=headers,
+        )
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                if kind.startswith("text/event-stream"):
-                    async for event in _sse(response, self.max_message):
-                        yield self._event(session, event)
-                else:
-                    data = b""
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > self.max_message:
-                            for out in self.gateway.oversized(session, data, self.max_message):
-                                yield json.dumps(out).encode()
-                            return
-                    if not data:
+    async def _answers(
+        self, response: httpx2.Response, session: Session, key: Any, *, sse: bool
+    ) -> AsyncIterator[bytes]:
+        """What the client gets of the upstream's answer to one POST (or
+        GET): SSE events when ``sse``, else one JSON body. Whatever the
+        request leaves undecided is recorded as failed on the way out: the
+        upstream broke off (``upstream_failed``) or the client went away
+        (``client_disconnected``)."""
+        why, error_type = "the client disconnected", "client_disconnected"
+
+        def frame(msg: Any) -> bytes:
+            return _event_bytes(msg) if sse else encode(msg)
+
+        try:
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                async for event in _sse(response, self.max_message):
+                    yield self._event(session, event)
+                    self.gateway.finish(session)  # once the answer is on its way
+            else:
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > self.max_message:
+                        for out in self.gateway.oversized(session, bytes(data), self.max_message):
+                            yield frame(out)
                         return
+                if data:
                     try:
                         msg = json.loads(data)
                     except ValueError:
-                        yield data
-                        return
-                    out = self.gateway.outbound(session, msg)
-                    yield json.dumps(out[0] if len(out) == 1 else out).encode()
-            finally:
+                        msg = None
+                    if msg is None:
+                        if not sse:
+                            yield bytes(data)
+                    else:
+                        out = self.gateway.outbound(session, msg)
+                        if sse:
+                            for item in out:
+                                yield frame(item)
+                        elif out:
+                            yield frame(out[0] if len(out) == 1 else out)
+            why, error_type = "the upstream MCP server sent no answer", "upstream_failed"
+            if sse:
+                for out in self._fail(session, key, why, error_type):
+                    yield frame(out)
+        except httpx2.HTTPError as e:
+            self.log(f"the upstream broke off: {e}")
+            for out in self._fail(session, key, "the upstream MCP server broke off"):
+                yield frame(out)
+        finally:
+            self.gateway.finish(session)
+            self._fail(session, key, why, error_type)
+            with anyio.CancelScope(shield=True):
                 await response.aclose()
-                # Whatever this request left undecided (the client went away,
-                # the upstream broke off) is recorded as failed.
-                self._fail(session, key, "the answer never arrived")
-
-        return StreamingResponse(body(), status_code=response.status_code, headers=headers)
 
     def _event(self, session: Session, event: list[tuple[str, str]]) -> bytes:
         lines = []
@@ -254,11 +396,13 @@ def app(
     upstream: str,
     tokens: Mapping[str, dict[str, Any]],
     max_message: int = DEFAULT_MAX_MESSAGE,
+    approval_timeout: float = 300.0,
     log: Callable[[str], None] | None = None,
 ) -> Starlette:
-    """The Starlette application relaying to ``upstream``."""
+    """The Starlette application relaying to ``upstream``; a call awaiting
+    approval waits ``approval_timeout`` seconds for the human's answer."""
     say = log or (lambda line: print(f"execgate mcp: {line}", file=sys.stderr, flush=True))
-    relay = _Relay(gateway, upstream, tokens, max_message, say)
+    relay = _Relay(gateway, upstream, tokens, max_message, approval_timeout, say)
     return Starlette(
         routes=[Route("/{path:path}", relay.handle, methods=["GET", "POST", "DELETE"])]
     )
@@ -278,7 +422,11 @@ def serve(
     if not host or not port.isdigit():
         raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
     application = app(
-        gateway, upstream=upstream, tokens=load_tokens(tokens), max_message=max_message
+        gateway,
+        upstream=upstream,
+        tokens=load_tokens(tokens),
+        max_message=max_message,
+        approval_timeout=approval_timeout,
     )
     uvicorn.run(application, host=host, port=int(port), log_level="warning")
     return 0

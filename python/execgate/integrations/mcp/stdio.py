@@ -18,15 +18,25 @@ server's stderr streams through the runner.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import json
 import os
+import queue
 import shutil
+import subprocess
 import sys
 import tempfile
-import uuid
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Future,
+    InvalidStateError,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import TYPE_CHECKING, Any
 
 from execgate.integrations.mcp._gateway import (
@@ -38,6 +48,8 @@ from execgate.integrations.mcp._gateway import (
     Hold,
     Reply,
     Session,
+    elicit_result,
+    encode,
     error,
     head_id,
 )
@@ -95,13 +107,55 @@ class _Lines:
 
 
 def _dumps(msg: Any) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return encode(msg) + b"\n"
+
+
+class _Out:
+    """Whole messages to one file descriptor, from any thread; a write that
+    fails (the reader went away) closes it for good."""
+
+    __slots__ = ("fd", "lock", "open", "owned")
+
+    def __init__(self, fd: int, *, owned: bool) -> None:
+        self.fd = fd
+        self.owned = owned
+        self.lock = threading.Lock()
+        self.open = True
+
+    def write(self, data: bytes) -> bool:
+        with self.lock:
+            if not self.open:
+                return False
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                self.open = False
+                return False
+            return True
+
+    def close(self) -> None:
+        with self.lock:
+            if self.open and self.owned:
+                with contextlib.suppress(OSError):
+                    os.close(self.fd)
+            self.open = False
+
+
+def _nothing() -> None:
+    pass
 
 
 class StdioProxy:
     """Relays one MCP session between ``client_in``/``client_out`` (file
     descriptors, the proxy's stdin and stdout by default) and the server
     started from ``command``.
+
+    Each direction is one thread doing blocking reads and writes on the raw
+    descriptors: a message is handed on as soon as its line is complete, and
+    one that passes through unchanged is written as it was read. Only the
+    gateway's decisions take a lock (the two directions share the session).
 
     ``approval_timeout`` bounds how long a call waits for the human's answer
     to an elicitation; ``grace`` how long the server may take to finish the
@@ -131,36 +185,25 @@ class StdioProxy:
         self.max_message = max_message
         self.approval_timeout = approval_timeout
         self.grace = grace
-        self.client_in, self.client_out = client_in, client_out
+        self.client_in = client_in
         self.log = log or (lambda line: print(f"execgate mcp: {line}", file=sys.stderr, flush=True))
         self.completed: Completed | None = None
-        self._asked: dict[str, asyncio.Future[Any]] = {}
-        self._holds: set[asyncio.Task[None]] = set()
-        self._to_client: asyncio.StreamWriter | None = None
-        self._to_server: asyncio.StreamWriter | None = None
-        self._client_gone = False
+        self._lock = threading.Lock()  # the session: both directions and the approvals
+        self._asked: dict[str, Future[Any]] = {}
+        self._holds: list[threading.Thread] = []
+        self._to_client = _Out(client_out, owned=client_out > 2)
+        self._to_server: _Out | None = None
+        self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     # -- writing ---------------------------------------------------------------
 
-    def _send_client(self, data: bytes) -> None:
-        if self._to_client is None or self._client_gone:
-            return
-        try:
-            self._to_client.write(data)
-        except (ConnectionError, RuntimeError, OSError):
-            self._client_gone = True
-
     def _send_server(self, data: bytes) -> None:
-        if self._to_server is None:
-            return
-        try:
-            self._to_server.write(data)
-        except (ConnectionError, RuntimeError, OSError):
+        if self._to_server is None or not self._to_server.write(data):
             self.log("the server's stdin is closed; a message was not delivered")
 
     def _reply(self, message: Any) -> None:
         if message is not None:
-            self._send_client(_dumps(message))
+            self._to_client.write(_dumps(message))
 
     # -- client -> server ------------------------------------------------------
 
@@ -190,45 +233,42 @@ class StdioProxy:
         if isinstance(msg, dict) and "method" not in msg and isinstance(msg.get("id"), str):
             future = self._asked.pop(msg["id"], None)
             if future is not None:  # the client's answer to our elicitation
-                if not future.done():
+                with contextlib.suppress(InvalidStateError):
                     future.set_result(msg)
                 return
-        verdict = self.gateway.inbound(self.session, msg)
+        with self._lock:
+            verdict = self.gateway.inbound(self.session, msg)
         if isinstance(verdict, Forward):
-            self._send_server(line + b"\n" if verdict.message is msg else _dumps(verdict.message))
+            self._send_server(_dumps(verdict.message))  # what was decided, not the bytes
         elif isinstance(verdict, Reply):
             self._reply(verdict.message)
         else:
-            task = asyncio.get_running_loop().create_task(self._approve(verdict))
-            self._holds.add(task)
-            task.add_done_callback(self._holds.discard)
+            future = Future()
+            self._asked[verdict.ask_id] = future
+            thread = threading.Thread(
+                target=self._approve,
+                args=(verdict, future),
+                name="execgate-mcp-approval",
+                daemon=True,
+            )
+            self._holds.append(thread)
+            thread.start()
 
-    async def _approve(self, hold: Hold) -> None:
-        """Asks the client (``elicitation/create``) and decides the held call."""
-        ask_id = f"execgate-approval-{uuid.uuid4().hex}"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._asked[ask_id] = future
-        self._reply(
-            {
-                "jsonrpc": "2.0",
-                "id": ask_id,
-                "method": "elicitation/create",
-                "params": hold.elicitation,
-            }
-        )
+    def _approve(self, hold: Hold, future: Future[Any]) -> None:
+        """Asks the client (``elicitation/create``) and decides the held call;
+        no answer in time, or the session ending first, denies it."""
         answer: Any = None
         try:
-            response = await asyncio.wait_for(future, self.approval_timeout)
-            answer = (
-                response.get("result")
-                if isinstance(response.get("result"), dict)
-                else {"action": "error"}
-            )
-        except asyncio.TimeoutError:
+            self._reply(hold.request())
+            answer = elicit_result(future.result(self.approval_timeout))
+        except TimeoutError:
             self.log(f"no answer to the approval of tool call id {hold.message['id']!r}")
+        except CancelledError:
+            pass
         finally:
-            self._asked.pop(ask_id, None)
-        verdict = self.gateway.answer(self.session, hold, answer)
+            self._asked.pop(hold.ask_id, None)
+        with self._lock:
+            verdict = self.gateway.answer(self.session, hold, answer)
         if isinstance(verdict, Forward):
             self._send_server(_dumps(verdict.message))
         else:
@@ -241,86 +281,104 @@ class StdioProxy:
             head, _size = line
             # The whole line is gone; only its head was kept, which is all
             # head_id needs to fail the call it answers.
-            for out in self.gateway.oversized(self.session, head, self.max_message):
-                self._reply(out)
+            with self._lock:
+                out = self.gateway.oversized(self.session, head, self.max_message)
+            for item in out:
+                self._reply(item)
             return
-        if not self.session.pending:
-            self._send_client(line + b"\n")
+        if not self.session.pending:  # nothing in flight to watch: as it came
+            self._to_client.write(line + b"\n")
             return
         try:
             msg = json.loads(line)
         except ValueError:
             self.log("dropped a line from the server that is not JSON")
             return
-        out = self.gateway.outbound(self.session, msg)
+        with self._lock:
+            out = self.gateway.outbound(self.session, msg)
         if len(out) == 1 and out[0] is msg:
-            self._send_client(line + b"\n")
+            self._to_client.write(line + b"\n")
         else:
             for item in out:
                 self._reply(item)
+        if self.session.answered:
+            with self._lock:
+                self.gateway.finish(self.session)
 
     # -- running ----------------------------------------------------------------
 
-    async def run(self) -> int:
+    def _pump(
+        self, fd: int, handle: Callable[[bytes | tuple[bytes, int]], None], side: str
+    ) -> None:
+        lines = _Lines(self.max_message)
+        try:
+            while True:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                for line in lines.feed(data):
+                    handle(line)
+        finally:
+            self._ended.put(side)
+
+    def _fail_pending(self, why: str, error_type: str) -> None:
+        with self._lock:
+            out = self.gateway.fail_pending(self.session, why, error_type)
+        for item in out:
+            self._reply(item)
+
+    def _end_approvals(self) -> None:
+        """No answer can come any more: every held call is decided (denied)."""
+        for future in list(self._asked.values()):
+            future.cancel()
+        for thread in self._holds:
+            thread.join(self.grace)
+
+    def run(self) -> int:
         """Relays until either side is done; returns the server's exit status."""
-        loop = asyncio.get_running_loop()
-        client_reader = await _reader(self.client_in)
-        self._to_client = await _writer(self.client_out)
+        proc: subprocess.Popen[bytes] | None = None
         if self.sandbox is None:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            proc = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
             )
             if proc.stdin is None or proc.stdout is None:
                 raise RuntimeError("the server's stdio pipes were not created")
-            self._to_server = proc.stdin
-            server_reader: asyncio.StreamReader = proc.stdout
-            exited: asyncio.Future[Any] = asyncio.ensure_future(proc.wait())
+            fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
+            exited: Future[Any] | None = None
+            cleanup: Callable[[], None] = _nothing
         else:
-            server_reader, self._to_server, exited, cleanup = await self._start_sandboxed()
-            proc = None
-        client_task = loop.create_task(self._pump(client_reader, self._from_client))
-        server_task = loop.create_task(self._pump(server_reader, self._from_server))
+            fd_in, fd_out, exited, cleanup = self._start_sandboxed()
+        self._to_server = _Out(fd_in, owned=proc is None)
+        server = threading.Thread(
+            target=self._pump, args=(fd_out, self._from_server, "server"), daemon=True
+        )
+        client = threading.Thread(
+            target=self._pump, args=(self.client_in, self._from_client, "client"), daemon=True
+        )
+        server.start()
+        client.start()
         try:
-            done, _ = await asyncio.wait(
-                {client_task, server_task}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if client_task in done:
+            if self._ended.get() == "client":
                 # The client went away: let the server finish what is in flight.
-                with contextlib.suppress(Exception):
-                    self._to_server.close()
-                try:
-                    await asyncio.wait_for(asyncio.shield(server_task), self.grace)
-                except asyncio.TimeoutError:
+                self._end_approvals()
+                self._to_server.close()
+                if proc is not None and proc.stdin is not None:
+                    proc.stdin.close()
+                server.join(self.grace)
+                if server.is_alive():
                     self.log("the server did not exit after the client left; stopping it")
-                for out in self.gateway.fail_pending(
-                    self.session, "the client disconnected", "client_disconnected"
-                ):
-                    self._reply(out)
+                self._fail_pending("the client disconnected", "client_disconnected")
+                status = self._stop(proc, exited, 0.0)
             else:
-                for out in self.gateway.fail_pending(
-                    self.session, "the MCP server exited", "server_exited"
-                ):
-                    self._reply(out)
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-            try:
-                status = await asyncio.wait_for(asyncio.shield(exited), self.grace)
-            except asyncio.TimeoutError:
-                if proc is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    status = await exited
-                else:
-                    status = None
+                self._end_approvals()
+                self._fail_pending("the MCP server exited", "server_exited")
+                status = self._stop(proc, exited, self.grace)
         finally:
-            for task in (client_task, server_task, *self._holds):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await self._to_client.drain()
             self._to_client.close()
-            if self.sandbox is not None:
-                cleanup()
+            cleanup()
         if proc is not None:
             return int(proc.returncode) if proc.returncode is not None else 1
         self.completed = status
@@ -330,25 +388,35 @@ class StdioProxy:
             return 128 + int(status.signal)
         return int(status.exit_code) if status.exit_code is not None else 1
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, handle: Callable[[bytes | tuple[bytes, int]], None]
-    ) -> None:
-        lines = _Lines(self.max_message)
-        while True:
-            data = await reader.read(_CHUNK)
-            if not data:
-                return
-            for line in lines.feed(data):
-                handle(line)
-            if self._to_client is not None:
+    def _stop(
+        self, proc: subprocess.Popen[bytes] | None, exited: Future[Any] | None, patience: float
+    ) -> Any:
+        """Waits ``patience`` seconds for the server to exit, then stops it."""
+        if proc is not None:
+            try:
+                proc.wait(patience)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
                 try:
-                    await self._to_client.drain()
-                except (ConnectionError, OSError):
-                    self._client_gone = True
+                    proc.wait(self.grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+            return None
+        if exited is None:
+            return None
+        try:
+            return exited.result(self.grace)
+        except TimeoutError:
+            return None
 
-    async def _start_sandboxed(
+    def _start_sandboxed(
         self,
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Future[Any], Callable[[], None]]:
+    ) -> tuple[int, int, Future[Any], Callable[[], None]]:
         """Starts the server in the sandbox, its stdio on two named pipes."""
         box = self.sandbox
         if box is None:
@@ -367,16 +435,29 @@ class StdioProxy:
             fifo_dir,
             *self.command,
         ]
-        exited = asyncio.ensure_future(asyncio.to_thread(box.run, argv))
-        opened = asyncio.ensure_future(
-            asyncio.gather(
-                asyncio.to_thread(os.open, os.path.join(fifo_dir, "in"), os.O_WRONLY),
-                asyncio.to_thread(os.open, os.path.join(fifo_dir, "out"), os.O_RDONLY),
+        run: Callable[[], Any] = functools.partial(box.run, argv)
+        if box.network == "proxy":
+            # Its outbound requests are decided too (no single tool call made
+            # them: context.parent is None).
+            from execgate.gate import behind_proxy
+
+            run = functools.partial(
+                behind_proxy,
+                self.gateway.gate.pipeline,
+                box,
+                argv,
+                principal=self.session.principal,
             )
-        )
-        either: set[asyncio.Future[Any]] = {exited, opened}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not opened.done():
+        pool = ThreadPoolExecutor(3, thread_name_prefix="execgate-mcp-start")
+        exited: Future[Any] = pool.submit(run)
+        opens: list[Future[Any]] = [
+            pool.submit(os.open, os.path.join(fifo_dir, "in"), os.O_WRONLY),
+            pool.submit(os.open, os.path.join(fifo_dir, "out"), os.O_RDONLY),
+        ]
+        pool.shutdown(wait=False)
+        while not exited.done() and not all(f.done() for f in opens):
+            wait([f for f in (exited, *opens) if not f.done()], return_when=FIRST_COMPLETED)
+        if not all(f.done() for f in opens):
             # The server never opened its pipes (the sandbox failed): release the opens.
             for name, flags in (
                 ("in", os.O_RDONLY | os.O_NONBLOCK),
@@ -384,46 +465,15 @@ class StdioProxy:
             ):
                 with contextlib.suppress(OSError):
                     os.close(os.open(os.path.join(fifo_dir, name), flags))
-            fds = await opened
-            for fd in fds:
-                os.close(fd)
+            for f in opens:
+                os.close(f.result())
             shutil.rmtree(fifo_dir, ignore_errors=True)
             exited.result()  # raises the SandboxError
             raise RuntimeError("the MCP server exited before it opened its stdio")
-        fd_in, fd_out = opened.result()
-        reader = await _reader(fd_out)
-        writer = await _writer(fd_in)
-        return reader, writer, exited, lambda: shutil.rmtree(fifo_dir, ignore_errors=True)
+        fd_in, fd_out = (f.result() for f in opens)
 
+        def cleanup() -> None:
+            os.close(fd_out)
+            shutil.rmtree(fifo_dir, ignore_errors=True)
 
-async def _reader(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader over a pipe (or, failing that, a thread over any fd)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=_CHUNK * 4)
-    try:
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader),
-            os.fdopen(fd, "rb", buffering=0, closefd=fd > 2),
-        )
-    except (ValueError, OSError):
-
-        async def feed() -> None:
-            while True:
-                data = await asyncio.to_thread(os.read, fd, _CHUNK)
-                if not data:
-                    reader.feed_eof()
-                    return
-                reader.feed_data(data)
-
-        task = loop.create_task(feed())
-        reader._execgate_feeder = task  # type: ignore[attr-defined]  # keeps the task alive
-    return reader
-
-
-async def _writer(fd: int) -> asyncio.StreamWriter:
-    """An asyncio writer over a pipe."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0, closefd=fd > 2)
-    )
-    return asyncio.StreamWriter(transport, protocol, None, loop)
+        return fd_in, fd_out, exited, cleanup

@@ -17,20 +17,23 @@
 //! `/`) means the bundle root. A bundle is usable only once its signature,
 //! its exact file list and every file hash verify; its policy then compiles
 //! through the ordinary [`PolicySet`] path, so a bundle that does not compile
-//! is refused the same way a local policy is.
+//! is refused the same way a local policy is. Signatures and keys are in
+//! [`signature`], OPA's file hashes in [`hash`].
 
-use std::collections::{BTreeMap, BTreeSet};
+mod hash;
+mod signature;
+
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use regorus::Value;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
+pub use self::signature::BundleKey;
 use super::error::{CoreError, PolicyLoadError, Result};
-use super::keys::{SigningKey, VerifyKey};
+use super::keys::SigningKey;
 use super::policy::files::read_regular_file;
 use super::policy::PolicySet;
 
@@ -42,8 +45,6 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 pub const MAX_UNPACKED_BYTES: u64 = 64 << 20;
 /// Largest bundle file as transferred (compressed).
 pub const MAX_BUNDLE_BYTES: u64 = 32 << 20;
-/// Deepest nesting of a structured document that is hashed.
-const MAX_DEPTH: usize = 128;
 
 const SIGNATURES: &str = ".signatures.json";
 const MANIFEST: &str = ".manifest";
@@ -61,7 +62,7 @@ pub struct Bundle {
 
 impl Bundle {
     /// Reads and verifies a bundle file (see [`Bundle::from_bytes`]).
-    pub fn from_file(path: &Path, key: &VerifyKey) -> Result<Self> {
+    pub fn from_file(path: &Path, key: &BundleKey) -> Result<Self> {
         let bytes = read_regular_file(path, MAX_BUNDLE_BYTES)
             .map_err(|m| PolicyLoadError::in_file(path, m))?;
         Self::from_bytes(&bytes, key).map_err(|e| match e {
@@ -79,13 +80,13 @@ impl Bundle {
     /// listed, a listed file missing or a hash mismatch is a
     /// [`CoreError::Signature`]; a malformed archive, manifest or document
     /// is a [`CoreError::Policy`]. Compiling is left to the caller.
-    pub fn from_bytes(bytes: &[u8], key: &VerifyKey) -> Result<Self> {
+    pub fn from_bytes(bytes: &[u8], key: &BundleKey) -> Result<Self> {
         let files = unpack(bytes)?;
         let signatures = files.get(SIGNATURES).ok_or_else(|| {
             CoreError::Signature("bundle is not signed: no .signatures.json".into())
         })?;
-        let listed = verify_jwt(signatures, key)?;
-        check_files(&files, &listed)?;
+        let listed = signature::verify(signatures, key)?;
+        signature::check_files(&files, &listed)?;
         let (revision, roots) = match files.get(MANIFEST) {
             Some(m) => manifest(m)?,
             None => (String::new(), vec![String::new()]),
@@ -188,25 +189,7 @@ pub fn build(dir: &Path, key: &SigningKey, revision: Option<&str>) -> Result<Vec
     let manifest = serde_json::to_vec(&json!({"revision": revision, "roots": [""]}))
         .map_err(|e| PolicyLoadError::new(e.to_string()))?;
     files.insert(MANIFEST.to_string(), manifest);
-    let mut listed = Vec::new();
-    for (name, bytes) in &files {
-        listed.push(
-            json!({"name": name, "hash": file_hash(name, bytes)?, "algorithm": HASH_ALGORITHM}),
-        );
-    }
-    let header = json!({"alg": "EdDSA", "kid": key.kid(), "typ": "JWT"});
-    let claims = json!({"files": listed});
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let jwt = format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(key.sign(signing_input.as_bytes()))
-    );
-    let signatures = serde_json::to_vec(&json!({"signatures": [jwt]}))
-        .map_err(|e| PolicyLoadError::new(e.to_string()))?;
+    let signatures = signature::sign(&files, key)?;
 
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
@@ -237,10 +220,6 @@ pub fn build(dir: &Path, key: &SigningKey, revision: Option<&str>) -> Result<Vec
 
 fn bad(message: impl Into<String>) -> CoreError {
     PolicyLoadError::new(format!("bundle: {}", message.into())).into()
-}
-
-fn sig(message: impl Into<String>) -> CoreError {
-    CoreError::Signature(format!("bundle signature: {}", message.into()))
 }
 
 /// The bundle's regular files by normalized name, within the caps.
@@ -314,344 +293,6 @@ fn normalize(name: &str) -> Result<String> {
         return Err(bad(format!("refused entry name {name:?}")));
     }
     Ok(rest.to_string())
-}
-
-/// Verifies the one JWT of `.signatures.json` and returns its files claim
-/// (name -> (algorithm, hex hash)).
-fn verify_jwt(signatures: &[u8], key: &VerifyKey) -> Result<BTreeMap<String, (String, String)>> {
-    let doc: Json =
-        serde_json::from_slice(signatures).map_err(|e| sig(format!(".signatures.json: {e}")))?;
-    let tokens = doc
-        .get("signatures")
-        .and_then(Json::as_array)
-        .ok_or_else(|| sig(".signatures.json has no \"signatures\" list"))?;
-    let [token] = tokens.as_slice() else {
-        return Err(sig(format!(
-            ".signatures.json must hold exactly one JWT, not {}",
-            tokens.len()
-        )));
-    };
-    let token = token
-        .as_str()
-        .ok_or_else(|| sig("the JWT is not a string"))?;
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(sig("the JWT is not header.payload.signature"));
-    };
-    let decode = |part: &str, what: &str| {
-        URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|e| sig(format!("JWT {what} is not base64url: {e}")))
-    };
-    let header: Json = serde_json::from_slice(&decode(h, "header")?)
-        .map_err(|e| sig(format!("JWT header: {e}")))?;
-    let alg = header.get("alg").and_then(Json::as_str).unwrap_or("");
-    if alg != "EdDSA" {
-        return Err(sig(format!(
-            "algorithm {alg:?} is not accepted (execgate verifies EdDSA with an execgate key)"
-        )));
-    }
-    if header.get("crit").is_some() {
-        return Err(sig("JWT header has critical extensions"));
-    }
-    let signature = decode(s, "signature")?;
-    if !key.verify(format!("{h}.{p}").as_bytes(), &signature) {
-        return Err(sig(format!(
-            "does not verify with key {} (wrong key or altered .signatures.json)",
-            key.kid()
-        )));
-    }
-    let claims: Json = serde_json::from_slice(&decode(p, "payload")?)
-        .map_err(|e| sig(format!("JWT payload: {e}")))?;
-    if claims
-        .get("scope")
-        .and_then(Json::as_str)
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Err(sig(
-            "the JWT has a scope; execgate verifies unscoped bundles",
-        ));
-    }
-    let files = claims
-        .get("files")
-        .and_then(Json::as_array)
-        .ok_or_else(|| sig("the JWT has no files claim"))?;
-    let mut listed = BTreeMap::new();
-    for f in files {
-        let field = |k: &str| f.get(k).and_then(Json::as_str).map(str::to_string);
-        let (Some(name), Some(hash)) = (field("name"), field("hash")) else {
-            return Err(sig("a files entry lacks name or hash"));
-        };
-        let algorithm = field("algorithm").unwrap_or_default();
-        let name = normalize(&name).map_err(|_| sig(format!("refused file name {name:?}")))?;
-        if listed.insert(name.clone(), (algorithm, hash)).is_some() {
-            return Err(sig(format!("{name} is listed twice")));
-        }
-    }
-    Ok(listed)
-}
-
-/// The file set must match the signed list exactly, and every hash must match.
-fn check_files(
-    files: &BTreeMap<String, Vec<u8>>,
-    listed: &BTreeMap<String, (String, String)>,
-) -> Result<()> {
-    let present: BTreeSet<&str> = files
-        .keys()
-        .map(String::as_str)
-        .filter(|n| *n != SIGNATURES)
-        .collect();
-    let signed: BTreeSet<&str> = listed.keys().map(String::as_str).collect();
-    if let Some(extra) = present.difference(&signed).next() {
-        return Err(sig(format!(
-            "file {extra} is not included in the signature"
-        )));
-    }
-    if let Some(missing) = signed.difference(&present).next() {
-        return Err(sig(format!(
-            "signed file {missing} is missing from the bundle"
-        )));
-    }
-    for (name, (algorithm, want)) in listed {
-        if algorithm != HASH_ALGORITHM {
-            return Err(sig(format!(
-                "{name}: hash algorithm {algorithm:?} is not accepted (SHA-256)"
-            )));
-        }
-        let content = files
-            .get(name)
-            .ok_or_else(|| sig(format!("{name} is missing")))?;
-        let got = file_hash(name, content)?;
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(sig(format!(
-                "{name}: digest mismatch (signed {want}, found {got})"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// OPA's file hash: structured files over their value, the rest over bytes.
-fn file_hash(name: &str, content: &[u8]) -> Result<String> {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let structured = matches!(base, "data.json" | MANIFEST | "data.yaml" | SIGNATURES);
-    if !structured {
-        return Ok(hex::encode(Sha256::digest(content)));
-    }
-    let mut h = Sha256::new();
-    if base == "data.yaml" {
-        let text = utf8(name, content)?;
-        let v = Value::from_yaml_str(text).map_err(|e| bad(format!("{name}: {e}")))?;
-        let value = serde_json::to_value(&v).map_err(|e| bad(format!("{name}: {e}")))?;
-        walk(&value, &mut h, 0)?;
-    } else {
-        // Validated (and depth-bounded) by serde_json first; then walked over
-        // its own text so numbers keep their literal form, as OPA's hash
-        // keeps them (Go's json.Number).
-        let _: serde::de::IgnoredAny =
-            serde_json::from_slice(content).map_err(|e| bad(format!("{name}: {e}")))?;
-        let text = utf8(name, content)?;
-        let mut literal = Literal { text, pos: 0 };
-        let value = literal.value(0)?;
-        value.hash(&mut h);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// A JSON value with its numbers as written.
-enum Canon {
-    Object(BTreeMap<String, Canon>),
-    Array(Vec<Canon>),
-    String(String),
-    /// A number, `true`, `false` or `null`, as written.
-    Literal(String),
-}
-
-impl Canon {
-    fn hash(&self, h: &mut Sha256) {
-        match self {
-            Canon::Object(map) => {
-                h.update(b"{");
-                for (i, (k, v)) in map.iter().enumerate() {
-                    if i > 0 {
-                        h.update(b",");
-                    }
-                    h.update(go_string(k).as_bytes());
-                    h.update(b":");
-                    v.hash(h);
-                }
-                h.update(b"}");
-            }
-            Canon::Array(items) => {
-                h.update(b"[");
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        h.update(b",");
-                    }
-                    v.hash(h);
-                }
-                h.update(b"]");
-            }
-            Canon::String(s) => h.update(go_string(s).as_bytes()),
-            Canon::Literal(l) => h.update(l.as_bytes()),
-        }
-    }
-}
-
-/// A reader over JSON text already known to be valid.
-struct Literal<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-impl Literal<'_> {
-    fn skip_ws(&mut self) {
-        let rest = &self.text[self.pos..];
-        self.pos += rest.len() - rest.trim_start_matches([' ', '\t', '\n', '\r']).len();
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.pos).copied()
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Canon> {
-        if depth > MAX_DEPTH {
-            return Err(bad("a document is nested too deeply"));
-        }
-        self.skip_ws();
-        match self.peek() {
-            Some(b'{') => {
-                self.pos += 1;
-                let mut map = BTreeMap::new();
-                loop {
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b'}') => {
-                            self.pos += 1;
-                            return Ok(Canon::Object(map));
-                        }
-                        Some(b',') => self.pos += 1,
-                        Some(b'"') => {
-                            let key = self.string()?;
-                            self.skip_ws();
-                            self.pos += 1; // ':'
-                                           // A repeated key keeps its last value, as Go's decoder does.
-                            map.insert(key, self.value(depth + 1)?);
-                        }
-                        _ => return Err(bad("malformed JSON object")),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b']') => {
-                            self.pos += 1;
-                            return Ok(Canon::Array(items));
-                        }
-                        Some(b',') => self.pos += 1,
-                        Some(_) => items.push(self.value(depth + 1)?),
-                        None => return Err(bad("malformed JSON array")),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Canon::String(self.string()?)),
-            Some(_) => {
-                let rest = &self.text[self.pos..];
-                let end = rest
-                    .find([',', '}', ']', ' ', '\t', '\n', '\r'])
-                    .unwrap_or(rest.len());
-                self.pos += end;
-                Ok(Canon::Literal(rest[..end].to_string()))
-            }
-            None => Err(bad("malformed JSON")),
-        }
-    }
-
-    /// The string starting at `pos` (a `"`), decoded.
-    fn string(&mut self) -> Result<String> {
-        let bytes = self.text.as_bytes();
-        let mut end = self.pos + 1;
-        while let Some(&b) = bytes.get(end) {
-            match b {
-                b'\\' => end += 2,
-                b'"' => break,
-                _ => end += 1,
-            }
-        }
-        let raw = self
-            .text
-            .get(self.pos..=end)
-            .ok_or_else(|| bad("malformed JSON string"))?;
-        self.pos = end + 1;
-        serde_json::from_str(raw).map_err(|e| bad(format!("malformed JSON string: {e}")))
-    }
-}
-
-/// Feeds OPA's canonical form of `v` to the hash: objects with keys in byte
-/// order, `{k:v,...}`, arrays `[v,...]`, primitives as Go's JSON encoder
-/// writes them without HTML escaping.
-fn walk(v: &Json, h: &mut Sha256, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(bad("a document is nested too deeply"));
-    }
-    match v {
-        Json::Object(map) => {
-            h.update(b"{");
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    h.update(b",");
-                }
-                h.update(go_string(k).as_bytes());
-                h.update(b":");
-                walk(&map[k], h, depth + 1)?;
-            }
-            h.update(b"}");
-        }
-        Json::Array(items) => {
-            h.update(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    h.update(b",");
-                }
-                walk(item, h, depth + 1)?;
-            }
-            h.update(b"]");
-        }
-        Json::String(s) => h.update(go_string(s).as_bytes()),
-        other => h.update(other.to_string().as_bytes()),
-    }
-    Ok(())
-}
-
-/// A string as Go's `encoding/json` encodes it with `SetEscapeHTML(false)`.
-fn go_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn utf8<'a>(name: &str, content: &'a [u8]) -> Result<&'a str> {
@@ -752,6 +393,7 @@ fn nest(dir: &str, value: Value) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    use super::hash::file_hash;
     use super::*;
     use crate::core::policy::PolicyOptions;
 
@@ -810,7 +452,7 @@ mod tests {
     fn built_bundle_verifies_and_compiles() {
         let (dir, key) = tree();
         let bytes = build(&dir.0, &key, Some("r1")).unwrap();
-        let b = Bundle::from_bytes(&bytes, &key.verify_key()).unwrap();
+        let b = Bundle::from_bytes(&bytes, &key.verify_key().into()).unwrap();
         assert_eq!(b.revision, "r1");
         let policy = b.policy_set().compile(&PolicyOptions::default()).unwrap();
         assert_eq!(policy.revision(), Some("r1"));
@@ -824,7 +466,7 @@ mod tests {
     fn tampering_is_refused() {
         let (dir, key) = tree();
         let files = entries(&build(&dir.0, &key, None).unwrap());
-        let vk = key.verify_key();
+        let vk: BundleKey = key.verify_key().into();
         let mut tampered = files.clone();
         tampered.insert(
             "app/policy.rego".into(),
@@ -842,7 +484,7 @@ mod tests {
             let e = Bundle::from_bytes(&repack(&f), &vk).unwrap_err();
             assert!(matches!(e, CoreError::Signature(_)), "{what}: {e}");
         }
-        let other = SigningKey::generate().verify_key();
+        let other: BundleKey = SigningKey::generate().verify_key().into();
         assert!(matches!(
             Bundle::from_bytes(&repack(&files), &other),
             Err(CoreError::Signature(_))
@@ -870,14 +512,14 @@ mod tests {
         assert_eq!(normalize("/a/b.rego").unwrap(), "a/b.rego");
         assert_eq!(normalize("./a.rego").unwrap(), "a.rego");
         assert!(matches!(
-            Bundle::from_bytes(b"not gzip", &SigningKey::generate().verify_key()),
+            Bundle::from_bytes(b"not gzip", &SigningKey::generate().verify_key().into()),
             Err(CoreError::Policy(_))
         ));
     }
 
     #[test]
     fn caps_bound_what_a_bundle_can_make_the_reader_do() {
-        let vk = SigningKey::generate().verify_key();
+        let vk: BundleKey = SigningKey::generate().verify_key().into();
         let many: BTreeMap<String, Vec<u8>> = (0..=MAX_ENTRIES)
             .map(|i| (format!("f{i}"), Vec::new()))
             .collect();
@@ -917,7 +559,8 @@ mod tests {
         tar.append_link(&mut h, "policy.rego", "/etc/passwd")
             .unwrap();
         let bytes = tar.into_inner().unwrap().finish().unwrap();
-        let e = Bundle::from_bytes(&bytes, &SigningKey::generate().verify_key()).unwrap_err();
+        let e =
+            Bundle::from_bytes(&bytes, &SigningKey::generate().verify_key().into()).unwrap_err();
         assert!(
             matches!(e, CoreError::Policy(_)) && e.to_string().contains("not a regular file"),
             "{e}"
