@@ -39,19 +39,32 @@ class RedisServer:
     """One redis-server process; ``stop()`` and ``start()`` again for outages
     (it keeps no data across a restart, like a server that lost its memory)."""
 
-    def __init__(self, directory: pathlib.Path, binary: str) -> None:
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        binary: str,
+        tls: pathlib.Path | None = None,
+    ) -> None:
+        """``tls``: a PEM file with the server's certificate and key, to also
+        listen with TLS on another free port, at :attr:`tls_url`."""
         self.directory = directory
         self.binary = binary
         self.port = _free_port()
         self.socket = directory / "redis.sock"
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.unix_url = f"unix://{self.socket}"
+        self.tls = tls
+        self.tls_port = _free_port() if tls else 0
+        self.tls_url = f"rediss://127.0.0.1:{self.tls_port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        if self.tls is not None:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls)]
+            args += ["--tls-key-file", str(self.tls), "--tls-auth-clients", "no"]
         log = open(self.directory / "redis.log", "ab")
         self._proc = subprocess.Popen(args, stdout=log, stderr=log)
         log.close()

@@ -20,6 +20,7 @@ from importlib import resources
 import pytest
 
 import execgate
+from certs import local_ca
 from execgate.cli import main
 from redis_server import RedisServer, redis_binary
 
@@ -359,3 +360,31 @@ def test_units_are_given_back_when_the_decision_cannot_be_recorded(
         assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
         assert gate.check("spend", {"limit": 2, "cost": 1}).allowed
         assert not gate.check("spend", {"limit": 2, "cost": 1}).allowed
+
+
+def test_rediss_verifies_the_server_and_denies_one_it_cannot_trust(
+    tmp_path: pathlib.Path, key: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, chain = local_ca(tmp_path)
+    server = RedisServer(tmp_path, redis_binary(), tls=chain)
+    server.start()
+    try:
+        # The system's roots, overridden as OpenSSL tools do: this CA only.
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        _init(server.tls_url, key)
+        gate = execgate.Gate(POLICY, key=key, state=server.tls_url)
+        with execgate.principal("p"):
+            assert gate.check("spend", {"limit": 1, "cost": 1}).allowed
+            d = gate.check("spend", {"limit": 1, "cost": 1})
+            assert not d.allowed and "budget exceeded" in d.reasons[0]
+        assert server.command("EXISTS", "{execgate}:b:spend:p") == "1"  # over TLS, in that Redis
+        # A server whose certificate no trusted CA signed is not a store.
+        (tmp_path / "other").mkdir()
+        other, _ = local_ca(tmp_path / "other")
+        monkeypatch.setenv("SSL_CERT_FILE", str(other))
+        for state in (server.tls_url, server.tls_url + "#insecure"):
+            d = execgate.Gate(POLICY, key=key, state=state).check("spend", {"limit": 9, "cost": 1})
+            assert not d.allowed and d.error == "state", d.reasons
+            assert server.tls_url in d.reasons[0]
+    finally:
+        server.stop()

@@ -188,7 +188,8 @@ class Gate:
     last confirmation. With a URL, ``bundle_max_age`` must exceed
     ``bundle_poll``.
 
-    ``state`` (``"redis://host:port/db"``, ``"redis+unix:///path"`` or
+    ``state`` (``"redis://host:port/db"``, ``"rediss://..."`` (TLS, verified
+    against the system's CA roots), ``"redis+unix:///path"`` or
     ``"unix:///path"``) keeps rates, budgets and history in that Redis,
     shared by every gate pointed at it: one script checks and takes all of a
     decision's limits on Redis's clock, and a retried call (same

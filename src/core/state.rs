@@ -17,6 +17,9 @@
 //!   same tool call) does not take twice.
 //! - **Cluster-ready.** Every key is hash-tagged `{execgate}`, so all keys of
 //!   one script fall in one slot (the whole state lives on one shard).
+//! - **TLS.** `rediss://` connects over rustls (ring), verifying the server
+//!   against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override
+//!   them); there is no mode that skips verification.
 //! - **Fail closed.** An unreachable store, a reply later than the timeout, or
 //!   a store that lost its data (no marker key: new, flushed, evicted) makes
 //!   every call that needs it a deny naming the store. [`SharedState::rebuild`]
@@ -197,11 +200,15 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    /// A store at `url` (`redis://`, `redis+unix://` or `unix://`). Only the
-    /// URL is checked here: an unreachable store denies calls, it does not
-    /// stop a gate from starting.
+    /// A store at `url` (`redis://`, `rediss://` (TLS), `redis+unix://` or
+    /// `unix://`). Only the URL is checked here: an unreachable store denies
+    /// calls, it does not stop a gate from starting.
     pub fn open(url: &str, options: StateOptions, call_key: [u8; 32]) -> Result<Self> {
         let shown = without_password(url);
+        // rediss:// verifies the server against the system's roots with
+        // rustls, which needs the process's crypto provider: ring. Another
+        // provider installed first (by another library) serves as well.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let client = Client::open(url).map_err(|e| {
             CoreError::InvalidArgument(format!("state {shown}: not a Redis URL: {e}"))
         })?;
