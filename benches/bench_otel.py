@@ -12,6 +12,7 @@ CPU microseconds per call of each mode and the overhead against "off".
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
     gate = execgate.Gate(POLICY)
-    if telemetry.current() is None:
+    if importlib.util.find_spec("opentelemetry") is None:
         raise SystemExit("opentelemetry-api is not installed: pip install 'execgate[otel]'")
 
     @gate.guard(action="tool")

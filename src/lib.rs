@@ -25,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::gate::PyGate>()?;
     m.add_class::<python::gate::PyDecision>()?;
     m.add_class::<python::gate::PyCall>()?;
+    m.add_class::<python::gate::PyCapabilities>()?;
     m.add_class::<python::keys::PySigningKey>()?;
     m.add_class::<python::keys::PyVerifyKey>()?;
     m.add_class::<python::keys::PyReceipt>()?;

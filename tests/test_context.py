@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import MappingProxyType
+
+import pytest
 
 import execgate
 
@@ -22,6 +25,20 @@ def test_ambient_values_reach_the_input_and_explicit_ones_win() -> None:
     d = gate.check("x")
     assert d.input["principal"] == {"id": None, "roles": []}
     assert set(d.input["context"]) == {"time"}
+
+
+def test_explicit_values_may_be_any_mapping_and_are_checked_like_arguments() -> None:
+    """The gate merges the ambient and explicit values itself: a read-only
+    mapping is read like a dict, and a value no policy input can hold is an
+    ArgumentError naming it, with nothing decided."""
+    gate = execgate.Gate(POLICY)
+    with execgate.principal("agent-7", team="blue"):
+        d = gate.check("x", principal=MappingProxyType({"team": "red"}))
+        assert d.input["principal"] == {"id": "agent-7", "roles": [], "team": "red"}
+        with pytest.raises(execgate.ArgumentError, match="principal"):
+            gate.check("x", principal={"id": float("nan")})
+    with execgate.context(session="s-1"), pytest.raises(execgate.ArgumentError, match="context"):
+        gate.check("x", context={1: "not a str key"})
 
 
 def test_nested_principal_replaces_and_restores() -> None:

@@ -241,7 +241,6 @@ import execgate
 imported_early = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
 from execgate import telemetry
 gate = execgate.Gate('package execgate\\ndecision := true\\n')
-otel = telemetry.current()
 
 @gate.guard(action="t")
 def tool():
@@ -250,15 +249,35 @@ def tool():
 assert tool() == 1
 print(json.dumps({
     "imported_early": imported_early,
-    "span": otel.tool_started(gate.check("t")) is not None,
-    "tracer": type(otel.tracer).__name__,
+    "imported": "opentelemetry.trace" in sys.modules,
+    "current": telemetry.current() is not None,
 }))
 """
     )
     # `import execgate` alone imports nothing of OpenTelemetry; a gate loads the
-    # API, whose tracer is a no-op until an SDK is configured: no span is built.
-    assert out["imported_early"] == []
-    assert out["span"] is False and out["tracer"] == "ProxyTracer"
+    # API, whose tracer and meter are no-ops until an SDK is configured: the
+    # pipeline reports nothing to them.
+    assert out == {"imported_early": [], "imported": True, "current": False}
+
+
+@pytest.mark.parametrize("wake", ["time.sleep(1.2)", "telemetry.enable()"])
+def test_an_sdk_configured_after_the_gate_is_picked_up(wake: str) -> None:
+    """Within a second (the poll), or at once after telemetry.enable()."""
+    out = _child(
+        """
+import execgate, time
+from execgate import telemetry
+gate = execgate.Gate('package execgate\\ndecision := true\\n')
+gate.check("before")
+"""
+        + SDK
+        + f"""
+{wake}
+gate.check("after")
+print(json.dumps([s["name"] for s in span_dicts()]))
+"""
+    )
+    assert out == ["execgate.decide after"]
 
 
 def test_telemetry_can_be_turned_off() -> None:

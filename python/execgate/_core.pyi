@@ -1,7 +1,7 @@
 """Typed stubs for the native extension ``execgate._core``."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, final
 
 _Mode = Literal["enforce", "audit"]
@@ -25,6 +25,7 @@ __all__ = [
     "Bundle",
     "BundleKey",
     "Call",
+    "Capabilities",
     "ChainVerifier",
     "Decision",
     "Gate",
@@ -77,23 +78,18 @@ class Gate:
         self,
         action: str,
         args: dict[str, Any] | None = None,
-        principal: dict[str, Any] | None = None,
-        context: dict[str, Any] | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
         time: str | None = None,
-        *,
-        query: bool = False,
-        sandbox: bool = False,
-        rewrite: bool = True,
-        replaceable: list[str] | None = None,
-        output: bool = True,
+        capabilities: Capabilities | None = None,
         authorize: bool = False,
     ) -> Call: ...
     def check(
         self,
         action: str,
         args: dict[str, Any] | None = None,
-        principal: dict[str, Any] | None = None,
-        context: dict[str, Any] | None = None,
+        principal: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
         time: str | None = None,
     ) -> Decision: ...
     def reload(
@@ -178,6 +174,17 @@ class Decision:
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
+class Capabilities:
+    def __new__(
+        cls,
+        *,
+        sandbox: bool = False,
+        rewrite: bool = True,
+        replaceable: list[str] | None = None,
+        output: bool = True,
+    ) -> Capabilities: ...
+
+@final
 class Call:
     """One call on its way through the pipeline; each method is one stage."""
 
@@ -199,7 +206,6 @@ class Call:
     def redact_output(self, value: Any) -> Any: ...
     def complete(
         self,
-        *,
         status: _Status,
         duration_ns: int = 0,
         output: object | None = None,

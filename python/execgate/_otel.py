@@ -13,6 +13,7 @@ attributes. Metrics: ``execgate.decisions`` (counter), ``execgate.decision.durat
 from __future__ import annotations
 
 from collections.abc import Iterable
+from time import monotonic
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -26,6 +27,9 @@ from execgate._core import Gate as NativeGate
 # Decisions take microseconds; a slow one (an audit fsync, a remote store)
 # milliseconds.
 _BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0)
+
+#: While no SDK is configured, how often (seconds) the pipeline looks again.
+POLL_SECONDS = 1.0
 
 
 def _lags(options: CallbackOptions) -> Iterable[Observation]:
@@ -56,6 +60,23 @@ class Instruments:
             unit="s",
             description="How far the shipped copy of each audit log lags behind it",
         )
+        #: An SDK's tracer provider is set (OpenTelemetry sets it once, for good).
+        self.tracing = False
+        #: An SDK's tracer or meter provider is set: reports are worth making.
+        self.live = False
+        #: When (time.monotonic) :meth:`poll` looks again.
+        self.next_poll = 0.0
+        self.poll()
+
+    def poll(self) -> bool:
+        """Looks whether an SDK is configured. :func:`execgate.telemetry.current`
+        calls it at most every :data:`POLL_SECONDS` until one is (the lookup
+        costs more than a decision): until then the API's tracer and meter are
+        no-ops, and the pipeline reports nothing to them."""
+        self.next_poll = monotonic() + POLL_SECONDS
+        self.tracing = _sdk(trace.get_tracer_provider())
+        self.live = self.tracing or _sdk(metrics.get_meter_provider())
+        return self.live
 
     def decided(
         self, native: NativeGate, decision: Decision, start_ns: int, end_ns: int, took_ns: int
@@ -69,7 +90,7 @@ class Instruments:
             labels["execgate.error"] = error
         self.decisions.add(1, labels)
         self.duration.record(took_ns / 1e9, labels)
-        if not _tracing():
+        if not self.tracing:
             return
         attributes = {
             **labels,
@@ -90,8 +111,8 @@ class Instruments:
 
     def tool_started(self, decision: Decision) -> Span | None:
         """The ``execute_tool`` span of an authorized call, started now (None
-        while no SDK is configured)."""
-        if not _tracing():
+        while no SDK's tracer provider is configured)."""
+        if not self.tracing:
             return None
         name = decision.action
         attributes: dict[str, Any] = {
@@ -115,10 +136,11 @@ class Instruments:
         span.end()
 
 
-def _tracing() -> bool:
-    """Whether an SDK is configured: until one is, the API's global provider
-    is its proxy, every span a no-op, and the attributes not worth building."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+def _sdk(provider: object) -> bool:
+    """Whether a global provider is an SDK's: the API's own (its proxy until
+    one is set, or its no-op) make every span and metric a no-op."""
+    api = ("opentelemetry.trace", "opentelemetry.metrics")
+    return not type(provider).__module__.startswith(api)
 
 
 def _policy(decision: Decision) -> dict[str, Any]:

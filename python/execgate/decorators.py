@@ -13,6 +13,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from execgate._core import Capabilities
 from execgate.errors import ArgumentError
 from execgate.pipeline import Run, raise_if_blocked
 
@@ -25,6 +26,8 @@ __all__ = ["guard"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: An authorized call, its decision, and the arguments to call the body with.
+Started = tuple["Call", "Decision", tuple[Any, ...], dict[str, Any]]
 
 _P = inspect.Parameter
 _PLAIN_KINDS = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
@@ -62,40 +65,46 @@ class _Binder:
         self.replaceable = None if self.var_keyword is not None else [p.name for p in self.params]
         self.qualname = getattr(fn, "__qualname__", repr(fn))
 
-    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        bound = self._fast(args, kwargs) if self.plain else None
-        if bound is None:
-            b = self.signature.bind(*args, **kwargs)
-            b.apply_defaults()
-            bound = dict(b.arguments)
-            if self.var_keyword is not None:
-                extra = bound.pop(self.var_keyword)
-                clash = sorted(self.names & extra.keys())
-                if clash:
-                    raise ArgumentError(
-                        f"{self.qualname}: keyword argument {clash[0]!r} collides with the "
-                        f"parameter of that name",
-                        argument=f"args.{clash[0]}",
-                    )
-                bound.update(extra)
+        #: ``bind(args, kwargs)``: the arguments by parameter name, defaults applied.
+        self.bind: Callable[[tuple[Any, ...], Mapping[str, Any]], dict[str, Any]] = (
+            self._fast if self.plain else self._full
+        )
+
+    def _full(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        b = self.signature.bind(*args, **kwargs)
+        b.apply_defaults()
+        bound = dict(b.arguments)
+        if self.var_keyword is not None:
+            extra = bound.pop(self.var_keyword)
+            clash = sorted(self.names & extra.keys())
+            if clash:
+                raise ArgumentError(
+                    f"{self.qualname}: keyword argument {clash[0]!r} collides with the "
+                    f"parameter of that name",
+                    argument=f"args.{clash[0]}",
+                )
+            bound.update(extra)
         if self.skip is not None:
             bound.pop(self.skip, None)
         return bound
 
-    def _fast(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _fast(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`_full` for a plain signature, without building a BoundArguments."""
         if len(args) > len(self.positional):
-            return None
+            return self._full(args, kwargs)  # let bind() raise
         bound = dict(zip(self.positional, args, strict=False))
         for key, value in kwargs.items():
             if key in bound or key not in self.names:
-                return None
+                return self._full(args, kwargs)
             bound[key] = value
         if len(bound) < len(self.names):
             for name, default in self.defaults:
                 if name not in bound:
                     bound[name] = default
             if len(bound) < len(self.names):
-                return None  # a required argument is missing: let bind() raise
+                return self._full(args, kwargs)  # a required argument is missing
+        if self.skip is not None:
+            bound.pop(self.skip, None)
         return bound
 
     def rebuild(
@@ -175,30 +184,31 @@ def guard(
     context = dict(context) if context else None
     wrapper: Callable[..., Any]
 
-    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
-        return pipeline.decide(
-            name,
-            binder.bind(args, kwargs),
-            principal,
-            context,
-            sandbox=isolate is not None,
-            replaceable=binder.replaceable,
-        )
+    capabilities = Capabilities(sandbox=isolate is not None, replaceable=binder.replaceable)
 
-    async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, Decision]:
-        call = pipeline.start(
-            name, binder.bind(args, kwargs), principal, context, replaceable=binder.replaceable
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Started:
+        call, decision = pipeline.decide(
+            name, binder.bind(args, kwargs), principal, context, capabilities=capabilities
         )
-        return call, await pipeline.aauthorize(call)
+        return arguments(call, decision, args, kwargs)
+
+    async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Started:
+        call = pipeline.start(
+            name, binder.bind(args, kwargs), principal, context, capabilities=capabilities
+        )
+        return arguments(call, await pipeline.aauthorize(call), args, kwargs)
 
     def arguments(
         call: Call, decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        raise_if_blocked(call, decision)
+    ) -> Started:
+        """The authorized call and the arguments to call the body with; raises
+        when the call is blocked."""
+        if decision.blocked:
+            raise_if_blocked(call, decision)
         tool = call.arguments_if_copied()
         if tool is None:  # the caller's own immutable values, exactly as judged
-            return args, kwargs
-        return binder.rebuild(tool, args)
+            return call, decision, args, kwargs
+        return call, decision, *binder.rebuild(tool, args)
 
     if isolate is not None:
         from execgate.isolate import check_isolatable, run_isolated
@@ -208,8 +218,7 @@ def guard(
 
         @functools.wraps(fn)
         def isolated(*args: Any, **kwargs: Any) -> Any:
-            call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args, kwargs)
+            call, decision, a, k = begin(args, kwargs)
             return run_isolated(call, decision, fn, a, k, box, pipeline=pipeline)
 
         isolated.__execgate_action__ = name  # type: ignore[attr-defined]
@@ -219,8 +228,7 @@ def guard(
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call, decision = await abegin(args, kwargs)
-            a, k = arguments(call, decision, args, kwargs)
+            call, decision, a, k = await abegin(args, kwargs)
             with Run(call, decision) as run:
                 run.result = await fn(*a, **k)
             return run.output(run.result)
@@ -229,8 +237,7 @@ def guard(
 
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            call, decision = await abegin(args, kwargs)
-            a, k = arguments(call, decision, args, kwargs)
+            call, decision, a, k = await abegin(args, kwargs)
             with Run(call, decision) as run:
                 async for item in fn(*a, **k):
                     yield run.output(item)
@@ -239,8 +246,7 @@ def guard(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args, kwargs)
+            call, decision, a, k = begin(args, kwargs)
             with Run(call, decision) as run:
                 run.result = yield from _redacted(fn(*a, **k), run)
             return run.result
@@ -249,8 +255,7 @@ def guard(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call, decision = begin(args, kwargs)
-            a, k = arguments(call, decision, args, kwargs)
+            call, decision, a, k = begin(args, kwargs)
             with Run(call, decision) as run:
                 run.result = fn(*a, **k)
             return run.output(run.result)

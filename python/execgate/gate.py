@@ -14,7 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from execgate import _core
-from execgate._core import AuditLog, Bundle, BundleKey, Decision, Receipt, SigningKey, VerifyKey
+from execgate._core import (
+    AuditLog,
+    Bundle,
+    BundleKey,
+    Capabilities,
+    Decision,
+    Receipt,
+    SigningKey,
+    VerifyKey,
+)
 from execgate.approval import Approver
 from execgate.bundle_source import BundleSource, Poller, deny_all_policy, is_url
 from execgate.bundle_source import log as bundle_log
@@ -27,6 +36,9 @@ if TYPE_CHECKING:
     from execgate.postgres import Shipper, ShippingStatus
 
 __all__ = ["DEFAULT_ENTRYPOINT", "Gate", "GuardDecorator", "PolicyLike"]
+
+#: What ``Gate.run`` can do with a command: sandbox it, and replace its ``argv``.
+_COMMAND = Capabilities(sandbox=True, replaceable=["argv"])
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -455,8 +467,7 @@ class Gate:
             {"argv": [os.fspath(a) for a in argv], "sandbox": box.request()},
             principal,
             context,
-            sandbox=True,
-            replaceable=["argv"],
+            capabilities=_COMMAND,
         )
         raise_if_blocked(call, decision)
         argv = call.arguments()["argv"]

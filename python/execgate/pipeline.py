@@ -20,16 +20,19 @@ from time import perf_counter_ns, time_ns
 from typing import TYPE_CHECKING, Any
 
 from execgate import telemetry
-from execgate._core import Call, Decision
+from execgate._core import Call, Capabilities, Decision
 from execgate._core import Gate as NativeGate
 from execgate.approval import Approval, ApprovalRequest, Approver, ask
-from execgate.context import _context, _principal
 from execgate.errors import ActionDenied, ApprovalRequired, ExecgateError
 
 if TYPE_CHECKING:
     from execgate._otel import Instruments
 
-__all__ = ["Pipeline", "Run", "raise_if_blocked"]
+__all__ = ["IN_PROCESS", "Capabilities", "Pipeline", "Run", "raise_if_blocked"]
+
+#: An entry point that runs the tool in-process and can meet every obligation
+#: but a sandbox: a decorator, a framework adapter.
+IN_PROCESS = Capabilities()
 
 
 def _rfc3339(moment: dt.datetime) -> str:
@@ -66,23 +69,12 @@ class Pipeline:
         self.approval_timeout = approval_timeout
         telemetry.load()
 
-    def _ambient(
-        self,
-        principal: Mapping[str, Any] | None,
-        context: Mapping[str, Any] | None,
-        time: str | None,
-    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-        """Principal and context: the ambient ones overridden by the call's;
-        the gate's clock when it has its own."""
-        p = _principal.get()
-        if principal:
-            p = {**p, **principal} if p else dict(principal)
-        c = _context.get()
-        if context:
-            c = {**c, **context} if c else dict(context)
+    def _time(self, time: str | None) -> str | None:
+        """The gate clock's reading, when the gate has its own clock and the
+        caller gave no time."""
         if time is None and self.clock is not None:
-            time = _rfc3339(self.clock())
-        return p, c, time
+            return _rfc3339(self.clock())
+        return time
 
     def start(
         self,
@@ -91,29 +83,21 @@ class Pipeline:
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
         *,
+        capabilities: Capabilities = IN_PROCESS,
         query: bool = False,
-        sandbox: bool = False,
-        rewrite: bool = True,
-        replaceable: list[str] | None = None,
-        output: bool = True,
         time: str | None = None,
     ) -> Call:
-        """Decides a call. ``sandbox``, ``rewrite`` (with ``replaceable``: the
-        argument names the tool can be given, when not any) and ``output`` say
-        what the entry point will enforce (an obligation it cannot meet
-        denies); ``query`` leaves the obligations to the caller (``check()``)."""
-        p, c, time = self._ambient(principal, context, time)
+        """Decides a call. ``principal`` and ``context`` override the ambient
+        ones key by key. ``capabilities`` says what the entry point will
+        enforce (an obligation it cannot meet denies); ``query`` leaves the
+        obligations to the caller (``check()``)."""
         return self.native.decide(
             action,
             args,
-            p,
-            c,
-            time,
-            query=query,
-            sandbox=sandbox,
-            rewrite=rewrite,
-            replaceable=replaceable,
-            output=output,
+            principal,
+            context,
+            self._time(time),
+            None if query else capabilities,
         )
 
     def decide(
@@ -123,22 +107,26 @@ class Pipeline:
         principal: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
         *,
+        capabilities: Capabilities = IN_PROCESS,
+        query: bool = False,
         time: str | None = None,
-        **capabilities: Any,
     ) -> tuple[Call, Decision]:
         """:meth:`start` then :meth:`authorize`, in one native call when the
         gate has no approver to ask (the entry points without a
         human-in-the-loop of their own use this)."""
         if self.approver is not None:
-            call = self.start(action, args, principal, context, time=time, **capabilities)
+            call = self.start(
+                action, args, principal, context, capabilities=capabilities, query=query, time=time
+            )
             return call, self.authorize(call)
-        p, c, when = self._ambient(principal, context, time)
+        when = time if self.clock is None else self._time(time)
+        can = None if query else capabilities
         otel = telemetry.current()
         if otel is None:
-            call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
+            call = self.native.decide(action, args, principal, context, when, can, True)
             return call, call.decision
         begun, t0 = time_ns(), perf_counter_ns()
-        call = self.native.decide(action, args, p, c, when, authorize=True, **capabilities)
+        call = self.native.decide(action, args, principal, context, when, can, True)
         return call, self._observed(otel, call.decision, begun, t0)
 
     def check(
@@ -152,12 +140,13 @@ class Pipeline:
         ``query=True``, without a call object when there is nobody to ask."""
         if self.approver is not None:
             return self.decide(action, args, principal, context, query=True)[1]
-        ambient = self._ambient(principal, context, None)
+        when = None if self.clock is None else self._time(None)
         otel = telemetry.current()
         if otel is None:
-            return self.native.check(action, args, *ambient)
+            return self.native.check(action, args, principal, context, when)
         begun, t0 = time_ns(), perf_counter_ns()
-        return self._observed(otel, self.native.check(action, args, *ambient), begun, t0)
+        decision = self.native.check(action, args, principal, context, when)
+        return self._observed(otel, decision, begun, t0)
 
     def _observed(self, otel: Instruments, decision: Decision, begun: int, t0: int) -> Decision:
         """Reports a decision made in one native call that began at ``begun``
@@ -255,11 +244,11 @@ class Run:
         completion = None
         try:
             completion = self.call.complete(
-                status="ok" if error is None else "error",
-                duration_ns=perf_counter_ns() - self.start,
-                output=self.result if exc is None else None,
-                error_type=error,
-                extra=self.extra,
+                "ok" if error is None else "error",
+                perf_counter_ns() - self.start,
+                self.result if exc is None else None,
+                error,
+                self.extra,
             )
         finally:
             if self.span is not None:

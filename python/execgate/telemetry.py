@@ -14,6 +14,7 @@ component that reports (the audit shipper's lag) can do so either way.
 from __future__ import annotations
 
 import threading
+from time import monotonic
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,15 +49,26 @@ def load() -> None:
 
 def current() -> Instruments | None:
     """The instruments the pipeline reports to, or None (not installed, not
-    loaded yet, or turned off with :func:`enable`)."""
-    return _instruments if _enabled else None
+    loaded yet, turned off with :func:`enable`, or no SDK configured: an SDK
+    configured later is seen within a second, at once after :func:`enable`)."""
+    otel = _instruments
+    if otel is None or not _enabled:
+        return None
+    if otel.live:
+        return otel
+    if monotonic() < otel.next_poll:
+        return None
+    return otel if otel.poll() else None
 
 
 def enable(on: bool = True) -> None:
     """Turns execgate's spans and metrics on or off for the process (on by
-    default when the extra is installed)."""
+    default when the extra is installed); turning them on looks at once for
+    an SDK configured since."""
     global _enabled
     _enabled = on
+    if on and _instruments is not None:
+        _instruments.poll()
 
 
 def report_shipping_lag(log_id: str, seconds: float | None) -> None:

@@ -40,7 +40,7 @@ pub struct Capabilities {
     pub rewrite: bool,
     /// The arguments it can replace, when not all (a function without
     /// `**kwargs` takes only its parameters; a command only its `argv`).
-    pub replaceable: Option<Vec<String>>,
+    pub replaceable: Option<Arc<[String]>>,
     /// It passes the output through [`Call::redact_output`] before the caller
     /// sees it.
     pub output: bool,

@@ -9,11 +9,13 @@
 //! that defines the rules for dates, paths, enums, dataclasses and pydantic
 //! models: it returns what the policy sees and what the tool receives.
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use regorus::Value;
@@ -158,12 +160,12 @@ impl Converter {
             return self.dict(d, path, depth);
         }
         if let Ok(l) = obj.cast::<PyList>() {
-            // A snapshot of the storage: the tool gets this copy, so a list
-            // changed while it is converted cannot show the policy one thing
-            // and the tool another; a change is refused all the same.
-            let items = l.get_slice(0, l.len());
-            let arg = self.sequence(items.iter(), path, depth, false)?;
-            if l.len() != items.len() {
+            // Python code the conversion runs (an item's `to_json`) could
+            // change the list: a change is refused. (Either way the tool gets
+            // the copy rebuilt from what the policy saw.)
+            let len = l.len();
+            let arg = self.sequence(l.iter(), path, depth, false)?;
+            if l.len() != len {
                 return Err(changed(path));
             }
             return Ok(arg);
@@ -189,16 +191,18 @@ impl Converter {
         ))
     }
 
-    /// A dict with str keys, read from its storage.
+    /// A dict with str keys, read from its storage (never an overridden
+    /// `items`, `keys` or `__iter__` of a subclass).
     pub fn dict(
         &mut self,
         d: &Bound<'_, PyDict>,
         path: &mut String,
         depth: usize,
     ) -> PyResult<Arg> {
-        let items = storage(d)?;
-        let mut out = Vec::with_capacity(items.len());
-        for (k, v) in items {
+        let len = d.len();
+        let mut out = Vec::with_capacity(len);
+        let mut pos = 0;
+        while let Some((k, v)) = next_entry(d, &mut pos) {
             let Ok(key) = k.cast::<PyString>() else {
                 return Err(argument_error(
                     path,
@@ -209,16 +213,20 @@ impl Converter {
                 ));
             };
             let key = text(key, path)?;
-            let len = path.len();
+            let at = path.len();
             if !path.is_empty() {
                 path.push('.');
             }
             path.push_str(&key);
             let value = self.arg(&v, path, depth + 1)?;
-            path.truncate(len);
+            path.truncate(at);
             out.push((key, value));
+            // Python code the conversion ran (a value's `to_json`) changed it.
+            if d.len() != len {
+                return Err(changed(path));
+            }
         }
-        if d.len() != out.len() {
+        if out.len() != len {
             return Err(changed(path));
         }
         Ok(Arg::Map(out))
@@ -231,10 +239,10 @@ impl Converter {
         depth: usize,
         tuple: bool,
     ) -> PyResult<Arg> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(items.size_hint().0);
         for (i, item) in items.enumerate() {
             let len = path.len();
-            path.push_str(&format!("[{i}]"));
+            let _ = write!(path, "[{i}]");
             out.push(self.arg(&item, path, depth + 1)?);
             path.truncate(len);
         }
@@ -289,18 +297,29 @@ impl Converter {
     }
 }
 
-/// A dict's entries as its storage holds them, in a private snapshot: Python
-/// code the conversion runs (a value's `to_json`) cannot change what is being
-/// iterated, and a change to the dict itself is caught by its caller's size
-/// check.
-fn storage<'py>(d: &Bound<'py, PyDict>) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
-    if d.is_exact_instance_of::<PyDict>() {
-        // PyDict_Copy of an exact dict copies its storage.
-        Ok(d.copy()?.iter().collect())
-    } else {
-        // A subclass: PyDict_Items reads the storage, never an overridden
-        // `keys` or `__iter__` (which PyDict_Copy would call).
-        d.items().iter().map(|item| item.extract()).collect()
+/// The entry of `d` at or after `*pos`, moving `pos` past it (CPython's
+/// `PyDict_Next`, which reads the storage of a dict or a subclass). Unlike
+/// pyo3's dict iterator it does not panic when Python code changes the dict
+/// between two calls: its caller checks the size and refuses instead.
+fn next_entry<'py>(
+    d: &Bound<'py, PyDict>,
+    pos: &mut ffi::Py_ssize_t,
+) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let mut key = std::ptr::null_mut();
+    let mut value = std::ptr::null_mut();
+    // SAFETY: `d` is a dict and the GIL is held (it is a `Bound`).
+    // PyDict_Next checks `pos` against the dict's current table, so a dict
+    // changed since the last call is still read within bounds; the key and
+    // value it lends are owned at once (a new reference each), before any
+    // Python code can run.
+    unsafe {
+        if ffi::PyDict_Next(d.as_ptr(), pos, &mut key, &mut value) == 0 {
+            return None;
+        }
+        Some((
+            Bound::from_borrowed_ptr(d.py(), key),
+            Bound::from_borrowed_ptr(d.py(), value),
+        ))
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyMapping, PyTuple};
+use regorus::Value;
 
 use super::audit::PyAuditLog;
 use super::bundle::PyBundle;
@@ -165,38 +167,28 @@ impl PyGate {
     }
 
     /// Evaluates one call and parses its obligations: the first stages of the
-    /// pipeline. `sandbox`, `rewrite` (with `replaceable`, the argument names
-    /// it can replace when not all) and `output` say what the entry point can
-    /// enforce; `query=True` (for `check()`) leaves the obligations to the
-    /// caller. With `authorize=True` the call is also authorized (limits
-    /// taken, decision recorded), for callers with no approver to ask first.
-    /// Never raises for a deny.
-    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None, *,
-                        query=false, sandbox=false, rewrite=true, replaceable=None, output=true,
-                        authorize=false))]
+    /// pipeline. `principal` and `context` override the ambient ones
+    /// (`execgate.principal(...)`, `execgate.context(...)`) key by key.
+    /// `capabilities` says what the entry point can enforce; None (for
+    /// `check()`) leaves the obligations to the caller. With `authorize=True`
+    /// the call is also authorized (limits taken, decision recorded), for
+    /// callers with no approver to ask first. Never raises for a deny.
+    #[pyo3(signature = (action, args=None, principal=None, context=None, time=None,
+                        capabilities=None, authorize=false))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         py: Python<'_>,
         action: String,
         args: Option<&Bound<'_, PyDict>>,
-        principal: Option<&Bound<'_, PyDict>>,
-        context: Option<&Bound<'_, PyDict>>,
+        principal: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
         time: Option<String>,
-        query: bool,
-        sandbox: bool,
-        rewrite: bool,
-        replaceable: Option<Vec<String>>,
-        output: bool,
+        capabilities: Option<&PyCapabilities>,
         authorize: bool,
     ) -> PyResult<PyCall> {
-        let (request, conv) = request(action, args, principal, context, time)?;
-        let capabilities = (!query).then_some(Capabilities {
-            sandbox,
-            rewrite,
-            replaceable,
-            output,
-        });
+        let (request, conv) = request(py, action, args, principal, context, time)?;
+        let capabilities = capabilities.map(|c| c.inner.clone());
         let call = self.run(py, request, capabilities, authorize)?;
         Ok(PyCall {
             state: Mutex::new(CallState { call, conv }),
@@ -212,11 +204,11 @@ impl PyGate {
         py: Python<'_>,
         action: String,
         args: Option<&Bound<'_, PyDict>>,
-        principal: Option<&Bound<'_, PyDict>>,
-        context: Option<&Bound<'_, PyDict>>,
+        principal: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
         time: Option<String>,
     ) -> PyResult<PyDecision> {
-        let (request, _) = request(action, args, principal, context, time)?;
+        let (request, _) = request(py, action, args, principal, context, time)?;
         let call = self.run(py, request, None, true)?;
         Ok(PyDecision {
             inner: call.shared_decision(),
@@ -420,10 +412,11 @@ impl PyGate {
 /// The request from the Python arguments, and the converter that holds the
 /// originals of the arguments' opaque values (to hand them to the tool).
 fn request(
+    py: Python<'_>,
     action: String,
     args: Option<&Bound<'_, PyDict>>,
-    principal: Option<&Bound<'_, PyDict>>,
-    context: Option<&Bound<'_, PyDict>>,
+    principal: Option<&Bound<'_, PyAny>>,
+    context: Option<&Bound<'_, PyAny>>,
     time: Option<String>,
 ) -> PyResult<(Request, Converter)> {
     let mut conv = Converter::default();
@@ -432,11 +425,122 @@ fn request(
     let request = Request {
         action,
         args,
-        principal: optional_object(&mut side, principal, "principal")?.to_value(),
-        context: optional_object(&mut side, context, "context")?.to_value(),
+        principal: PRINCIPAL.merged(py, &mut side, principal)?,
+        context: CONTEXT.merged(py, &mut side, context)?,
         time,
     };
     Ok((request, conv))
+}
+
+/// The ambient principal or context: a context variable of `execgate.context`.
+struct Ambient {
+    /// The variable's `get`.
+    var: PyOnceLock<Py<PyAny>>,
+    attr: &'static str,
+    name: &'static str,
+}
+
+static PRINCIPAL: Ambient = Ambient {
+    var: PyOnceLock::new(),
+    attr: "_principal",
+    name: "principal",
+};
+static CONTEXT: Ambient = Ambient {
+    var: PyOnceLock::new(),
+    attr: "_context",
+    name: "context",
+};
+
+impl Ambient {
+    /// The ambient value overridden key by key by the call's own (`own`).
+    fn merged(
+        &self,
+        py: Python<'_>,
+        conv: &mut Converter,
+        own: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Value> {
+        // The context variable's bound `get`, looked up once.
+        let get = self.var.get_or_try_init(py, || {
+            let module = py.import("execgate.context")?;
+            PyResult::Ok(module.getattr(self.attr)?.getattr("get")?.unbind())
+        })?;
+        let current = get.call0(py)?;
+        let current = current.bind(py).cast::<PyDict>().map_err(PyErr::from)?;
+        let own = match own {
+            None => None,
+            Some(o) => Some(match o.cast::<PyDict>() {
+                Ok(d) => d.clone(),
+                Err(_) => {
+                    // Any other mapping, as `dict(own)` reads it.
+                    let d = PyDict::new(py);
+                    d.update(o.cast::<PyMapping>().map_err(PyErr::from)?)?;
+                    d
+                }
+            }),
+        };
+        let Some(own) = own.filter(|o| !o.is_empty()) else {
+            return Ok(optional_object(conv, Some(current), self.name)?.to_value());
+        };
+        if current.is_empty() {
+            return Ok(optional_object(conv, Some(&own), self.name)?.to_value());
+        }
+        let mut value = optional_object(conv, Some(current), self.name)?.to_value();
+        if let (Some(entries), Ok(map)) = (
+            optional_object(conv, Some(&own), self.name)?.entries(),
+            value.as_object_mut(),
+        ) {
+            for (k, v) in entries {
+                map.insert(Value::String(k.clone()), v.to_value());
+            }
+        }
+        Ok(value)
+    }
+}
+
+/// What an entry point can enforce beyond the decision (built once per entry
+/// point, passed with each call): run the tool sandboxed, hand it rewritten
+/// arguments (only those named in `replaceable`, when given), pass its output
+/// through the redaction. An obligation it cannot meet denies the call.
+#[pyclass(frozen, name = "Capabilities", module = "execgate._core")]
+pub struct PyCapabilities {
+    inner: Capabilities,
+}
+
+#[pymethods]
+impl PyCapabilities {
+    #[new]
+    #[pyo3(signature = (*, sandbox=false, rewrite=true, replaceable=None, output=true))]
+    fn new(sandbox: bool, rewrite: bool, replaceable: Option<Vec<String>>, output: bool) -> Self {
+        Self {
+            inner: Capabilities {
+                sandbox,
+                rewrite,
+                replaceable: replaceable.map(Arc::from),
+                output,
+            },
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner;
+        format!(
+            "Capabilities(sandbox={}, rewrite={}, replaceable={}, output={})",
+            py_bool(c.sandbox),
+            py_bool(c.rewrite),
+            c.replaceable
+                .as_ref()
+                .map_or_else(|| "None".to_string(), |r| format!("{r:?}")),
+            py_bool(c.output)
+        )
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 /// One call on its way through the pipeline (see `core::pipeline`). Each
@@ -561,7 +665,7 @@ impl PyCall {
 
     /// Records what happened when the tool ran (once). Returns the
     /// completion receipt when the gate keeps a log.
-    #[pyo3(signature = (*, status, duration_ns=0, output=None, error_type=None, extra=None))]
+    #[pyo3(signature = (status, duration_ns=0, output=None, error_type=None, extra=None))]
     fn complete(
         &self,
         py: Python<'_>,

@@ -20,7 +20,7 @@ from typing import Any
 
 import h11
 
-from execgate._core import Call, Decision
+from execgate._core import Call, Capabilities, Decision
 from execgate.errors import ExecgateError, SandboxError
 from execgate.netloc import authority, host_port, normalize_path
 from execgate.pipeline import Pipeline, Run
@@ -48,6 +48,8 @@ _HOP_BY_HOP = frozenset(
 )
 _RESPONSE_DROPPED = _HOP_BY_HOP - {b"content-length"}
 _IDENTITY = (None, b"", b"identity")
+#: What the proxy can do with a request: replace its body (redaction, rewrites).
+_REQUEST = Capabilities(replaceable=["body"])
 
 #: A tunnel of one proxied connection: ``("https", host, port)``.
 _Origin = tuple[str, str, int]
@@ -414,7 +416,7 @@ class EgressProxy:
             "body": body,
         }
         call, decision = self.pipeline.decide(
-            "net.request", args, self.principal, self.context, replaceable=["body"]
+            "net.request", args, self.principal, self.context, capabilities=_REQUEST
         )
         if decision.blocked:
             reasons = list(decision.reasons) or ["denied by policy"]

@@ -25,7 +25,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 
-from execgate._core import Call, Decision
+from execgate._core import Call, Capabilities, Decision
 from execgate.approval import ApprovalRequest
 from execgate.errors import ActionDenied, ConfigurationError
 from execgate.pipeline import Run, raise_if_blocked
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from execgate.gate import Gate
 
 __all__ = ["ExecgateCallbackHandler", "ExecgateMiddleware", "guard_tool"]
+
+#: A callback handler sees a tool's start and end: it can neither replace the
+#: arguments nor the output (an obligation to do so denies the call).
+_OBSERVER = Capabilities(rewrite=False, output=False)
 
 
 def _pick(source: Any, name: str) -> Any:
@@ -326,7 +330,7 @@ class ExecgateCallbackHandler(BaseCallbackHandler):
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         args = dict(inputs) if inputs is not None else {"input": input_str}
         pipeline = self.gate.pipeline
-        call, decision = pipeline.decide(name, args, rewrite=False, output=False)
+        call, decision = pipeline.decide(name, args, capabilities=_OBSERVER)
         self.decisions.append(decision)
         raise_if_blocked(call, decision)
         run = Run(call, decision)
