@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.deps-installed
 TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16 opentelemetry-api>=1.27 opentelemetry-sdk>=1.27 psycopg[binary]>=3.2
 
 .DEFAULT_GOAL := help
-.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke servers
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz servers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,7 +62,15 @@ lint: develop ## clippy, rustfmt, ruff, mypy and stubtest
 	$(BIN)/python -m mypy.stubtest execgate._core
 
 fuzz-smoke: ## run each fuzz target (tests/fuzz.rs) briefly over its seed corpus and random inputs
-	cargo test --quiet --test fuzz
+	cargo test --quiet --no-default-features --test fuzz
+
+FUZZ_TARGET  ?= verify_log
+FUZZ_SECONDS ?= 60
+fuzz: ## coverage-guided libFuzzer run of one target: make fuzz FUZZ_TARGET=bundle FUZZ_SECONDS=1800
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/$(FUZZ_TARGET)
+	cd fuzz && cargo fuzz run --sanitizer none $(FUZZ_TARGET) corpus/$(FUZZ_TARGET) \
+		../tests/fuzz_corpus/$(FUZZ_TARGET) -- -max_total_time=$(FUZZ_SECONDS)
 
 fmt: $(STAMP) ## format Rust and Python sources
 	cargo fmt

@@ -206,6 +206,84 @@ def test_truncation_to_nothing_is_not_a_silent_new_chain(
     assert not execgate.verify_log(path, key.verify_key).ok
 
 
+def rewrite_in_place(path: pathlib.Path, index: int, old: bytes, new: bytes) -> None:
+    """Replaces `old` by `new` (same length) in the payload of line `index`,
+    writing into the file in place: same inode, same length."""
+    assert len(old) == len(new)
+    all_lines = lines(path)
+    env = json.loads(all_lines[index])
+    body = base64.b64decode(env["payload"])
+    assert old in body
+    env["payload"] = base64.b64encode(body.replace(old, new, 1)).decode()
+    forged = (json.dumps(env, separators=(",", ":")) + "\n").encode()
+    assert len(forged) == len(all_lines[index])
+    with path.open("r+b") as f:
+        f.seek(sum(len(x) for x in all_lines[:index]))
+        f.write(forged)
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+@pytest.mark.parametrize("which", ["last", "earlier"])
+def test_same_length_rewrite_under_an_open_gate_is_recorded(
+    tmp_path: pathlib.Path, key: SigningKey, signing: str, which: str
+) -> None:
+    """A record rewritten in place (same inode, same length) while a gate has
+    the log open: the gate's next record is a signed `rewritten` recovery
+    record naming it, and the log does not verify."""
+    path = tmp_path / "log.jsonl"
+    log = AuditLog(path, key, signing=signing)
+    with execgate.Gate(POLICY, audit=log) as gate:
+        for name in ("ok", "ok", "ok", "ok"):
+            assert gate.check(name).allowed
+        before = path.stat()
+        index = len(lines(path)) - 1 if which == "last" else 1
+        rewrite_in_place(path, index, b'"name":"ok"', b'"name":"rm"')
+        after = path.stat()
+        assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+        d = gate.check("ok")
+        assert d.allowed, d.reasons
+    notes = [payload_of(x) for x in lines(path)]
+    causes = [n["recovered"]["cause"] for n in notes if n["kind"] == "recovery"]
+    assert "rewritten" in causes, causes
+    # verify stops at the forged record itself (a bad signature, a chain break
+    # after it, or, in checkpoint mode, a record no checkpoint seals: the
+    # writer's checkpoints never vouch for what replaced its records).
+    r = execgate.verify_log(path, key.verify_key)
+    assert not r.ok and r.line in (index + 1, index + 2), (r.line, r.reason)
+
+
+def test_same_length_garbage_in_the_last_record_denies(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
+    """A byte of the last record overwritten so it no longer parses: the gate
+    refuses to chain onto it (error="audit"), and keeps refusing."""
+    path = tmp_path / "log.jsonl"
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        gate.check("ok")
+        gate.check("ok")
+        size = path.stat().st_size
+        with path.open("r+b") as f:
+            f.seek(size - 10)
+            f.write(b"#")
+        for _ in range(2):
+            d = gate.check("ok")
+            assert not d.allowed and d.error == "audit", d.reasons
+            assert any("last record cannot be read" in x for x in d.reasons), d.reasons
+    assert path.stat().st_size == size
+
+
+def test_metadata_change_alone_is_not_an_incident(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    """chmod and touch move the change time, not the records: no false alarm."""
+    path = tmp_path / "log.jsonl"
+    with execgate.Gate(POLICY, key=key, audit=path) as gate:
+        gate.check("ok")
+        os.chmod(path, 0o640)
+        os.utime(path, (1, 1))
+        assert gate.check("ok").allowed
+    r = execgate.verify_log(path, key.verify_key)
+    assert r.ok and r.records == 2 and r.recoveries == 0, r.reason
+
+
 @pytest.mark.parametrize("how", ["unlink", "rename", "replace", "replace-with-copy"])
 def test_unlinked_or_replaced_log_denies_with_audit_error(
     tmp_path: pathlib.Path, key: SigningKey, how: str

@@ -113,5 +113,46 @@ def test_rotated_log_verifies_as_one_chain(tmp_path: pathlib.Path) -> None:
         [*cli, str(path.parent), "--key", str(pub)], capture_output=True, text=True
     )
     assert out.returncode == 0 and "VALID" in out.stdout, out.stdout + out.stderr
+    # The later file alone is not the whole log: not VALID, and it says what is missing.
     out = subprocess.run([*cli, str(path), "--key", str(pub)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout  # the later file alone, from its rotation record
+    assert out.returncode == 1 and "VALID:" not in out.stdout, out.stdout
+    assert "does not start at a genesis record" in out.stdout, out.stdout
+    assert pathlib.Path(archived).name in out.stdout, out.stdout
+    # Named explicitly: from the digest the archive ends with.
+    head = verify_logs([archived], key.verify_key).head
+    assert head is not None
+    out = subprocess.run(
+        [*cli, str(path), "--key", str(pub), "--after", head], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "VALID" in out.stdout, out.stdout
+    wrong = subprocess.run(
+        [*cli, str(path), "--key", str(pub), "--after", "0" * 64], capture_output=True, text=True
+    )
+    assert wrong.returncode == 1 and "does not continue from" in wrong.stdout, wrong.stdout
+    # Rows in PostgreSQL always start at genesis: --after does not apply there.
+    rows = subprocess.run(
+        [*cli, "--postgres", "host=/nonexistent", "--key", str(pub), "--after", head],
+        capture_output=True,
+        text=True,
+    )
+    assert rows.returncode == 2 and "--after D] or --postgres" in rows.stderr, rows.stderr
+
+
+def test_rotated_set_missing_its_first_file_is_not_valid(tmp_path: pathlib.Path) -> None:
+    from execgate.verify import verify_logs
+
+    key, path = execgate.SigningKey.generate(), tmp_path / "logs" / "audit.jsonl"
+    path.parent.mkdir()
+    log = execgate.AuditLog(path, key)
+    with execgate.Gate(POLICY, audit=log) as g:
+        archives = []
+        for _ in range(3):
+            assert spend(g, 1)
+            archives.append(pathlib.Path(log.rotate()))
+        assert spend(g, 1)
+    assert verify_logs(path.parent, key.verify_key).ok
+    archives[0].unlink()  # the first file of the set is gone
+    r = verify_logs(path.parent, key.verify_key)
+    assert not r.ok and r.line == 1, r.reason
+    assert "does not start at a genesis record" in (r.reason or "")
+    assert archives[0].name in (r.reason or "")  # names the missing file

@@ -40,7 +40,7 @@ def test_fixtures_receipts_and_helpers(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio")
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*does not verify: line 1: sequence gap*"])
+    result.stdout.fnmatch_lines(["*does not verify: line 1: the log does not start at a genesis*"])
 
 
 def test_ini_options_configure_the_gate(pytester: pytest.Pytester) -> None:

@@ -381,6 +381,8 @@ class VerifyReport:
     @property
     def unfinished_count(self) -> int: ...
     @property
+    def head(self) -> str | None: ...
+    @property
     def incidents(self) -> list[tuple[int, str]]: ...
     @property
     def line(self) -> int | None: ...
@@ -392,6 +394,7 @@ def verify(
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport: ...
 def rebuild_state(
     state: str,
@@ -407,6 +410,7 @@ def verify_set(
     keys: list[VerifyKey] = ...,
     keyring_dir: str | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport: ...
 def private_network() -> tuple[int, int, int]: ...
 def run_sandboxed(

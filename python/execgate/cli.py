@@ -193,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a public key PEM file (repeatable)",
     )
     verify.add_argument("--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys")
+    verify.add_argument(
+        "--after",
+        metavar="SHA256",
+        help="verify a later part of a rotated log: its first record must continue from this "
+        "digest (the 'last digest' verify printed for the files before it); without it the "
+        "log must start at a genesis record",
+    )
 
     log = sub.add_parser("log", help="inspect an audit log")
     log_sub = log.add_subparsers(dest="log_command", required=True, parser_class=_Parser)
@@ -408,8 +415,11 @@ def _verify(args: argparse.Namespace) -> int:
         print("execgate: give --key PUB or --keyring DIR", file=sys.stderr)
         return EXIT_ERROR
     if args.postgres is not None or args.log_id is not None:
-        if args.log or args.postgres is None:
-            print("execgate: give LOG files or --postgres DSN [--log-id ID]", file=sys.stderr)
+        if args.log or args.postgres is None or args.after is not None:
+            print(
+                "execgate: give LOG files [--after D] or --postgres DSN [--log-id ID]",
+                file=sys.stderr,
+            )
             return EXIT_ERROR
         return _verify_postgres(args)
     if not args.log:
@@ -418,10 +428,14 @@ def _verify(args: argparse.Namespace) -> int:
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
         if len(args.log) == 1 and not os.path.isdir(args.log[0]):
-            report = verify_log(args.log[0], args.key, keyring=args.keyring, progress=bar)
+            report = verify_log(
+                args.log[0], args.key, keyring=args.keyring, progress=bar, after=args.after
+            )
         else:
             one = args.log[0] if len(args.log) == 1 else args.log
-            report = verify_logs(one, args.key, keyring=args.keyring, progress=bar)
+            report = verify_logs(
+                one, args.key, keyring=args.keyring, progress=bar, after=args.after
+            )
     finally:
         if bar is not None:
             bar.done()
@@ -467,6 +481,7 @@ def _print_report(name: str, report: VerifyReport, unit: str) -> int:
         print("  EMPTY: the log holds no records; there is nothing to verify")
         return EXIT_DENY
     if report.ok:
+        print(f"  last digest: {report.head}")
         print("  VALID: every signature, link and sequence number checks out")
         return EXIT_OK
     if report.incidents and report.line == report.incidents[0][0]:

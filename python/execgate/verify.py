@@ -17,6 +17,7 @@ def verify_log(
     *,
     keyring: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport:
     """Checks every signature, the hash chain, sequence numbers, checkpoints and
     completion links of the log at ``path``.
@@ -27,9 +28,15 @@ def verify_log(
     called as ``progress(bytes_read, total_bytes)`` every few MiB. Returns a
     report: ``report.ok``, counts, ``incidents`` (tampering a writer found
     and recorded), and on failure ``line`` and ``reason`` of the first bad line.
+
+    The log must start at a genesis record: a later file of a rotated log
+    (whose first record continues a file not given) fails, naming what is
+    missing, unless ``after`` is the digest it continues from (the ``head``
+    of the report that verified the files before it).
     """
     loaded = _keys(keys)
-    return _core.verify(os.fspath(path), loaded, os.fspath(keyring) if keyring else None, progress)
+    ring = os.fspath(keyring) if keyring else None
+    return _core.verify(os.fspath(path), loaded, ring, progress, after)
 
 
 def verify_logs(
@@ -38,12 +45,14 @@ def verify_logs(
     *,
     keyring: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], object] | None = None,
+    after: str | None = None,
 ) -> VerifyReport:
     """Verifies a rotated log as one chain: the files given, or the log files
     of a directory (every regular file but ``*.torn-*`` side files). They are
     checked in chain order (by the ``seq`` of each file's first record), so a
-    missing, reordered or altered file fails; a failure's reason names the
-    file and its line there. Otherwise as :func:`verify_log`.
+    missing, reordered or altered file fails (a missing first file too,
+    unless ``after`` names the digest the set continues from); a failure's
+    reason names the file and its line there. Otherwise as :func:`verify_log`.
     """
     if isinstance(paths, (str, os.PathLike)) and os.path.isdir(paths):
         root = os.fspath(paths)
@@ -56,7 +65,8 @@ def verify_logs(
         files = [os.fspath(paths)]
     else:
         files = [os.fspath(p) for p in paths]
-    return _core.verify_set(files, _keys(keys), os.fspath(keyring) if keyring else None, progress)
+    ring = os.fspath(keyring) if keyring else None
+    return _core.verify_set(files, _keys(keys), ring, progress, after)
 
 
 def _keys(keys: VerifyKey | Iterable[VerifyKey | str | os.PathLike[str]]) -> list[VerifyKey]:

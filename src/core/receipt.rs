@@ -7,6 +7,8 @@
 //! Ed25519 signature over it. The chain fields (`seq`, `prev`) are filled in
 //! by the audit log ([`crate::core::audit`]).
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -100,18 +102,24 @@ fn envelope_line(payload: &[u8], signatures: &[(String, Vec<u8>)]) -> Result<Str
     Ok(line)
 }
 
+/// Borrowed from the line where it holds no escapes (parsing a log line
+/// copies only the decoded payload).
 #[derive(Serialize, Deserialize)]
-struct EnvelopeJson {
-    #[serde(rename = "payloadType")]
-    payload_type: String,
-    payload: String,
-    signatures: Vec<SignatureJson>,
+struct EnvelopeJson<'a> {
+    #[serde(rename = "payloadType", borrow)]
+    payload_type: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+    #[serde(borrow)]
+    signatures: Vec<SignatureJson<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SignatureJson {
-    keyid: String,
-    sig: String,
+struct SignatureJson<'a> {
+    #[serde(borrow)]
+    keyid: Cow<'a, str>,
+    #[serde(borrow)]
+    sig: Cow<'a, str>,
 }
 
 /// One signed (or, in checkpoint mode, chained but unsigned) record.
@@ -179,7 +187,7 @@ impl Receipt {
             .into_iter()
             .map(|s| {
                 B64.decode(s.sig.as_bytes())
-                    .map(|sig| (s.keyid, sig))
+                    .map(|sig| (s.keyid.into_owned(), sig))
                     .map_err(|e| bad(format!("signature is not base64: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -600,10 +608,10 @@ mod tests {
         assert_eq!(r.payload_bytes(), serde_jcs::to_vec(&body).unwrap());
         let expected = serde_json::to_string(&EnvelopeJson {
             payload_type: PAYLOAD_TYPE.into(),
-            payload: B64.encode(r.payload_bytes()),
+            payload: B64.encode(r.payload_bytes()).into(),
             signatures: vec![SignatureJson {
                 keyid: key.kid().into(),
-                sig: B64.encode(&r.signatures()[0].1),
+                sig: B64.encode(&r.signatures()[0].1).into(),
             }],
         })
         .unwrap();

@@ -9,7 +9,7 @@ use super::convert::seconds;
 use super::keys::{keyring, PySigningKey, PyVerifyKey};
 use crate::core::audit::{
     verify_log_with_progress, verify_logs_with_progress, AuditLog, AuditOptions, Durability,
-    Signing, VerifyReport,
+    Signing, Start, VerifyReport,
 };
 use crate::core::error::CoreError;
 
@@ -194,6 +194,12 @@ impl PyVerifyReport {
     fn unfinished(&self) -> Vec<String> {
         self.inner.unfinished.clone()
     }
+    /// The digest of the last record (what ``after=`` takes to verify the
+    /// next part of a rotated log on its own), or None for an empty log.
+    #[getter]
+    fn head(&self) -> Option<&str> {
+        self.inner.head.as_deref()
+    }
     /// (line, reason) of each recovery record that names tampering a writer
     /// found (a truncation, rewritten records).
     #[getter]
@@ -235,34 +241,43 @@ impl PyVerifyReport {
 /// Verifies the log at `path` with `keys` and/or a `keyring` directory,
 /// streaming; `progress(bytes_read, total_bytes)` is called every few MiB.
 #[pyfunction]
-#[pyo3(signature = (path, keys=Vec::new(), keyring_dir=None, progress=None))]
+#[pyo3(signature = (path, keys=Vec::new(), keyring_dir=None, progress=None, after=None))]
 pub fn verify(
     py: Python<'_>,
     path: PathBuf,
     keys: Vec<PyRef<'_, PyVerifyKey>>,
     keyring_dir: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
+    after: Option<String>,
 ) -> PyResult<PyVerifyReport> {
     let ring = keyring(&keys, keyring_dir.as_deref())?;
+    let start = start(after);
     reporting(py, progress, |report| {
-        verify_log_with_progress(&path, &ring, report)
+        verify_log_with_progress(&path, &ring, &start, report)
     })
+}
+
+/// Where the chain must start: at genesis, or after the digest given.
+fn start(after: Option<String>) -> Start {
+    after.map_or(Start::Genesis, Start::After)
 }
 
 /// Verifies the files of a rotated log as one chain (in chain order, whatever
 /// the order given), streaming; `progress(bytes_read, total_bytes)` as above.
 #[pyfunction]
-#[pyo3(signature = (paths, keys=Vec::new(), keyring_dir=None, progress=None))]
+#[pyo3(signature = (paths, keys=Vec::new(), keyring_dir=None, progress=None, after=None))]
 pub fn verify_set(
     py: Python<'_>,
     paths: Vec<PathBuf>,
     keys: Vec<PyRef<'_, PyVerifyKey>>,
     keyring_dir: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
+    after: Option<String>,
 ) -> PyResult<PyVerifyReport> {
     let ring = keyring(&keys, keyring_dir.as_deref())?;
+    let start = start(after);
     reporting(py, progress, |report| {
-        verify_logs_with_progress(&paths, &ring, report)
+        verify_logs_with_progress(&paths, &ring, &start, report)
     })
 }
 

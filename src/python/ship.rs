@@ -81,9 +81,10 @@ impl PyChainVerifier {
         py.detach(|| {
             let mut guard = self.inner.lock();
             let verifier = guard.as_mut().ok_or_else(finished)?;
-            Ok(rows
-                .iter()
-                .all(|(seq, envelope)| verifier.push(*seq, envelope.as_bytes())))
+            Ok(verifier.push(
+                rows.iter()
+                    .map(|(seq, envelope)| (*seq, envelope.as_bytes())),
+            ))
         })
     }
 

@@ -7,7 +7,9 @@
 //!   signed `recovery` records that name what a writer found instead of
 //!   silently starting or extending a chain it cannot vouch for.
 //! - [`verify`]: [`verify_log`], a streaming verifier in bounded memory, and
-//!   [`ChainVerifier`], the same checks over records fed one by one (rows).
+//!   [`ChainVerifier`], the same checks over records fed as rows; both
+//!   parse and batch-verify through [`parse`] and link decisions through
+//!   [`links`].
 //! - [`reader`]: [`LogReader`], the records from a given `seq` on, across
 //!   rotated files, for copying them elsewhere (PostgreSQL).
 //!
@@ -22,6 +24,8 @@
 //! - a writer never chains onto a record it cannot verify without first
 //!   writing a signed `recovery` record that names it.
 
+mod links;
+mod parse;
 mod reader;
 mod recovery;
 mod state;
@@ -37,7 +41,7 @@ pub use reader::{LogReader, LogRecord};
 pub use state::StateFold;
 pub use verify::{
     verify_log, verify_log_with_progress, verify_logs_with_progress, ChainVerifier, Incident,
-    VerifyFailure, VerifyReport, UNFINISHED_LISTED,
+    Start, VerifyFailure, VerifyReport, UNFINISHED_LISTED,
 };
 pub use writer::AuditLog;
 

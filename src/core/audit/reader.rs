@@ -359,13 +359,11 @@ mod tests {
         let mut ring = Keyring::new();
         ring.add(key.verify_key());
         let mut v = ChainVerifier::new(ring.clone(), Some(all[0].digest.clone()));
-        assert!(all.iter().all(|r| v.push(r.seq, r.envelope.as_bytes())));
+        assert!(v.push(all.iter().map(|r| (r.seq, r.envelope.as_bytes()))));
         assert!(v.finish().ok());
         let mut v = ChainVerifier::new(ring.clone(), Some(all[0].digest.clone()));
         let gap = all.iter().filter(|r| r.seq != 9);
-        assert!(!gap
-            .into_iter()
-            .all(|r| v.push(r.seq, r.envelope.as_bytes())));
+        assert!(!v.push(gap.map(|r| (r.seq, r.envelope.as_bytes()))));
         let failure = v.finish().failure.unwrap();
         assert_eq!(failure.line, 10);
         assert!(
@@ -374,8 +372,8 @@ mod tests {
             failure.reason
         );
         let mut v = ChainVerifier::new(ring, Some(all[0].digest.clone()));
-        assert!(v.push(1, all[0].envelope.as_bytes()));
-        assert!(!v.push(2, all[2].envelope.as_bytes()));
+        assert!(v.push([(1, all[0].envelope.as_bytes())]));
+        assert!(!v.push([(2, all[2].envelope.as_bytes())]));
         assert!(v
             .finish()
             .failure

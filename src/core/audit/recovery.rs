@@ -11,10 +11,16 @@
 //! - `unverified_head`: the last record is unsigned in per-record mode, has a
 //!   bad signature, or is signed by a key this writer cannot check (for
 //!   example the key before a rotation). The writer chains on, and says so.
+//! - `rewritten`: records were replaced: the last record is not the head this
+//!   writer left, or the file was written in place (same length, a new change
+//!   time) and a record no longer chains to the one before it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value as Json};
@@ -75,6 +81,83 @@ pub(super) fn scan_tail(file: &File, len: u64) -> std::io::Result<Tail> {
         good_len: last_nl + 1,
         last: Some(line),
     })
+}
+
+/// Where the chain in a file stops linking (see [`first_broken_link`]).
+pub(super) struct BrokenLink {
+    /// 1-based line number.
+    pub line: u64,
+    /// The seq of the record before it (0 for none): that record or this
+    /// one was rewritten.
+    pub before: u64,
+    /// What does not link there.
+    pub why: String,
+}
+
+/// The first complete line in `[0, len)` of `file` that is not a record, or
+/// whose `prev` is not the digest of the record before it: one linear pass
+/// that checks the links only (no signatures, no canonical form; `verify`
+/// judges those), for a writer that found the file written in place.
+pub(super) fn first_broken_link(file: &File, len: u64) -> std::io::Result<Option<BrokenLink>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        payload: std::borrow::Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Link {
+        seq: u64,
+        prev: Option<String>,
+    }
+    let mut dup = file.try_clone()?;
+    dup.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::with_capacity(1 << 20, dup.take(len));
+    let mut line = Vec::with_capacity(4096);
+    let mut prev: Option<String> = None;
+    let (mut n, mut before) = (0u64, 0u64);
+    loop {
+        line.clear();
+        if (&mut reader)
+            .take(MAX_RECORD_BYTES + 1)
+            .read_until(b'\n', &mut line)?
+            == 0
+            || line.last() != Some(&b'\n')
+        {
+            return Ok(None);
+        }
+        n += 1;
+        let payload = serde_json::from_slice::<Envelope<'_>>(&line)
+            .ok()
+            .and_then(|e| B64.decode(e.payload.as_bytes()).ok());
+        let Some(payload) = payload else {
+            return Ok(Some(BrokenLink {
+                line: n,
+                before,
+                why: "it is not a record envelope".into(),
+            }));
+        };
+        let Ok(link) = serde_json::from_slice::<Link>(&payload) else {
+            return Ok(Some(BrokenLink {
+                line: n,
+                before,
+                why: "its payload has no readable seq and prev".into(),
+            }));
+        };
+        // The first record may continue a rotated file's chain.
+        if n > 1 && link.prev != prev {
+            return Ok(Some(BrokenLink {
+                line: n,
+                before,
+                why: format!(
+                    "its prev is {}, the digest before it is {}",
+                    link.prev.as_deref().unwrap_or("null"),
+                    prev.as_deref().unwrap_or("null")
+                ),
+            }));
+        }
+        prev = Some(hex::encode(Sha256::digest(&payload)));
+        before = link.seq;
+    }
 }
 
 /// What was moved out of the log.

@@ -475,7 +475,7 @@ mod tests {
     /// its own with the ledger, and the set verifies only whole and in order.
     #[test]
     fn rotation_keeps_the_chain_and_the_budget() {
-        use super::super::verify_logs_with_progress;
+        use super::super::{verify_log_with_progress, verify_logs_with_progress, Start};
         let dir = tempdir();
         let path = dir.join("log.jsonl");
         let key = SigningKey::generate();
@@ -507,21 +507,57 @@ mod tests {
         assert!(files.contains(&first));
         // Whole, in any order given.
         files.reverse();
-        let report = verify_logs_with_progress(&files, &ring, &mut |_, _| {}).unwrap();
+        let report =
+            verify_logs_with_progress(&files, &ring, &Start::Genesis, &mut |_, _| {}).unwrap();
         assert!(report.ok(), "{:?}", report.failure);
         assert_eq!(report.allowed, 21);
         assert_eq!(report.rotations as usize, files.len() - 1);
-        // The newest file alone verifies (its chain starts at the rotation
-        // record) and opens with the whole budget.
+        // The newest file alone is not the whole log: it says what is
+        // missing, and verifies from the digest the files before it end with.
         let report = verify_log(&path, &ring).unwrap();
+        let failure = report
+            .failure
+            .expect("a later file alone is not a whole log");
+        assert_eq!(failure.line, 1);
+        assert!(
+            failure
+                .reason
+                .contains("does not start at a genesis record"),
+            "{}",
+            failure.reason
+        );
+        let mut before: Vec<PathBuf> = files.iter().filter(|f| **f != path).cloned().collect();
+        before.sort();
+        let earlier =
+            verify_logs_with_progress(&before, &ring, &Start::Genesis, &mut |_, _| {}).unwrap();
+        assert!(earlier.ok(), "{:?}", earlier.failure);
+        let after = Start::After(earlier.head.clone().unwrap());
+        let report = verify_log_with_progress(&path, &ring, &after, &mut |_, _| {}).unwrap();
         assert!(report.ok(), "{:?}", report.failure);
+        // The same set without its first file fails the same way.
+        let mut no_first = files.clone();
+        no_first.sort();
+        no_first.remove(1); // after "log.jsonl": the oldest archive
+        let report =
+            verify_logs_with_progress(&no_first, &ring, &Start::Genesis, &mut |_, _| {}).unwrap();
+        let failure = report
+            .failure
+            .expect("a set without its first file is not whole");
+        assert!(
+            failure
+                .reason
+                .contains("does not start at a genesis record"),
+            "{}",
+            failure.reason
+        );
         let (_, ledger) = open(&path, &key, 1000);
         assert_eq!(spent(&ledger), 21.0);
         // A file missing from the middle breaks the chain, and says where.
         let mut gap = files.clone();
         gap.sort(); // "log.jsonl", then the archives in chain order
         gap.remove(2); // the second archive: the chain's second file
-        let report = verify_logs_with_progress(&gap, &ring, &mut |_, _| {}).unwrap();
+        let report =
+            verify_logs_with_progress(&gap, &ring, &Start::Genesis, &mut |_, _| {}).unwrap();
         let failure = report.failure.expect("a missing file must fail");
         assert!(
             failure.reason.contains("sequence gap"),

@@ -2,17 +2,19 @@
 //!
 //! Memory is one line (at most [`MAX_RECORD_BYTES`]), a batch of pending
 //! signatures, the unsigned records still waiting for a checkpoint, and a
-//! compact entry (about 50 bytes) per decision that is still open or was
-//! denied, for linking completions and approvals; never the whole file.
+//! compact entry (32 bytes, see [`super::links`]) per decision that is still
+//! open or was denied, for linking completions and approvals; never the
+//! whole file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::{Map, Value as Json};
-use sha2::{Digest, Sha256};
 
+use super::links::{Authorizations, Entry};
+use super::parse::{parse_lines, read_parsed, Parsed, ParsedLine, Position, Signer, CHUNK_LINES};
 use super::recovery::is_incident;
 use super::{io_error, MAX_RECORD_BYTES};
 use crate::core::error::Result;
@@ -76,6 +78,9 @@ pub struct VerifyReport {
     pub incidents: Vec<Incident>,
     /// The first problem, or `None` when every record checks out.
     pub failure: Option<VerifyFailure>,
+    /// The digest of the last record (what a later part of a rotated log
+    /// continues from, see [`Start::After`]); `None` for an empty log.
+    pub head: Option<String>,
 }
 
 impl VerifyReport {
@@ -85,66 +90,22 @@ impl VerifyReport {
     }
 }
 
-/// A signature waiting for batch verification.
-struct PendingSig {
-    line: u64,
-    message: Vec<u8>,
-    signature: ed25519_dalek::Signature,
-    key: ed25519_dalek::VerifyingKey,
-}
-
-const BATCH: usize = 256;
 /// How many unfinished decision ids a report names (it counts them all).
 pub const UNFINISHED_LISTED: usize = 1000;
-/// How often (in bytes read) the progress callback is called.
-const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
-
-/// A decision, as later completions and approvals need it.
-struct Authorization {
-    digest: [u8; 32],
-    open: bool,
-}
-
-/// A compact, fixed-size key for a record id: the UUID's bytes for the ids
-/// execgate writes (so they can be printed again), a hash for anything else.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum IdKey {
-    Uuid([u8; 16]),
-    Hashed([u8; 16]),
-}
-
-fn id_key(id: &str) -> IdKey {
-    if let Ok(u) = uuid::Uuid::try_parse(id) {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        if u.hyphenated().encode_lower(&mut buf) == id {
-            return IdKey::Uuid(*u.as_bytes());
-        }
-    }
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
-    IdKey::Hashed(out)
-}
-
-fn digest_bytes(hex_digest: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digest, &mut out).ok()?;
-    Some(out)
-}
 
 #[derive(Default)]
 struct Verifier {
     report: VerifyReport,
-    pending: Vec<PendingSig>,
     prev: Option<String>,
-    decisions: HashMap<IdKey, Authorization>,
-    /// Ids of decisions that are not UUIDs, to report them by name.
-    other_ids: HashMap<IdKey, String>,
+    decisions: Authorizations,
     /// Unsigned records waiting for a checkpoint: seq -> (line, kid index).
     unsealed: BTreeMap<u64, (u64, usize)>,
     kids: Vec<String>,
     /// The seq before this verification's first record (a later file of a
     /// rotated log verified alone).
     seq_base: u64,
+    /// The digest the first record must continue from (see [`Start`]).
+    after: Option<String>,
     /// Fed by [`ChainVerifier`]: each record's label is the seq it is stored
     /// under, and must be its own.
     rows: bool,
@@ -152,23 +113,39 @@ struct Verifier {
     genesis: Option<String>,
 }
 
+/// Where the verified chain must start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Start {
+    /// At a genesis record (seq 1, no `prev`): the whole log. A later file of
+    /// a rotated log given without the files before it fails, naming what
+    /// is missing.
+    #[default]
+    Genesis,
+    /// Right after the record with this digest (lowercase hex SHA-256 of its
+    /// payload, as `verify` prints for a log's last record): the part of a
+    /// rotated log after files verified before. The first record's `prev`
+    /// must be this digest.
+    After(String),
+}
+
 /// Verifies every signature (batched), the hash chain, sequence numbers,
 /// checkpoints and completion links of the log at `path`.
 pub fn verify_log(path: &Path, keyring: &Keyring) -> Result<VerifyReport> {
-    verify_log_with_progress(path, keyring, &mut |_, _| {})
+    verify_log_with_progress(path, keyring, &Start::Genesis, &mut |_, _| {})
 }
 
-/// [`verify_log`], calling `progress(bytes_read, total_bytes)` every few MiB
-/// and at the end.
+/// [`verify_log`] from `start`, calling `progress(bytes_read, total_bytes)`
+/// every few MiB and at the end.
 pub fn verify_log_with_progress(
     path: &Path,
     keyring: &Keyring,
+    start: &Start,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
     let total = std::fs::metadata(path)
         .map_err(|e| io_error(path, "cannot stat", e))?
         .len();
-    let mut v = Verifier::default();
+    let mut v = Verifier::starting(start);
     let mut at = Position::default();
     if v.feed(path, keyring, &mut at, total, progress)? {
         return Ok(v.report);
@@ -182,10 +159,12 @@ pub fn verify_log_with_progress(
 /// order by the `seq` of their first record and checked as one chain, so a
 /// missing, reordered or altered file is a failure. Lines in the report are
 /// counted across the set in that order; a failure's reason names the file
-/// and its line there.
+/// and its line there. A set whose first file is missing fails unless
+/// `start` names the digest it continues from.
 pub fn verify_logs_with_progress(
     paths: &[std::path::PathBuf],
     keyring: &Keyring,
+    start: &Start,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
     let mut files = Vec::with_capacity(paths.len());
@@ -196,7 +175,7 @@ pub fn verify_logs_with_progress(
         files.push((first_seq(p)?, p.clone()));
     }
     files.sort();
-    let mut v = Verifier::default();
+    let mut v = Verifier::starting(start);
     let mut at = Position::default();
     let mut starts: Vec<(u64, String)> = Vec::new();
     let mut stopped = false;
@@ -224,11 +203,12 @@ pub fn verify_logs_with_progress(
     Ok(report)
 }
 
-/// Verifies one chain fed record by record in `seq` order (the rows of a
-/// database table, say), with the checks [`verify_log`] makes, plus: each
-/// record is stored under its own `seq`, and with a `log_id` the first record
-/// must be the one it names (its digest: see [`super::LogReader::log_id`]).
-/// Failures name the `seq` a record is stored under as their `line`.
+/// Verifies one chain fed as rows in `seq` order (a database table's, say)
+/// by the rules [`verify_log`] applies to a file's lines (the same code:
+/// parsing, batched signatures, chain, links), plus: each record is stored
+/// under its own `seq`, and with a `log_id` the first record must be the one
+/// it names (its digest: see [`super::LogReader::log_id`]). Failures name
+/// the `seq` a record is stored under as their `line`.
 pub struct ChainVerifier {
     verifier: Verifier,
     keyring: Keyring,
@@ -236,7 +216,7 @@ pub struct ChainVerifier {
 }
 
 impl ChainVerifier {
-    /// A verifier for one chain signed by keys of `keyring`.
+    /// A verifier for one chain signed by keys of `keyring`, from its genesis.
     pub fn new(keyring: Keyring, log_id: Option<String>) -> Self {
         Self {
             verifier: Verifier {
@@ -249,17 +229,19 @@ impl ChainVerifier {
         }
     }
 
-    /// Checks the record stored under `seq` (its bytes, without a newline);
-    /// `false` once verification has stopped at a failure (later records are
-    /// not looked at).
-    pub fn push(&mut self, seq: u64, record: &[u8]) -> bool {
-        if !self.stopped {
-            self.stopped = self.verifier.check_record(seq, record, &self.keyring);
+    /// Checks the next rows, `(seq stored under, record without a newline)`,
+    /// in order; `false` once verification has stopped at a failure (later
+    /// rows are not looked at).
+    pub fn push<'a>(&mut self, rows: impl IntoIterator<Item = (u64, &'a [u8])>) -> bool {
+        let mut rows = rows.into_iter().peekable();
+        while !self.stopped && rows.peek().is_some() {
+            let chunk = rows.by_ref().take(CHUNK_LINES);
+            self.stopped = self.verifier.apply(parse_lines(chunk, None, &self.keyring));
         }
         !self.stopped
     }
 
-    /// The report, once every record was pushed.
+    /// The report, once every row was pushed.
     pub fn finish(self) -> VerifyReport {
         if self.stopped {
             self.verifier.report
@@ -283,15 +265,55 @@ fn first_seq(path: &Path) -> Result<u64> {
         .map_or(0, |(seq, _)| seq))
 }
 
-/// Where a (possibly multi-file) verification is.
-#[derive(Default)]
-struct Position {
-    line: u64,
-    read: u64,
-    reported: u64,
-}
-
 impl Verifier {
+    fn starting(start: &Start) -> Self {
+        Self {
+            after: match start {
+                Start::Genesis => None,
+                Start::After(digest) => Some(digest.to_ascii_lowercase()),
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Where the chain starts, from its first record: at genesis, or after
+    /// the digest the caller named (a later part of a rotated log).
+    fn start_at(&mut self, receipt: &Receipt) -> std::result::Result<(), String> {
+        let prev = receipt.payload().get("prev").and_then(Json::as_str);
+        match (&self.after, prev) {
+            (None, None) => Ok(()),
+            (Some(after), Some(prev)) if after == prev => {
+                self.seq_base = receipt.seq().saturating_sub(1);
+                self.prev = Some(prev.to_string());
+                Ok(())
+            }
+            (None, Some(prev)) => {
+                let from = receipt
+                    .payload()
+                    .get("rotated")
+                    .and_then(|r| r.get("from"))
+                    .and_then(Json::as_str);
+                let missing = match from {
+                    Some(f) => format!("are in files not given (the one just before: {f})"),
+                    None => "are missing (deleted, or in files not given)".into(),
+                };
+                Err(format!(
+                    "the log does not start at a genesis record: its first record (seq {}, \
+                     kind {}) continues a chain whose records up to seq {} {missing}, ending \
+                     with digest {prev}; give the files before it, or --after {prev} to verify \
+                     from there",
+                    receipt.seq(),
+                    receipt.kind(),
+                    receipt.seq().saturating_sub(1)
+                ))
+            }
+            (Some(after), prev) => Err(format!(
+                "the log's first record does not continue from {after} (its prev is {})",
+                prev.unwrap_or("null: it is a genesis record")
+            )),
+        }
+    }
+
     /// Checks the lines of one file; `Ok(true)` when it stopped at a failure.
     fn feed(
         &mut self,
@@ -301,78 +323,40 @@ impl Verifier {
         total: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<bool> {
-        let file = File::open(path).map_err(|e| io_error(path, "cannot read", e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::with_capacity(4096);
-        loop {
-            line.clear();
-            let n = (&mut reader)
-                .take(MAX_RECORD_BYTES + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| io_error(path, "cannot read", e))?;
-            if n == 0 {
-                return Ok(false);
-            }
-            at.read += n as u64;
-            at.line += 1;
-            let line_no = at.line;
-            if at.read - at.reported >= PROGRESS_EVERY {
-                progress(at.read, total);
-                at.reported = at.read;
-            }
-            if self.check_line(line_no, &line, keyring) {
-                progress(at.read, total);
-                return Ok(true);
-            }
+        let stopped = read_parsed(path, keyring, at, total, progress, &mut |parsed| {
+            self.apply(parsed)
+        })?;
+        if stopped {
+            progress(at.read, total);
         }
+        Ok(stopped)
     }
 
-    /// Checks one line as read (with its newline when complete); `true` when
-    /// verification stopped at a failure.
-    fn check_line(&mut self, line_no: u64, line: &[u8], keyring: &Keyring) -> bool {
-        match line.strip_suffix(b"\n") {
-            Some(raw) => self.check_record(line_no, raw, keyring),
-            None if line.len() as u64 > MAX_RECORD_BYTES => {
-                self.fail(
-                    line_no,
-                    format!("line is longer than a record may be ({MAX_RECORD_BYTES} bytes)"),
-                );
-                true
-            }
-            None => {
-                self.fail(line_no, "torn tail: the last line is incomplete".into());
-                true
-            }
-        }
-    }
-
-    /// Checks one record (a line without its newline); `true` when
-    /// verification stopped at a failure.
-    fn check_record(&mut self, line_no: u64, raw: &[u8], keyring: &Keyring) -> bool {
-        if let Err(reason) = self.record(line_no, raw, keyring) {
-            self.fail(line_no, reason);
+    /// Checks a chunk of parsed lines in order; `true` at the first failure:
+    /// a line that is not a record or breaks the chain, or a bad signature.
+    fn apply(&mut self, parsed: Parsed) -> bool {
+        for ParsedLine { line, outcome } in parsed.lines {
+            let checked = outcome.and_then(|(receipt, signer)| self.record(line, &receipt, signer));
+            let failure = match checked {
+                Err(reason) => reason,
+                Ok(()) if parsed.bad_signature == Some(line) => "bad signature".into(),
+                Ok(()) => continue,
+            };
+            self.report.failure = Some(VerifyFailure {
+                line,
+                reason: failure,
+            });
             return true;
         }
-        if self.pending.len() >= BATCH {
-            if let Some(bad) = check_signatures(&mut self.pending) {
-                self.report.failure = Some(bad);
-                return true;
-            }
+        if let Some((line, reason)) = parsed.end {
+            self.report.failure = Some(VerifyFailure { line, reason });
+            return true;
         }
         false
     }
 
-    /// Records the first failure; a bad signature on an earlier line wins.
-    fn fail(&mut self, line: u64, reason: String) {
-        self.report.failure =
-            Some(check_signatures(&mut self.pending).unwrap_or(VerifyFailure { line, reason }));
-    }
-
     fn finish(mut self) -> VerifyReport {
-        if let Some(bad) = check_signatures(&mut self.pending) {
-            self.report.failure = Some(bad);
-            return self.report;
-        }
+        self.report.head.clone_from(&self.prev);
         if let Some((_, (line, _))) = self.unsealed.iter().min_by_key(|(_, (line, _))| *line) {
             self.report.failure = Some(VerifyFailure {
                 line: *line,
@@ -385,25 +369,8 @@ impl Verifier {
         // Only the first UNFINISHED_LISTED ids are named (UUIDv7 byte order is
         // time order), so a log of a million `check()` calls does not make a
         // million strings.
-        let mut open: Vec<IdKey> = self
-            .decisions
-            .iter()
-            .filter(|(_, a)| a.open)
-            .map(|(k, _)| *k)
-            .collect();
-        self.report.unfinished_count = open.len() as u64;
-        if open.len() > UNFINISHED_LISTED {
-            open.select_nth_unstable(UNFINISHED_LISTED);
-            open.truncate(UNFINISHED_LISTED);
-        }
-        let mut unfinished: Vec<String> = open
-            .iter()
-            .map(|k| match k {
-                IdKey::Uuid(b) => uuid::Uuid::from_bytes(*b).to_string(),
-                IdKey::Hashed(_) => self.other_ids.get(k).cloned().unwrap_or_default(),
-            })
-            .collect();
-        unfinished.sort();
+        let (count, unfinished) = self.decisions.open(UNFINISHED_LISTED);
+        self.report.unfinished_count = count;
         self.report.unfinished = unfinished;
         self.report
     }
@@ -418,34 +385,26 @@ impl Verifier {
         }
     }
 
-    /// Checks one complete line (without its newline).
+    /// Checks one parsed record against the chain so far.
     fn record(
         &mut self,
         line_no: u64,
-        raw: &[u8],
-        keyring: &Keyring,
+        receipt: &Receipt,
+        signer: Signer,
     ) -> std::result::Result<(), String> {
-        let text = std::str::from_utf8(raw).map_err(|_| "line is not UTF-8".to_string())?;
-        let receipt = Receipt::from_json(text).map_err(|e| e.to_string())?;
         if self.rows && receipt.seq() != line_no {
             return Err(format!(
                 "the row stored as seq {line_no} holds the record of seq {} (a moved or copied row)",
                 receipt.seq()
             ));
         }
-        if self.report.records == 0 && receipt.kind() == "rotation" {
-            // A later file of a rotated log, verified on its own: the chain
-            // starts where its rotation record says (verify the set to
-            // check the files before it).
-            self.seq_base = receipt.seq().saturating_sub(1);
-            self.prev = receipt
-                .payload()
-                .get("prev")
-                .and_then(Json::as_str)
-                .map(str::to_string);
+        // Rows always start at genesis (seq 1, no prev: `check_record` names
+        // what is missing); a file may start after a digest named (`Start`).
+        if self.report.records == 0 && !self.rows {
+            self.start_at(receipt)?;
         }
         check_record(
-            &receipt,
+            receipt,
             self.seq_base + self.report.records,
             self.prev.as_deref(),
         )?;
@@ -460,43 +419,19 @@ impl Verifier {
             }
         }
         let payload = receipt.payload();
-        let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
-        let signer = match receipt.signatures() {
-            [] => {
-                if payload.get("signing").and_then(Json::as_str) == Some("record") {
-                    return Err("unsigned record in a log written with per-record signing \
-                         (every record must carry a signature)"
-                        .into());
-                }
+        let signer = signer?;
+        match &signer {
+            None => {
+                let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
                 let kid = self.kid_index(payload_kid);
                 self.unsealed.insert(receipt.seq(), (line_no, kid));
-                None
             }
-            sigs => {
-                let known = sigs.iter().find_map(|(kid, sig)| {
-                    let key = keyring.get(kid)?;
-                    let sig = ed25519_dalek::Signature::from_slice(sig).ok()?;
-                    Some((kid.clone(), key.dalek().to_owned(), sig))
-                });
-                let Some((kid, key, signature)) = known else {
-                    let kids: Vec<&str> = sigs.iter().map(|(k, _)| k.as_str()).collect();
-                    return Err(format!("signed by unknown key {}", kids.join(", ")));
-                };
-                if payload_kid != kid {
-                    return Err(format!(
-                        "payload kid {payload_kid:?} does not match the key that signed it ({kid})"
-                    ));
+            Some(kid) => {
+                if !self.report.keys.contains(kid) {
+                    self.report.keys.insert(kid.clone());
                 }
-                self.report.keys.insert(kid.clone());
-                self.pending.push(PendingSig {
-                    line: line_no,
-                    message: receipt.signing_input(),
-                    signature,
-                    key,
-                });
-                Some(kid)
             }
-        };
+        }
         match receipt.kind() {
             "decision" => {
                 let allowed = payload.get("decision").and_then(Json::as_str) == Some("allow");
@@ -505,23 +440,11 @@ impl Verifier {
                 } else {
                     self.report.denied += 1;
                 }
-                let key = id_key(receipt.id());
-                let digest = digest_bytes(receipt.digest()).unwrap_or([0; 32]);
-                if self
+                if !self
                     .decisions
-                    .insert(
-                        key,
-                        Authorization {
-                            digest,
-                            open: allowed,
-                        },
-                    )
-                    .is_some()
+                    .insert(receipt.id(), receipt.digest(), allowed)
                 {
                     return Err(format!("duplicate record id {}", receipt.id()));
-                }
-                if let IdKey::Hashed(_) = key {
-                    self.other_ids.insert(key, receipt.id().to_string());
                 }
             }
             "completion" => {
@@ -530,8 +453,8 @@ impl Verifier {
                     // Finished: forgotten, so memory follows the calls still
                     // open, not the length of the log. A second completion
                     // then links to nothing.
-                    Some(auth) if auth.open => {
-                        self.decisions.remove(&id_key(id));
+                    Some(auth) if auth.is_open() => {
+                        self.decisions.remove(id);
                     }
                     Some(_) => {
                         return Err(format!(
@@ -553,7 +476,11 @@ impl Verifier {
                     .unwrap_or(false);
                 match self.link(id, sha) {
                     // A refused (or timed-out) approval means the call never runs.
-                    Some(auth) => auth.open &= approved,
+                    Some(auth) => {
+                        if !approved {
+                            auth.close();
+                        }
+                    }
                     None => return Err(format!("approval links to unknown decision {id:?}")),
                 }
                 self.report.approvals += 1;
@@ -579,7 +506,7 @@ impl Verifier {
                 let Some(kid) = signer else {
                     return Err("unsigned checkpoint".into());
                 };
-                self.seal(&receipt, &kid)?;
+                self.seal(receipt, &kid)?;
                 self.report.checkpoints += 1;
             }
             "rotation" => {
@@ -600,22 +527,19 @@ impl Verifier {
             }
             other => return Err(format!("unknown record kind {other:?}")),
         }
-        let ts = payload.get("ts").and_then(Json::as_str).map(str::to_string);
+        let ts = payload.get("ts").and_then(Json::as_str);
         if self.report.first_ts.is_none() {
-            self.report.first_ts.clone_from(&ts);
+            self.report.first_ts = ts.map(str::to_string);
         }
-        self.report.last_ts = ts;
-        self.prev = Some(receipt.digest().to_string());
+        set(&mut self.report.last_ts, ts);
+        set(&mut self.prev, Some(receipt.digest()));
         self.report.records += 1;
         Ok(())
     }
 
     /// The decision a completion or approval names, when id and digest match.
-    fn link(&mut self, id: &str, sha: &str) -> Option<&mut Authorization> {
-        let digest = digest_bytes(sha)?;
-        self.decisions
-            .get_mut(&id_key(id))
-            .filter(|a| a.digest == digest)
+    fn link(&mut self, id: &str, sha: &str) -> Option<&mut Entry> {
+        self.decisions.link(id, sha)
     }
 
     /// Marks the unsigned records a checkpoint names as sealed. A checkpoint
@@ -666,6 +590,18 @@ impl Verifier {
     }
 }
 
+/// Sets `slot` to `value`, reusing its buffer (once per record, so no
+/// allocation per record).
+fn set(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (_, v) => *slot = v.map(str::to_string),
+    }
+}
+
 /// The `{id, sha256}` of the decision a completion or approval names.
 fn authorization_link(payload: &Map<String, Json>) -> (&str, &str) {
     let auth = payload.get("authorization");
@@ -713,35 +649,6 @@ fn check_record(
     Ok(())
 }
 
-/// Batch-verifies pending signatures; on failure finds the first bad line.
-fn check_signatures(pending: &mut Vec<PendingSig>) -> Option<VerifyFailure> {
-    if pending.is_empty() {
-        return None;
-    }
-    let messages: Vec<&[u8]> = pending.iter().map(|p| p.message.as_slice()).collect();
-    let signatures: Vec<ed25519_dalek::Signature> = pending.iter().map(|p| p.signature).collect();
-    let keys: Vec<ed25519_dalek::VerifyingKey> = pending.iter().map(|p| p.key).collect();
-    // A batch check costs about half of one-by-one checks. It can accept a
-    // second, malleated signature for a payload that was signed; that does not
-    // matter here, because the chain binds payload digests, not signatures.
-    // When the batch fails, the records are checked one by one (strictly) to
-    // name the first bad line.
-    let batch_ok = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
-    let bad = if batch_ok {
-        None
-    } else {
-        pending
-            .iter()
-            .find(|p| p.key.verify_strict(&p.message, &p.signature).is_err())
-            .map(|p| VerifyFailure {
-                line: p.line,
-                reason: "bad signature".into(),
-            })
-    };
-    pending.clear();
-    bad
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,5 +675,62 @@ mod tests {
                 assert!(!r.ok(), "{bytes:?}");
             }
         }
+    }
+
+    /// Lines are parsed and batch-verified in chunks: the first failure is
+    /// still the first bad line, whichever chunk it is in, and the counts
+    /// stop there.
+    #[test]
+    fn first_failure_across_chunks_is_the_first_bad_line() {
+        use crate::core::audit::{AuditLog, AuditOptions, Durability};
+        use crate::core::keys::SigningKey;
+        let dir = std::env::temp_dir().join(format!("execgate-verify-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let key = SigningKey::generate();
+        let options = AuditOptions {
+            durability: Durability::None,
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&path, key.clone(), options).unwrap();
+        for n in 0..2000 {
+            let mut body = Map::new();
+            body.insert("kind".into(), Json::from("decision"));
+            body.insert("decision".into(), Json::from("deny"));
+            body.insert("n".into(), Json::from(n));
+            log.append(body).unwrap();
+        }
+        log.close().unwrap();
+        let mut ring = Keyring::new();
+        ring.add(key.verify_key());
+        let whole = std::fs::read(&path).unwrap();
+        assert!(verify_log(&path, &ring).unwrap().ok());
+        let lines: Vec<&[u8]> = whole.split_inclusive(|b| *b == b'\n').collect();
+        // A bad signature on line 1300 (its sig's base64 changed, same length)
+        // and a broken record on line 1700: line 1300 is reported.
+        let mut bad = lines.iter().map(|l| l.to_vec()).collect::<Vec<_>>();
+        let at = bad[1299].len() - 20;
+        bad[1299][at] = if bad[1299][at] == b'A' { b'B' } else { b'A' };
+        bad[1699] = b"{}\n".to_vec();
+        std::fs::write(&path, bad.concat()).unwrap();
+        let r = verify_log(&path, &ring).unwrap();
+        let f = r.failure.unwrap();
+        assert_eq!((f.line, f.reason.as_str()), (1300, "bad signature"));
+        assert_eq!(r.records, 1300);
+        // Only the broken record: reported at its own line.
+        let mut broken = lines.iter().map(|l| l.to_vec()).collect::<Vec<_>>();
+        broken[1699] = b"{}\n".to_vec();
+        std::fs::write(&path, broken.concat()).unwrap();
+        let f = verify_log(&path, &ring).unwrap().failure.unwrap();
+        assert_eq!(f.line, 1700, "{}", f.reason);
+        // A torn last line after a thousand good ones.
+        let mut torn = whole[..whole.len() - 1].to_vec();
+        torn.truncate(torn.len() - 5);
+        std::fs::write(&path, &torn).unwrap();
+        let r = verify_log(&path, &ring).unwrap();
+        let f = r.failure.unwrap();
+        assert_eq!(f.line, 2000);
+        assert!(f.reason.contains("torn tail"), "{}", f.reason);
+        assert_eq!(r.records, 1999);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 
-use super::recovery::{move_aside, recovery_body, scan_tail};
+use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail};
 use super::state::{fold_range, rebuild, search_limit, StateFold};
 use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
 use crate::core::decision::now_rfc3339;
@@ -39,6 +39,10 @@ struct State {
     /// first read); a different length under the lock means someone else
     /// changed the file.
     known_len: Option<u64>,
+    /// The file's change time (ctime, seconds and nanoseconds) when this
+    /// writer last read or wrote it: the same length with another change time
+    /// means the file was written in place (see [`Inner::sync_head`]).
+    known_ctime: Option<(i64, i64)>,
     /// Device and inode of the file this writer holds.
     identity: (u64, u64),
     /// `seq` ranges of this writer's unsigned records not yet sealed by one of
@@ -311,6 +315,7 @@ impl Inner {
                 seq: 0,
                 head: None,
                 known_len,
+                known_ctime: None,
                 identity: (0, 0),
                 pending: Vec::new(),
                 unsigned: 0,
@@ -428,6 +433,7 @@ impl Inner {
         if let Err(e) = (&*file).write_all(&line) {
             // Never leave a partial line behind: cut back to where we started.
             let _ = file.set_len(start);
+            note_own_change(st, file);
             return Err(io_error(path, "cannot append", e));
         }
         if self.options.durability == Durability::Always || seal == Seal::Signed {
@@ -437,6 +443,7 @@ impl Inner {
             st.dirty = true;
         }
         self.advance(st, receipt, line.len() as u64, seal);
+        note_own_change(st, file);
         if let Some(fold) = &st.fold {
             fold.fold(receipt.payload());
         }
@@ -536,9 +543,9 @@ impl Inner {
             let meta = new
                 .metadata()
                 .map_err(|e| io_error(&path, "cannot stat", e))?;
-            Ok((archive, new, meta.dev(), meta.ino()))
+            Ok((archive, new, meta.dev(), meta.ino(), ctime(&meta)))
         })();
-        let (archive, new, dev, ino) = match result {
+        let (archive, new, dev, ino, changed) = match result {
             Ok(r) => r,
             Err(e) => {
                 st.file = Some(old);
@@ -549,6 +556,7 @@ impl Inner {
         st.file = Some(new);
         st.identity = (dev, ino);
         st.known_len = Some(0);
+        st.known_ctime = Some(changed);
         let name = archive
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -663,17 +671,40 @@ impl Inner {
             }
             Err(e) => return Err(io_error(path, "cannot stat", e)),
         }
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| io_error(path, "cannot stat", e))?
-            .len();
-        if Some(len) == st.known_len {
+            .map_err(|e| io_error(path, "cannot stat", e))?;
+        let len = meta.len();
+        let in_place = Some(len) == st.known_len;
+        if in_place && st.known_ctime == Some(ctime(&meta)) {
             return Ok(());
         }
         let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
         let tail = scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?;
         let mut notes: Vec<Map<String, Json>> = Vec::new();
         let mut rewritten = false;
+        if in_place {
+            // Written without growing: an in-place rewrite (or only a chmod or
+            // a touch). The whole chain is re-linked to find a rewritten
+            // record; a rewritten last record is caught below.
+            if let Some(broken) =
+                first_broken_link(file, len).map_err(|e| io_error(path, "cannot read", e))?
+            {
+                rewritten = true;
+                unseal_after(st, broken.before.saturating_sub(1));
+                notes.push(recovery_body(
+                    "rewritten",
+                    format!(
+                        "the log was written in place (its length, {len} bytes, did not change): \
+                         line {} no longer chains to the record before it ({})",
+                        broken.line, broken.why
+                    ),
+                    json_map(
+                        json!({"line": broken.line, "after_seq": broken.before, "bytes": len}),
+                    ),
+                ));
+            }
+        }
         if tail.good_len < len {
             let moved = move_aside(file, path, tail.good_len, len)
                 .map_err(|(p, what, e)| io_error(&p, &what, e))?;
@@ -719,18 +750,17 @@ impl Inner {
                 ));
                 // Unsealed records past the cut are not this writer's to seal
                 // any more: their seq numbers will be reused.
-                st.pending.retain(|(start, _)| *start <= found_seq);
-                if let Some((_, end)) = st.pending.last_mut() {
-                    *end = (*end).min(found_seq);
-                }
-                st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
+                unseal_after(st, found_seq);
             } else if found_seq <= *seq && found_digest != *digest {
                 rewritten = true;
+                // The records from the replaced one on are not what this
+                // writer wrote: its checkpoint must not vouch for them.
+                unseal_after(st, found_seq.saturating_sub(1));
                 notes.push(recovery_body(
                     "rewritten",
                     format!(
-                        "the log grew but its last record is seq {found_seq}, not after this \
-                         writer's head seq {seq}: records were replaced"
+                        "the log's last record is seq {found_seq} with another digest than \
+                         this writer's head seq {seq}: records were replaced"
                     ),
                     json_map(json!({
                         "expected": {"seq": seq, "sha256": digest, "bytes": known},
@@ -768,6 +798,7 @@ impl Inner {
         st.seq = found_seq;
         st.head = found_digest;
         st.known_len = Some(tail.good_len);
+        st.known_ctime = (tail.good_len == len).then(|| ctime(&meta));
         for body in notes {
             let receipt = self.seal(st, body, Seal::Signed)?;
             self.write_line(st, file, &receipt, Seal::Signed)?;
@@ -835,6 +866,33 @@ impl Inner {
             }
         }
     }
+}
+
+/// Forgets this writer's unsealed records after `last`: they are gone or
+/// were replaced, so its checkpoints must not seal them.
+fn unseal_after(st: &mut State, last: u64) {
+    st.pending.retain(|(start, _)| *start <= last);
+    if let Some((_, end)) = st.pending.last_mut() {
+        *end = (*end).min(last);
+    }
+    st.unsigned = st.pending.iter().map(|(a, b)| b - a + 1).sum();
+}
+
+/// Remembers the change time this writer's own write (or cut-back) left, to
+/// tell a later in-place rewrite from it; unknown (so the next append
+/// re-checks the file) when the length is not what this writer made it.
+fn note_own_change(st: &mut State, file: &File) {
+    st.known_ctime = file
+        .metadata()
+        .ok()
+        .filter(|m| Some(m.len()) == st.known_len)
+        .map(|m| ctime(&m));
+}
+
+/// A file's change time, which every write moves (and nothing but the clock
+/// can set back).
+fn ctime(meta: &std::fs::Metadata) -> (i64, i64) {
+    (meta.ctime(), meta.ctime_nsec())
 }
 
 fn json_map(value: Json) -> Map<String, Json> {
