@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.deps-installed
 TEST_DEPS := maturin>=1.7,<2 pytest>=8 ruff>=0.6 mypy>=1.10 regopy>=1.5 pydantic>=2 cryptography>=42 pynacl>=1.5 langchain>=1.0 langgraph>=1.0 langchain-tests>=1.0 openai-agents>=0.24 pydantic-ai-slim>=2.68 google-adk>=2.13 mcp>=2.3,<3 mcp-server-time>=2026.10 hypothesis>=6 pytest-timeout>=2 h11>=0.16 opentelemetry-api>=1.27 opentelemetry-sdk>=1.27 psycopg[binary]>=3.2
 
 .DEFAULT_GOAL := help
-.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz postgres strace
+.PHONY: help develop release test test-rust test-python lint fmt bench demo clean fuzz-smoke fuzz servers strace
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,20 +30,28 @@ test: test-rust test-python ## install test deps, build, run cargo test and pyte
 test-rust: ## Rust unit and integration tests of the pure core (built without Python)
 	cargo test --quiet --no-default-features
 
-test-python: develop postgres strace ## pytest against the freshly built extension
+test-python: develop servers strace ## pytest against the freshly built extension
 	$(BIN)/pytest -q
 
-# The shipping tests start their own server from these binaries (tests/postgres_server.py).
-postgres: ## install PostgreSQL (Debian's postgresql package) for the tests, if missing
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing postgresql (apt)"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq >/dev/null && \
-		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
-	else \
-		echo "PostgreSQL is not installed: the shipping tests will be skipped (CI=true: fail)"; \
-	fi
+# The servers the tests start themselves on free ports and unix sockets in temporary
+# directories (tests/redis_server.py, tests/postgres_server.py), from Debian's packages
+# when missing; quiet and idempotent. Root, or sudo. Where apt is not available the tests
+# that need a missing server are skipped (with CI=true they fail).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+servers: ## install the servers the tests need (Debian: redis-server, postgresql) if missing
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
+	  missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "not installed:$$missing (no apt-get): the tests needing them are skipped (CI=true: fail)"; \
+	  exit 0; \
+	fi; \
+	echo "installing$$missing (apt)"; \
+	$(SUDO) apt-get update -qq >/dev/null && \
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	  $$missing >/dev/null
 
 # The crash tests kill a writer at a chosen system call (strace -e inject).
 strace: ## install strace (Debian's package) for the crash tests, if missing
@@ -80,9 +88,10 @@ fmt: $(STAMP) ## format Rust and Python sources
 	cargo fmt
 	$(BIN)/ruff format python tests benches
 
-bench: release ## criterion bench of the core, then the Python benchmark
+bench: release servers ## criterion bench of the core, then the Python benchmarks
 	cargo bench --bench core
 	$(BIN)/python benches/bench.py
+	$(BIN)/python benches/bench_fleet.py
 
 demo: develop ## run `execgate demo` from the development build
 	$(BIN)/execgate demo

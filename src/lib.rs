@@ -37,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::bundle::PyBundleKey>()?;
     m.add_function(wrap_pyfunction!(python::bundle::build_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(python::audit::verify, m)?)?;
+    m.add_function(wrap_pyfunction!(python::state::rebuild_state, m)?)?;
     m.add_function(wrap_pyfunction!(python::audit::verify_set, m)?)?;
     m.add_function(wrap_pyfunction!(python::sandbox::run_sandboxed, m)?)?;
     m.add_function(wrap_pyfunction!(python::sandbox::private_network, m)?)?;

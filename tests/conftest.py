@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,3 +32,18 @@ def example_gate() -> execgate.Gate:
     from execgate.demo import example_gate
 
     return example_gate(clock=lambda: dt.datetime(2026, 3, 14, 10, 22, 33, tzinfo=dt.timezone.utc))
+
+
+def mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A 64 KiB tmpfs (root only): a disk that fills, or is remounted read-only."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)):
+        pytest.skip("needs root and tmpfs mounts")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

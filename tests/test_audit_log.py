@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -16,6 +15,7 @@ import time
 import pytest
 
 import execgate
+from conftest import mount
 from execgate import AuditLog, SigningKey
 
 POLICY = 'package execgate\ndecision := {"allow": input.action.name != "bad", "reasons": []}\n'
@@ -488,20 +488,6 @@ def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: 
     assert counts["always"] >= 5 and counts["none"] <= 1  # none: only the sync on close
 
 
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)):
-        pytest.skip("needs root and tmpfs mounts")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_full_disk_denies_with_the_reason(tiny_fs: pathlib.Path, key: SigningKey) -> None:
     path = tiny_fs / "log.jsonl"
     gate = execgate.Gate(POLICY, key=key, audit=path)
@@ -609,7 +595,7 @@ def test_read_only_storage_refuses_to_open(tiny_fs: pathlib.Path, key: SigningKe
     path = tiny_fs / "log.jsonl"
     with execgate.Gate(POLICY, key=key, audit=path) as gate:
         assert gate.check("ok").allowed
-    assert _mount("-o", "remount,ro", str(tiny_fs))
+    assert mount("-o", "remount,ro", str(tiny_fs))
     for target in (path, tiny_fs / "new.jsonl"):
         with pytest.raises(execgate.AuditLogError, match="Read-only") as info:
             execgate.Gate(POLICY, key=key, audit=target)

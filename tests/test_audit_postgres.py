@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import execgate
-from execgate import AuditLog, SigningKey
+from execgate import AuditLog, SigningKey, telemetry
 from execgate.cli import main as cli
 from execgate.postgres import verify_postgres
 from postgres_server import PostgresServer, postgres_server  # noqa: F401
@@ -296,11 +296,17 @@ def test_an_outage_never_blocks_decisions_and_shipping_resumes_without_loss(
                 "the outage to show",
             )
             assert status.lag > 0 and status.lag_seconds > 0
+            # The shipping-lag gauge is fed the same lag (as of the last attempt).
+            lags = telemetry.shipping_lags
+            wait_for(lambda: dict(lags()).get(status.log_id, 0.0) > 0, "a lag reported")
         finally:
             postgres_server.start()
         make_calls(gate, 5)
         wait_for(lambda: caught_up(gate), "the shipper to resume", timeout=120)
         assert gate.shipping is not None and gate.shipping.last_error is None
+        log_id = gate.shipping.log_id
+        wait_for(lambda: dict(telemetry.shipping_lags()).get(log_id) == 0.0, "lag 0 reported")
+    assert log_id not in dict(telemetry.shipping_lags())  # shipping stopped: no data point
     assert_shipped_exactly(dsn, path)
     assert verify_postgres(dsn, key.verify_key)[0][1].ok
 

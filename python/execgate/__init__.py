@@ -27,6 +27,7 @@ from execgate.errors import (
     PolicyError,
     SandboxError,
     SignatureError,
+    StateError,
 )
 from execgate.gate import DEFAULT_ENTRYPOINT, Gate
 from execgate.redact import redact
@@ -58,6 +59,7 @@ __all__ = [
     "Secret",
     "SignatureError",
     "SigningKey",
+    "StateError",
     "VerifyKey",
     "VerifyReport",
     "__version__",

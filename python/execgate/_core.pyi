@@ -15,6 +15,7 @@ _Error = Literal[
     "obligation",
     "approval",
     "refused",
+    "state",
     "stale",
 ]
 _Status = Literal["ok", "error"]
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "build_bundle",
     "private_network",
+    "rebuild_state",
     "redact",
     "rego_tests",
     "run_rego_test",
@@ -68,6 +70,9 @@ class Gate:
         bundle: Bundle | None = None,
         bundle_max_age: float | None = None,
         bundle_name: str = ...,
+        state: str | None = None,
+        state_timeout: float = ...,
+        state_connect_timeout: float = ...,
     ) -> Gate: ...
     def decide(
         self,
@@ -391,6 +396,15 @@ def verify(
     progress: Callable[[int, int], object] | None = None,
     after: str | None = None,
 ) -> VerifyReport: ...
+def rebuild_state(
+    state: str,
+    paths: list[str],
+    keys: list[VerifyKey] = ...,
+    keyring_dir: str | None = None,
+    history: int = ...,
+    timeout: float = ...,
+    connect_timeout: float = ...,
+) -> dict[str, Any]: ...
 def verify_set(
     paths: list[str],
     keys: list[VerifyKey] = ...,

@@ -297,6 +297,29 @@ def _parser() -> argparse.ArgumentParser:
         "--revision", metavar="R", help="the manifest revision (default: a digest of the files)"
     )
 
+    state = sub.add_parser("state", help="the shared state store (Redis) of a fleet")
+    state_sub = state.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    rebuild = state_sub.add_parser(
+        "rebuild",
+        help="replace the store's rates, budgets and history with those the audit logs hold "
+        "(after it lost its data; with no LOG, initialize a new store)",
+    )
+    rebuild.add_argument("log", metavar="LOG", nargs="*")
+    rebuild.add_argument("--state", required=True, metavar="URL", help="redis://host:port/db")
+    rebuild.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="a public key PEM file the logs must verify with (repeatable)",
+    )
+    rebuild.add_argument(
+        "--keyring", metavar="DIR", help="a directory of *.pub / *.pem public keys"
+    )
+    rebuild.add_argument(
+        "--history", type=int, default=32, metavar="N", help="entries kept per session (32)"
+    )
+
     demo = sub.add_parser("demo", help="run a self-contained demonstration on the embedded policy")
     demo.add_argument(
         "--log",
@@ -702,6 +725,22 @@ def _bundle_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _state_rebuild(args: argparse.Namespace) -> int:
+    from execgate._core import VerifyKey, rebuild_state
+
+    if args.log and not args.key and not args.keyring:
+        print("execgate: give --key PUB or --keyring DIR to verify the logs", file=sys.stderr)
+        return EXIT_ERROR
+    keys = [VerifyKey.from_pem(k) for k in args.key]
+    done = rebuild_state(args.state, args.log, keys, keyring_dir=args.keyring, history=args.history)
+    print(
+        f"{done['state']}: rebuilt from {done['decisions']} decisions "
+        f"({done['retries']} retries counted once): {done['budgets']} budgets, "
+        f"{done['rates']} rate windows, {done['sessions']} sessions"
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -724,6 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "bundle":
             return _bundle_build(args)
+        if args.command == "state":
+            return _state_rebuild(args)
     except ExecgateError as e:
         print(f"execgate: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -22,6 +22,7 @@ __all__ = [
     "PolicyError",
     "SandboxError",
     "SignatureError",
+    "StateError",
 ]
 
 
@@ -65,6 +66,12 @@ class PolicyError(ExecgateError):
 class ConfigurationError(ExecgateError, ValueError):
     """An option or value execgate cannot accept (a mode, a timeout, a limit,
     a sandbox setting), or an API used out of order. The message names it."""
+
+
+class StateError(ExecgateError):
+    """The shared state store (Redis) cannot be reached, answered too late, or
+    lost its data. Calls that need it are denied with ``error="state"``; this
+    is raised by operations on the store itself (``rebuild_state``)."""
 
 
 class ArgumentError(ExecgateError, TypeError):

@@ -200,6 +200,19 @@ class Gate:
     last confirmation. With a URL, ``bundle_max_age`` must exceed
     ``bundle_poll``.
 
+    ``state`` (``"redis://host:port/db"``, ``"rediss://..."`` (TLS, verified
+    against the system's CA roots), ``"redis+unix:///path"`` or
+    ``"unix:///path"``) keeps rates, budgets and history in that Redis,
+    shared by every gate pointed at it: one script checks and takes all of a
+    decision's limits on Redis's clock, and a retried call (same
+    ``tool_call_id``, session, principal, action and arguments) does not take
+    twice. It needs ``key`` (limit keys are the pseudonyms the log records).
+    When the store cannot be reached, answers later than ``state_timeout``
+    seconds (connecting: ``state_connect_timeout``), or lost its data, calls
+    that take limits or whose policy reads history are denied with
+    ``error="state"``; other calls are unaffected. A new or emptied store is
+    initialized from the audit trail with ``execgate state rebuild``.
+
     Every entry point drives the same call pipeline, :attr:`pipeline` (see
     :mod:`execgate.pipeline` and the README's "Call pipeline").
     """
@@ -226,6 +239,9 @@ class Gate:
         bundle_poll: float | None = None,
         bundle_cache: str | os.PathLike[str] | None = None,
         bundle_max_age: float | None = None,
+        state: str | None = None,
+        state_timeout: float = 0.25,
+        state_connect_timeout: float = 1.0,
         ship_to: str | None = None,
     ) -> None:
         self._bundle: tuple[str, VerifyKey | BundleKey] | None = None
@@ -272,6 +288,9 @@ class Gate:
             log=self._log,
             record_input=record_input,
             history=history,
+            state=state,
+            state_timeout=state_timeout,
+            state_connect_timeout=state_connect_timeout,
             bundle_max_age=bundle_max_age,
             bundle_name=os.fspath(bundle) if bundle is not None else "",
         )

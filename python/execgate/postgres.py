@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from execgate import _core
+from execgate import _core, telemetry
 from execgate._core import VerifyKey, VerifyReport
 from execgate.errors import AuditLogError, ConfigurationError, ExecgateError
 
@@ -230,17 +230,28 @@ class Shipper:
                 delay = 0.0
             except (self._psycopg.Error, ExecgateError, OSError) as e:
                 self._failed(e)
+                self._report_lag()
                 if stopping:
                     break
                 delay = min(max(delay * 2, 0.25), self._max_backoff)
                 # Jitter, so a fleet does not reconnect in step after an outage.
                 self._stop.wait(delay * random.uniform(0.8, 1.2))  # noqa: S311
                 continue
+            self._report_lag()
             if stopping and not more:
                 break
             if not more:
                 self._stop.wait(self._poll)
         self._disconnect()
+        if self._log_id is not None:
+            telemetry.report_shipping_lag(self._log_id, None)
+
+    def _report_lag(self) -> None:
+        """The lag, for the ``execgate.audit.shipping.lag`` gauge: after every
+        batch or failed attempt (while backing off, as of the last attempt)."""
+        status = self.status
+        if status.log_id is not None:
+            telemetry.report_shipping_lag(status.log_id, status.lag_seconds)
 
     def _failed(self, error: BaseException) -> None:
         message = (

@@ -67,6 +67,9 @@ pub enum FailureKind {
     /// The entry point refused the call before it was authorized, for a
     /// reason of its own protocol (a tool the policy's visibility rule hides).
     Refused,
+    /// The shared state store (Redis) the call's limits or history live in
+    /// cannot be used: unreachable, too slow, or it lost its data.
+    State,
     /// The policy bundle in force is older than the gate's maximum age.
     Stale,
 }
@@ -84,6 +87,7 @@ impl FailureKind {
             Self::Obligation => "obligation",
             Self::Approval => "approval",
             Self::Refused => "refused",
+            Self::State => "state",
             Self::Stale => "stale",
         }
     }

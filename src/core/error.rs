@@ -43,6 +43,11 @@ pub enum CoreError {
     #[error("sandbox: {0}")]
     Sandbox(String),
 
+    /// The shared state store (Redis) cannot be reached, answered too late,
+    /// or lost its data.
+    #[error("shared state {0}")]
+    State(String),
+
     /// The audit log cannot be opened, read or written.
     #[error("audit log {path}: {message}")]
     Audit {

@@ -16,6 +16,7 @@ use super::ledger::{Ledger, DEFAULT_HISTORY};
 use super::policy::{Policy, PolicyOptions, PolicySet};
 use super::receipt::{completion_body, Outcome, Receipt};
 use super::redact::Redactor;
+use super::state::{SharedState, StateOptions};
 
 /// The policy in force, with what is derived from it.
 pub(crate) struct Current {
@@ -36,6 +37,9 @@ pub struct Gate {
     pub(crate) log: Option<Arc<AuditLog>>,
     pub(crate) record_input: bool,
     pub(crate) ledger: Ledger,
+    /// Where limits and history live when shared by many workers (Redis);
+    /// `None`: in `ledger`.
+    pub(crate) state: Option<SharedState>,
     redact_key: [u8; 32],
     freshness: Option<Freshness>,
 }
@@ -67,6 +71,7 @@ impl Gate {
             log: None,
             record_input: false,
             ledger: Ledger::new(DEFAULT_HISTORY),
+            state: None,
             freshness: None,
         })
     }
@@ -178,6 +183,29 @@ impl Gate {
             .map_err(CoreError::InvalidArgument)?;
         self.ledger = ledger;
         Ok(self)
+    }
+
+    /// Keeps rates, budgets and history in the Redis at `url`, shared with
+    /// every gate pointed at it (see [`crate::core::state`]). Needs a log
+    /// (a signing key): limit keys and sessions are the pseudonyms the log
+    /// records, derived from its key, so workers sharing a store must share
+    /// the key, and the store can be rebuilt from their logs.
+    pub fn with_state(mut self, url: &str, options: StateOptions) -> Result<Self> {
+        let log = self.log.as_ref().ok_or_else(|| {
+            CoreError::InvalidArgument(
+                "state= needs a signing key (key=...): limit keys and sessions in the shared \
+                 store are the pseudonyms the audit trail records, derived from that key"
+                    .into(),
+            )
+        })?;
+        let call_key = log.derived_key(b"execgate state call id v1");
+        self.state = Some(SharedState::open(url, options, call_key)?);
+        Ok(self)
+    }
+
+    /// The shared state store, if limits and history live in one.
+    pub fn state(&self) -> Option<&SharedState> {
+        self.state.as_ref()
     }
 
     /// The log decisions are receipted into, if any.

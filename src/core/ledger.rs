@@ -223,19 +223,13 @@ impl Ledger {
         for r in rates {
             let used = inner.rates.get(&r.key).map_or(0, |w| w.used(now, r.window));
             if used >= r.limit {
-                return Err(format!(
-                    "rate limit: {} allows {} calls per {} s, and {} were made",
-                    r.key, r.limit, r.window, used
-                ));
+                return Err(rate_refusal(r, used));
             }
         }
         for b in budgets {
             let spent = inner.spent.get(&b.key).copied().unwrap_or(0.0);
             if spent + b.cost > b.limit {
-                return Err(format!(
-                    "budget exceeded: {} has spent {} of {}, and this call costs {}",
-                    b.key, spent, b.limit, b.cost
-                ));
+                return Err(budget_refusal(b, spent));
             }
         }
         Ok(())
@@ -341,6 +335,14 @@ impl Ledger {
         self.record_locked(&mut inner, r.session, r.entry);
         if let Some((rates, budgets, now)) = r.limits {
             Self::apply(&mut inner, &rates, &budgets, now);
+        }
+    }
+
+    /// Replays a decision record's history only (a retry whose limits the
+    /// call it repeats already took).
+    pub fn replay_history(&self, payload: &dyn Fields) {
+        if let Some(r) = replayed(payload) {
+            self.record(r.session, r.entry);
         }
     }
 
@@ -509,6 +511,22 @@ impl StateFold for Ledger {
             None => Ok(()),
         }
     }
+}
+
+/// Why a rate does not hold for one more call, `used` calls being in its window.
+pub fn rate_refusal(r: &Rate, used: u64) -> String {
+    format!(
+        "rate limit: {} allows {} calls per {} s, and {} were made",
+        r.key, r.limit, r.window, used
+    )
+}
+
+/// Why a budget does not hold for this call, `spent` being spent already.
+pub fn budget_refusal(b: &Budget, spent: f64) -> String {
+    format!(
+        "budget exceeded: {} has spent {} of {}, and this call costs {}",
+        b.key, spent, b.limit, b.cost
+    )
 }
 
 /// What a decision record means to the ledger, or `None` for other records.

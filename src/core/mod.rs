@@ -16,3 +16,4 @@ pub mod policy;
 pub mod receipt;
 pub mod redact;
 pub mod sandbox;
+pub mod state;

@@ -28,6 +28,7 @@ use super::ledger::{history_entry, Budget, Rate};
 use super::obligation::{ApprovalSpec, Obligations, RedactRule};
 use super::policy::EvalFailure;
 use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome, Receipt};
+use super::state::{HistoryWrite, SharedState};
 
 /// What an entry point can do with a call beyond deciding it. An obligation
 /// the entry point cannot meet denies the call.
@@ -71,6 +72,8 @@ struct Taken {
     rates: Vec<Rate>,
     budgets: Vec<Budget>,
     now: f64,
+    /// The call id the shared store took them under (`None`: the ledger).
+    call: Option<String>,
 }
 
 /// One call on its way through the pipeline.
@@ -112,17 +115,25 @@ impl Gate {
         };
         let reads = current.policy.reads();
         let stateful = reads.history || reads.usage;
-        if stateful {
-            self.add_state(&mut input, &session, &[]);
-        }
+        // A policy that reads state it cannot have is not evaluated.
+        let evaluate = |input: &mut Value, keys: &[(String, String)]| {
+            if stateful {
+                if let Err(message) = self.add_state(input, &session, keys) {
+                    return Err(EvalFailure {
+                        kind: FailureKind::State,
+                        message,
+                    });
+                }
+            }
+            current.policy.evaluate(input).outcome
+        };
         // A policy older than the gate's maximum age does not decide.
-        let stale = self.stale(current.policy.revision());
-        let mut verdict = match stale {
+        let mut verdict = match self.stale(current.policy.revision()) {
             Some(message) => Err(EvalFailure {
                 kind: FailureKind::Stale,
                 message,
             }),
-            None => current.policy.evaluate(&input).outcome,
+            None => evaluate(&mut input, &[]),
         };
         // input.usage.budgets shows only the budgets this decision names: the
         // first evaluation says which; the second sees their spending.
@@ -130,8 +141,7 @@ impl Gate {
             if let Ok(v) = &verdict {
                 let keys = budget_keys(&v.obligations, &current);
                 if !keys.is_empty() {
-                    self.add_state(&mut input, &session, &keys);
-                    verdict = current.policy.evaluate(&input).outcome;
+                    verdict = evaluate(&mut input, &keys);
                 }
             }
         }
@@ -193,12 +203,25 @@ impl Gate {
         })
     }
 
-    fn add_state(&self, input: &mut Value, session: &str, budget_keys: &[(String, String)]) {
-        let (history, usage) = self.ledger.view(session, budget_keys);
+    /// Puts `input.history` and `input.usage` in the input, from the shared
+    /// store or the ledger; `Err` names why the store cannot say.
+    fn add_state(
+        &self,
+        input: &mut Value,
+        session: &str,
+        budget_keys: &[(String, String)],
+    ) -> std::result::Result<(), String> {
+        let (history, usage) = match &self.state {
+            Some(store) => store
+                .view(session, budget_keys, self.ledger.history_len())
+                .map_err(|e| e.to_string())?,
+            None => self.ledger.view(session, budget_keys),
+        };
         if let Ok(root) = input.as_object_mut() {
             root.insert(Value::from("history"), history);
             root.insert(Value::from("usage"), usage);
         }
+        Ok(())
     }
 }
 
@@ -342,6 +365,18 @@ fn message(e: &CoreError) -> String {
     }
 }
 
+/// Returns what a call took, to the ledger or the shared store. A store that
+/// cannot be reached keeps the units: spent, the safe side.
+fn give_back(gate: &Gate, t: &Taken) {
+    match (&t.call, &gate.state) {
+        (Some(call), Some(store)) => {
+            // Nothing else to do when it fails: the units stay spent.
+            let _unreachable = store.give_back(call, &t.rates, &t.budgets);
+        }
+        _ => gate.ledger.give_back(&t.rates, &t.budgets, t.now),
+    }
+}
+
 /// What an approver is asked about.
 #[derive(Debug, Clone)]
 pub struct ApprovalRequest<'a> {
@@ -416,21 +451,22 @@ impl Call {
         if self.decision.allowed {
             self.meet_approval();
         }
-        let mut taken = if self.decision.allowed {
-            self.take_limits()
-        } else {
-            None
+        let mut taken = match &gate.state {
+            Some(store) => self.take_shared(store),
+            None if self.decision.allowed => self.take_limits(),
+            None => None,
         };
         let start = std::time::Instant::now();
         if let Some(log) = &gate.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
-            // A call that takes limits is written only if they still hold
-            // over every writer's records (processes sharing the log share
-            // its limits); refused, it is recorded as the deny it is.
+            // A call that takes limits from the ledger is written only if
+            // they still hold over every writer's records (processes sharing
+            // the log share its limits); refused, it is recorded as the deny
+            // it is. A shared store has already decided for every writer.
             let body = decision_body(&self.decision, gate.record_input, &self.current.redactor);
             let appended = match (&taken, body) {
-                (Some(t), Ok(body)) => match log.append_admitted(&body) {
+                (Some(t), Ok(body)) if t.call.is_none() => match log.append_admitted(&body) {
                     Ok(Err(reason)) => {
                         gate.ledger.give_back(&t.rates, &t.budgets, t.now);
                         taken = None;
@@ -447,7 +483,7 @@ impl Call {
                 Ok(receipt) => Arc::make_mut(&mut self.decision).receipt = Some(receipt),
                 Err(e) => {
                     if let Some(t) = &taken {
-                        gate.ledger.give_back(&t.rates, &t.budgets, t.now);
+                        give_back(&gate, t);
                     }
                     Arc::make_mut(&mut self.decision).deny(
                         FailureKind::Audit,
@@ -457,8 +493,11 @@ impl Call {
             }
         }
         // After recording, so the history says what the log says (a call the
-        // log refused, or could not hold, is a deny there too).
-        if self.current.policy.reads().history {
+        // log refused, or could not hold, is a deny there too). A shared
+        // store took the entry with the limits, before the record: a call
+        // the log then could not hold stays an allow there, which can only
+        // make a sequence rule stricter.
+        if gate.state.is_none() && self.current.policy.reads().history {
             let digest = value_sha256(&self.decision.input["action"]["args"]).unwrap_or_default();
             let name = self.decision.input["action"]["name"]
                 .as_string()
@@ -526,6 +565,90 @@ impl Call {
     /// Rate and budget obligations, met atomically (keys as the log records
     /// them), or the call is denied.
     fn take_limits(&mut self) -> Option<Taken> {
+        let (rates, budgets, now) = self.limits()?;
+        match self.gate.ledger.take(&rates, &budgets, now) {
+            Ok(()) => Some(Taken {
+                rates,
+                budgets,
+                now,
+                call: None,
+            }),
+            Err(reason) => {
+                Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
+                None
+            }
+        }
+    }
+
+    /// [`Call::take_limits`] and the history entry, from and into the shared
+    /// store in one round trip. A store that cannot be used denies a call
+    /// that needed it.
+    fn take_shared(&mut self, store: &SharedState) -> Option<Taken> {
+        let reads_history = self.current.policy.reads().history;
+        let limits = if self.decision.allowed {
+            self.limits()
+        } else {
+            None
+        };
+        if limits.is_none() && !reads_history {
+            return None;
+        }
+        let input = &self.decision.input;
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.to_string()),
+            _ => None,
+        };
+        let action = text(&input["action"]["name"]).unwrap_or_default();
+        let args_sha256 = value_sha256(&input["action"]["args"]).unwrap_or_default();
+        let principal = match &input["principal"]["id"] {
+            Value::Null => String::new(),
+            Value::String(s) => s.to_string(),
+            other => other.to_json_str().unwrap_or_default(),
+        };
+        let tool_call_id = text(&input["context"]["tool_call_id"]);
+        let time = self.time();
+        let call = store.call_id(
+            &self.session,
+            &principal,
+            tool_call_id.as_deref(),
+            &action,
+            &args_sha256,
+        );
+        let history = reads_history.then(|| HistoryWrite {
+            session: &self.session,
+            action: &action,
+            time: &time,
+            args_sha256: &args_sha256,
+            allowed: self.decision.allowed,
+            len: self.gate.ledger.history_len(),
+        });
+        let (rates, budgets, now) = limits.unwrap_or_default();
+        let result = store.take(&call, &rates, &budgets, history.as_ref());
+        match result {
+            Ok(Ok(true)) => Some(Taken {
+                rates,
+                budgets,
+                now,
+                call: Some(call),
+            }),
+            Ok(Ok(false)) => None,
+            Ok(Err(reason)) => {
+                Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
+                None
+            }
+            Err(e) => {
+                if self.decision.allowed {
+                    Arc::make_mut(&mut self.decision).deny(FailureKind::State, e.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// The call's rate and budget obligations with their keys as the log
+    /// records them, and `context.time` in seconds; `None` when it has none
+    /// (or its time cannot be read, which denies it).
+    fn limits(&mut self) -> Option<(Vec<Rate>, Vec<Budget>, f64)> {
         let ob = &self.obligations;
         if ob.rates.is_empty() && ob.budgets.is_empty() {
             return None;
@@ -557,17 +680,7 @@ impl Call {
                 return None;
             }
         };
-        match self.gate.ledger.take(&rates, &budgets, now) {
-            Ok(()) => Some(Taken {
-                rates,
-                budgets,
-                now,
-            }),
-            Err(reason) => {
-                Arc::make_mut(&mut self.decision).deny(FailureKind::Obligation, reason);
-                None
-            }
-        }
+        Some((rates, budgets, now))
     }
 
     /// The arguments the tool receives: the caller's, rewritten and redacted

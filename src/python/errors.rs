@@ -16,6 +16,7 @@ static ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SIGNATURE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static AUDIT_LOG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SANDBOX_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static STATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Instantiates `execgate.errors.<name>(message, **fields)`.
 fn raise(
@@ -85,6 +86,7 @@ impl From<CoreError> for PyErr {
                 }
             }
             CoreError::Sandbox(message) => raise(py, &SANDBOX_ERROR, "SandboxError", message, None),
+            CoreError::State(_) => raise(py, &STATE_ERROR, "StateError", err.to_string(), None),
             CoreError::Signature(message) => {
                 raise(py, &SIGNATURE_ERROR, "SignatureError", message, None)
             }

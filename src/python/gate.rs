@@ -23,6 +23,9 @@ use crate::core::policy::{
     DEFAULT_TIMEOUT,
 };
 use crate::core::receipt::{Approval, Outcome};
+use crate::core::state::{
+    StateOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT as DEFAULT_STATE_TIMEOUT,
+};
 
 /// Builds a policy set from the already-classified pieces the Python layer passes.
 fn policy_set(
@@ -95,7 +98,9 @@ impl PyGate {
                         entrypoint=DEFAULT_ENTRYPOINT.to_string(), mode="enforce",
                         max_instructions=DEFAULT_MAX_INSTRUCTIONS, timeout=DEFAULT_TIMEOUT.as_secs_f64(),
                         max_memory=DEFAULT_MAX_MEMORY, log=None, record_input=false, history=None,
-                        bundle=None, bundle_max_age=None, bundle_name=String::new()))]
+                        bundle=None, bundle_max_age=None, bundle_name=String::new(), state=None,
+                        state_timeout=DEFAULT_STATE_TIMEOUT.as_secs_f64(),
+                        state_connect_timeout=DEFAULT_CONNECT_TIMEOUT.as_secs_f64()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -114,6 +119,9 @@ impl PyGate {
         bundle: Option<PyRef<'_, PyBundle>>,
         bundle_max_age: Option<f64>,
         bundle_name: String,
+        state: Option<String>,
+        state_timeout: f64,
+        state_connect_timeout: f64,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse()?;
         for (what, n) in [
@@ -145,6 +153,13 @@ impl PyGate {
         if let Some(log) = log {
             let log = log.inner.clone();
             inner = py.detach(|| inner.with_log(log, record_input))?;
+        }
+        if let Some(url) = state {
+            let options = StateOptions {
+                connect_timeout: seconds(state_connect_timeout, "state_connect_timeout")?,
+                timeout: seconds(state_timeout, "state_timeout")?,
+            };
+            inner = inner.with_state(&url, options)?;
         }
         Ok(Self {
             inner: Arc::new(inner),

@@ -11,3 +11,4 @@ pub mod keys;
 pub mod redact;
 pub mod sandbox;
 pub mod ship;
+pub mod state;

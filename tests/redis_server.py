@@ -1,0 +1,108 @@
+"""A real redis-server for tests and benchmarks: on a free loopback port and a
+unix socket in a temporary directory, no persistence, stopped at the end.
+
+The binary comes from Debian's ``redis-server`` package (``make servers``
+installs it). Tests skip when it is absent, except in CI (``CI=true``), where
+they fail instead: a CI run that silently skipped them would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+def redis_binary() -> str:
+    """The redis-server path, or skip (fail in CI) when it is not installed."""
+    found = shutil.which("redis-server")
+    if found is None:
+        why = "redis-server is not installed (make servers installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process; ``stop()`` and ``start()`` again for outages
+    (it keeps no data across a restart, like a server that lost its memory)."""
+
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        binary: str,
+        tls: pathlib.Path | None = None,
+    ) -> None:
+        """``tls``: a PEM file with the server's certificate and key, to also
+        listen with TLS on another free port, at :attr:`tls_url`."""
+        self.directory = directory
+        self.binary = binary
+        self.port = _free_port()
+        self.socket = directory / "redis.sock"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.unix_url = f"unix://{self.socket}"
+        self.tls = tls
+        self.tls_port = _free_port() if tls else 0
+        self.tls_url = f"rediss://127.0.0.1:{self.tls_port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        if self.tls is not None:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls)]
+            args += ["--tls-key-file", str(self.tls), "--tls-auth-clients", "no"]
+        log = open(self.directory / "redis.log", "ab")
+        self._proc = subprocess.Popen(args, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError((self.directory / "redis.log").read_text())
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+    def command(self, *args: str) -> str:
+        """Sends one command (inline protocol) and returns its reply: a status,
+        an integer or a bulk string as text ("" for nil), an array's header."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(" ".join(args).encode() + b"\r\n")
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                reply += chunk
+                lines = reply.split(b"\r\n")
+                if not chunk or (len(lines) > 1 and not lines[0].startswith(b"$")):
+                    break
+                if lines[0].startswith(b"$") and (lines[0] == b"$-1" or len(lines) > 2):
+                    break
+        head, _, rest = reply.decode().partition("\r\n")
+        if head.startswith("$"):
+            return "" if head == "$-1" else rest.split("\r\n")[0]
+        return head.lstrip("+:")
