@@ -11,6 +11,7 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::critical_section::with_critical_section;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
@@ -199,6 +200,12 @@ impl Converter {
         path: &mut String,
         depth: usize,
     ) -> PyResult<Arg> {
+        // On a free-threaded Python the dict's critical section stands in
+        // for the GIL while its storage is read (a no-op with the GIL).
+        with_critical_section(d.as_any(), || self.entries(d, path, depth))
+    }
+
+    fn entries(&mut self, d: &Bound<'_, PyDict>, path: &mut String, depth: usize) -> PyResult<Arg> {
         let len = d.len();
         let mut out = Vec::with_capacity(len);
         let mut pos = 0;
@@ -307,7 +314,8 @@ fn next_entry<'py>(
 ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let mut key = std::ptr::null_mut();
     let mut value = std::ptr::null_mut();
-    // SAFETY: `d` is a dict and the GIL is held (it is a `Bound`).
+    // SAFETY: `d` is a dict, and the GIL is held (it is a `Bound`) or, on a
+    // free-threaded Python, the dict's critical section (see `Converter::dict`).
     // PyDict_Next checks `pos` against the dict's current table, so a dict
     // changed since the last call is still read within bounds; the key and
     // value it lends are owned at once (a new reference each), before any
