@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from execgate._core import Capabilities
 from execgate.errors import ArgumentError
-from execgate.pipeline import Run, raise_if_blocked
+from execgate.pipeline import Run, blocked_error, raise_if_blocked
 
 if TYPE_CHECKING:
     from execgate._core import Call, Decision
@@ -190,6 +190,8 @@ def guard(
         call, decision = pipeline.decide(
             name, binder.bind(args, kwargs), principal, context, capabilities=capabilities
         )
+        if decision.blocked:
+            raise blocked_error(decision)  # raised here: a shorter traceback to build
         return arguments(call, decision, args, kwargs)
 
     async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Started:

@@ -41,14 +41,18 @@ def _rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def raise_if_blocked(call: Call, decision: Decision) -> None:
-    """Raises what a blocked call means: :class:`ApprovalRequired` while an
-    approval is pending with nobody to ask, :class:`ActionDenied` otherwise."""
-    if not decision.blocked:
-        return
+def blocked_error(decision: Decision) -> ExecgateError:
+    """What a blocked call raises: :class:`ApprovalRequired` while an approval
+    is pending with nobody to ask, :class:`ActionDenied` otherwise."""
     if decision.error == "approval" and decision.approval is None:
-        raise ApprovalRequired(ApprovalRequest.of(decision))
-    raise ActionDenied(decision)
+        return ApprovalRequired(ApprovalRequest.of(decision))
+    return ActionDenied(decision)
+
+
+def raise_if_blocked(call: Call, decision: Decision) -> None:
+    """Raises :func:`blocked_error` when the call is blocked."""
+    if decision.blocked:
+        raise blocked_error(decision)
 
 
 class Pipeline:
