@@ -15,6 +15,7 @@ import argparse
 import time
 
 import execgate
+from measure import rss_mb
 
 POLICY = """
 package execgate
@@ -23,14 +24,6 @@ decision := {"allow": count(input.history) >= 0, "obligations": {
     "budget": {"key": sprintf("b:%v", [input.principal.id]), "limit": 1e15, "cost": 1},
 }}
 """
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:

@@ -57,11 +57,13 @@ else:
 """
 
 
-def write_log(path: pathlib.Path, keyfile: pathlib.Path, n: int) -> None:
+def write_log(
+    path: pathlib.Path, keyfile: pathlib.Path, n: int, signing: str = "checkpoint"
+) -> None:
     import execgate
 
     key = execgate.SigningKey.from_pem(keyfile)
-    log = execgate.AuditLog(path, key, signing="checkpoint")
+    log = execgate.AuditLog(path, key, signing=signing)
     with execgate.Gate(POLICY, audit=log) as gate:
         t = time.perf_counter()
         for i in range(n):

@@ -25,17 +25,10 @@ import threading
 import time
 
 import execgate
+from measure import rss_mb
 
 RULE = 'package execgate\ndecision := {{"allow": input.action.name == "{}"}}\n'
 BROKEN = "package execgate\ndecision := {\n"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import pathlib
 import subprocess
 import sys
 
-from soak_open import POLICY
+from soak_open import write_log
 
 CHILD = r"""
 import json, resource, sys, time, execgate
@@ -56,18 +56,6 @@ print(json.dumps({
     "peak_added_mb": round((peak - max(before, peak_before)) / 2**20, 1),
 }))
 """
-
-
-def write_log(path: pathlib.Path, keyfile: pathlib.Path, n: int, signing: str) -> None:
-    import execgate
-
-    key = execgate.SigningKey.from_pem(keyfile)
-    log = execgate.AuditLog(path, key, signing=signing)
-    with execgate.Gate(POLICY, audit=log) as gate:
-        for i in range(n):
-            gate.check("tool", {"i": i}, principal={"id": f"p{i % 100}"})
-            if i and i % 200_000 == 0:
-                print(f"  {i} records", file=sys.stderr)
 
 
 def main() -> None:
