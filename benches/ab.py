@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -237,20 +238,29 @@ def scaling(names: dict[str, str], into: Path, rounds: int, calls: int) -> None:
             )
 
 
-def receipts(names: dict[str, str], into: Path, sizes: Sizes) -> None:
+def compared(
+    names: dict[str, str],
+    sizes: Sizes,
+    scenarios_of: Callable[[ModuleType, str], dict[str, list[Call]]],
+    width: int,
+) -> tuple[dict[str, ModuleType], dict[str, Stats]]:
+    """Both builds' scenarios run in interleaved rounds, their table printed."""
     modules = {role: importlib.import_module(name) for role, name in names.items()}
-    both = {
-        k: v for role, m in modules.items() for k, v in receipt_scenarios(m, role, into).items()
-    }
+    both = {k: v for role, m in modules.items() for k, v in scenarios_of(m, role).items()}
     denied = (*DENIED, *(m.ActionDenied for m in modules.values()))
     stats = {k: Stats.of(v) for k, v in interleaved(both, sizes, denied=denied).items()}
     print(
         f"same process, {sizes.iterations:,} calls per scenario in {sizes.rounds} "
         f"interleaved rounds, cycling {len(CASES)} inputs of the example policy"
     )
-    print(f"  {'':<38}{'p50 µs':>9}{'p99 µs':>9}{'mean µs':>9}")
+    print(f"  {'':<{width}}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}")
     for name, s in stats.items():
-        print(f"  {name:<38}{s.p50:>9.2f}{s.p99:>9.2f}{s.mean:>9.2f}")
+        print(f"  {name:<{width}}{s.p50:>10.2f}{s.p99:>10.2f}{s.mean:>10.2f}")
+    return modules, stats
+
+
+def receipts(names: dict[str, str], into: Path, sizes: Sizes) -> None:
+    modules, stats = compared(names, sizes, lambda m, role: receipt_scenarios(m, role, into), 38)
     print(f"  {'p50 ratios':<38}{'baseline':>9}{'candidate':>10}")
     for what, over in (
         ("check + signed receipt", "gate.check"),
@@ -268,17 +278,7 @@ def receipts(names: dict[str, str], into: Path, sizes: Sizes) -> None:
 
 
 def timed(names: dict[str, str], sizes: Sizes) -> None:
-    modules = {role: importlib.import_module(name) for role, name in names.items()}
-    both = {k: v for role, m in modules.items() for k, v in scenarios(m, role).items()}
-    denied = (*DENIED, *(m.ActionDenied for m in modules.values()))
-    stats = {k: Stats.of(v) for k, v in interleaved(both, sizes, denied=denied).items()}
-    print(
-        f"same process, {sizes.iterations:,} calls per scenario in {sizes.rounds} "
-        f"interleaved rounds, cycling {len(CASES)} inputs of the example policy"
-    )
-    print(f"  {'':<28}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}")
-    for name, s in stats.items():
-        print(f"  {name:<28}{s.p50:>10.2f}{s.p99:>10.2f}{s.mean:>10.2f}")
+    _, stats = compared(names, sizes, scenarios, 28)
     for what in ("gate.check", "guarded call"):
         old, new = stats[f"baseline {what}"], stats[f"candidate {what}"]
         print(
