@@ -26,12 +26,13 @@ that goes away: denied (fail closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
@@ -57,7 +58,11 @@ from execgate.integrations.mcp._gateway import (
     id_key,
 )
 
-__all__ = ["app", "load_tokens", "serve"]
+if TYPE_CHECKING:
+    from execgate.integrations.mcp.spawn import Spawner
+    from execgate.sandbox import Sandbox
+
+__all__ = ["Front", "app", "load_tokens", "refused", "serve"]
 
 _RELAYED = ("content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id")
 
@@ -86,11 +91,57 @@ def _event_bytes(msg: Any) -> bytes:
     return b"event: message\ndata: " + encode(msg) + b"\n\n"
 
 
-def _refused(status: int, code: int, message: str) -> JSONResponse:
+def refused(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(error(None, code, message), status_code=status)
 
 
-class _Relay:
+class Front:
+    """What both HTTP forms share: bearer-token authentication and the capped
+    request body."""
+
+    def __init__(
+        self, tokens: Mapping[str, dict[str, Any]], max_message: int, log: Callable[[str], None]
+    ) -> None:
+        self.tokens = tokens
+        self.max_message = max_message
+        self.log = log
+
+    def principal(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
+        """``(token digest, principal)`` of a valid bearer token, else the 401
+        (and a line in the log)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            digest = hashlib.sha256(token.strip().encode()).hexdigest()
+            for known, principal in self.tokens.items():
+                if hmac.compare_digest(known, digest):
+                    return digest, principal
+        self.log(f"401 for {request.method} from {request.client}: no valid bearer token")
+        return JSONResponse(
+            error(None, INVALID_REQUEST, "a valid bearer token is required"),
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="execgate"'},
+        )
+
+    async def body(self, request: Request) -> bytes | Response:
+        """The request body, or the 413 when it is over the cap (never read whole)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_message:
+            self.log(f"refused a {length}-byte request (over the {self.max_message}-byte cap)")
+            return self.too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_message:
+                self.log(f"refused a request over the {self.max_message}-byte cap")
+                return self.too_large()
+        return bytes(body)
+
+    def too_large(self) -> Response:
+        return refused(413, INVALID_REQUEST, f"message over the {self.max_message}-byte cap")
+
+
+class _Relay(Front):
     def __init__(
         self,
         gateway: Gateway,
@@ -100,12 +151,10 @@ class _Relay:
         approval_timeout: float,
         log: Callable[[str], None],
     ) -> None:
+        super().__init__(tokens, max_message, log)
         self.gateway = gateway
         self.upstream = upstream
-        self.tokens = tokens
-        self.max_message = max_message
         self.approval_timeout = approval_timeout
-        self.log = log
         self.sessions: dict[tuple[str, str], Session] = {}
         # Once the upstream has issued a session id, every request but
         # initialize must name a session this relay knows.
@@ -115,29 +164,20 @@ class _Relay:
         self.asked: dict[str, tuple[str, str, asyncio.Future[Any]]] = {}
         self.client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
 
-    def _principal(self, request: Request) -> tuple[str, dict[str, Any]] | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
-        for known, principal in self.tokens.items():
-            if hmac.compare_digest(known, digest):
-                return digest, principal
-        return None
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.client.aclose()
 
     def _headers(self, request: Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.lower() in _RELAYED}
 
     async def handle(self, request: Request) -> Response:
-        who = self._principal(request)
-        if who is None:
-            self.log(f"401 for {request.method} from {request.client}: no valid bearer token")
-            return JSONResponse(
-                error(None, INVALID_REQUEST, "a valid bearer token is required"),
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="execgate"'},
-            )
+        who = self.principal(request)
+        if isinstance(who, Response):
+            return who
         digest, principal = who
         sid = request.headers.get("mcp-session-id") or ""
         if sid:
@@ -146,14 +186,14 @@ class _Relay:
                 # Never relayed: a session this token did not open (or one
                 # that ended) gets what the upstream would say, undecided.
                 self.log(f"404 for {request.method}: unknown Mcp-Session-Id")
-                return _refused(404, INVALID_REQUEST, "unknown or expired Mcp-Session-Id")
+                return refused(404, INVALID_REQUEST, "unknown or expired Mcp-Session-Id")
             session = known
         else:
             session = Session(principal=principal)
         if request.method == "POST":
             return await self._post(request, session, digest, sid)
         if not sid and self.stateful:
-            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
+            return refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
         upstream = self.client.build_request(
             request.method, self.upstream, headers=self._headers(request)
         )
@@ -161,34 +201,20 @@ class _Relay:
             response = await self.client.send(upstream, stream=True)
         except httpx2.HTTPError as e:
             self.log(f"the upstream failed: {e}")
-            return _refused(502, -32603, "the upstream MCP server could not be reached")
+            return refused(502, -32603, "the upstream MCP server could not be reached")
         if request.method == "DELETE" and response.status_code < 300:
             self.sessions.pop((sid, digest), None)
         return self._relay(response, session, None)
 
-    async def _body(self, request: Request) -> bytes | None:
-        """The request body, or None when it is over the cap (never read whole)."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_message:
-            self.log(f"refused a {length}-byte request (over the {self.max_message}-byte cap)")
-            return None
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_message:
-                self.log(f"refused a request over the {self.max_message}-byte cap")
-                return None
-        return bytes(body)
-
     async def _post(self, request: Request, session: Session, digest: str, sid: str) -> Response:
-        body = await self._body(request)
-        if body is None:
-            return _refused(413, INVALID_REQUEST, f"message over the {self.max_message}-byte cap")
+        body = await self.body(request)
+        if isinstance(body, Response):
+            return body
         try:
             msg = json.loads(body)
         except ValueError:
             self.log("refused a body that is not JSON")
-            return _refused(400, PARSE_ERROR, "not JSON")
+            return refused(400, PARSE_ERROR, "not JSON")
         if isinstance(msg, dict) and "method" not in msg:
             ask_id = msg.get("id")
             if isinstance(ask_id, str) and ask_id.startswith(ASK_PREFIX):
@@ -196,7 +222,7 @@ class _Relay:
                 return Response(status_code=202)
         initialize = isinstance(msg, dict) and msg.get("method") == "initialize"
         if not sid and self.stateful and not initialize:
-            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
+            return refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
         # Approval can be asked on this request's own SSE stream, when the
         # client reads one (the spec lets a server send requests related to
         # the client's request there).
@@ -393,40 +419,96 @@ async def _sse(response: httpx2.Response, cap: int) -> AsyncIterator[list[tuple[
 def app(
     gateway: Gateway,
     *,
-    upstream: str,
+    upstream: str | None = None,
+    command: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
     tokens: Mapping[str, dict[str, Any]],
     max_message: int = DEFAULT_MAX_MESSAGE,
     approval_timeout: float = 300.0,
     log: Callable[[str], None] | None = None,
+    **spawn: Any,
 ) -> Starlette:
-    """The Starlette application relaying to ``upstream``; a call awaiting
-    approval waits ``approval_timeout`` seconds for the human's answer."""
+    """The Starlette application relaying to ``upstream``, or serving
+    ``command`` (a stdio server, one child per session, confined by
+    ``sandbox``; ``spawn`` goes to :class:`~execgate.integrations.mcp.spawn.Spawner`).
+    A call awaiting approval waits ``approval_timeout`` seconds for the
+    human's answer. The application's ``state.front`` is the endpoint."""
     say = log or (lambda line: print(f"execgate mcp: {line}", file=sys.stderr, flush=True))
-    relay = _Relay(gateway, upstream, tokens, max_message, approval_timeout, say)
-    return Starlette(
-        routes=[Route("/{path:path}", relay.handle, methods=["GET", "POST", "DELETE"])]
+    front: _Relay | Spawner
+    if upstream is not None:
+        front = _Relay(gateway, upstream, tokens, max_message, approval_timeout, say)
+    else:
+        from execgate.integrations.mcp.spawn import Spawner
+
+        front = Spawner(
+            gateway,
+            command,
+            sandbox=sandbox,
+            tokens=tokens,
+            max_message=max_message,
+            approval_timeout=approval_timeout,
+            log=say,
+            **spawn,
+        )
+    application = Starlette(
+        routes=[Route("/{path:path}", front.handle, methods=["GET", "POST", "DELETE"])],
+        lifespan=front.lifespan,
     )
+    application.state.front = front
+    return application
+
+
+class _Server(uvicorn.Server):
+    """Ends the spawned sessions as soon as the gateway is told to stop, so
+    that their streams close and uvicorn's graceful shutdown can finish."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone already
+            asyncio.get_event_loop().call_soon_threadsafe(self.on_exit)
+        super().handle_exit(sig, frame)
 
 
 def serve(
     gateway: Gateway,
     *,
     listen: str,
-    upstream: str,
     tokens: str,
+    upstream: str | None = None,
+    command: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
     approval_timeout: float = 300.0,
+    **spawn: Any,
 ) -> int:
-    """Serves the gateway on ``listen`` (``HOST:PORT``) until interrupted."""
+    """Serves the gateway on ``listen`` (``HOST:PORT``) until interrupted;
+    spawned sessions are ended and their servers stopped before it returns."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
     application = app(
         gateway,
         upstream=upstream,
+        command=command,
+        sandbox=sandbox,
         tokens=load_tokens(tokens),
         max_message=max_message,
         approval_timeout=approval_timeout,
+        **spawn,
     )
-    uvicorn.run(application, host=host, port=int(port), log_level="warning")
+    front = application.state.front
+    if isinstance(front, _Relay):
+        uvicorn.run(application, host=host, port=int(port), log_level="warning")
+        return 0
+    config = uvicorn.Config(
+        application,
+        host=host,
+        port=int(port),
+        log_level="warning",
+        timeout_graceful_shutdown=int(3 * front.grace) + 1,
+    )
+    _Server(config, front.end_all).run()
     return 0

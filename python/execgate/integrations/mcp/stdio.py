@@ -340,17 +340,21 @@ class StdioProxy:
     def run(self) -> int:
         """Relays until either side is done; returns the server's exit status."""
         proc: subprocess.Popen[bytes] | None = None
-        if self.sandbox is None:
-            proc = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
-            )
-            if proc.stdin is None or proc.stdout is None:
-                raise RuntimeError("the server's stdio pipes were not created")
-            fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
-            exited: Future[Any] | None = None
-            cleanup: Callable[[], None] = _nothing
-        else:
-            fd_in, fd_out, exited, cleanup = self._start_sandboxed()
+        exited: Future[Any] | None = None
+        cleanup: Callable[[], None] = _nothing
+        try:
+            if self.sandbox is None:
+                proc = subprocess.Popen(
+                    self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+                )
+                if proc.stdin is None or proc.stdout is None:
+                    raise RuntimeError("the server's stdio pipes were not created")
+                fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
+            else:
+                fd_in, fd_out, exited, cleanup = self._start_sandboxed()
+        except BaseException:
+            self._to_client.close()  # the client's side ends too
+            raise
         self._to_server = _Out(fd_in, owned=proc is None)
         server = threading.Thread(
             target=self._pump, args=(fd_out, self._from_server, "server"), daemon=True
