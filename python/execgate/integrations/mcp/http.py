@@ -459,16 +459,15 @@ def app(
 
 
 class _Server(uvicorn.Server):
-    """Ends the spawned sessions as soon as the gateway is told to stop, so
-    that their streams close and uvicorn's graceful shutdown can finish."""
+    """Tells ``stopping`` as soon as the gateway is told to stop (before
+    uvicorn waits for the open streams to close)."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
         super().__init__(config)
-        self.on_exit = on_exit
+        self.stopping = stopping
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone already
-            asyncio.get_event_loop().call_soon_threadsafe(self.on_exit)
+        self.stopping()
         super().handle_exit(sig, frame)
 
 
@@ -510,5 +509,5 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=int(3 * front.grace) + 1,
     )
-    _Server(config, front.end_all).run()
+    _Server(config, front.stopping).run()
     return 0

@@ -133,9 +133,6 @@ class _Child:
             self.spawner.log(f"session {self.sid[:8]}: the sandbox failed: {e}")
         except Exception as e:  # the session's thread must not die silently
             self.spawner.log(f"session {self.sid[:8]}: the stdio gateway failed: {e!r}")
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(self.proxy.client_in)
 
     def send(self, line: bytes) -> None:
         self.last = asyncio.get_running_loop().time()
@@ -221,6 +218,7 @@ class Spawner(Front):
         self.sessions: dict[tuple[str, str], _Child] = {}
         self.children: list[_Child] = []  # every child started, until its thread is done
         self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -228,6 +226,7 @@ class Spawner(Front):
         if len(self.sessions) >= self.max_sessions:
             self.log(f"503 for initialize: {self.max_sessions} sessions are live (--max-sessions)")
             return refused(503, -32603, "too many live MCP sessions; try again later")
+        self.children = [c for c in self.children if c.thread.is_alive()]
         sid = secrets.token_hex(16)
         to_proxy_r, to_proxy_w = os.pipe()
         from_proxy_r, from_proxy_w = os.pipe()
@@ -269,24 +268,28 @@ class Spawner(Front):
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
         """The application's lifespan: when it stops, every session ends and
         every server is stopped before the gateway exits."""
+        self._loop = asyncio.get_running_loop()
         try:
             yield
         finally:
             self.end_all()
             if self._reaper is not None:
                 self._reaper.cancel()
-            await asyncio.to_thread(self.join)
+            await asyncio.to_thread(self._join)
+
+    def stopping(self) -> None:
+        """From any thread (a signal handler): the gateway is stopping; every
+        session ends now, so that their streams close."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.end_all)
 
     def end_all(self) -> None:
-        """Ends every session (the gateway is stopping)."""
-        for child in list(self.sessions.values()):
+        for child in self.children:
             self.forget(child)
             child.end()
 
-    def join(self) -> None:
+    def _join(self) -> None:
         """Waits for every session's stdio gateway (and so its server) to be done."""
-        for child in self.children:
-            child.end()
         for child in self.children:
             child.thread.join(3 * self.grace)
             if child.thread.is_alive():
@@ -330,7 +333,7 @@ class Spawner(Front):
         if isinstance(body, Response):
             return body
         try:
-            msg = json.loads(body)
+            msg = json.loads(body.decode())  # UTF-8 only: the stdio gateway reads lines of it
         except ValueError:
             self.log("refused a body that is not JSON")
             return refused(400, PARSE_ERROR, "not JSON")
@@ -364,7 +367,7 @@ class Spawner(Front):
             return StreamingResponse(
                 self._answers(child, queue, keys), headers={**_SSE_HEADERS, **headers}
             )
-        lines = []
+        lines: list[bytes] = []
         while len(lines) < len(keys):
             answer, line = await queue.get()
             if answer:

@@ -149,8 +149,8 @@ def _nothing() -> None:
 
 class StdioProxy:
     """Relays one MCP session between ``client_in``/``client_out`` (file
-    descriptors, the proxy's stdin and stdout by default) and the server
-    started from ``command``.
+    descriptors, the proxy's stdin and stdout by default; others than 0-2
+    are the proxy's to close) and the server started from ``command``.
 
     Each direction is one thread doing blocking reads and writes on the raw
     descriptors: a message is handed on as soon as its line is complete, and
@@ -322,6 +322,10 @@ class StdioProxy:
                 for line in lines.feed(data):
                     handle(line)
         finally:
+            if side == "client" and fd > 2:
+                # Ours to close, by the only thread that reads it, after its last read.
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self._ended.put(side)
 
     def _fail_pending(self, why: str, error_type: str) -> None:
