@@ -30,7 +30,7 @@ TOKENS = {
 }
 
 
-def keyed(tmp: pathlib.Path) -> tuple[SigningKey, pathlib.Path, pathlib.Path]:
+def key_and_log(tmp: pathlib.Path) -> tuple[SigningKey, pathlib.Path, pathlib.Path]:
     """A fresh signing key (saved in ``tmp``) and where its audit log goes."""
     key = SigningKey.generate()
     key.to_pem(tmp / "k.pem")
@@ -57,6 +57,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening() -> socket.socket:
+    """A TCP socket listening on a free local port (what a confined server must not reach)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -102,7 +110,7 @@ def http_gateway(tmp, *extra, upstream=True, tokens=TOKENS, policy=POLICY):
     flags: an SDK server over Streamable HTTP as ``--upstream`` or, with
     ``upstream=False``, the stdio demo server as ``-- COMMAND`` (``extra`` may
     end with its own ``-- COMMAND``). Yields what the tests need."""
-    key, key_path, log = keyed(tmp)
+    key, key_path, log = key_and_log(tmp)
     (tmp / "tokens.json").write_text(json.dumps(tokens))
     mine = free_port()
     listen = ["--listen", f"127.0.0.1:{mine}", "--tokens", str(tmp / "tokens.json")]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from mcp_stack import (  # noqa: E402
     TIMEOUT,
     http_client,
     http_gateway,
+    listening,
     records,
     run,
     servers,
@@ -251,13 +251,6 @@ def test_spawned_log_verifies(spawned):
     assert report.completions == report.allowed and report.denied >= 3
 
 
-def _listening():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    return sock
-
-
 def test_the_confinement_holds_for_each_child(tmp_path):
     policy = tmp_path / "open.rego"
     policy.write_text(OPEN_POLICY)
@@ -265,7 +258,7 @@ def test_the_confinement_holds_for_each_child(tmp_path):
     allowed.mkdir()
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    sock = _listening()
+    sock = listening()
     port = sock.getsockname()[1]
     flags = [*BOX, "--write", str(allowed)]
 

@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx2
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,6 +56,7 @@ from execgate.integrations.mcp._gateway import (
     error,
     id_key,
 )
+from execgate.integrations.mcp._upstream import Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from execgate.integrations.mcp.spawn import Spawner
@@ -64,7 +64,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Front", "app", "load_tokens", "refused", "serve"]
 
-_RELAYED = ("content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id")
+_RELAYED = frozenset(
+    (b"content-type", b"accept", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id")
+)
 
 
 def load_tokens(path: str) -> dict[str, dict[str, Any]]:
@@ -162,7 +164,7 @@ class _Relay(Front):
         # Our elicitation/create requests awaiting the client's answer:
         # ask id -> (token digest, session id, future).
         self.asked: dict[str, tuple[str, str, asyncio.Future[Any]]] = {}
-        self.client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+        self.client = Upstream(upstream)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -171,8 +173,10 @@ class _Relay(Front):
         finally:
             await self.client.aclose()
 
-    def _headers(self, request: Request) -> dict[str, str]:
-        return {k: v for k, v in request.headers.items() if k.lower() in _RELAYED}
+    @staticmethod
+    def _headers(request: Request) -> list[tuple[bytes, bytes]]:
+        # The ASGI scope's raw headers: names already lowercase.
+        return [(k, v) for k, v in request.scope["headers"] if k in _RELAYED]
 
     async def handle(self, request: Request) -> Response:
         who = self.principal(request)
@@ -194,12 +198,9 @@ class _Relay(Front):
             return await self._post(request, session, digest, sid)
         if not sid and self.stateful:
             return refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
-        upstream = self.client.build_request(
-            request.method, self.upstream, headers=self._headers(request)
-        )
         try:
-            response = await self.client.send(upstream, stream=True)
-        except httpx2.HTTPError as e:
+            response = await self.client.request(request.method, self._headers(request))
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
             return refused(502, -32603, "the upstream MCP server could not be reached")
         if request.method == "DELETE" and response.status_code < 300:
@@ -240,7 +241,7 @@ class _Relay(Front):
             )
         try:  # what was decided, not the client's bytes
             response = await self._send(headers, encode(verdict.message))
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
             replies = self._fail(session, key, "the upstream MCP server could not be reached")
             return JSONResponse(replies[0] if replies else error(None, -32603, "upstream failed"))
@@ -251,9 +252,8 @@ class _Relay(Front):
             self.sessions[(new_sid, digest)] = session
         return self._relay(response, session, key)
 
-    async def _send(self, headers: dict[str, str], body: bytes) -> httpx2.Response:
-        request = self.client.build_request("POST", self.upstream, headers=headers, content=body)
-        return await self.client.send(request, stream=True)
+    async def _send(self, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamResponse:
+        return await self.client.request("POST", headers, body)
 
     def _answered(self, ask_id: str, msg: dict[str, Any], digest: str, session: Session) -> None:
         asked = self.asked.get(ask_id)
@@ -269,7 +269,7 @@ class _Relay(Front):
         hold: Hold,
         session: Session,
         digest: str,
-        headers: dict[str, str],
+        headers: list[tuple[bytes, bytes]],
         key: Any,
     ) -> AsyncIterator[bytes]:
         """A call awaiting approval: asks the client on this request's SSE
@@ -296,7 +296,7 @@ class _Relay(Front):
             return
         try:
             response = await self._send(headers, encode(decided.message))
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
             for out in self._fail(session, key, "the upstream MCP server could not be reached"):
                 yield _event_bytes(out)
@@ -313,7 +313,7 @@ class _Relay(Front):
         one = Session(principal=session.principal, pending={key: session.pending.pop(key)})
         return self.gateway.fail_pending(one, why, error_type)
 
-    def _relay(self, response: httpx2.Response, session: Session, key: Any) -> Response:
+    def _relay(self, response: UpstreamResponse, session: Session, key: Any) -> Response:
         headers = {
             k: v
             for k, v in response.headers.items()
@@ -327,7 +327,7 @@ class _Relay(Front):
         )
 
     async def _answers(
-        self, response: httpx2.Response, session: Session, key: Any, *, sse: bool
+        self, response: UpstreamResponse, session: Session, key: Any, *, sse: bool
     ) -> AsyncIterator[bytes]:
         """What the client gets of the upstream's answer to one POST (or
         GET): SSE events when ``sse``, else one JSON body. Whatever the
@@ -371,7 +371,7 @@ class _Relay(Front):
             if sse:
                 for out in self._fail(session, key, why, error_type):
                     yield frame(out)
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream broke off: {e}")
             for out in self._fail(session, key, "the upstream MCP server broke off"):
                 yield frame(out)
@@ -381,37 +381,60 @@ class _Relay(Front):
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
-    def _event(self, session: Session, event: list[tuple[str, str]]) -> bytes:
+    def _event(self, session: Session, event: list[tuple[bytes, bytes]]) -> bytes:
         lines = []
         for field, value in event:
-            if field != "data":
-                lines.append(f"{field}: {value}")
+            if field != b"data":
+                lines.append(field + b": " + value)
                 continue
             try:
                 msg = json.loads(value)
             except ValueError:
                 continue
-            for out in self.gateway.outbound(session, msg):
-                lines.append("data: " + json.dumps(out, separators=(",", ":")))
-        return ("\n".join(lines) + "\n\n").encode()
+            out = self.gateway.outbound(session, msg)
+            if len(out) == 1 and out[0] is msg:  # nothing to change: as it came (as over stdio)
+                lines.append(b"data: " + value)
+            else:
+                lines.extend(b"data: " + encode(item) for item in out)
+        return b"\n".join(lines) + b"\n\n"
 
 
-async def _sse(response: httpx2.Response, cap: int) -> AsyncIterator[list[tuple[str, str]]]:
-    """Server-sent events as ``[(field, value), ...]``, one list per event."""
-    event: list[tuple[str, str]] = []
+async def _sse(response: UpstreamResponse, cap: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    """Server-sent events as ``[(field, value), ...]``, one list per event
+    (lines end with LF or CRLF). An event over ``cap`` bytes loses its data
+    lines, and no line is held longer than that."""
+    buf = bytearray()
+    event: list[tuple[bytes, bytes]] = []
     size = 0
-    async for line in response.aiter_lines():
-        if line == "":
-            if event:
-                yield event
-            event, size = [], 0
-            continue
-        size += len(line)
-        if size > cap:
-            event = [(f, v) for f, v in event if f != "data"]
-            continue
-        field, _, value = line.partition(":")
-        event.append((field, value[1:] if value.startswith(" ") else value))
+    skipping = False  # inside a line over the cap
+
+    def dropped() -> list[tuple[bytes, bytes]]:
+        return [(f, v) for f, v in event if f != b"data"]
+
+    async for chunk in response.aiter_bytes():
+        buf += chunk
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            line = bytes(buf[start : nl - 1 if nl > start and buf[nl - 1] == 13 else nl])
+            start = nl + 1
+            if skipping:
+                skipping = False
+                continue
+            if not line:
+                if event:
+                    yield event
+                event, size = [], 0
+                continue
+            size += len(line)
+            if size > cap:
+                event = dropped()
+                continue
+            field, _, value = line.partition(b":")
+            event.append((field, value[1:] if value[:1] == b" " else value))
+        del buf[:start]
+        if len(buf) > cap:
+            skipping, size, event = True, cap + 1, dropped()
+            buf.clear()
     if event:
         yield event
 
