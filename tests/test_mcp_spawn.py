@@ -3,6 +3,7 @@ confined, once per HTTP session, and serves over Streamable HTTP to SDK clients.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -244,6 +245,63 @@ def test_spawned_crash_mid_call_is_recorded_failed(spawned):
 
 def text_of(message):
     return " ".join(c.get("text", "") for c in message["result"]["content"])
+
+
+def test_spawned_hostile_requests_never_crash_or_pass(spawned):
+    url = spawned["url"]
+    http, _ = _raw_init(url)
+    try:
+        r = http.post(
+            url, content=b"this is not json", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+        big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        big["params"] = {"name": "echo", "arguments": {"text": "x" * (10 << 20)}}
+        assert http.post(url, json=big).status_code == 413  # over the 4 MiB cap, never relayed
+        note = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo"}}
+        assert http.post(url, json=note).status_code == 202  # dropped by the gateway
+        # A second request with an id in flight: refused, not relayed.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(_call, http, url, 2, "slow", {"seconds": 1.0})
+            time.sleep(0.4)
+            dup = _call(http, url, 2, "echo", {"text": "dup"}).json()
+            first = _messages(slow.result())[0]
+        assert dup["error"]["code"] == -32600 and "in flight" in dup["error"]["message"]
+        assert text_of(first) == "done"
+        # The client goes away mid-call: the call runs to its end in the
+        # session (recorded with its outcome), and the session keeps serving.
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}
+        body["params"] = {"name": "slow", "arguments": {"seconds": 0.5}}
+        with httpx2.Client(timeout=TIMEOUT, headers=http.headers) as gone:
+            with gone.stream("POST", url, json=body) as r:
+                assert r.status_code == 200
+        time.sleep(1.0)
+        [seen] = _messages(_call(http, url, 4, "calls"))
+        assert seen["result"]["structuredContent"]["result"][-2:] == ["slow", "slow"]
+    finally:
+        http.close()
+
+
+def test_one_principal_shares_its_rate_across_sessions(tmp_path):
+    data = tmp_path / "limits.json"
+    data.write_text(json.dumps({"execgate_mcp": {"rate_limit": 3}}))
+
+    async def sessions(url):
+        async with http_client(url, "alice-token") as a:
+            first = await a.call_tool("echo", {"text": "1"})
+        async with http_client(url, "alice-token") as a:  # a new session, a new child
+            second = await a.call_tool("echo", {"text": "2"})
+            seen = _calls(await a.call_tool("calls", {}))  # the third call in the window
+            third = await a.call_tool("echo", {"text": "3"})
+        return [first, second, third], seen
+
+    with http_gateway(tmp_path, *BOX, "--data", str(data), upstream=False) as stack:
+        results, seen = run(sessions(stack["url"]))
+        report = verified(stack["log"], stack["key"])
+    assert [r.is_error for r in results] == [False, False, True]
+    assert "rate" in text(results[2]).lower()
+    assert seen == ["echo"]  # this child saw only its own call
+    assert report.denied == 1 and report.completions == report.allowed == 3
 
 
 def test_spawned_log_verifies(spawned):

@@ -522,15 +522,19 @@ def serve(
         **spawn,
     )
     front = application.state.front
-    if isinstance(front, _Relay):
-        uvicorn.run(application, host=host, port=int(port), log_level="warning")
-        return 0
+    # No proxy headers: request.client (in the 401 lines) is the peer, and
+    # nothing is done per request that the gateway does not use.
     config = uvicorn.Config(
         application,
         host=host,
         port=int(port),
         log_level="warning",
-        timeout_graceful_shutdown=int(3 * front.grace) + 1,
+        access_log=False,
+        proxy_headers=False,
     )
-    _Server(config, front.stopping).run()
+    if isinstance(front, _Relay):
+        uvicorn.Server(config).run()
+    else:
+        config.timeout_graceful_shutdown = int(3 * front.grace) + 1
+        _Server(config, front.stopping).run()
     return 0

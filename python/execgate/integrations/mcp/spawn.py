@@ -17,10 +17,11 @@ keeps sessions and frames messages; it decides nothing.
   it, else JSON); one holding only notifications or responses gets 202. A
   request whose id is still in flight in the session is refused, not relayed
   (its answer could not be told from the first one's).
-- What the child sends that answers no waiting POST (the server's requests and
-  notifications, the gateway's ``elicitation/create``) goes on the session's
-  GET stream, else on the newest open SSE answer, else waits (up to
-  ``_BACKLOG`` messages) for one to open.
+- The server's requests and notifications (and the gateway's
+  ``elicitation/create``) go on the session's GET stream, else on the newest
+  open SSE answer, else wait (up to ``_BACKLOG`` messages) for one to open.
+  An answer whose POST is gone (the client went away) is dropped: the call
+  ran to its end in the session and is recorded with its outcome.
 - A session ends on DELETE, after ``idle`` seconds without a request while
   nothing is in flight, when its server exits, and when the gateway stops: the
   child's stdin closes, the stdio gateway lets the server finish what is in
@@ -155,7 +156,9 @@ class _Child:
             queue = self.waiters.pop(key, None) if key is not None else None
             if queue is not None:
                 queue.put_nowait((True, line))
-                return
+            else:  # its client went away (or sent no request): no one to tell
+                self.spawner.log(f"session {self.sid[:8]}: dropped an answer no request waits for")
+            return
         self.unsolicited(line)
 
     def unsolicited(self, line: bytes) -> None:

@@ -358,6 +358,9 @@ class StdioProxy:
                 fd_in, fd_out, exited, cleanup = self._start_sandboxed()
         except BaseException:
             self._to_client.close()  # the client's side ends too
+            if self.client_in > 2:  # no pump reads it yet
+                with contextlib.suppress(OSError):
+                    os.close(self.client_in)
             raise
         self._to_server = _Out(fd_in, owned=proc is None)
         server = threading.Thread(
