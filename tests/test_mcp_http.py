@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +15,16 @@ mcp = pytest.importorskip("mcp")
 httpx2 = pytest.importorskip("httpx2")
 
 import execgate  # noqa: E402
-from mcp_stack import TIMEOUT, http_client, http_gateway, records, run, text  # noqa: E402
+from mcp_stack import (  # noqa: E402
+    ENV,
+    POLICY,
+    TIMEOUT,
+    http_client,
+    http_gateway,
+    records,
+    run,
+    text,
+)
 
 
 @pytest.fixture(scope="module")
@@ -422,3 +433,27 @@ def test_http_upstream_crash_mid_call_is_recorded_failed(tmp_path):
     assert completion["outcome"]["error_type"] == "upstream_failed"
     report = execgate.verify_log(str(log), [key.verify_key])
     assert report.ok and report.unfinished_count == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2/mcp", "--read", "/"],
+            "sandbox",
+        ),
+        (["--upstream", "http://127.0.0.1:2/mcp"], "--listen"),
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2/mcp", "--", "true"],
+            "no command",
+        ),
+        (["--listen", "127.0.0.1:1"], "command"),
+    ],
+)
+def test_http_usage_errors(tmp_path, flags, said):
+    """Sandbox flags confine only a server the gateway starts; --upstream and a
+    command exclude each other; exit status 2, nothing served."""
+    argv = [sys.executable, "-m", "execgate", "mcp", "--policy", str(POLICY), *flags]
+    done = subprocess.run(argv, env=ENV, capture_output=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr.decode()
