@@ -30,6 +30,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
+use super::recovery::Backwards;
 use super::MAX_RECORD_BYTES;
 use crate::core::keys::VerifyKey;
 use crate::core::receipt::{Fields, Receipt};
@@ -111,20 +112,27 @@ fn find_snapshot(
     key: &VerifyKey,
     limit: u64,
 ) -> std::io::Result<Option<(u64, Receipt)>> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut back = Backwards::new(file);
     let mut end = len; // the line is [start, end - 1), end - 1 is its '\n'
     let mut seen = 0u64;
+    let mut head_buf = Vec::with_capacity(256);
     while end > 0 && seen < limit {
         let nl = end - 1;
-        let start = super::recovery::rfind_newline(file, nl, &mut buf)?.map_or(0, |p| p + 1);
+        let start = back.rfind_newline(nl)?.map_or(0, |p| p + 1);
         seen += 1;
         let line_len = nl - start;
         if line_len <= MAX_RECORD_BYTES {
             // Only the head of the line decides whether it is worth parsing.
             let head_len = usize::try_from(line_len.min(256)).unwrap_or(256);
-            let mut head = vec![0u8; head_len];
-            file.read_exact_at(&mut head, start)?;
-            if memchr::memmem::find(&head, STATE_PREFIX).is_some() {
+            let head = match back.buffered(start, head_len) {
+                Some(bytes) => bytes,
+                None => {
+                    head_buf.resize(head_len, 0);
+                    file.read_exact_at(&mut head_buf, start)?;
+                    &head_buf
+                }
+            };
+            if memchr::memmem::find(head, STATE_PREFIX).is_some() {
                 let mut line = vec![0u8; usize::try_from(line_len).unwrap_or(0)];
                 file.read_exact_at(&mut line, start)?;
                 if let Some(receipt) = trusted_state(&line, start, key) {
