@@ -29,6 +29,7 @@ mod parse;
 mod reader;
 mod recovery;
 mod state;
+mod unsealed;
 mod verify;
 mod writer;
 
