@@ -574,10 +574,12 @@ impl Verifier {
                         pair.0, pair.1
                     ))
                 }
-                Err(SealError::OtherKey(seq)) => return Err(format!(
+                Err(SealError::OtherKey(seq)) => {
+                    return Err(format!(
                     "checkpoint by key {} claims to seal seq {seq}, written under another key id",
                     self.kids.get(kid).map_or("?", String::as_str)
-                )),
+                ))
+                }
             }
         }
         Ok(())
