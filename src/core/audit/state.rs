@@ -3,9 +3,11 @@
 //! A writer with a [`StateFold`] attached (a gate's ledger) folds every record
 //! it writes, and every record other writers appended that it finds under the
 //! lock, so the fold is always the fold of every record before the file's
-//! end. Every `state_every` records, and on close, it appends a signed
-//! `state` record holding the fold (`state`) and the byte offset at which the
-//! record starts (`offset`).
+//! end. Every `state_every` records (not on close), and at the start of a
+//! rotated file, it appends a signed `state` record holding the fold
+//! (`state`) and the byte offset at which the record starts (`offset`).
+//! Opening therefore folds at most about `state_every` records after the
+//! snapshot, whatever the log's length.
 //!
 //! Opening reads the file backwards from the end to the last `state` record
 //! that (1) parses, (2) carries a valid signature of this writer's key, and
