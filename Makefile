@@ -76,12 +76,16 @@ lint: develop ## clippy, rustfmt, ruff, mypy and stubtest
 fuzz-smoke: ## run each fuzz target (tests/fuzz.rs) briefly over its seed corpus and random inputs
 	cargo test --quiet --no-default-features --test fuzz
 
+# Stable toolchain: with --sanitizer none cargo-fuzz passes only stable rustc flags
+# (-Cpasses=sancov-module, -Cllvm-args=...). --codegen-units 16 overrides its
+# one-unit default, which with the instrumented regorus made the build take an hour.
 FUZZ_TARGET  ?= verify_log
 FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := --sanitizer none --codegen-units 16
 fuzz: ## coverage-guided libFuzzer run of one target: make fuzz FUZZ_TARGET=bundle FUZZ_SECONDS=1800
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	mkdir -p fuzz/corpus/$(FUZZ_TARGET)
-	cd fuzz && cargo fuzz run --sanitizer none $(FUZZ_TARGET) corpus/$(FUZZ_TARGET) \
+	cd fuzz && cargo fuzz run $(FUZZ_BUILD) $(FUZZ_TARGET) corpus/$(FUZZ_TARGET) \
 		../tests/fuzz_corpus/$(FUZZ_TARGET) -- -max_total_time=$(FUZZ_SECONDS)
 
 fmt: $(STAMP) ## format Rust and Python sources

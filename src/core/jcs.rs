@@ -57,13 +57,41 @@ const ESCAPED: [bool; 256] = {
     table
 };
 
+/// The index of the first byte [`write_str`] escapes. Eight bytes at a time
+/// while there is none (most strings are hex digests, ids and names), then
+/// byte by byte from the word that holds one.
+fn first_escaped(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether a byte of `w` is below `n` (exact for n <= 0x80; a byte with
+    // its high bit set is never below).
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH != 0;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if below(w, 0x20)
+            || below(w ^ (ONES * u64::from(b'"')), 1)
+            || below(w ^ (ONES * u64::from(b'\\')), 1)
+        {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| ESCAPED[b as usize])
+        .map(|i| at + i)
+}
+
 /// Appends `s` as a canonical JSON string (quoted, escaped).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push(b'"');
     let mut rest = s.as_bytes();
-    while let Some(i) = rest.iter().position(|&b| ESCAPED[b as usize]) {
+    while let Some(i) = first_escaped(rest) {
         out.extend_from_slice(&rest[..i]);
         let b = rest[i];
         match b {
@@ -422,6 +450,30 @@ mod tests {
         assert_eq!(jcs(&json!(u64::MAX)), "18446744073709552000");
         assert_eq!(jcs(&json!(i64::MIN)), "-9223372036854776000");
         assert_eq!(jcs(&json!(-17)), "-17");
+    }
+
+    /// The word-at-a-time search finds what a byte-by-byte one finds, for
+    /// every byte value at every position of a word and after it.
+    #[test]
+    fn first_escaped_matches_a_byte_by_byte_search() {
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut s = vec![b'a'; 20];
+                s[at] = b;
+                let expected = s.iter().position(|&c| ESCAPED[c as usize]);
+                assert_eq!(first_escaped(&s), expected, "byte {b:#x} at {at}");
+                // Bytes around a high-bit byte must not hide an escape.
+                let mut t = vec![0xc3u8; 20];
+                t[at] = b;
+                let expected = t.iter().position(|&c| ESCAPED[c as usize]);
+                assert_eq!(
+                    first_escaped(&t),
+                    expected,
+                    "byte {b:#x} at {at} among 0xc3"
+                );
+            }
+        }
+        assert_eq!(first_escaped(b""), None);
     }
 
     #[test]

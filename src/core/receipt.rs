@@ -223,9 +223,21 @@ impl Receipt {
     /// Parses a DSSE envelope (one log line). Checks the structure, not the
     /// signature: call [`Receipt::verify`] for that.
     pub fn from_json(text: &str) -> Result<Self> {
+        let mut receipt = Self::from_line(text.as_bytes())?;
+        receipt.envelope = text.trim_end_matches('\n').to_string();
+        Ok(receipt)
+    }
+
+    /// [`Receipt::from_json`] of a line's bytes (UTF-8 is checked as the
+    /// JSON is parsed), without keeping a copy of the line: `envelope()` is
+    /// empty. For a reader that checks records and never writes them out.
+    pub fn from_line(line: &[u8]) -> Result<Self> {
         let bad = |m: String| CoreError::Signature(m);
         let env: EnvelopeJson =
-            serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON envelope: {e}")))?;
+            serde_json::from_slice(line).map_err(|e| match std::str::from_utf8(line) {
+                Ok(_) => bad(format!("malformed JSON envelope: {e}")),
+                Err(_) => bad("the line is not UTF-8".into()),
+            })?;
         if env.payload_type != PAYLOAD_TYPE {
             return Err(bad(format!(
                 "unexpected payloadType {:?}",
@@ -266,7 +278,7 @@ impl Receipt {
             payload_bytes,
             payload: OnceLock::from(payload),
             signatures,
-            envelope: text.trim_end_matches('\n').to_string(),
+            envelope: String::new(),
         })
     }
 

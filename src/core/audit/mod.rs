@@ -29,6 +29,7 @@ mod parse;
 mod reader;
 mod recovery;
 mod state;
+mod unsealed;
 mod verify;
 mod writer;
 
@@ -94,7 +95,8 @@ pub struct AuditOptions {
     /// Signature policy.
     pub signing: Signing,
     /// With a [`StateFold`] attached (a gate's ledger), write a signed
-    /// `state` record every this many records (and on close); 0 never.
+    /// `state` record every this many records (and at the start of a rotated
+    /// file; not on close); 0 never.
     pub state_every: u64,
     /// Rotate (see [`AuditLog::rotate`]) once the file reaches this many
     /// bytes; 0 never.

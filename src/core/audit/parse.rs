@@ -186,8 +186,7 @@ fn parse_line(
     keyring: &Keyring,
     batch: &mut Vec<PendingSig>,
 ) -> std::result::Result<(Receipt, Signer), String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "line is not UTF-8".to_string())?;
-    let receipt = Receipt::from_json(text).map_err(|e| e.to_string())?;
+    let receipt = Receipt::from_line(raw).map_err(|e| e.to_string())?;
     let payload = receipt.payload();
     let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
     let signer = match receipt.signatures() {

@@ -39,35 +39,67 @@ pub(super) struct Tail {
     pub last: Option<Vec<u8>>,
 }
 
-/// The position of the last `'\n'` in `[0, end)`, reading backwards in
-/// fixed-size chunks: each byte is read and searched once.
-pub(super) fn rfind_newline(file: &File, end: u64, buf: &mut [u8]) -> std::io::Result<Option<u64>> {
-    let mut hi = end;
-    while hi > 0 {
-        let lo = hi.saturating_sub(buf.len() as u64);
-        let n = usize::try_from(hi - lo).unwrap_or(buf.len()).min(buf.len());
-        let chunk = &mut buf[..n];
-        file.read_exact_at(chunk, lo)?;
-        if let Some(i) = memchr::memrchr(b'\n', chunk) {
-            return Ok(Some(lo + i as u64));
+/// Reads a file backwards, one fixed-size chunk at a time, for the lines
+/// before a point: however many lines are asked for, each byte is read and
+/// searched once (a chunk stays buffered for the lines it holds).
+pub(super) struct Backwards<'a> {
+    file: &'a File,
+    /// The bytes `[lo, lo + buf.len())` of the file.
+    buf: Vec<u8>,
+    lo: u64,
+}
+
+impl<'a> Backwards<'a> {
+    pub fn new(file: &'a File) -> Self {
+        Self {
+            file,
+            buf: Vec::with_capacity(CHUNK),
+            lo: 0,
         }
-        hi = lo;
     }
-    Ok(None)
+
+    /// The position of the last `'\n'` in `[0, end)`.
+    pub fn rfind_newline(&mut self, end: u64) -> std::io::Result<Option<u64>> {
+        let mut hi = end;
+        loop {
+            let buffered_end = self.lo + self.buf.len() as u64;
+            if hi > self.lo && hi <= buffered_end {
+                let part = &self.buf[..usize::try_from(hi - self.lo).unwrap_or(0)];
+                if let Some(i) = memchr::memrchr(b'\n', part) {
+                    return Ok(Some(self.lo + i as u64));
+                }
+                hi = self.lo;
+            }
+            if hi == 0 {
+                return Ok(None);
+            }
+            let lo = hi.saturating_sub(CHUNK as u64);
+            self.buf
+                .resize(usize::try_from(hi - lo).unwrap_or(CHUNK), 0);
+            self.file.read_exact_at(&mut self.buf, lo)?;
+            self.lo = lo;
+        }
+    }
+
+    /// The bytes `[start, start + len)` when they are in the current chunk.
+    pub fn buffered(&self, start: u64, len: usize) -> Option<&[u8]> {
+        let from = usize::try_from(start.checked_sub(self.lo)?).ok()?;
+        self.buf.get(from..from.checked_add(len)?)
+    }
 }
 
 /// Finds the last complete line of a file of length `len`. Linear in the
 /// bytes after the second-to-last newline; the last line itself is read only
 /// when it is no longer than [`MAX_RECORD_BYTES`].
 pub(super) fn scan_tail(file: &File, len: u64) -> std::io::Result<Tail> {
-    let mut buf = vec![0u8; CHUNK];
-    let Some(last_nl) = rfind_newline(file, len, &mut buf)? else {
+    let mut back = Backwards::new(file);
+    let Some(last_nl) = back.rfind_newline(len)? else {
         return Ok(Tail {
             good_len: 0,
             last: None,
         });
     };
-    let start = rfind_newline(file, last_nl, &mut buf)?.map_or(0, |p| p + 1);
+    let start = back.rfind_newline(last_nl)?.map_or(0, |p| p + 1);
     let line_len = last_nl - start;
     if line_len > MAX_RECORD_BYTES {
         return Err(std::io::Error::new(
@@ -290,5 +322,38 @@ mod tests {
             vec![b'z'; CHUNK + 1]
         );
         assert_eq!(f.metadata().unwrap().len(), tail.good_len);
+    }
+
+    /// Walking a file's lines from the end finds every line start, with
+    /// lines shorter and longer than a chunk and newlines on its edges.
+    #[test]
+    fn backwards_finds_every_line_and_buffers_its_chunk() {
+        let mut text = Vec::new();
+        for len in [0, 5, CHUNK - 1, 3, CHUNK, 0, 2 * CHUNK + 7, 1, 100] {
+            text.extend(vec![b'a'; len]);
+            text.push(b'\n');
+        }
+        let (_, f) = file_with(&text);
+        let expected: Vec<u64> = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i as u64)
+            .rev()
+            .collect();
+        let mut back = Backwards::new(&f);
+        let mut found = Vec::new();
+        let mut end = text.len() as u64;
+        while let Some(nl) = back.rfind_newline(end).unwrap() {
+            found.push(nl);
+            end = nl;
+            assert_eq!(back.buffered(nl, 1), Some(&b"\n"[..]));
+            let from = nl.saturating_sub(4);
+            if let Some(bytes) = back.buffered(from, 5) {
+                assert_eq!(bytes, &text[from as usize..from as usize + 5]);
+            }
+        }
+        assert_eq!(found, expected);
+        assert_eq!(back.buffered(0, text.len()), None, "one chunk at a time");
     }
 }

@@ -3,9 +3,11 @@
 //! A writer with a [`StateFold`] attached (a gate's ledger) folds every record
 //! it writes, and every record other writers appended that it finds under the
 //! lock, so the fold is always the fold of every record before the file's
-//! end. Every `state_every` records, and on close, it appends a signed
-//! `state` record holding the fold (`state`) and the byte offset at which the
-//! record starts (`offset`).
+//! end. Every `state_every` records (not on close), and at the start of a
+//! rotated file, it appends a signed `state` record holding the fold
+//! (`state`) and the byte offset at which the record starts (`offset`).
+//! Opening therefore folds at most about `state_every` records after the
+//! snapshot, whatever the log's length.
 //!
 //! Opening reads the file backwards from the end to the last `state` record
 //! that (1) parses, (2) carries a valid signature of this writer's key, and
@@ -30,6 +32,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
+use super::recovery::Backwards;
 use super::MAX_RECORD_BYTES;
 use crate::core::keys::VerifyKey;
 use crate::core::receipt::{Fields, Receipt};
@@ -111,20 +114,27 @@ fn find_snapshot(
     key: &VerifyKey,
     limit: u64,
 ) -> std::io::Result<Option<(u64, Receipt)>> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut back = Backwards::new(file);
     let mut end = len; // the line is [start, end - 1), end - 1 is its '\n'
     let mut seen = 0u64;
+    let mut head_buf = Vec::with_capacity(256);
     while end > 0 && seen < limit {
         let nl = end - 1;
-        let start = super::recovery::rfind_newline(file, nl, &mut buf)?.map_or(0, |p| p + 1);
+        let start = back.rfind_newline(nl)?.map_or(0, |p| p + 1);
         seen += 1;
         let line_len = nl - start;
         if line_len <= MAX_RECORD_BYTES {
             // Only the head of the line decides whether it is worth parsing.
             let head_len = usize::try_from(line_len.min(256)).unwrap_or(256);
-            let mut head = vec![0u8; head_len];
-            file.read_exact_at(&mut head, start)?;
-            if memchr::memmem::find(&head, STATE_PREFIX).is_some() {
+            let head = match back.buffered(start, head_len) {
+                Some(bytes) => bytes,
+                None => {
+                    head_buf.resize(head_len, 0);
+                    file.read_exact_at(&mut head_buf, start)?;
+                    &head_buf
+                }
+            };
+            if memchr::memmem::find(head, STATE_PREFIX).is_some() {
                 let mut line = vec![0u8; usize::try_from(line_len).unwrap_or(0)];
                 file.read_exact_at(&mut line, start)?;
                 if let Some(receipt) = trusted_state(&line, start, key) {

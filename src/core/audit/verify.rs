@@ -6,7 +6,7 @@
 //! open or was denied, for linking completions and approvals; never the
 //! whole file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -16,6 +16,7 @@ use serde_json::{Map, Value as Json};
 use super::links::{Authorizations, Entry};
 use super::parse::{parse_lines, read_parsed, Parsed, ParsedLine, Position, Signer, CHUNK_LINES};
 use super::recovery::is_incident;
+use super::unsealed::{SealError, Unsealed};
 use super::{io_error, MAX_RECORD_BYTES};
 use crate::core::error::Result;
 use crate::core::keys::Keyring;
@@ -98,8 +99,8 @@ struct Verifier {
     report: VerifyReport,
     prev: Option<String>,
     decisions: Authorizations,
-    /// Unsigned records waiting for a checkpoint: seq -> (line, kid index).
-    unsealed: BTreeMap<u64, (u64, usize)>,
+    /// Unsigned records waiting for a checkpoint (under a kid index).
+    unsealed: Unsealed,
     kids: Vec<String>,
     /// The seq before this verification's first record (a later file of a
     /// rotated log verified alone).
@@ -357,9 +358,9 @@ impl Verifier {
 
     fn finish(mut self) -> VerifyReport {
         self.report.head.clone_from(&self.prev);
-        if let Some((_, (line, _))) = self.unsealed.iter().min_by_key(|(_, (line, _))| *line) {
+        if let Some(line) = self.unsealed.first_line() {
             self.report.failure = Some(VerifyFailure {
-                line: *line,
+                line,
                 reason: "record is covered by no signature: no checkpoint seals it (records \
                          after a writer's last checkpoint, or written without the key)"
                     .into(),
@@ -424,7 +425,7 @@ impl Verifier {
             None => {
                 let payload_kid = payload.get("kid").and_then(Json::as_str).unwrap_or("");
                 let kid = self.kid_index(payload_kid);
-                self.unsealed.insert(receipt.seq(), (line_no, kid));
+                self.unsealed.insert(receipt.seq(), line_no, kid);
             }
             Some(kid) => {
                 if !self.report.keys.contains(kid) {
@@ -564,26 +565,21 @@ impl Verifier {
                 })
                 .filter(|(a, b)| a <= b)
                 .ok_or_else(|| "checkpoint \"sealed\" holds a malformed range".to_string())?;
-            let covered: Vec<(u64, usize)> = self
-                .unsealed
-                .range(pair.0..=pair.1)
-                .map(|(seq, (_, k))| (*seq, *k))
-                .collect();
-            if covered.len() as u64 != pair.1 - pair.0 + 1 {
-                return Err(format!(
-                    "checkpoint claims to seal seq {}..{}, which are not all unsigned, \
-                     unsealed records before it",
-                    pair.0, pair.1
-                ));
-            }
-            if let Some((seq, _)) = covered.iter().find(|(_, k)| *k != kid) {
-                return Err(format!(
+            match self.unsealed.seal(pair.0, pair.1, kid) {
+                Ok(()) => {}
+                Err(SealError::NotAllUnsealed) => {
+                    return Err(format!(
+                        "checkpoint claims to seal seq {}..{}, which are not all unsigned, \
+                         unsealed records before it",
+                        pair.0, pair.1
+                    ))
+                }
+                Err(SealError::OtherKey(seq)) => {
+                    return Err(format!(
                     "checkpoint by key {} claims to seal seq {seq}, written under another key id",
                     self.kids.get(kid).map_or("?", String::as_str)
-                ));
-            }
-            for (seq, _) in covered {
-                self.unsealed.remove(&seq);
+                ))
+                }
             }
         }
         Ok(())
