@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use regex::Regex;
 use regex_automata::dfa::{dense, regex::Regex as DfaRegex};
 use regex_automata::util::iter::Searcher;
-use regex_automata::Input;
+use regex_automata::{Anchored, Input, MatchError};
 use serde_json::Value as Json;
 use sha2::Sha256;
 
@@ -85,21 +85,70 @@ impl Matcher {
     /// `text`, as `Regex::find_iter` yields them, into `out`; the caller
     /// knows that none starts before `from` (the DFA search starts there,
     /// with the text before it as look-behind context).
-    fn find_all(&self, text: &str, from: usize, out: &mut Vec<(usize, usize)>) {
+    ///
+    /// With a validator, only matches it accepts, and a rejected candidate
+    /// hides nothing: the other matches from its start that end inside it
+    /// are tried (in order of preference: greedy patterns, longest first),
+    /// then the search goes on from the next byte after its start. So every
+    /// place where a valid match starts is found unless an accepted one
+    /// covers it, and the text the router leaves holds no valid match of
+    /// the detector. Each start costs one search plus an anchored search per
+    /// shorter end, all bounded by the pattern's longest match, so a text of
+    /// nothing but candidates (a megabyte of digits and spaces) still costs
+    /// time linear in its length.
+    fn find_all(
+        &self,
+        text: &str,
+        from: usize,
+        validate: Option<Validator>,
+        out: &mut Vec<(usize, usize)>,
+    ) {
         out.clear();
         if let Some(dfa) = self.dfa() {
-            let input = Input::new(text).span(from.min(text.len())..text.len());
-            let mut searcher = Searcher::new(input);
-            loop {
-                match searcher.try_advance(|input| dfa.try_search(input)) {
-                    Ok(Some(m)) => out.push((m.start(), m.end())),
-                    Ok(None) => return,
-                    Err(_) => break,
+            let found = match validate {
+                None => {
+                    let input = Input::new(text).span(from.min(text.len())..text.len());
+                    let mut searcher = Searcher::new(input);
+                    loop {
+                        match searcher.try_advance(|input| dfa.try_search(input)) {
+                            Ok(Some(m)) => out.push((m.start(), m.end())),
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
+                    }
                 }
+                Some(ok) => valid_matches(text, from, ok, |input| dfa.try_search(input), out),
+            };
+            if found.is_ok() {
+                return;
             }
             out.clear();
         }
-        out.extend(self.regex.find_iter(text).map(|m| (m.start(), m.end())));
+        match validate {
+            None => out.extend(self.regex.find_iter(text).map(|m| (m.start(), m.end()))),
+            // The regex crate has no bounded search in context, so no shorter
+            // ends here (only custom patterns, which have no validator, can
+            // lack a DFA).
+            Some(ok) => {
+                let _ = valid_matches(
+                    text,
+                    0,
+                    ok,
+                    |input| {
+                        Ok(self
+                            .regex
+                            .find_at(text, input.start())
+                            .filter(|m| {
+                                m.end() <= input.end()
+                                    && (!input.get_anchored().is_anchored()
+                                        || m.start() == input.start())
+                            })
+                            .map(|m| regex_automata::Match::must(0, m.start()..m.end())))
+                    },
+                    out,
+                );
+            }
+        }
     }
 
     /// Whether the matches come from dense DFAs.
@@ -107,6 +156,51 @@ impl Matcher {
     fn is_dfa(&self) -> bool {
         self.dfa().is_some()
     }
+}
+
+/// The matches `ok` accepts, leftmost first and not overlapping, from
+/// `from` on (see [`Matcher::find_all`]); `search` finds the preferred match
+/// in an input's span.
+fn valid_matches(
+    text: &str,
+    from: usize,
+    ok: Validator,
+    search: impl Fn(&Input<'_>) -> std::result::Result<Option<regex_automata::Match>, MatchError>,
+    out: &mut Vec<(usize, usize)>,
+) -> std::result::Result<(), MatchError> {
+    let mut at = from.min(text.len());
+    while let Some(m) = search(&Input::new(text).span(at..text.len()))? {
+        let start = m.start();
+        let mut end = m.end();
+        let accepted = loop {
+            if end > start && text.get(start..end).is_some_and(ok) {
+                break true;
+            }
+            if end == start {
+                break false;
+            }
+            let shorter = Input::new(text)
+                .span(start..end - 1)
+                .anchored(Anchored::Yes);
+            match search(&shorter)? {
+                Some(m) if m.end() < end => end = m.end(),
+                _ => break false,
+            }
+        };
+        if accepted {
+            out.push((start, end));
+            at = end;
+        } else {
+            at = start + 1;
+            while !text.is_char_boundary(at) {
+                at += 1;
+            }
+        }
+        if at >= text.len() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Where a detector's search may start in a text: a byte offset before which
@@ -292,8 +386,10 @@ const BUILTIN: &[(&str, &str, Hint, Option<Validator>)] = &[
     ),
     (
         "ipv6",
-        r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?",
-        // Every match holds a `:` at most four hex digits in.
+        r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|\b(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6}\b)?",
+        // Every match holds a `:` at most four hex digits in. A match ends
+        // at a `::` or a word boundary, never inside a word: what its
+        // replacement leaves after it is no new word for another detector.
         |s, _| {
             if !s.contains("::") && s.bytes().filter(|b| *b == b':').count() < 7 {
                 return None;
@@ -669,7 +765,9 @@ impl Redactor {
                 },
                 None => 0,
             };
-            detector.matcher.find_all(now, from, &mut spans);
+            detector
+                .matcher
+                .find_all(now, from, detector.validate, &mut spans);
             if spans.is_empty() {
                 continue;
             }
@@ -679,9 +777,6 @@ impl Redactor {
                 let (Some(gap), Some(found)) = (now.get(last..start), now.get(start..end)) else {
                     continue;
                 };
-                if detector.validate.is_some_and(|ok| !ok(found)) {
-                    continue;
-                }
                 out.push_str(gap);
                 out.push_str(&self.transform(&detector.name, found, transform));
                 first = first.min(start);
