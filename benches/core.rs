@@ -18,7 +18,9 @@
 //!   Targets (issue 14): `check_signed` <= `gate_check` + bare sign + 3 µs;
 //!   `check_chained_checkpoint` / `gate_check` <= 1.5.
 //! - `redact/*`: the privacy router, all built-in detectors, on the 2 KB
-//!   payloads of `benches/bench.py` (clean, and with four findings).
+//!   payloads of `benches/bench.py` (clean, and with four findings);
+//!   `redact_long/*`: a megabyte of digits and spaces, every card candidate
+//!   rejected by its validator (the search goes on inside each).
 //!
 //! Run with `cargo bench --bench core`. Machines here are shared: compare the
 //! ratios within one run, not absolute times across runs.
@@ -259,6 +261,16 @@ fn redact(c: &mut Criterion) {
             b.iter(|| black_box(redactor.redact_arg(black_box(arg), None, Transform::Mask, "")));
         });
     }
+    group.finish();
+    // A megabyte of nothing but card candidates that all fail Luhn (every
+    // run of 13 to 19 ones does): each start and each shorter end is tried.
+    let ones = Arg::Str("1 ".repeat(1 << 19).into());
+    assert!(found(&ones).is_empty(), "no run of ones passes Luhn");
+    let mut group = c.benchmark_group("redact_long");
+    group.sample_size(10);
+    group.bench_function("1MB_ones_and_spaces", |b| {
+        b.iter(|| black_box(redactor.redact_arg(black_box(&ones), None, Transform::Mask, "")));
+    });
     group.finish();
 }
 

@@ -7,7 +7,9 @@ import base64
 import json
 import pathlib
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 import execgate
 from execgate import redact
@@ -75,6 +77,39 @@ def test_transforms() -> None:
     assert custom == "ticket [incident]" and report[0]["detector"] == "incident"
     with pytest.raises(ValueError, match="unknown detector"):
         redact("x", detectors=["nope"])
+
+
+# Issue 13's fuzz crash: a card candidate that fails Luhn (it spans a phone
+# number) hid the valid card at its end, which a second pass then found.
+CRASH = '"B1 0555 1111 4111011111/111 111 1115 11111 1111 11111 111 1115 11111 1111 11111111112704'
+
+
+@pytest.mark.parametrize(
+    ("text", "dropped"),
+    [
+        (
+            CRASH,
+            CRASH[: CRASH.index("111 111 1115")] + "[phone] 11111 1111 11111 111 1115 "
+            "11111 1111 [card]",
+        ),
+        ("9 9 4111 1111 1111 1111", "9 9 [card]"),
+        ("4111 1111 1111 1111 12", "[card] 12"),
+        ("4111 1111 1111 1111 555 123 4567", "[card] [phone]"),
+        ("XX00 GB82 WEST 1234 5698 7654 32", "XX00 [iban]"),
+        ("BE68 5390 0754 7034 1234", "[iban] 1234"),
+    ],
+)
+def test_a_rejected_candidate_hides_no_valid_match(text: str, dropped: str) -> None:
+    once, report = redact(text, transform="drop")
+    assert once == dropped, report
+    assert redact(once, transform="drop") == (once, [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789  --aZ:.", max_size=80))
+def test_dropping_twice_finds_nothing_more(text: str) -> None:
+    once, _ = redact(text, transform="drop")
+    assert redact(once, transform="drop") == (once, [])
 
 
 def test_secrets_never_reach_the_log(tmp_path: pathlib.Path) -> None:
