@@ -30,7 +30,9 @@
 use std::path::PathBuf;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
-use redis::{Client, ClientTlsConfig, Connection, ConnectionLike, RedisResult, TlsCertificates};
+use redis::{
+    Client, ClientTlsConfig, Cmd, Connection, ConnectionLike, RedisResult, TlsCertificates, Value,
+};
 
 use super::StateOptions;
 
@@ -53,7 +55,51 @@ pub enum Link {
 /// One connection to the store (to each node it needs, for a cluster).
 pub enum Conn {
     Node(Connection),
-    Cluster(ClusterConnection),
+    Cluster(OneSlot),
+}
+
+/// A cluster connection that takes pipelines. The cluster client sends a
+/// packed pipeline to the node serving its first command's key, and resends
+/// the whole to where a `MOVED` or `ASK` points; every key execgate keeps is
+/// in one slot (the `{execgate}` tag), so a pipeline that starts with one of
+/// them runs where the state lives. (The crate refuses plain pipelines on a
+/// cluster because in general their keys span nodes; its cluster pipeline
+/// would send keyless commands such as `TIME` to a random node.)
+pub struct OneSlot(ClusterConnection);
+
+impl ConnectionLike for OneSlot {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        self.0.req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
 }
 
 impl Conn {
@@ -121,7 +167,7 @@ impl Link {
                 // Reads are bounded by the builder's response timeout.
                 let conn = client.get_connection()?;
                 conn.set_write_timeout(Some(options.timeout))?;
-                Ok(Conn::Cluster(conn))
+                Ok(Conn::Cluster(OneSlot(conn)))
             }
         }
     }
