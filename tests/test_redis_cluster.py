@@ -11,6 +11,7 @@ serving the execgate keys' slot (``RedisCluster.command`` talks to it,
 from __future__ import annotations
 
 import pathlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +67,29 @@ def test_the_node_serving_the_slot_killed_mid_run_denies_every_call_with_limits(
     gate = execgate.Gate(POLICY, key=key, state=cluster.url)
     d = gate.check("spend", {"limit": 9, "cost": 1})
     assert not d.allowed and d.error == "state" and cluster.url in d.reasons[0], d.reasons
+
+
+def test_another_node_down_matters_only_once_the_cluster_fails(
+    cluster: RedisCluster, key: pathlib.Path
+) -> None:
+    _init(cluster.url, key)
+    owner = cluster.owner()
+    other = next(n for n in cluster.nodes if n is not owner)
+    other.stop()
+    spend = {"limit": 1e9, "cost": 1}
+    assert execgate.Gate(POLICY, key=key, state=cluster.url).check("spend", spend).allowed
+    gate = execgate.Gate(POLICY, key=key, state=cluster.url)
+    assert gate.check("spend", spend).allowed
+    # Once the others mark it failed (cluster-node-timeout), the cluster
+    # refuses every command (full coverage is required): a deny.
+    deadline = time.monotonic() + 60
+    while owner.command("CLUSTER", "INFO") != "cluster_state:fail":
+        assert time.monotonic() < deadline, "the cluster did not notice"
+        time.sleep(0.1)
+    d = gate.check("spend", spend)
+    assert not d.allowed and d.error == "state" and "ClusterDown" in d.reasons[0], d.reasons
+    assert cluster.url in d.reasons[0]
+    assert gate.check("free").allowed
 
 
 def test_a_cluster_that_lost_its_data_denies_until_rebuilt_from_the_logs(

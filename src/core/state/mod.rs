@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use redis::{ConnectionLike, RedisError, RedisResult, Script};
+use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use regorus::Value;
 use serde_json::{json, Map, Value as Json};
 use sha2::Sha256;
@@ -385,27 +385,26 @@ impl SharedState {
         budgets: &[Budget],
         history: Option<&HistoryWrite<'_>>,
     ) -> Result<(i64, i64, usize, i64)> {
-        let mut inv = self.script.prepare_invoke();
-        inv.key(marker()).key(key("c", call));
+        let mut keys = vec![marker(), key("c", call)];
+        keys.extend(rates.iter().map(|r| key("r", &r.key)));
+        keys.extend(budgets.iter().map(|b| key("b", &b.key)));
+        // Lua sees every argument as a string.
+        let mut args = vec![
+            op.to_string(),
+            rates.len().to_string(),
+            budgets.len().to_string(),
+            call.to_string(),
+            (RETRY_SECONDS * 1000).to_string(),
+        ];
         for r in rates {
-            inv.key(key("r", &r.key));
+            args.extend([r.limit.to_string(), micros(r.window).to_string()]);
         }
         for b in budgets {
-            inv.key(key("b", &b.key));
-        }
-        inv.arg(op)
-            .arg(rates.len())
-            .arg(budgets.len())
-            .arg(call)
-            .arg(RETRY_SECONDS * 1000);
-        for r in rates {
-            inv.arg(r.limit).arg(micros(r.window));
-        }
-        for b in budgets {
-            inv.arg(units(b.limit, &b.key)?).arg(units(b.cost, &b.key)?);
+            args.extend([units(b.limit, &b.key)?, units(b.cost, &b.key)?].map(|u| u.to_string()));
         }
         if let Some(h) = history {
-            inv.key(key("h", h.session)).key(key("n", h.session));
+            keys.push(key("h", h.session));
+            keys.push(key("n", h.session));
             let entry = |allowed: bool| {
                 json!([
                     h.action,
@@ -415,13 +414,33 @@ impl SharedState {
                 ])
                 .to_string()
             };
-            inv.arg(entry(h.allowed))
-                .arg(entry(false))
-                .arg(h.len.max(1))
-                .arg(SESSION_SECONDS);
+            args.extend([
+                entry(h.allowed),
+                entry(false),
+                h.len.max(1).to_string(),
+                SESSION_SECONDS.to_string(),
+            ]);
         }
+        // EVALSHA, or EVAL (which caches the script) when the node does not
+        // hold it: both go to the node of the first key. Not SCRIPT LOAD,
+        // which a cluster client sends to every primary (one of them down
+        // would fail calls the state's node could serve).
+        let script = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(keys.len()).arg(&keys).arg(&args);
+            cmd
+        };
+        let (evalsha, eval) = (
+            script("EVALSHA", self.script.get_hash()),
+            script("EVAL", SCRIPT),
+        );
         let (code, kind, index, used, _now): (i64, i64, usize, i64, i64) =
-            self.run(|conn| inv.invoke(conn))?;
+            self.run(|conn| match evalsha.query(conn) {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    eval.query(conn)
+                }
+                other => other,
+            })?;
         Ok((code, kind, index, used))
     }
 
