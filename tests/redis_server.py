@@ -100,6 +100,11 @@ class RedisServer:
     def running(self) -> bool:
         return self._proc is not None
 
+    def signal(self, sig: int) -> None:
+        """Sends ``sig`` to the server (SIGSTOP: a server that hangs)."""
+        if self._proc is not None:
+            self._proc.send_signal(sig)
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()

@@ -11,6 +11,7 @@ serving the execgate keys' slot (``RedisCluster.command`` talks to it,
 from __future__ import annotations
 
 import pathlib
+import signal
 import time
 from collections.abc import Iterator
 
@@ -67,6 +68,32 @@ def test_the_node_serving_the_slot_killed_mid_run_denies_every_call_with_limits(
     gate = execgate.Gate(POLICY, key=key, state=cluster.url)
     d = gate.check("spend", {"limit": 9, "cost": 1})
     assert not d.allowed and d.error == "state" and cluster.url in d.reasons[0], d.reasons
+
+
+def test_a_hung_node_serving_the_slot_denies_within_the_bound(
+    cluster: RedisCluster, key: pathlib.Path
+) -> None:
+    """A node that accepts connections and never answers: each call that
+    needs it is denied within one connect timeout and one reply timeout
+    (1.2 s here), however many retries, reconnects and slot-map refreshes
+    the cluster client attempts (without the bound: about 8 s per call)."""
+    _init(cluster.url, key)
+    spend = {"limit": 1e9, "cost": 1}
+    gate = execgate.Gate(POLICY, key=key, state=cluster.url, state_timeout=0.2)
+    assert gate.check("spend", spend).allowed
+    owner = cluster.owner()
+    owner.signal(signal.SIGSTOP)
+    try:
+        for g in (gate, gate, execgate.Gate(POLICY, key=key, state=cluster.url, state_timeout=0.2)):
+            began = time.monotonic()
+            d = g.check("spend", spend)
+            took = time.monotonic() - began
+            assert not d.allowed and d.error == "state" and cluster.url in d.reasons[0], d.reasons
+            assert "no reply within 200ms" in d.reasons[0], d.reasons
+            assert took < 4, took  # 1.2 s, with room for a loaded machine
+    finally:
+        owner.signal(signal.SIGCONT)
+    assert gate.check("spend", spend).allowed  # back as soon as the node answers
 
 
 def test_another_node_down_matters_only_once_the_cluster_fails(

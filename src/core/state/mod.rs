@@ -244,8 +244,19 @@ impl SharedState {
 
     /// Runs `op` on a pooled connection. A connection that fails is dropped;
     /// one broken by the network (a restarted server) is replaced once and
-    /// `op` retried, which the call ids make safe.
-    fn run<T>(&self, mut op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
+    /// `op` retried, which the call ids make safe. On a cluster, all of it
+    /// is over within one connect timeout and one reply timeout
+    /// ([`link::within`]).
+    fn run<T>(&self, op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
+        let deadline =
+            std::time::Instant::now() + self.options.connect_timeout + self.options.timeout;
+        link::within(deadline, || self.run_once(op))
+    }
+
+    fn run_once<T>(
+        &self,
+        mut op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>,
+    ) -> Result<T> {
         let pooled = self.pool.lock().pop();
         let fresh = pooled.is_none();
         let mut conn = match pooled {
