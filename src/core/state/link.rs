@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, Connect};
 use redis::{
-    Client, ClientTlsConfig, Cmd, Connection, ConnectionLike, IntoConnectionInfo, RedisResult,
-    TlsCertificates, Value,
+    Client, ClientTlsConfig, Cmd, Connection, ConnectionInfo, ConnectionLike, IntoConnectionInfo,
+    RedisResult, TlsCertificates, Value,
 };
 
 use super::StateOptions;
@@ -146,12 +146,16 @@ impl Link {
                 }
                 Link::Cluster(builder.build().map_err(|e| e.to_string())?)
             }
-            (None, None) => Link::Node(Client::open(base.as_str()).map_err(|e| e.to_string())?),
-            (None, Some(certs)) => {
-                if !base.starts_with("rediss://") {
-                    return Err(format!("{CERT}/{KEY}/{CA} need TLS: rediss://"));
-                }
-                Link::Node(Client::build_with_tls(base.as_str(), certs).map_err(|e| e.to_string())?)
+            (None, certs) => {
+                let info = without_lib_name(base.as_str()).map_err(|e| e.to_string())?;
+                let client = match certs {
+                    None => Client::open(info),
+                    Some(_) if !base.starts_with("rediss://") => {
+                        return Err(format!("{CERT}/{KEY}/{CA} need TLS: rediss://"));
+                    }
+                    Some(certs) => Client::build_with_tls(info, certs),
+                };
+                Link::Node(client.map_err(|e| e.to_string())?)
             }
         };
         Ok((link, shown))
@@ -232,7 +236,7 @@ impl NodeConn {
 impl Connect for NodeConn {
     fn connect<T: IntoConnectionInfo>(info: T, timeout: Option<Duration>) -> RedisResult<Self> {
         let limit = bounded(timeout)?;
-        let client = Client::open(info)?;
+        let client = Client::open(without_lib_name(info)?)?;
         let conn = match limit {
             Some(limit) => client.get_connection_with_timeout(limit)?,
             None => client.get_connection()?,
@@ -294,6 +298,16 @@ impl ConnectionLike for NodeConn {
     fn is_open(&self) -> bool {
         self.conn.is_open()
     }
+}
+
+/// `info` without the `CLIENT SETINFO` the crate sends after connecting:
+/// two replies to wait for (Redis before 7.2 answers both with an error),
+/// each bounded by the whole connect timeout, so a server that accepts
+/// connections but does not answer took twice the connect timeout.
+fn without_lib_name(info: impl IntoConnectionInfo) -> RedisResult<ConnectionInfo> {
+    let info = info.into_connection_info()?;
+    let redis = info.redis_settings().clone().set_skip_set_lib_name();
+    Ok(info.set_redis_settings(redis))
 }
 
 /// The TLS files a URL names.
