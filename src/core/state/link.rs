@@ -58,7 +58,7 @@ pub enum Link {
 /// One connection to the store (to each node it needs, for a cluster).
 pub enum Conn {
     Node(Connection),
-    Cluster(OneSlot),
+    Cluster(Box<OneSlot>),
 }
 
 /// A cluster connection that takes pipelines. The cluster client sends a
@@ -110,7 +110,7 @@ impl Conn {
     pub fn link(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Conn::Node(c) => c,
-            Conn::Cluster(c) => c,
+            Conn::Cluster(c) => &mut **c,
         }
     }
 }
@@ -176,7 +176,7 @@ impl Link {
                 // documentation: it is how a node connection type is chosen.)
                 let conn = client.get_generic_connection::<NodeConn>()?;
                 conn.set_write_timeout(Some(options.timeout))?;
-                Ok(Conn::Cluster(OneSlot(conn)))
+                Ok(Conn::Cluster(Box::new(OneSlot(conn))))
             }
         }
     }
