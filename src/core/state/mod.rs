@@ -441,14 +441,11 @@ impl SharedState {
             cmd.arg(body).arg(keys.len()).arg(&keys).arg(&args);
             cmd
         };
-        let (evalsha, eval) = (
-            script("EVALSHA", self.script.get_hash()),
-            script("EVAL", SCRIPT),
-        );
+        let evalsha = script("EVALSHA", self.script.get_hash());
         let (code, kind, index, used, _now): (i64, i64, usize, i64, i64) =
             self.run(|conn| match evalsha.query(conn) {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    eval.query(conn)
+                    script("EVAL", SCRIPT).query(conn)
                 }
                 other => other,
             })?;
