@@ -302,3 +302,31 @@ def test_decorator_principal_and_context_override_ambient(gate: execgate.Gate) -
         )
     assert d.input["principal"] == {"id": "fixed", "roles": ["agent"]}
     assert d.input["context"]["purpose"] == "fixed" and d.input["context"]["session"] == "s"
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+def test_only_untracked_calls_skip_the_completion(tmp_path: pathlib.Path, signing: str) -> None:
+    """A call is untracked (its body called without a Run) only when nothing
+    is recorded or redacted after it: with a log (either signing mode) or an
+    output redaction the completion and the redaction still happen."""
+    policy = """
+package execgate
+decision := {"allow": true} if input.action.name == "plain"
+decision := {"allow": true, "obligations": {"redact": {"output": {}}}} if input.action.name == "secret"
+"""
+    bare = execgate.Gate(policy)
+    plain, _ = bare.pipeline.decide("plain", {})
+    secret, _ = bare.pipeline.decide("secret", {})
+    assert (plain.tracked, secret.tracked) == (False, True)
+    assert bare.guard(action="secret")(lambda: "mail bob@example.com")() == "mail ***@example.com"
+
+    log = tmp_path / "audit.jsonl"
+    key = execgate.SigningKey.generate()
+    logged = execgate.Gate(policy, audit=execgate.AuditLog(log, key, signing=signing))
+    call, _ = logged.pipeline.decide("plain", {})
+    assert call.tracked
+    assert logged.guard(action="plain")(lambda: 7)() == 7
+    logged.close()
+    report = execgate.verify_log(log, key.verify_key)
+    # the call decided above never ran; the guarded one has its completion
+    assert report.ok and report.completions == 1 and report.unfinished_count == 1, report

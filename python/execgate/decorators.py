@@ -13,6 +13,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from execgate import telemetry
 from execgate._core import Capabilities
 from execgate.errors import ArgumentError
 from execgate.pipeline import Run, blocked_error, raise_if_blocked
@@ -198,15 +199,14 @@ def guard(
         call = pipeline.start(
             name, binder.bind(args, kwargs), principal, context, capabilities=capabilities
         )
-        return arguments(call, await pipeline.aauthorize(call), args, kwargs)
+        decision = await pipeline.aauthorize(call)
+        raise_if_blocked(call, decision)
+        return arguments(call, decision, args, kwargs)
 
     def arguments(
         call: Call, decision: Decision, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Started:
-        """The authorized call and the arguments to call the body with; raises
-        when the call is blocked."""
-        if decision.blocked:
-            raise_if_blocked(call, decision)
+        """The authorized call and the arguments to call the body with."""
         tool = call.arguments_if_copied()
         if tool is None:  # the caller's own immutable values, exactly as judged
             return call, decision, args, kwargs
@@ -258,6 +258,8 @@ def guard(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             call, decision, a, k = begin(args, kwargs)
+            if not call.tracked and telemetry.current() is None:
+                return fn(*a, **k)  # nothing is recorded or redacted after the body
             with Run(call, decision) as run:
                 run.result = fn(*a, **k)
             return run.output(run.result)

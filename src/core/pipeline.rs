@@ -733,6 +733,15 @@ impl Call {
         self.decision.allowed && self.obligations.redact_output.is_some()
     }
 
+    /// Whether anything happens after the tool runs: its outcome is recorded
+    /// (the decision has a receipt) or its output is redacted. An entry point
+    /// may call the tool of an untracked, authorized call directly and skip
+    /// [`Call::complete`] and [`Call::redact_output`], which would change
+    /// nothing.
+    pub fn tracked(&self) -> bool {
+        self.decision.receipt.is_some() || self.redacts_output()
+    }
+
     /// Records what happened when the tool ran (once), linked to the decision
     /// receipt; returns the completion receipt when the gate keeps a log.
     pub fn complete(&mut self, outcome: &Outcome) -> Result<Option<Receipt>> {

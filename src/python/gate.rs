@@ -646,6 +646,14 @@ impl PyCall {
         self.state.lock().call.redacts_output()
     }
 
+    /// Whether anything happens after the tool runs (its outcome is recorded
+    /// or its output redacted): an untracked, authorized call's tool may be
+    /// called directly, without `complete()` or `redact_output()`.
+    #[getter]
+    fn tracked(&self) -> bool {
+        self.state.lock().call.tracked()
+    }
+
     /// `value` after `obligations.redact.output`. Raises when it holds what
     /// the router must refuse or cannot rewrite: then it must not be shown.
     fn redact_output<'py>(
