@@ -8,11 +8,8 @@ signed audit log.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -24,73 +21,38 @@ mcp = pytest.importorskip("mcp")
 from mcp import Client, StdioServerParameters  # noqa: E402
 
 import execgate  # noqa: E402
-from execgate import SigningKey  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SERVER = ROOT / "tests" / "mcp_servers" / "demo_server.py"
-POLICY = ROOT / "python" / "execgate" / "examples" / "mcp.rego"
-TIMEOUT = 30
+from mcp_stack import (  # noqa: E402
+    ENV,
+    POLICY,
+    ROOT,
+    SERVER,
+    TIMEOUT,
+    gateway_argv,
+    key_and_log,
+    listening,
+    records,
+    run,
+    text,
+    verified,
+)
 
 
 @pytest.fixture
 def keyed(tmp_path):
-    key = SigningKey.generate()
-    key_path = tmp_path / "k.pem"
-    key.to_pem(key_path)
-    return key, key_path, tmp_path / "audit.jsonl"
+    return key_and_log(tmp_path)
 
 
 def _proxy_argv(key_path, log, *extra, server=None):
-    return [
-        "-m",
-        "execgate",
-        "mcp",
-        "--policy",
-        str(POLICY),
-        "--key",
-        str(key_path),
-        "--log",
-        str(log),
-        "--principal",
-        "agent-7",
-        "--role",
-        "agent",
-        *extra,
-        "--",
-        *(server or [sys.executable, str(SERVER)]),
-    ]
+    """The stdio gateway as agent-7, in front of ``server`` (the demo server)."""
+    principal = ["--principal", "agent-7", "--role", "agent"]
+    server = server or [sys.executable, str(SERVER)]
+    return gateway_argv(key_path, log, *principal, *extra, "--", *server)
 
 
 def _params(key_path, log, *extra, server=None):
     return StdioServerParameters(
-        command=sys.executable,
-        args=_proxy_argv(key_path, log, *extra, server=server),
-        env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+        command=sys.executable, args=_proxy_argv(key_path, log, *extra, server=server), env=ENV
     )
-
-
-def _run(coro):
-    async def bounded():
-        return await asyncio.wait_for(coro, TIMEOUT)
-
-    return asyncio.run(bounded())
-
-
-def _records(log):
-    return [
-        execgate.Receipt.from_json(line).payload for line in log.read_text().splitlines() if line
-    ]
-
-
-def _verified(log, key):
-    report = execgate.verify_log(str(log), [key.verify_key])
-    assert report.ok, report.reason
-    assert report.unfinished_count == 0, report.unfinished
-    return report
-
-
-def _text(result):
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 def test_allowed_denied_redacted_hidden_over_stdio(keyed):
@@ -109,30 +71,30 @@ def test_allowed_denied_redacted_hidden_over_stdio(keyed):
             seen = await client.call_tool("calls", {})
             return names, echo, added, card, hidden, outside, inside, failed, seen
 
-    names, echo, added, card, hidden, outside, inside, failed, seen = _run(session())
+    names, echo, added, card, hidden, outside, inside, failed, seen = run(session())
     assert "echo" in names and "contact" in names
     assert "admin_reset" not in names  # hidden by data.execgate.visible
-    assert _text(echo) == "hello" and not echo.is_error
+    assert text(echo) == "hello" and not echo.is_error
     assert echo.meta["execgate"]["decision"] == "allow"
     assert echo.meta["execgate"]["receipt"]
     assert added.structured_content == {"result": 5}
     # Output redaction covers the text and the structured content.
-    assert "ann@example.com" not in _text(card)
+    assert "ann@example.com" not in text(card)
     assert card.structured_content == {"name": "Ann", "email": "[email]"}
     # Denied calls: isError, the reasons as text, decision and receipt in _meta.
-    assert hidden.is_error and "denied by policy" in _text(hidden)
+    assert hidden.is_error and "denied by policy" in text(hidden)
     assert hidden.meta["execgate"]["decision"] == "deny"
     assert hidden.meta["execgate"]["receipt"]
-    assert outside.is_error and "delete outside /tmp/scratch" in _text(outside)
-    assert not inside.is_error and _text(inside) == "deleted /tmp/scratch/a.txt"
+    assert outside.is_error and "delete outside /tmp/scratch" in text(outside)
+    assert not inside.is_error and text(inside) == "deleted /tmp/scratch/a.txt"
     assert failed.is_error
     # The server never saw a denied call.
     assert seen.structured_content["result"] == ["echo", "add", "contact", "delete", "fail"]
 
-    report = _verified(log, key)
-    records = _records(log)
-    decisions = [r for r in records if r["kind"] == "decision"]
-    completions = {r["authorization"]["id"]: r for r in records if r["kind"] == "completion"}
+    report = verified(log, key)
+    logged = records(log)
+    decisions = [r for r in logged if r["kind"] == "decision"]
+    completions = {r["authorization"]["id"]: r for r in logged if r["kind"] == "completion"}
     assert report.denied == 2 and report.allowed == 6
     for d in decisions:
         assert d["principal"]["id"] == "agent-7"
@@ -176,17 +138,17 @@ def test_approval_by_elicitation(keyed, answer):
             seen = await c.call_tool("calls", {})
             return result, seen
 
-    result, seen = _run(session())
+    result, seen = run(session())
     assert len(callback.asked) == 1 and "deploy" in callback.asked[0]
     assert "deploys need a human" in callback.asked[0]
     if answer is True:
-        assert not result.is_error and _text(result) == "deployed web"
+        assert not result.is_error and text(result) == "deployed web"
         assert seen.structured_content["result"] == ["deploy"]
     else:
-        assert result.is_error and "denied" in _text(result)
+        assert result.is_error and "denied" in text(result)
         assert seen.structured_content["result"] == []
-    _verified(log, key)
-    deploys = [r for r in _records(log) if r.get("action", {}).get("name") == "deploy"]
+    verified(log, key)
+    deploys = [r for r in records(log) if r.get("action", {}).get("name") == "deploy"]
     assert len(deploys) == 1 and deploys[0]["approval"]["approved"] is (answer is True)
     assert deploys[0]["decision"] == ("allow" if answer is True else "deny")
 
@@ -198,10 +160,10 @@ def test_approval_without_elicitation_capability_fails_closed(keyed):
         async with Client(_params(key_path, log), mode="legacy") as c:
             return await c.call_tool("deploy", {"service": "web"}), await c.call_tool("calls", {})
 
-    result, seen = _run(session())
-    assert result.is_error and "approval" in _text(result).lower()
+    result, seen = run(session())
+    assert result.is_error and "approval" in text(result).lower()
     assert seen.structured_content["result"] == []
-    _verified(log, key)
+    verified(log, key)
 
 
 def test_rate_limit(keyed, tmp_path):
@@ -213,10 +175,10 @@ def test_rate_limit(keyed, tmp_path):
         async with Client(_params(key_path, log, "--data", str(data)), mode="legacy") as c:
             return [await c.call_tool("echo", {"text": str(i)}) for i in range(3)]
 
-    results = _run(session())
+    results = run(session())
     assert [r.is_error for r in results] == [False, False, True]
-    assert "rate" in _text(results[2]).lower()
-    _verified(log, key)
+    assert "rate" in text(results[2]).lower()
+    verified(log, key)
 
 
 def test_published_server_mcp_server_time(keyed):
@@ -230,26 +192,18 @@ def test_published_server_mcp_server_time(keyed):
             now = await c.call_tool("get_current_time", {"timezone": "Europe/Paris"})
             return names, now
 
-    names, now = _run(session())
+    names, now = run(session())
     assert {"get_current_time", "convert_time"} <= names
-    assert not now.is_error and "Europe/Paris" in _text(now)
-    records = _records(log)
-    assert records[0]["context"]["mcp"]["server"] == "mcp-time"
-    _verified(log, key)
-
-
-def _listening():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    return sock
+    assert not now.is_error and "Europe/Paris" in text(now)
+    assert records(log)[0]["context"]["mcp"]["server"] == "mcp-time"
+    verified(log, key)
 
 
 def test_sandboxed_server(keyed, tmp_path):
     key, key_path, log = keyed
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    sock = _listening()
+    sock = listening()
     port = sock.getsockname()[1]
     flags = ["--read", str(ROOT), "--read", sys.prefix, "--read", sys.base_prefix]
     flags += ["--memory", "1G", "--processes", "64"]
@@ -262,13 +216,13 @@ def test_sandboxed_server(keyed, tmp_path):
             return own, other, net
 
     try:
-        own, other, net = _run(session())
+        own, other, net = run(session())
     finally:
         sock.close()
-    assert "MCPServer" in _text(own)  # its own code is readable
-    assert "top secret" not in _text(other) and "PermissionError" in _text(other)
-    assert "connected" != _text(net) and "error" in _text(net)
-    _verified(log, key)
+    assert "MCPServer" in text(own)  # its own code is readable
+    assert "top secret" not in text(other) and "PermissionError" in text(other)
+    assert "connected" != text(net) and "error" in text(net)
+    verified(log, key)
 
 
 EGRESS_POLICY = """
@@ -321,9 +275,7 @@ def test_a_sandboxed_server_reaches_the_network_only_through_the_egress_proxy(ke
     argv = _proxy_argv(key_path, log, "--network", "proxy", "--read", str(ROOT))
     argv[argv.index(str(POLICY))] = str(policy)
     argv[argv.index("--") : argv.index("--")] = ["--read", sys.prefix, "--read", sys.base_prefix]
-    params = StdioServerParameters(
-        command=sys.executable, args=argv, env={**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    )
+    params = StdioServerParameters(command=sys.executable, args=argv, env=ENV)
 
     async def session():
         async with Client(params, mode="legacy") as c:
@@ -333,18 +285,18 @@ def test_a_sandboxed_server_reaches_the_network_only_through_the_egress_proxy(ke
             return ok, denied, elsewhere
 
     try:
-        ok, denied, elsewhere = _run(session())
+        ok, denied, elsewhere = run(session())
     finally:
         web.shutdown()
         web.server_close()
-    assert _text(ok) == "hello"
-    assert "403" in _text(denied) and "path /admin is not allowed" in _text(denied)
-    assert "host 10.255.255.1 is not allowed" in _text(elsewhere)
+    assert text(ok) == "hello"
+    assert "403" in text(denied) and "path /admin is not allowed" in text(denied)
+    assert "host 10.255.255.1 is not allowed" in text(elsewhere)
     assert seen == ["/data"]
-    requests = [r for r in _records(log) if r.get("action", {}).get("name") == "net.request"]
+    requests = [r for r in records(log) if r.get("action", {}).get("name") == "net.request"]
     assert [r["decision"] for r in requests] == ["allow", "deny", "deny"]
     assert all(r["principal"]["id"] == "agent-7" for r in requests)
-    _verified(log, key)
+    verified(log, key)
 
 
 # -- hostile protocol: raw lines to the proxy --------------------------------------------
@@ -354,13 +306,12 @@ class Raw:
     """The proxy under a hand-written client that can send anything."""
 
     def __init__(self, key_path, log, *extra):
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
         self.proc = subprocess.Popen(
             [sys.executable, *_proxy_argv(key_path, log, *extra)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env=ENV,
         )
         self.lines: list[dict] = []
 
@@ -513,7 +464,7 @@ def test_hostile_lines_never_crash_or_pass(keyed):
         raw.close()
     assert "refused a JSON-RPC batch" in raw.stderr
     assert "demo-server: call slow" in raw.stderr  # the server's stderr passes through
-    _verified(log, key)
+    verified(log, key)
 
 
 def test_server_crash_mid_call_is_recorded_failed(keyed):
@@ -528,8 +479,8 @@ def test_server_crash_mid_call_is_recorded_failed(keyed):
     finally:
         status = raw.close()
     assert status == 3  # the server's exit status
-    _verified(log, key)
-    completion = next(r for r in _records(log) if r["kind"] == "completion")
+    verified(log, key)
+    completion = next(r for r in records(log) if r["kind"] == "completion")
     assert completion["outcome"]["status"] == "error"
     assert completion["outcome"]["error_type"] == "server_exited"
 
@@ -544,9 +495,9 @@ def test_client_disconnect_mid_call(keyed):
     started = time.monotonic()
     raw.close()
     assert time.monotonic() - started < 15  # the proxy stops the server and exits
-    report = _verified(log, key)
+    report = verified(log, key)
     assert report.allowed == 1 and report.completions == 1
-    completion = next(r for r in _records(log) if r["kind"] == "completion")
+    completion = next(r for r in records(log) if r["kind"] == "completion")
     assert completion["outcome"]["status"] == "error"
 
 
@@ -558,8 +509,8 @@ def test_client_gone_while_asked_is_a_recorded_denial(keyed):
     asked = json.loads(raw.proc.stdout.readline())
     assert asked["method"] == "elicitation/create" and "deploy" in asked["params"]["message"]
     raw.close()  # gone without answering
-    _verified(log, key)
-    [record] = _records(log)
+    verified(log, key)
+    [record] = records(log)
     assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
     assert record["approval"]["approved"] is False
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import hashlib
 import json
-import os
-import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -19,145 +14,28 @@ import pytest
 mcp = pytest.importorskip("mcp")
 httpx2 = pytest.importorskip("httpx2")
 
-from mcp import Client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
 import execgate  # noqa: E402
-from execgate import SigningKey  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SERVER = ROOT / "tests" / "mcp_servers" / "demo_server.py"
-POLICY = ROOT / "python" / "execgate" / "examples" / "mcp.rego"
-TIMEOUT = 30
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port, proc):
-    end = time.monotonic() + TIMEOUT
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
-
-
-TOKENS = {
-    hashlib.sha256(b"alice-token").hexdigest(): {"id": "alice", "roles": ["dev"]},
-    hashlib.sha256(b"bob-token").hexdigest(): {"id": "bob", "roles": ["dev"]},
-}
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    if proc.stderr is not None:
-        proc.stderr.close()
-
-
-@contextlib.contextmanager
-def _stack(tmp, *extra):
-    """An SDK server over Streamable HTTP and `execgate mcp --listen` in front
-    of it (with ``extra`` flags); yields what the tests need."""
-    key = SigningKey.generate()
-    key.to_pem(tmp / "k.pem")
-    log = tmp / "audit.jsonl"
-    (tmp / "tokens.json").write_text(json.dumps(TOKENS))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    up, mine = _port(), _port()
-    server = subprocess.Popen(
-        [sys.executable, str(SERVER), "http", str(up)], env=env, stderr=subprocess.PIPE
-    )
-    proxy = None
-    try:
-        _wait_port(up, server)
-        proxy = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "execgate",
-                "mcp",
-                "--policy",
-                str(POLICY),
-                "--key",
-                str(tmp / "k.pem"),
-                "--log",
-                str(log),
-                "--listen",
-                f"127.0.0.1:{mine}",
-                "--upstream",
-                f"http://127.0.0.1:{up}/mcp",
-                "--tokens",
-                str(tmp / "tokens.json"),
-                *extra,
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-        )
-        _wait_port(mine, proxy)
-        yield {
-            "url": f"http://127.0.0.1:{mine}/mcp",
-            "log": log,
-            "key": key,
-            "proxy": proxy,
-            "server": server,
-        }
-    finally:
-        for p in (proxy, server):
-            if p is not None:
-                _stop(p)
+from mcp_stack import (  # noqa: E402
+    ENV,
+    POLICY,
+    TIMEOUT,
+    http_client,
+    http_gateway,
+    records,
+    run,
+    text,
+)
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    with _stack(tmp_path_factory.mktemp("mcp_http")) as stack:
+    with http_gateway(tmp_path_factory.mktemp("mcp_http")) as stack:
         yield stack
-
-
-@contextlib.asynccontextmanager
-async def _client(url, token, **options):
-    """An SDK client over its own HTTP client, both closed on the way out (the
-    SDK leaves an HTTP client it was handed open)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=TIMEOUT) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy", **options) as client,
-    ):
-        yield client
-
-
-def _run(coro):
-    async def bounded():
-        return await asyncio.wait_for(coro, TIMEOUT)
-
-    return asyncio.run(bounded())
-
-
-def _text(result):
-    return " ".join(getattr(c, "text", "") for c in result.content)
-
-
-def _records(log):
-    lines = log.read_text().splitlines()
-    return [execgate.Receipt.from_json(line).payload for line in lines if line]
 
 
 def test_http_gates_calls_with_the_tokens_principal(gateway):
     async def session():
-        async with _client(gateway["url"], "alice-token") as c:
+        async with http_client(gateway["url"], "alice-token") as c:
             names = {t.name for t in (await c.list_tools()).tools}
             echo = await c.call_tool("echo", {"text": "over http"})
             card = await c.call_tool("contact", {"name": "Bo"})
@@ -165,14 +43,14 @@ def test_http_gates_calls_with_the_tokens_principal(gateway):
             deploy = await c.call_tool("deploy", {"service": "web"})  # no elicitation: denied
             return names, echo, card, hidden, deploy
 
-    names, echo, card, hidden, deploy = _run(session())
+    names, echo, card, hidden, deploy = run(session())
     assert "echo" in names and "admin_reset" not in names
-    assert _text(echo) == "over http" and echo.meta["execgate"]["receipt"]
+    assert text(echo) == "over http" and echo.meta["execgate"]["receipt"]
     assert card.structured_content == {"name": "Bo", "email": "[email]"}
-    assert "bo@example.com" not in _text(card)
+    assert "bo@example.com" not in text(card)
     assert hidden.is_error and deploy.is_error
-    records = [r for r in _records(gateway["log"]) if r["kind"] == "decision"]
-    echo_record = next(r for r in records if r["id"] == echo.meta["execgate"]["receipt"])
+    decisions = [r for r in records(gateway["log"]) if r["kind"] == "decision"]
+    echo_record = next(r for r in decisions if r["id"] == echo.meta["execgate"]["receipt"])
     assert echo_record["principal"]["id"] == "alice"  # from the token, not the client
     assert echo_record["context"]["mcp"]["server"] == "demo-server"
 
@@ -197,13 +75,13 @@ def test_http_401_without_a_valid_token(gateway, token):
 
 def test_http_eight_concurrent_clients(gateway):
     async def one(i):
-        async with _client(gateway["url"], "bob-token" if i % 2 else "alice-token") as c:
-            return [_text(await c.call_tool("echo", {"text": f"{i}-{n}"})) for n in range(5)]
+        async with http_client(gateway["url"], "bob-token" if i % 2 else "alice-token") as c:
+            return [text(await c.call_tool("echo", {"text": f"{i}-{n}"})) for n in range(5)]
 
     async def many():
         return await asyncio.gather(*(one(i) for i in range(8)))
 
-    results = _run(many())
+    results = run(many())
     assert results == [[f"{i}-{n}" for n in range(5)] for i in range(8)]
 
 
@@ -224,24 +102,24 @@ def test_http_approval_by_elicitation(gateway, answer):
     service = f"svc-{answer}"
 
     async def session():
-        async with _client(gateway["url"], "alice-token", elicitation_callback=callback) as c:
+        async with http_client(gateway["url"], "alice-token", elicitation_callback=callback) as c:
             before = (await c.call_tool("calls", {})).structured_content["result"]
             result = await c.call_tool("deploy", {"service": service})
             after = (await c.call_tool("calls", {})).structured_content["result"]
             return result, after[len(before) :]
 
-    result, seen = _run(session())
+    result, seen = run(session())
     assert len(callback.asked) == 1 and "deploy" in callback.asked[0]
     assert "deploys need a human" in callback.asked[0]
     if answer is True:
-        assert not result.is_error and _text(result) == f"deployed {service}"
+        assert not result.is_error and text(result) == f"deployed {service}"
         assert seen == ["deploy"]
     else:
-        assert result.is_error and "denied" in _text(result)
+        assert result.is_error and "denied" in text(result)
         assert seen == []  # the server never saw it
     record = [
         r
-        for r in _records(gateway["log"])
+        for r in records(gateway["log"])
         if r["kind"] == "decision" and r["action"]["name"] == "deploy"
     ][-1]
     assert record["approval"]["approved"] is (answer is True)
@@ -252,14 +130,14 @@ def test_http_approval_by_elicitation(gateway, answer):
 
 def test_http_approval_without_elicitation_capability_fails_closed(gateway):
     async def session():
-        async with _client(gateway["url"], "alice-token") as c:
+        async with http_client(gateway["url"], "alice-token") as c:
             before = (await c.call_tool("calls", {})).structured_content["result"]
             result = await c.call_tool("deploy", {"service": "no-capability"})
             after = (await c.call_tool("calls", {})).structured_content["result"]
             return result, after[len(before) :]
 
-    result, seen = _run(session())
-    assert result.is_error and "approval" in _text(result).lower()
+    result, seen = run(session())
+    assert result.is_error and "approval" in text(result).lower()
     assert seen == []
 
 
@@ -275,17 +153,17 @@ def test_http_rate_limit(tmp_path):
     data.write_text(json.dumps({"execgate_mcp": {"rate_limit": 2}}))
 
     async def session(url):
-        async with _client(url, "alice-token") as c:
+        async with http_client(url, "alice-token") as c:
             results = [await c.call_tool("echo", {"text": str(i)}) for i in range(3)]
-        async with _client(url, "bob-token") as c:  # bob's own rate: not spent
+        async with http_client(url, "bob-token") as c:  # bob's own rate: not spent
             seen = (await c.call_tool("calls", {})).structured_content["result"]
         return results, seen
 
-    with _stack(tmp_path, "--data", str(data)) as stack:
-        results, seen = _run(session(stack["url"]))
+    with http_gateway(tmp_path, "--data", str(data)) as stack:
+        results, seen = run(session(stack["url"]))
         log, key = stack["log"], stack["key"]
     assert [r.is_error for r in results] == [False, False, True]
-    assert "rate" in _text(results[2]).lower()
+    assert "rate" in text(results[2]).lower()
     assert seen == ["echo", "echo"]  # the call past the rate never reached the server
     report = execgate.verify_log(str(log), [key.verify_key])
     assert report.ok and report.denied == 1 and report.completions == report.allowed == 3
@@ -365,7 +243,7 @@ class RawHTTP:
 
 
 def test_http_hostile_requests_never_crash_or_pass(tmp_path):
-    with _stack(tmp_path) as stack:
+    with http_gateway(tmp_path) as stack:
         raw = RawHTTP(stack["url"])
         try:
             raw.init()
@@ -457,9 +335,9 @@ def test_http_hostile_requests_never_crash_or_pass(tmp_path):
 def _wait_completion(log, name):
     end = time.monotonic() + TIMEOUT
     while time.monotonic() < end:
-        records = _records(log) if log.exists() else []
-        ids = {r["id"] for r in records if r["kind"] == "decision" and r["action"]["name"] == name}
-        done = [r for r in records if r["kind"] == "completion" and r["authorization"]["id"] in ids]
+        seen = records(log)
+        ids = {r["id"] for r in seen if r["kind"] == "decision" and r["action"]["name"] == name}
+        done = [r for r in seen if r["kind"] == "completion" and r["authorization"]["id"] in ids]
         if done:
             return done
         time.sleep(0.1)
@@ -467,7 +345,7 @@ def _wait_completion(log, name):
 
 
 def test_http_client_disconnect_mid_call(tmp_path):
-    with _stack(tmp_path) as stack:
+    with http_gateway(tmp_path) as stack:
         raw = RawHTTP(stack["url"])
         try:
             raw.init()
@@ -498,7 +376,7 @@ def test_http_client_disconnect_mid_call(tmp_path):
 
 
 def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
-    with _stack(tmp_path) as stack:
+    with http_gateway(tmp_path) as stack:
         raw = RawHTTP(stack["url"])
         try:
             r = raw.post(
@@ -533,7 +411,7 @@ def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
             while time.monotonic() < end and not stack["log"].exists():
                 time.sleep(0.1)
             time.sleep(0.5)
-            [record] = _records(stack["log"])
+            [record] = records(stack["log"])
         finally:
             raw.close()
     assert record["action"]["name"] == "deploy" and record["decision"] == "deny"
@@ -542,16 +420,40 @@ def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
 
 def test_http_upstream_crash_mid_call_is_recorded_failed(tmp_path):
     async def session(url):
-        async with _client(url, "alice-token") as c:
+        async with http_client(url, "alice-token") as c:
             return await c.call_tool("crash", {})
 
-    with _stack(tmp_path) as stack:
-        result = _run(session(stack["url"]))
+    with http_gateway(tmp_path) as stack:
+        result = run(session(stack["url"]))
         stack["server"].wait(timeout=TIMEOUT)
         log, key = stack["log"], stack["key"]
-    assert result.is_error and "upstream" in _text(result)
-    [completion] = [r for r in _records(log) if r["kind"] == "completion"]
+    assert result.is_error and "upstream" in text(result)
+    [completion] = [r for r in records(log) if r["kind"] == "completion"]
     assert completion["outcome"]["status"] == "error"
     assert completion["outcome"]["error_type"] == "upstream_failed"
     report = execgate.verify_log(str(log), [key.verify_key])
     assert report.ok and report.unfinished_count == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2/mcp", "--read", "/"],
+            "sandbox",
+        ),
+        (["--upstream", "http://127.0.0.1:2/mcp"], "--listen"),
+        (
+            ["--listen", "127.0.0.1:1", "--upstream", "http://127.0.0.1:2/mcp", "--", "true"],
+            "no command",
+        ),
+        (["--listen", "127.0.0.1:1"], "command"),
+    ],
+)
+def test_http_usage_errors(tmp_path, flags, said):
+    """Sandbox flags confine only a server the gateway starts; --upstream and a
+    command exclude each other; exit status 2, nothing served."""
+    argv = [sys.executable, "-m", "execgate", "mcp", "--policy", str(POLICY), *flags]
+    done = subprocess.run(argv, env=ENV, capture_output=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr.decode()

@@ -229,8 +229,11 @@ def _parser() -> argparse.ArgumentParser:
         help="gate every tool call of an MCP server (stdio, or Streamable HTTP with --listen)",
         description="Over stdio: execgate mcp --policy P [...] -- COMMAND ARGS... starts the MCP "
         "server COMMAND and relays MCP on this process's stdin/stdout, gating every tools/call. "
-        "Over Streamable HTTP: execgate mcp --policy P --listen 127.0.0.1:PORT --upstream URL "
-        "--tokens FILE. Sandbox flags (or --sandbox) confine a stdio server. Exit status: the "
+        "Over Streamable HTTP: execgate mcp --policy P --listen 127.0.0.1:PORT --tokens FILE "
+        "--upstream URL relays a Streamable HTTP server, and execgate mcp --policy P --listen "
+        "127.0.0.1:PORT --tokens FILE -- COMMAND ARGS... serves a stdio server, one child per "
+        "HTTP session. Sandbox flags (or --sandbox) confine a server started from COMMAND. "
+        "Exit status: the "
         "server's, 2 on usage errors, 125 when the sandbox cannot be set up.",
     )
     mcp.add_argument("--policy", action="append", required=True, metavar="PATH")
@@ -266,6 +269,20 @@ def _parser() -> argparse.ArgumentParser:
         "--tokens",
         metavar="FILE",
         help='JSON {"<sha256 hex of a bearer token>": {"id": ..., "roles": [...]}} (HTTP)',
+    )
+    mcp.add_argument(
+        "--max-sessions",
+        type=int,
+        default=16,
+        metavar="N",
+        help="HTTP with -- COMMAND: live sessions (children) at most (default 16)",
+    )
+    mcp.add_argument(
+        "--session-idle",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="HTTP with -- COMMAND: end a session after this long without a request (default 600)",
     )
     mcp.add_argument(
         "--sandbox", action="store_true", help="confine the server even without other limits"

@@ -83,7 +83,10 @@ pub struct Call {
     /// Shared with the entry point once final (a `Decision` handed out is a
     /// snapshot: a later change copies it).
     decision: Arc<Decision>,
-    obligations: Obligations,
+    /// Boxed: it is the bulk of the call, which is moved a few times on the
+    /// way to the entry point (and a smaller call object fits Python's
+    /// small-object allocator).
+    obligations: Box<Obligations>,
     /// What the tool receives (rewritten and redacted) when it runs.
     tool_args: Arg,
     /// Whether the obligations rewrote or redacted the arguments.
@@ -164,9 +167,13 @@ impl Gate {
             Ok(v) => {
                 decision.allowed = v.allow;
                 decision.reasons = v.reasons;
-                match to_json(&v.obligations)
-                    .and_then(|json| Obligations::parse(&json, &current.redactor.names()))
-                {
+                let parsed = match &v.obligations {
+                    // The common case, without a round trip through JSON.
+                    Value::Object(o) if o.is_empty() => Ok(Obligations::default()),
+                    other => to_json(other)
+                        .and_then(|json| Obligations::parse(&json, &current.redactor.names())),
+                };
+                match parsed {
                     Ok(parsed) => {
                         obligations = parsed;
                         decision.obligations = v.obligations;
@@ -193,7 +200,7 @@ impl Gate {
             gate: self.clone(),
             current,
             decision: Arc::new(decision),
-            obligations,
+            obligations: Box::new(obligations),
             tool_args,
             args_changed,
             session,

@@ -3,7 +3,7 @@
 Tools: ``echo`` (trivial), ``add`` (structured output), ``contact`` (text and
 structured output carrying an email address, for output redaction),
 ``delete`` (an argument rule), ``admin_reset`` (hidden by the example policy),
-``read_file``, ``connect`` and ``fetch`` (what a sandbox confines), ``crash`` (the server
+``read_file``, ``write_file``, ``connect`` and ``fetch`` (what a sandbox confines), ``crash`` (the server
 dies mid-call), ``slow`` (a call that takes a while), ``deploy`` (needs approval), ``calls`` (how many tool
 calls this server saw, so a test can prove a denied call never arrived).
 """
@@ -75,6 +75,18 @@ def read_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
+    except OSError as e:
+        return f"error: {type(e).__name__}: {e}"
+
+
+@server.tool()
+def write_file(path: str, text: str) -> str:
+    """Writes a text file, or says why it could not."""
+    _saw("write_file")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return "written"
     except OSError as e:
         return f"error: {type(e).__name__}: {e}"
 

@@ -3,7 +3,9 @@
 ``execgate mcp ... -- COMMAND`` starts an MCP server as a child and relays the
 Model Context Protocol between it and the client (an MCP host such as Claude
 Desktop or an IDE) over stdio; ``execgate mcp --listen ... --upstream URL``
-does the same for a Streamable HTTP server. Each ``tools/call`` is driven
+does the same for a Streamable HTTP server, and ``execgate mcp --listen ...
+-- COMMAND`` serves a stdio server over Streamable HTTP, one (confined) child
+per HTTP session. Each ``tools/call`` is driven
 through the gate's call pipeline: denied calls never reach the server,
 arguments are rewritten and outputs redacted as the obligations say, approval
 is asked of the human through MCP elicitation, and every call that ran gets a

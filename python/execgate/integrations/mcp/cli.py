@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from execgate.cli import SANDBOX_FLAGS, sandbox_from_flags
 from execgate.errors import SandboxError
 from execgate.sandbox import Sandbox, parse_size
-
-if TYPE_CHECKING:
-    from execgate.gate import Gate
 
 __all__ = ["main", "sandbox_from"]
 
@@ -56,19 +53,22 @@ def main(args: argparse.Namespace) -> int:
     if args.log and not args.key:
         _say("--log needs --key")
         return EXIT_ERROR
-    http = args.listen is not None or args.upstream is not None
-    if http and (args.listen is None or args.upstream is None or command):
-        _say("HTTP needs both --listen HOST:PORT and --upstream URL, and no command")
+    http = args.listen is not None
+    if args.upstream is not None and (not http or command):
+        _say("--upstream URL goes with --listen HOST:PORT and no command")
         return EXIT_ERROR
-    if not http and not command:
+    if not command and args.upstream is None:
         _say("give the MCP server's command after --, or --listen and --upstream")
         return EXIT_ERROR
     max_message = parse_size(args.max_message)
     if max_message is None:
         raise ValueError("--max-message needs a size")
     box = sandbox_from(args)
-    if http and box is not None:
-        _say("sandbox flags confine a stdio server; an HTTP upstream runs on its own")
+    if args.upstream is not None and box is not None:
+        _say(
+            "sandbox flags confine a server the gateway starts (-- COMMAND); "
+            "an --upstream URL runs on its own"
+        )
         return EXIT_ERROR
     gate = Gate(
         args.policy,
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
             gate, args.policy, data=args.data or None, visible=args.visible, log=_say
         )
         if http:
-            return _serve_http(args, gate, gateway, max_message)
+            return _serve_http(args, gateway, command, box, max_message)
         from execgate.integrations.mcp.stdio import StdioProxy
 
         proxy = StdioProxy(
@@ -105,7 +105,13 @@ def main(args: argparse.Namespace) -> int:
         gate.close()
 
 
-def _serve_http(args: argparse.Namespace, gate: Gate, gateway: Any, max_message: int) -> int:
+def _serve_http(
+    args: argparse.Namespace,
+    gateway: Any,
+    command: list[str],
+    box: Sandbox | None,
+    max_message: int,
+) -> int:
     try:
         from execgate.integrations.mcp.http import serve
     except ImportError as e:
@@ -114,11 +120,17 @@ def _serve_http(args: argparse.Namespace, gate: Gate, gateway: Any, max_message:
     if args.tokens is None:
         _say("--tokens FILE is required over HTTP: the principal comes from a bearer token")
         return EXIT_ERROR
+    spawn: dict[str, Any] = {}
+    if args.upstream is None:
+        spawn = {"max_sessions": args.max_sessions, "idle": args.session_idle}
     return serve(
         gateway,
         listen=args.listen,
         upstream=args.upstream,
+        command=command,
+        sandbox=box,
         tokens=args.tokens,
         max_message=max_message,
         approval_timeout=args.approval_timeout,
+        **spawn,
     )

@@ -26,15 +26,15 @@ that goes away: denied (fail closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx2
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,10 +56,17 @@ from execgate.integrations.mcp._gateway import (
     error,
     id_key,
 )
+from execgate.integrations.mcp._upstream import Upstream, UpstreamError, UpstreamResponse
 
-__all__ = ["app", "load_tokens", "serve"]
+if TYPE_CHECKING:
+    from execgate.integrations.mcp.spawn import Spawner
+    from execgate.sandbox import Sandbox
 
-_RELAYED = ("content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id")
+__all__ = ["Front", "app", "load_tokens", "refused", "serve"]
+
+_RELAYED = frozenset(
+    (b"content-type", b"accept", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id")
+)
 
 
 def load_tokens(path: str) -> dict[str, dict[str, Any]]:
@@ -86,11 +93,57 @@ def _event_bytes(msg: Any) -> bytes:
     return b"event: message\ndata: " + encode(msg) + b"\n\n"
 
 
-def _refused(status: int, code: int, message: str) -> JSONResponse:
+def refused(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(error(None, code, message), status_code=status)
 
 
-class _Relay:
+class Front:
+    """What both HTTP forms share: bearer-token authentication and the capped
+    request body."""
+
+    def __init__(
+        self, tokens: Mapping[str, dict[str, Any]], max_message: int, log: Callable[[str], None]
+    ) -> None:
+        self.tokens = tokens
+        self.max_message = max_message
+        self.log = log
+
+    def principal(self, request: Request) -> tuple[str, dict[str, Any]] | Response:
+        """``(token digest, principal)`` of a valid bearer token, else the 401
+        (and a line in the log)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            digest = hashlib.sha256(token.strip().encode()).hexdigest()
+            for known, principal in self.tokens.items():
+                if hmac.compare_digest(known, digest):
+                    return digest, principal
+        self.log(f"401 for {request.method} from {request.client}: no valid bearer token")
+        return JSONResponse(
+            error(None, INVALID_REQUEST, "a valid bearer token is required"),
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="execgate"'},
+        )
+
+    async def body(self, request: Request) -> bytes | Response:
+        """The request body, or the 413 when it is over the cap (never read whole)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_message:
+            self.log(f"refused a {length}-byte request (over the {self.max_message}-byte cap)")
+            return self.too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_message:
+                self.log(f"refused a request over the {self.max_message}-byte cap")
+                return self.too_large()
+        return bytes(body)
+
+    def too_large(self) -> Response:
+        return refused(413, INVALID_REQUEST, f"message over the {self.max_message}-byte cap")
+
+
+class _Relay(Front):
     def __init__(
         self,
         gateway: Gateway,
@@ -100,12 +153,10 @@ class _Relay:
         approval_timeout: float,
         log: Callable[[str], None],
     ) -> None:
+        super().__init__(tokens, max_message, log)
         self.gateway = gateway
         self.upstream = upstream
-        self.tokens = tokens
-        self.max_message = max_message
         self.approval_timeout = approval_timeout
-        self.log = log
         self.sessions: dict[tuple[str, str], Session] = {}
         # Once the upstream has issued a session id, every request but
         # initialize must name a session this relay knows.
@@ -113,31 +164,24 @@ class _Relay:
         # Our elicitation/create requests awaiting the client's answer:
         # ask id -> (token digest, session id, future).
         self.asked: dict[str, tuple[str, str, asyncio.Future[Any]]] = {}
-        self.client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+        self.client = Upstream(upstream)
 
-    def _principal(self, request: Request) -> tuple[str, dict[str, Any]] | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
-        for known, principal in self.tokens.items():
-            if hmac.compare_digest(known, digest):
-                return digest, principal
-        return None
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.client.aclose()
 
-    def _headers(self, request: Request) -> dict[str, str]:
-        return {k: v for k, v in request.headers.items() if k.lower() in _RELAYED}
+    @staticmethod
+    def _headers(request: Request) -> list[tuple[bytes, bytes]]:
+        # The ASGI scope's raw headers: names already lowercase.
+        return [(k, v) for k, v in request.scope["headers"] if k in _RELAYED]
 
     async def handle(self, request: Request) -> Response:
-        who = self._principal(request)
-        if who is None:
-            self.log(f"401 for {request.method} from {request.client}: no valid bearer token")
-            return JSONResponse(
-                error(None, INVALID_REQUEST, "a valid bearer token is required"),
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="execgate"'},
-            )
+        who = self.principal(request)
+        if isinstance(who, Response):
+            return who
         digest, principal = who
         sid = request.headers.get("mcp-session-id") or ""
         if sid:
@@ -146,49 +190,32 @@ class _Relay:
                 # Never relayed: a session this token did not open (or one
                 # that ended) gets what the upstream would say, undecided.
                 self.log(f"404 for {request.method}: unknown Mcp-Session-Id")
-                return _refused(404, INVALID_REQUEST, "unknown or expired Mcp-Session-Id")
+                return refused(404, INVALID_REQUEST, "unknown or expired Mcp-Session-Id")
             session = known
         else:
             session = Session(principal=principal)
         if request.method == "POST":
             return await self._post(request, session, digest, sid)
         if not sid and self.stateful:
-            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
-        upstream = self.client.build_request(
-            request.method, self.upstream, headers=self._headers(request)
-        )
+            return refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
         try:
-            response = await self.client.send(upstream, stream=True)
-        except httpx2.HTTPError as e:
+            response = await self.client.request(request.method, self._headers(request))
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
-            return _refused(502, -32603, "the upstream MCP server could not be reached")
+            return refused(502, -32603, "the upstream MCP server could not be reached")
         if request.method == "DELETE" and response.status_code < 300:
             self.sessions.pop((sid, digest), None)
         return self._relay(response, session, None)
 
-    async def _body(self, request: Request) -> bytes | None:
-        """The request body, or None when it is over the cap (never read whole)."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_message:
-            self.log(f"refused a {length}-byte request (over the {self.max_message}-byte cap)")
-            return None
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_message:
-                self.log(f"refused a request over the {self.max_message}-byte cap")
-                return None
-        return bytes(body)
-
     async def _post(self, request: Request, session: Session, digest: str, sid: str) -> Response:
-        body = await self._body(request)
-        if body is None:
-            return _refused(413, INVALID_REQUEST, f"message over the {self.max_message}-byte cap")
+        body = await self.body(request)
+        if isinstance(body, Response):
+            return body
         try:
             msg = json.loads(body)
         except ValueError:
             self.log("refused a body that is not JSON")
-            return _refused(400, PARSE_ERROR, "not JSON")
+            return refused(400, PARSE_ERROR, "not JSON")
         if isinstance(msg, dict) and "method" not in msg:
             ask_id = msg.get("id")
             if isinstance(ask_id, str) and ask_id.startswith(ASK_PREFIX):
@@ -196,7 +223,7 @@ class _Relay:
                 return Response(status_code=202)
         initialize = isinstance(msg, dict) and msg.get("method") == "initialize"
         if not sid and self.stateful and not initialize:
-            return _refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
+            return refused(400, INVALID_REQUEST, "the Mcp-Session-Id header is required")
         # Approval can be asked on this request's own SSE stream, when the
         # client reads one (the spec lets a server send requests related to
         # the client's request there).
@@ -214,7 +241,7 @@ class _Relay:
             )
         try:  # what was decided, not the client's bytes
             response = await self._send(headers, encode(verdict.message))
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
             replies = self._fail(session, key, "the upstream MCP server could not be reached")
             return JSONResponse(replies[0] if replies else error(None, -32603, "upstream failed"))
@@ -225,9 +252,8 @@ class _Relay:
             self.sessions[(new_sid, digest)] = session
         return self._relay(response, session, key)
 
-    async def _send(self, headers: dict[str, str], body: bytes) -> httpx2.Response:
-        request = self.client.build_request("POST", self.upstream, headers=headers, content=body)
-        return await self.client.send(request, stream=True)
+    async def _send(self, headers: list[tuple[bytes, bytes]], body: bytes) -> UpstreamResponse:
+        return await self.client.request("POST", headers, body)
 
     def _answered(self, ask_id: str, msg: dict[str, Any], digest: str, session: Session) -> None:
         asked = self.asked.get(ask_id)
@@ -243,7 +269,7 @@ class _Relay:
         hold: Hold,
         session: Session,
         digest: str,
-        headers: dict[str, str],
+        headers: list[tuple[bytes, bytes]],
         key: Any,
     ) -> AsyncIterator[bytes]:
         """A call awaiting approval: asks the client on this request's SSE
@@ -270,7 +296,7 @@ class _Relay:
             return
         try:
             response = await self._send(headers, encode(decided.message))
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream failed: {e}")
             for out in self._fail(session, key, "the upstream MCP server could not be reached"):
                 yield _event_bytes(out)
@@ -287,7 +313,7 @@ class _Relay:
         one = Session(principal=session.principal, pending={key: session.pending.pop(key)})
         return self.gateway.fail_pending(one, why, error_type)
 
-    def _relay(self, response: httpx2.Response, session: Session, key: Any) -> Response:
+    def _relay(self, response: UpstreamResponse, session: Session, key: Any) -> Response:
         headers = {
             k: v
             for k, v in response.headers.items()
@@ -301,7 +327,7 @@ class _Relay:
         )
 
     async def _answers(
-        self, response: httpx2.Response, session: Session, key: Any, *, sse: bool
+        self, response: UpstreamResponse, session: Session, key: Any, *, sse: bool
     ) -> AsyncIterator[bytes]:
         """What the client gets of the upstream's answer to one POST (or
         GET): SSE events when ``sse``, else one JSON body. Whatever the
@@ -345,7 +371,7 @@ class _Relay:
             if sse:
                 for out in self._fail(session, key, why, error_type):
                     yield frame(out)
-        except httpx2.HTTPError as e:
+        except UpstreamError as e:
             self.log(f"the upstream broke off: {e}")
             for out in self._fail(session, key, "the upstream MCP server broke off"):
                 yield frame(out)
@@ -355,37 +381,60 @@ class _Relay:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
-    def _event(self, session: Session, event: list[tuple[str, str]]) -> bytes:
+    def _event(self, session: Session, event: list[tuple[bytes, bytes]]) -> bytes:
         lines = []
         for field, value in event:
-            if field != "data":
-                lines.append(f"{field}: {value}")
+            if field != b"data":
+                lines.append(field + b": " + value)
                 continue
             try:
                 msg = json.loads(value)
             except ValueError:
                 continue
-            for out in self.gateway.outbound(session, msg):
-                lines.append("data: " + json.dumps(out, separators=(",", ":")))
-        return ("\n".join(lines) + "\n\n").encode()
+            out = self.gateway.outbound(session, msg)
+            if len(out) == 1 and out[0] is msg:  # nothing to change: as it came (as over stdio)
+                lines.append(b"data: " + value)
+            else:
+                lines.extend(b"data: " + encode(item) for item in out)
+        return b"\n".join(lines) + b"\n\n"
 
 
-async def _sse(response: httpx2.Response, cap: int) -> AsyncIterator[list[tuple[str, str]]]:
-    """Server-sent events as ``[(field, value), ...]``, one list per event."""
-    event: list[tuple[str, str]] = []
+async def _sse(response: UpstreamResponse, cap: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    """Server-sent events as ``[(field, value), ...]``, one list per event
+    (lines end with LF or CRLF). An event over ``cap`` bytes loses its data
+    lines, and no line is held longer than that."""
+    buf = bytearray()
+    event: list[tuple[bytes, bytes]] = []
     size = 0
-    async for line in response.aiter_lines():
-        if line == "":
-            if event:
-                yield event
-            event, size = [], 0
-            continue
-        size += len(line)
-        if size > cap:
-            event = [(f, v) for f, v in event if f != "data"]
-            continue
-        field, _, value = line.partition(":")
-        event.append((field, value[1:] if value.startswith(" ") else value))
+    skipping = False  # inside a line over the cap
+
+    def dropped() -> list[tuple[bytes, bytes]]:
+        return [(f, v) for f, v in event if f != b"data"]
+
+    async for chunk in response.aiter_bytes():
+        buf += chunk
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            line = bytes(buf[start : nl - 1 if nl > start and buf[nl - 1] == 13 else nl])
+            start = nl + 1
+            if skipping:
+                skipping = False
+                continue
+            if not line:
+                if event:
+                    yield event
+                event, size = [], 0
+                continue
+            size += len(line)
+            if size > cap:
+                event = dropped()
+                continue
+            field, _, value = line.partition(b":")
+            event.append((field, value[1:] if value[:1] == b" " else value))
+        del buf[:start]
+        if len(buf) > cap:
+            skipping, size, event = True, cap + 1, dropped()
+            buf.clear()
     if event:
         yield event
 
@@ -393,40 +442,99 @@ async def _sse(response: httpx2.Response, cap: int) -> AsyncIterator[list[tuple[
 def app(
     gateway: Gateway,
     *,
-    upstream: str,
+    upstream: str | None = None,
+    command: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
     tokens: Mapping[str, dict[str, Any]],
     max_message: int = DEFAULT_MAX_MESSAGE,
     approval_timeout: float = 300.0,
     log: Callable[[str], None] | None = None,
+    **spawn: Any,
 ) -> Starlette:
-    """The Starlette application relaying to ``upstream``; a call awaiting
-    approval waits ``approval_timeout`` seconds for the human's answer."""
+    """The Starlette application relaying to ``upstream``, or serving
+    ``command`` (a stdio server, one child per session, confined by
+    ``sandbox``; ``spawn`` goes to :class:`~execgate.integrations.mcp.spawn.Spawner`).
+    A call awaiting approval waits ``approval_timeout`` seconds for the
+    human's answer. The application's ``state.front`` is the endpoint."""
     say = log or (lambda line: print(f"execgate mcp: {line}", file=sys.stderr, flush=True))
-    relay = _Relay(gateway, upstream, tokens, max_message, approval_timeout, say)
-    return Starlette(
-        routes=[Route("/{path:path}", relay.handle, methods=["GET", "POST", "DELETE"])]
+    front: _Relay | Spawner
+    if upstream is not None:
+        front = _Relay(gateway, upstream, tokens, max_message, approval_timeout, say)
+    else:
+        from execgate.integrations.mcp.spawn import Spawner
+
+        front = Spawner(
+            gateway,
+            command,
+            sandbox=sandbox,
+            tokens=tokens,
+            max_message=max_message,
+            approval_timeout=approval_timeout,
+            log=say,
+            **spawn,
+        )
+    application = Starlette(
+        routes=[Route("/{path:path}", front.handle, methods=["GET", "POST", "DELETE"])],
+        lifespan=front.lifespan,
     )
+    application.state.front = front
+    return application
+
+
+class _Server(uvicorn.Server):
+    """Tells ``stopping`` as soon as the gateway is told to stop (before
+    uvicorn waits for the open streams to close)."""
+
+    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stopping()
+        super().handle_exit(sig, frame)
 
 
 def serve(
     gateway: Gateway,
     *,
     listen: str,
-    upstream: str,
     tokens: str,
+    upstream: str | None = None,
+    command: Sequence[str] = (),
+    sandbox: Sandbox | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
     approval_timeout: float = 300.0,
+    **spawn: Any,
 ) -> int:
-    """Serves the gateway on ``listen`` (``HOST:PORT``) until interrupted."""
+    """Serves the gateway on ``listen`` (``HOST:PORT``) until interrupted;
+    spawned sessions are ended and their servers stopped before it returns."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
     application = app(
         gateway,
         upstream=upstream,
+        command=command,
+        sandbox=sandbox,
         tokens=load_tokens(tokens),
         max_message=max_message,
         approval_timeout=approval_timeout,
+        **spawn,
     )
-    uvicorn.run(application, host=host, port=int(port), log_level="warning")
+    front = application.state.front
+    # No proxy headers: request.client (in the 401 lines) is the peer, and
+    # nothing is done per request that the gateway does not use.
+    config = uvicorn.Config(
+        application,
+        host=host,
+        port=int(port),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
+    if isinstance(front, _Relay):
+        uvicorn.Server(config).run()
+    else:
+        config.timeout_graceful_shutdown = int(3 * front.grace) + 1
+        _Server(config, front.stopping).run()
     return 0

@@ -149,8 +149,8 @@ def _nothing() -> None:
 
 class StdioProxy:
     """Relays one MCP session between ``client_in``/``client_out`` (file
-    descriptors, the proxy's stdin and stdout by default) and the server
-    started from ``command``.
+    descriptors, the proxy's stdin and stdout by default; others than 0-2
+    are the proxy's to close) and the server started from ``command``.
 
     Each direction is one thread doing blocking reads and writes on the raw
     descriptors: a message is handed on as soon as its line is complete, and
@@ -322,6 +322,10 @@ class StdioProxy:
                 for line in lines.feed(data):
                     handle(line)
         finally:
+            if side == "client" and fd > 2:
+                # Ours to close, by the only thread that reads it, after its last read.
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self._ended.put(side)
 
     def _fail_pending(self, why: str, error_type: str) -> None:
@@ -340,17 +344,24 @@ class StdioProxy:
     def run(self) -> int:
         """Relays until either side is done; returns the server's exit status."""
         proc: subprocess.Popen[bytes] | None = None
-        if self.sandbox is None:
-            proc = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
-            )
-            if proc.stdin is None or proc.stdout is None:
-                raise RuntimeError("the server's stdio pipes were not created")
-            fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
-            exited: Future[Any] | None = None
-            cleanup: Callable[[], None] = _nothing
-        else:
-            fd_in, fd_out, exited, cleanup = self._start_sandboxed()
+        exited: Future[Any] | None = None
+        cleanup: Callable[[], None] = _nothing
+        try:
+            if self.sandbox is None:
+                proc = subprocess.Popen(
+                    self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+                )
+                if proc.stdin is None or proc.stdout is None:
+                    raise RuntimeError("the server's stdio pipes were not created")
+                fd_in, fd_out = proc.stdin.fileno(), proc.stdout.fileno()
+            else:
+                fd_in, fd_out, exited, cleanup = self._start_sandboxed()
+        except BaseException:
+            self._to_client.close()  # the client's side ends too
+            if self.client_in > 2:  # no pump reads it yet
+                with contextlib.suppress(OSError):
+                    os.close(self.client_in)
+            raise
         self._to_server = _Out(fd_in, owned=proc is None)
         server = threading.Thread(
             target=self._pump, args=(fd_out, self._from_server, "server"), daemon=True
