@@ -8,9 +8,9 @@ shared)::
 
 1. Latency per decision (``gate.check``) with a rate and a budget obligation:
    in-memory limits, the same on Redis over its unix socket and over TCP on
-   loopback, and a limit-free decision; interleaved in rounds in one process,
-   so drift hits all alike. The figure to read is what Redis adds: p50/p99 of
-   each minus in-memory.
+   loopback, on a 3-node Redis Cluster (TCP loopback), and a limit-free
+   decision; interleaved in rounds in one process, so drift hits all alike.
+   The figure to read is what Redis adds: p50/p99 of each minus in-memory.
 2. 8 worker processes x 2 threads deciding against one Redis (unix socket),
    every decision taking the same rate and budget keys: aggregate decisions/s,
    and the in-memory figure of the same processes as the ceiling.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 import execgate
 from measure import FULL, QUICK, Stats, interleaved
-from redis_server import RedisServer, redis_binary
+from redis_server import RedisCluster, RedisServer, redis_binary
 
 LIMITED = """
 package execgate
@@ -52,13 +52,16 @@ def _gate(policy: str, key: execgate.SigningKey, state: str | None) -> execgate.
     return execgate.Gate(policy, key=key, state=state, timeout=10)
 
 
-def latency(server: RedisServer, key: execgate.SigningKey, quick: bool) -> None:
+def latency(
+    server: RedisServer, cluster: RedisCluster, key: execgate.SigningKey, quick: bool
+) -> None:
     sizes = QUICK if quick else FULL
     gates = {
         "no limits": _gate(FREE, key, None),
         "limits in memory": _gate(LIMITED, key, None),
         "limits on Redis, unix socket": _gate(LIMITED, key, server.unix_url),
         "limits on Redis, TCP loopback": _gate(LIMITED, key, server.url),
+        "limits on Redis, cluster": _gate(LIMITED, key, cluster.url),
     }
     for g in gates.values():
         assert g.check("tool").allowed
@@ -71,7 +74,7 @@ def latency(server: RedisServer, key: execgate.SigningKey, quick: bool) -> None:
     for name, st in stats.items():
         print(f"  {name:<32}{st.p50:>10.1f}{st.p99:>10.1f}{st.mean:>10.1f}")
     base = stats["limits in memory"]
-    for name in ("limits on Redis, unix socket", "limits on Redis, TCP loopback"):
+    for name in [n for n in stats if n.startswith("limits on Redis")]:
         st = stats[name]
         print(
             f"  added by Redis ({name.split(', ')[1]}): p50 {st.p50 - base.p50:.1f} µs, "
@@ -133,16 +136,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp), redis_binary())
         server.start()
+        (Path(tmp) / "cluster").mkdir()
+        cluster = RedisCluster(Path(tmp) / "cluster", redis_binary())
         try:
+            cluster.start()
             key = execgate.SigningKey.generate()
             key_pem = str(Path(tmp) / "k.pem")
             key.to_pem(key_pem)
             execgate._core.rebuild_state(server.url, [])
+            execgate._core.rebuild_state(cluster.url, [])
             print(f"python {sys.version.split()[0]}, redis-server on {server.unix_url}")
-            latency(server, key, args.quick)
+            latency(server, cluster, key, args.quick)
             fleet(server, key_pem, args.quick)
         finally:
             server.stop()
+            cluster.close()
     return 0
 
 

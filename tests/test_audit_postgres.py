@@ -5,6 +5,7 @@ the fixture in postgres_server.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -51,6 +53,17 @@ def wait_for(predicate, what: str, timeout: float = 60.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def outage(server: PostgresServer) -> Iterator[None]:
+    """The server down for the block, and up again (accepting connections)
+    after it, also when the block fails: the session's other tests need it."""
+    server.stop()
+    try:
+        yield
+    finally:
+        server.start()
 
 
 def local_records(path: Path) -> list[str]:
@@ -288,8 +301,7 @@ def test_an_outage_never_blocks_decisions_and_shipping_resumes_without_loss(
     with execgate.Gate(POLICY, timeout=10, key=key, audit=path, ship_to=dsn) as gate:
         make_calls(gate, 10)
         wait_for(lambda: caught_up(gate), "the shipper to catch up")
-        postgres_server.stop()
-        try:
+        with outage(postgres_server):
             make_calls(gate, 20)  # decided and recorded locally while the server is down
             status = wait_for(
                 lambda: (s := gate.shipping) and s.last_error and not s.connected and s,
@@ -299,8 +311,6 @@ def test_an_outage_never_blocks_decisions_and_shipping_resumes_without_loss(
             # The shipping-lag gauge is fed the same lag (as of the last attempt).
             lags = telemetry.shipping_lags
             wait_for(lambda: dict(lags()).get(status.log_id, 0.0) > 0, "a lag reported")
-        finally:
-            postgres_server.start()
         make_calls(gate, 5)
         wait_for(lambda: caught_up(gate), "the shipper to resume", timeout=120)
         assert gate.shipping is not None and gate.shipping.last_error is None
@@ -374,9 +384,8 @@ def test_three_workers_a_kill_and_a_server_restart_lose_and_duplicate_nothing(
         time.sleep(0.5)
         workers[1].send_signal(signal.SIGKILL)  # mid-run: records written, some not shipped
         workers[1].wait(30)
-        postgres_server.stop()
-        time.sleep(1.0)  # the others go on deciding, locally
-        postgres_server.start()
+        with outage(postgres_server):
+            time.sleep(1.0)  # the others go on deciding, locally
         time.sleep(1.0)
         for w in (workers[0], workers[2]):
             w.send_signal(signal.SIGTERM)

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from importlib import resources
 
 import pytest
 
 import execgate
-from certs import local_ca
+from certs import LocalCA, local_ca
 from execgate.cli import main
 from redis_server import RedisServer, redis_binary
 
@@ -388,3 +389,49 @@ def test_rediss_verifies_the_server_and_denies_one_it_cannot_trust(
             assert server.tls_url in d.reasons[0]
     finally:
         server.stop()
+
+
+def test_rediss_client_certificates_are_presented_and_refusals_deny(
+    tmp_path: pathlib.Path, key: pathlib.Path
+) -> None:
+    ca = LocalCA(tmp_path)
+    server = RedisServer(tmp_path, redis_binary(), tls=ca.server(), client_ca=ca.path)
+    server.start()
+    try:
+        cert, private = ca.client("worker")
+
+        def url(**files: pathlib.Path) -> str:
+            query = urllib.parse.urlencode({"ssl_ca_certs": ca.path, **files})
+            return f"{server.tls_url}?{query}"
+
+        good = url(ssl_certfile=cert, ssl_keyfile=private)
+        _init(good, key)  # the CLI takes the same URL
+        gate = execgate.Gate(POLICY, key=key, state=good)
+        with execgate.principal("p"):
+            assert gate.check("spend", {"limit": 1, "cost": 1}).allowed
+            d = gate.check("spend", {"limit": 1, "cost": 1})
+            assert not d.allowed and "budget exceeded" in d.reasons[0]
+        assert server.command("EXISTS", "{execgate}:b:spend:p") == "1"
+        (tmp_path / "other").mkdir()
+        stranger = LocalCA(tmp_path / "other").client("stranger")
+        _, another_key = ca.client("another")
+        refused = [
+            (url(), "CertificateRequired"),  # no certificate
+            (url(ssl_certfile=stranger[0], ssl_keyfile=stranger[1]), "UnknownCA"),
+            (url(ssl_certfile=cert, ssl_keyfile=another_key), "KeyMismatch"),
+        ]
+        for state, cause in refused:
+            d = execgate.Gate(POLICY, key=key, state=state).check("spend", {"limit": 9, "cost": 1})
+            assert not d.allowed and d.error == "state", d.reasons
+            # The store is named without the files' query; the cause follows.
+            assert f"{server.tls_url}: " in d.reasons[0] and cause in d.reasons[0], d.reasons
+        assert server.command("GET", "{execgate}:b:spend:p") == "1000000"  # nothing else taken
+    finally:
+        server.stop()
+    for state, why in [
+        (f"{server.tls_url}?ssl_certfile={cert}", "go together"),
+        (f"{server.tls_url}?ssl_certfile={cert}&ssl_keyfile={tmp_path}/none.key", "none.key"),
+        (f"{server.url}?ssl_ca_certs={ca.path}", "need TLS"),
+    ]:
+        with pytest.raises(execgate.ConfigurationError, match=why):
+            execgate.Gate(POLICY, key=key, state=state)

@@ -322,7 +322,14 @@ def _parser() -> argparse.ArgumentParser:
         "(after it lost its data; with no LOG, initialize a new store)",
     )
     rebuild.add_argument("log", metavar="LOG", nargs="*")
-    rebuild.add_argument("--state", required=True, metavar="URL", help="redis://host:port/db")
+    rebuild.add_argument(
+        "--state",
+        required=True,
+        metavar="URL",
+        help="the gates' state= URL: redis://host:port/db, rediss://... (TLS; "
+        "?ssl_certfile=&ssl_keyfile= for a client certificate, ssl_ca_certs= for a CA), "
+        "redis+unix:///path, redis+cluster://host:port,host:port/",
+    )
     rebuild.add_argument(
         "--key",
         action="append",

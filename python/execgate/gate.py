@@ -201,8 +201,11 @@ class Gate:
     ``bundle_poll``.
 
     ``state`` (``"redis://host:port/db"``, ``"rediss://..."`` (TLS, verified
-    against the system's CA roots), ``"redis+unix:///path"`` or
-    ``"unix:///path"``) keeps rates, budgets and history in that Redis,
+    against the system's CA roots or the URL's ``ssl_ca_certs=PATH``; a
+    client certificate with ``ssl_certfile=PATH&ssl_keyfile=PATH``),
+    ``"redis+unix:///path"``, ``"unix:///path"``, or a Redis Cluster's seed
+    nodes: ``"redis+cluster://host:port,host:port/"`` (``rediss+cluster://``
+    with TLS)) keeps rates, budgets and history in that Redis,
     shared by every gate pointed at it: one script checks and takes all of a
     decision's limits on Redis's clock, and a retried call (same
     ``tool_call_id``, session, principal, action and arguments) does not take

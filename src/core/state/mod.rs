@@ -15,11 +15,15 @@
 //!   remembers ids that took their limits for [`RETRY_SECONDS`], so a retry
 //!   (the client resending after a lost reply, or the caller retrying the
 //!   same tool call) does not take twice.
-//! - **Cluster-ready.** Every key is hash-tagged `{execgate}`, so all keys of
-//!   one script fall in one slot (the whole state lives on one shard).
+//! - **One server or a cluster.** Every key is hash-tagged `{execgate}`, so
+//!   all keys of one script fall in one slot (the whole state lives on one
+//!   shard) and `redis+cluster://host:port,host:port/` works like one server
+//!   ([`link`]: the URL forms).
 //! - **TLS.** `rediss://` connects over rustls (ring), verifying the server
 //!   against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override
-//!   them); there is no mode that skips verification.
+//!   them) or the URL's `ssl_ca_certs`, with a client certificate when the
+//!   URL names one (`ssl_certfile`, `ssl_keyfile`); there is no mode that
+//!   skips verification.
 //! - **Fail closed.** An unreachable store, a reply later than the timeout, or
 //!   a store that lost its data (no marker key: new, flushed, evicted) makes
 //!   every call that needs it a deny naming the store. [`SharedState::rebuild`]
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use redis::{Client, Connection, RedisError, RedisResult, Script};
+use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use regorus::Value;
 use serde_json::{json, Map, Value as Json};
 use sha2::Sha256;
@@ -40,6 +44,10 @@ use super::error::{CoreError, Result};
 use super::keys::Keyring;
 use super::ledger::{budget_refusal, history_entry, rate_refusal, Budget, Ledger, Rate};
 use super::receipt::Receipt;
+
+pub mod link;
+
+use link::{Conn, Link};
 
 /// How long connecting may take before the store counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -189,31 +197,34 @@ pub struct Rebuilt {
 
 /// A Redis that holds the limits and history of every gate pointed at it.
 pub struct SharedState {
-    client: Client,
-    /// The URL without its password, for reasons and errors.
+    link: Link,
+    /// The URL without its password and TLS files, for reasons and errors.
     shown: String,
     options: StateOptions,
-    pool: Mutex<Vec<Connection>>,
+    pool: Mutex<Vec<Conn>>,
     script: Script,
     /// Keys the call ids (from the gate's signing key, like pseudonyms).
     call_key: [u8; 32],
 }
 
 impl SharedState {
-    /// A store at `url` (`redis://`, `rediss://` (TLS), `redis+unix://` or
-    /// `unix://`). Only the URL is checked here: an unreachable store denies
-    /// calls, it does not stop a gate from starting.
+    /// A store at `url` (`redis://`, `rediss://` (TLS), `redis+unix://`,
+    /// `unix://`, `redis+cluster://`, `rediss+cluster://`; see [`link`]).
+    /// Only the URL (and the TLS files it names) is checked here: an
+    /// unreachable store denies calls, it does not stop a gate from starting.
     pub fn open(url: &str, options: StateOptions, call_key: [u8; 32]) -> Result<Self> {
-        let shown = without_password(url);
-        // rediss:// verifies the server against the system's roots with
-        // rustls, which needs the process's crypto provider: ring. Another
-        // provider installed first (by another library) serves as well.
+        // rediss:// verifies the server with rustls, which needs the
+        // process's crypto provider: ring. Another provider installed first
+        // (by another library) serves as well.
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::open(url).map_err(|e| {
-            CoreError::InvalidArgument(format!("state {shown}: not a Redis URL: {e}"))
+        let (link, shown) = Link::open(url, &options).map_err(|e| {
+            CoreError::InvalidArgument(format!(
+                "state {}: not a Redis URL: {e}",
+                link::without_password(url)
+            ))
         })?;
         Ok(Self {
-            client,
+            link,
             shown,
             options,
             pool: Mutex::new(Vec::new()),
@@ -227,29 +238,35 @@ impl SharedState {
         &self.shown
     }
 
-    fn connect(&self) -> RedisResult<Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.options.connect_timeout)?;
-        conn.set_read_timeout(Some(self.options.timeout))?;
-        conn.set_write_timeout(Some(self.options.timeout))?;
-        Ok(conn)
+    fn connect(&self) -> RedisResult<Conn> {
+        self.link.connect(&self.options)
     }
 
     /// Runs `op` on a pooled connection. A connection that fails is dropped;
     /// one broken by the network (a restarted server) is replaced once and
-    /// `op` retried, which the call ids make safe.
-    fn run<T>(&self, mut op: impl FnMut(&mut Connection) -> RedisResult<T>) -> Result<T> {
+    /// `op` retried, which the call ids make safe. On a cluster, all of it
+    /// is over within one connect timeout and one reply timeout
+    /// ([`link::within`]).
+    fn run<T>(&self, op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
+        let deadline =
+            std::time::Instant::now() + self.options.connect_timeout + self.options.timeout;
+        link::within(deadline, || self.run_once(op))
+    }
+
+    fn run_once<T>(
+        &self,
+        mut op: impl FnMut(&mut dyn ConnectionLike) -> RedisResult<T>,
+    ) -> Result<T> {
         let pooled = self.pool.lock().pop();
         let fresh = pooled.is_none();
         let mut conn = match pooled {
             Some(c) => c,
             None => self.connect().map_err(|e| self.failed(&e))?,
         };
-        let out = match op(&mut conn) {
+        let out = match op(conn.link()) {
             Err(e) if !fresh && broken(&e) => {
                 conn = self.connect().map_err(|e| self.failed(&e))?;
-                op(&mut conn)
+                op(conn.link())
             }
             other => other,
         };
@@ -379,27 +396,26 @@ impl SharedState {
         budgets: &[Budget],
         history: Option<&HistoryWrite<'_>>,
     ) -> Result<(i64, i64, usize, i64)> {
-        let mut inv = self.script.prepare_invoke();
-        inv.key(marker()).key(key("c", call));
+        let mut keys = vec![marker(), key("c", call)];
+        keys.extend(rates.iter().map(|r| key("r", &r.key)));
+        keys.extend(budgets.iter().map(|b| key("b", &b.key)));
+        // Lua sees every argument as a string.
+        let mut args = vec![
+            op.to_string(),
+            rates.len().to_string(),
+            budgets.len().to_string(),
+            call.to_string(),
+            (RETRY_SECONDS * 1000).to_string(),
+        ];
         for r in rates {
-            inv.key(key("r", &r.key));
+            args.extend([r.limit.to_string(), micros(r.window).to_string()]);
         }
         for b in budgets {
-            inv.key(key("b", &b.key));
-        }
-        inv.arg(op)
-            .arg(rates.len())
-            .arg(budgets.len())
-            .arg(call)
-            .arg(RETRY_SECONDS * 1000);
-        for r in rates {
-            inv.arg(r.limit).arg(micros(r.window));
-        }
-        for b in budgets {
-            inv.arg(units(b.limit, &b.key)?).arg(units(b.cost, &b.key)?);
+            args.extend([units(b.limit, &b.key)?, units(b.cost, &b.key)?].map(|u| u.to_string()));
         }
         if let Some(h) = history {
-            inv.key(key("h", h.session)).key(key("n", h.session));
+            keys.push(key("h", h.session));
+            keys.push(key("n", h.session));
             let entry = |allowed: bool| {
                 json!([
                     h.action,
@@ -409,13 +425,30 @@ impl SharedState {
                 ])
                 .to_string()
             };
-            inv.arg(entry(h.allowed))
-                .arg(entry(false))
-                .arg(h.len.max(1))
-                .arg(SESSION_SECONDS);
+            args.extend([
+                entry(h.allowed),
+                entry(false),
+                h.len.max(1).to_string(),
+                SESSION_SECONDS.to_string(),
+            ]);
         }
+        // EVALSHA, or EVAL (which caches the script) when the node does not
+        // hold it: both go to the node of the first key. Not SCRIPT LOAD,
+        // which a cluster client sends to every primary (one of them down
+        // would fail calls the state's node could serve).
+        let script = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(keys.len()).arg(&keys).arg(&args);
+            cmd
+        };
+        let evalsha = script("EVALSHA", self.script.get_hash());
         let (code, kind, index, used, _now): (i64, i64, usize, i64, i64) =
-            self.run(|conn| inv.invoke(conn))?;
+            self.run(|conn| match evalsha.query(conn) {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script("EVAL", SCRIPT).query(conn)
+                }
+                other => other,
+            })?;
         Ok((code, kind, index, used))
     }
 
@@ -458,13 +491,14 @@ impl SharedState {
             let mut keys = Vec::new();
             let mut cursor = 0u64;
             loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                let scan = redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(1000)
-                    .query(conn)?;
+                    .to_owned();
+                let (next, batch): (u64, Vec<String>) = on_slot(conn, &scan)?;
                 keys.extend(batch);
                 if next == 0 {
                     return Ok(keys);
@@ -475,7 +509,7 @@ impl SharedState {
         for chunk in stale.chunks(1000) {
             self.run(|conn| redis::cmd("DEL").arg(chunk).query::<()>(conn))?;
         }
-        let (secs, us): (i64, i64) = self.run(|conn| redis::cmd("TIME").query(conn))?;
+        let (secs, us): (i64, i64) = self.run(|conn| on_slot(conn, &redis::cmd("TIME")))?;
         let now = secs * 1_000_000 + us;
         let mut pipe = redis::pipe();
         let list = |k: &str| snapshot.get(k).and_then(Json::as_array).cloned();
@@ -536,6 +570,21 @@ fn broken(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())
 }
 
+/// Runs a command that names no key (`TIME`, `SCAN`) on the node that holds
+/// the state: on a cluster a pipeline goes where its first command's key
+/// lives, so the command follows a key of the tag.
+fn on_slot<T: redis::FromRedisValue>(
+    conn: &mut dyn ConnectionLike,
+    cmd: &redis::Cmd,
+) -> RedisResult<T> {
+    let (out,): (T,) = redis::pipe()
+        .exists(marker())
+        .ignore()
+        .add_command(cmd.clone())
+        .query(conn)?;
+    Ok(out)
+}
+
 fn marker() -> String {
     format!("{TAG}:marker")
 }
@@ -564,15 +613,6 @@ fn parse_entry(text: &str) -> Option<Value> {
     let v: Json = serde_json::from_str(text).ok()?;
     let f = |i: usize| v.get(i).and_then(Json::as_str);
     Some(history_entry(f(0)?, f(1)? == "allow", f(2)?, f(3)?))
-}
-
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// The fold of every decision record of `logs` (verified), in time order,
@@ -656,12 +696,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_shown_without_password_and_bad_ones_refused() {
-        assert_eq!(
-            without_password("redis://user:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(without_password("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+    fn bad_urls_are_refused() {
         assert!(SharedState::open("http://x", StateOptions::default(), [0; 32]).is_err());
         assert!(
             SharedState::open("redis://127.0.0.1:1/0", StateOptions::default(), [0; 32]).is_ok()
