@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from execgate import telemetry
 from execgate._core import Capabilities
 from execgate.errors import ArgumentError
-from execgate.pipeline import Run, blocked_error, raise_if_blocked
+from execgate.pipeline import Run, blocked_error
 
 if TYPE_CHECKING:
     from execgate._core import Call, Decision
@@ -200,7 +200,8 @@ def guard(
             name, binder.bind(args, kwargs), principal, context, capabilities=capabilities
         )
         decision = await pipeline.aauthorize(call)
-        raise_if_blocked(call, decision)
+        if decision.blocked:
+            raise blocked_error(decision)
         return arguments(call, decision, args, kwargs)
 
     def arguments(

@@ -395,10 +395,8 @@ class Gate:
     ) -> Decision:
         """Like :meth:`check`, but raises :class:`ActionDenied` (or
         :class:`ApprovalRequired`) when the call is blocked."""
-        call, decision = self.pipeline.decide(
-            action, _mapping(args), principal, context, query=True
-        )
-        raise_if_blocked(call, decision)
+        _, decision = self.pipeline.decide(action, _mapping(args), principal, context, query=True)
+        raise_if_blocked(decision)
         return decision
 
     # -- decorators ---------------------------------------------------------
@@ -472,7 +470,7 @@ class Gate:
             context,
             capabilities=_COMMAND,
         )
-        raise_if_blocked(call, decision)
+        raise_if_blocked(decision)
         argv = call.arguments()["argv"]
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
             with Run(call, decision) as run:  # the authorized call ends, recorded as refused

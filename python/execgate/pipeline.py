@@ -49,7 +49,7 @@ def blocked_error(decision: Decision) -> ExecgateError:
     return ActionDenied(decision)
 
 
-def raise_if_blocked(call: Call, decision: Decision) -> None:
+def raise_if_blocked(decision: Decision) -> None:
     """Raises :func:`blocked_error` when the call is blocked."""
     if decision.blocked:
         raise blocked_error(decision)

@@ -126,7 +126,7 @@ class ExecgatePlugin(BasePlugin):
         decision = await self.gate.pipeline.aauthorize(call)
         if decision.blocked:
             if self.on_deny == "raise":
-                raise_if_blocked(call, decision)
+                raise_if_blocked(decision)
             return self._refused(tool.name, decision.reasons)
         arguments = call.arguments()
         if arguments != tool_args:

@@ -189,7 +189,7 @@ class ExecgateMiddleware(AgentMiddleware):
         if decision.blocked:
             tool_call = request.tool_call
             if self.on_deny == "raise":
-                raise_if_blocked(call, decision)
+                raise_if_blocked(decision)
             return request, _denial(
                 decision, tool_call.get("id"), tool_call["name"], decision.reasons
             )
@@ -332,7 +332,7 @@ class ExecgateCallbackHandler(BaseCallbackHandler):
         pipeline = self.gate.pipeline
         call, decision = pipeline.decide(name, args, capabilities=_OBSERVER)
         self.decisions.append(decision)
-        raise_if_blocked(call, decision)
+        raise_if_blocked(decision)
         run = Run(call, decision)
         self._running[run_id] = run.__enter__()
 

@@ -98,7 +98,7 @@ def _raise(call: Call, decision: Decision, refusal: ActionDenied | None = None) 
     try:
         if refusal is not None:
             raise refusal
-        raise_if_blocked(call, decision)
+        raise_if_blocked(decision)
     except ApprovalRequired as e:
         raise ToolCallNeedsApproval(e.request) from None
     except ActionDenied as e:

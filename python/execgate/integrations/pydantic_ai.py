@@ -122,7 +122,7 @@ class ExecgateCapability(AbstractCapability[Any]):
         decision = await self.gate.pipeline.aauthorize(pending)
         if decision.blocked:
             if self.on_deny == "raise":
-                raise_if_blocked(pending, decision)
+                raise_if_blocked(decision)
             raise self._refuse(call.tool_name, decision, decision.reasons)
         with Run(pending, decision) as run:
             result = await handler(pending.arguments())
