@@ -17,6 +17,7 @@ import time
 
 import execgate
 from execgate import SigningKey
+from procs import pids
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "mcp_servers" / "demo_server.py"
@@ -178,17 +179,4 @@ async def http_client(url, token, **options):
 
 def servers(marker: str) -> list[int]:
     """Live demo servers started with the argument ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if argv[1:3] == [str(SERVER).encode(), marker.encode()] and state != "Z":
-            found.append(int(entry))
-    return found
+    return pids(lambda argv: argv[1:3] == [str(SERVER).encode(), marker.encode()])

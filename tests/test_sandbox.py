@@ -16,6 +16,7 @@ import pytest
 
 import execgate
 from execgate import Limits, Sandbox
+from procs import pids_with
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox")
 
@@ -64,38 +65,10 @@ def test_cpu_spin_is_stopped_at_the_cpu_limit() -> None:
     assert 0.9 <= done.usage["user_cpu"] + done.usage["system_cpu"] <= 3
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is not running; reaped or not, it is gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _marker() -> str:
     """A `sleep` argument no other process has: the tool's processes are found
     by it in the host's /proc (inside its PID namespace their pids differ)."""
     return f"600.{time.monotonic_ns() % 10**9:09d}"
-
-
-def _running(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in argv and _alive(int(entry)):
-            pids.append(int(entry))
-    return pids
 
 
 def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(
@@ -104,7 +77,7 @@ def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(
     m = _marker()
     box = Sandbox(limits=Limits(wall=1), write=[tmp_path])
     seen: list[int] = []
-    watcher = threading.Timer(0.6, lambda: seen.extend(_running(m)))
+    watcher = threading.Timer(0.6, lambda: seen.extend(pids_with(m)))
     watcher.start()
     start = time.monotonic()
     done = sh(box, f"sleep {m} & setsid sleep {m} & sleep 600")
@@ -112,9 +85,9 @@ def test_wall_limit_kills_the_whole_tree_including_background_grandchildren(
     assert done.limit_hit == "wall" and time.monotonic() - start < 10
     assert len(seen) == 2  # both were there, and found by their marker
     deadline = time.monotonic() + 5
-    while _running(m) and time.monotonic() < deadline:
+    while pids_with(m) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(m), "a grandchild survived"
+    assert not pids_with(m), "a grandchild survived"
 
 
 def test_background_process_does_not_outlive_a_normal_exit(tmp_path: pathlib.Path) -> None:
@@ -122,7 +95,7 @@ def test_background_process_does_not_outlive_a_normal_exit(tmp_path: pathlib.Pat
     done = sh(Sandbox(write=[tmp_path]), f"sleep {m} & sleep 0.1; exit 3")
     assert done.exit_code == 3 and done.limit_hit is None
     time.sleep(0.2)
-    assert not _running(m)
+    assert not pids_with(m)
 
 
 def test_fork_bomb_is_bounded() -> None:

@@ -24,6 +24,7 @@ import pytest
 
 import execgate
 from execgate import Limits, Sandbox
+from procs import alive, pids_with
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox"),
@@ -43,14 +44,6 @@ def py_box(**kw) -> Sandbox:  # type: ignore[no-untyped-def]
 def attempt(box: Sandbox, code: str, *args: object) -> execgate.Completed:
     """Runs `code` in a sandboxed Python; it prints what it achieved."""
     return box.run([PY, "-c", textwrap.dedent(code), *map(str, args)])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --- 1. named Unix sockets ---------------------------------------------------------------
@@ -246,7 +239,7 @@ def test_cannot_signal_a_host_process(monkeypatch: pytest.MonkeyPatch, hide: str
         assert b"KILLED" not in done.stdout and b"denied" in done.stdout, done.stdout
         assert done.protections["pidns"] is (hide != "pidns")
         time.sleep(0.1)
-        assert victim.poll() is None and _alive(victim.pid)  # the host process lives
+        assert victim.poll() is None and alive(victim.pid)  # the host process lives
     finally:
         victim.kill()
         victim.wait()
@@ -414,15 +407,15 @@ def test_killing_the_gate_takes_the_box_with_it(tmp_path: pathlib.Path) -> None:
         assert (tmp_path / "ready").exists()
         assert (tmp_path / "killed").read_text().strip() != "0"  # kill failed
         assert gate.poll() is None  # the gate lives
-        grandchildren = _pids_with(marker)
+        grandchildren = pids_with(marker)
         assert len(grandchildren) == 1
         assert _cgroup_dirs(gate_pid)
         gate.send_signal(signal.SIGKILL)  # the gate dies anyway (OOM, a crash)
         gate.wait()
         deadline = time.monotonic() + 5
-        while _pids_with(marker) and time.monotonic() < deadline:
+        while pids_with(marker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _pids_with(marker), "the grandchild outlived the gate"
+        assert not pids_with(marker), "the grandchild outlived the gate"
         # the box's other processes die with it too, but are reaped asynchronously
         while _box_procs(gate_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -435,21 +428,8 @@ def test_killing_the_gate_takes_the_box_with_it(tmp_path: pathlib.Path) -> None:
             gate.wait()
         if gate.stdout is not None:
             gate.stdout.close()
-        for pid in _pids_with(marker):  # what a regression would leave behind
+        for pid in pids_with(marker):  # what a regression would leave behind
             os.kill(pid, signal.SIGKILL)
-
-
-def _pids_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read().split(b"\0") and _alive(int(entry)):
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def test_wall_holds_for_a_double_forked_grandchild_that_left_the_session(
@@ -461,9 +441,9 @@ def test_wall_holds_for_a_double_forked_grandchild_that_left_the_session(
     )
     assert done.limit_hit == "wall" or done.signal is not None
     deadline = time.monotonic() + 5
-    while _pids_with(marker) and time.monotonic() < deadline:
+    while pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _pids_with(marker)
+    assert not pids_with(marker)
 
 
 # --- 5. widening the policy's clamp ------------------------------------------------------
