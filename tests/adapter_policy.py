@@ -64,4 +64,26 @@ def verifies(log: pathlib.Path, key: execgate.SigningKey) -> bool:
     return bool(report.ok)
 
 
-__all__ = ["CARD", "POLICY", "completions", "decisions", "make_gate", "records", "verifies"]
+def assert_allowed_then_denied(log: pathlib.Path, key: execgate.SigningKey, **context: str) -> None:
+    """The log of a run whose first tool call (``call_1``, by agent-7 in session
+    s-1) was allowed and ran, and whose second was denied: two decisions with the
+    caller's identity and ``context``, one completion, and a chain that verifies."""
+    first, second = decisions(log)
+    assert first["principal"]["id"] == "agent-7" and first["context"]["session"] == "s-1"
+    assert first["context"]["tool_call_id"] == "call_1"
+    assert {k: first["context"][k] for k in context} == context
+    assert (first["decision"], second["decision"]) == ("allow", "deny")
+    assert [c["outcome"]["status"] for c in completions(log)] == ["ok"]
+    assert verifies(log, key)
+
+
+__all__ = [
+    "CARD",
+    "POLICY",
+    "assert_allowed_then_denied",
+    "completions",
+    "decisions",
+    "make_gate",
+    "records",
+    "verifies",
+]

@@ -21,7 +21,14 @@ from google.genai import types
 from pydantic import Field
 
 import execgate
-from adapter_policy import CARD, completions, decisions, make_gate, verifies
+from adapter_policy import (
+    CARD,
+    assert_allowed_then_denied,
+    completions,
+    decisions,
+    make_gate,
+    verifies,
+)
 from execgate.integrations.adk import ExecgatePlugin
 
 RAN: list[str] = []
@@ -139,12 +146,7 @@ def test_allowed_and_denied(tmp_path: pathlib.Path) -> None:
     assert "read_file is not allowed for agent-7" in seen["call_2"]["error"]
     assert events[-1].content.parts[0].text == "done"
     gate.close()
-    first, second = decisions(log)
-    assert first["principal"]["id"] == "agent-7" and first["context"]["session"] == "s-1"
-    assert first["context"]["purpose"] == "audit" and first["context"]["tool_call_id"] == "call_1"
-    assert (first["decision"], second["decision"]) == ("allow", "deny")
-    assert [c["outcome"]["status"] for c in completions(log)] == ["ok"]
-    assert verifies(log, key)
+    assert_allowed_then_denied(log, key, purpose="audit")
 
 
 def test_principal_from_state_keeps_ambient_roles(tmp_path: pathlib.Path) -> None:

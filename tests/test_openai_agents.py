@@ -16,7 +16,14 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 
 import execgate
 import execgate.errors
-from adapter_policy import CARD, completions, decisions, make_gate, verifies
+from adapter_policy import (
+    CARD,
+    assert_allowed_then_denied,
+    completions,
+    decisions,
+    make_gate,
+    verifies,
+)
 from execgate.integrations.openai_agents import guard_agent
 
 set_tracing_disabled(True)  # no trace export: the tests make no network calls
@@ -112,12 +119,7 @@ def test_allowed_and_denied(tmp_path: pathlib.Path) -> None:
     )
     assert result.final_output == "done"
     gate.close()
-    first, second = decisions(log)
-    assert first["principal"]["id"] == "agent-7" and first["context"]["session"] == "s-1"
-    assert first["context"]["purpose"] == "audit" and first["context"]["tool_call_id"] == "call_1"
-    assert (first["decision"], second["decision"]) == ("allow", "deny")
-    assert [c["outcome"]["status"] for c in completions(log)] == ["ok"]
-    assert verifies(log, key)
+    assert_allowed_then_denied(log, key, purpose="audit")
 
 
 def test_ambient_principal(tmp_path: pathlib.Path) -> None:

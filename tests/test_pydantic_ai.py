@@ -22,7 +22,14 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults
 
 import execgate
-from adapter_policy import CARD, completions, decisions, make_gate, verifies
+from adapter_policy import (
+    CARD,
+    assert_allowed_then_denied,
+    completions,
+    decisions,
+    make_gate,
+    verifies,
+)
 from execgate.integrations.pydantic_ai import ExecgateCapability
 
 RAN: list[str] = []
@@ -107,12 +114,7 @@ def test_allowed_and_denied(tmp_path: pathlib.Path) -> None:
     assert outcome == "failed" and "read_file is not allowed for agent-7" in text
     assert result.output == "done"  # the model saw the refusal and went on
     gate.close()
-    first, second = decisions(log)
-    assert first["principal"]["id"] == "agent-7" and first["context"]["session"] == "s-1"
-    assert first["context"]["tool_call_id"] == "call_1"
-    assert (first["decision"], second["decision"]) == ("allow", "deny")
-    assert [c["outcome"]["status"] for c in completions(log)] == ["ok"]
-    assert verifies(log, key)
+    assert_allowed_then_denied(log, key)
 
 
 def test_principal_from_metadata_then_ambient(tmp_path: pathlib.Path) -> None:
