@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import execgate
 from execgate import SigningKey
@@ -29,6 +30,21 @@ TOKENS = {
     hashlib.sha256(b"alice-token").hexdigest(): {"id": "alice", "roles": ["dev"]},
     hashlib.sha256(b"bob-token").hexdigest(): {"id": "bob", "roles": ["dev"]},
 }
+
+
+def elicit(answer: bool | None) -> Any:
+    """An MCP client's elicitation callback answering every approval question
+    with ``answer`` (None: declines); ``callback.asked`` lists the questions."""
+    import mcp.types
+
+    async def callback(context: Any, params: Any) -> mcp.types.ElicitResult:
+        callback.asked.append(params.message)  # type: ignore[attr-defined]
+        if answer is None:
+            return mcp.types.ElicitResult(action="decline")
+        return mcp.types.ElicitResult(action="accept", content={"approve": answer})
+
+    callback.asked = []  # type: ignore[attr-defined]
+    return callback
 
 
 def key_and_log(tmp: pathlib.Path) -> tuple[SigningKey, pathlib.Path, pathlib.Path]:

@@ -27,6 +27,7 @@ from mcp_stack import (  # noqa: E402
     ROOT,
     SERVER,
     TIMEOUT,
+    elicit,
     gateway_argv,
     key_and_log,
     listening,
@@ -114,21 +115,10 @@ def test_allowed_denied_redacted_hidden_over_stdio(keyed):
     assert statuses == {"error"}  # isError -> a failed completion
 
 
-def _elicit(answer):
-    async def callback(context, params):
-        callback.asked.append(params.message)
-        if answer is None:
-            return mcp.types.ElicitResult(action="decline")
-        return mcp.types.ElicitResult(action="accept", content={"approve": answer})
-
-    callback.asked = []
-    return callback
-
-
 @pytest.mark.parametrize("answer", [True, False, None])
 def test_approval_by_elicitation(keyed, answer):
     key, key_path, log = keyed
-    callback = _elicit(answer)
+    callback = elicit(answer)
 
     async def session():
         async with Client(

@@ -19,6 +19,7 @@ from mcp_stack import (  # noqa: E402
     ENV,
     POLICY,
     TIMEOUT,
+    elicit,
     http_client,
     http_gateway,
     records,
@@ -85,20 +86,9 @@ def test_http_eight_concurrent_clients(gateway):
     assert results == [[f"{i}-{n}" for n in range(5)] for i in range(8)]
 
 
-def _elicit(answer):
-    async def callback(context, params):
-        callback.asked.append(params.message)
-        if answer is None:
-            return mcp.types.ElicitResult(action="decline")
-        return mcp.types.ElicitResult(action="accept", content={"approve": answer})
-
-    callback.asked = []
-    return callback
-
-
 @pytest.mark.parametrize("answer", [True, False, None])
 def test_http_approval_by_elicitation(gateway, answer):
-    callback = _elicit(answer)
+    callback = elicit(answer)
     service = f"svc-{answer}"
 
     async def session():
