@@ -46,7 +46,7 @@ from execgate.integrations._common import (
     pick,
     who_and_why,
 )
-from execgate.pipeline import Run, raise_if_blocked
+from execgate.pipeline import Run, blocked_error
 
 if TYPE_CHECKING:
     from execgate.gate import Gate
@@ -126,7 +126,7 @@ class ExecgatePlugin(BasePlugin):
         decision = await self.gate.pipeline.aauthorize(call)
         if decision.blocked:
             if self.on_deny == "raise":
-                raise_if_blocked(decision)
+                raise blocked_error(decision)
             return self._refused(tool.name, decision.reasons)
         arguments = call.arguments()
         if arguments != tool_args:

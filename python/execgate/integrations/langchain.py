@@ -28,7 +28,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from execgate._core import Call, Capabilities, Decision
 from execgate.approval import ApprovalRequest
 from execgate.errors import ActionDenied, ConfigurationError
-from execgate.pipeline import Run, raise_if_blocked
+from execgate.pipeline import Run, blocked_error, raise_if_blocked
 
 if TYPE_CHECKING:
     from langgraph.prebuilt.tool_node import ToolCallRequest
@@ -189,7 +189,7 @@ class ExecgateMiddleware(AgentMiddleware):
         if decision.blocked:
             tool_call = request.tool_call
             if self.on_deny == "raise":
-                raise_if_blocked(decision)
+                raise blocked_error(decision)
             return request, _denial(
                 decision, tool_call.get("id"), tool_call["name"], decision.reasons
             )

@@ -93,7 +93,7 @@ class ToolCallNeedsApproval(ApprovalRequired, AgentsException):
         self.run_data = None
 
 
-def _raise(call: Call, decision: Decision, refusal: ActionDenied | None = None) -> None:
+def _raise(decision: Decision, refusal: ActionDenied | None = None) -> None:
     """Raises what a refusal means, in exceptions the SDK does not rewrap."""
     try:
         if refusal is not None:
@@ -182,7 +182,7 @@ class _Guard:
         decision = await self.gate.pipeline.aauthorize(call)
         if decision.blocked:
             if self.on_deny == "raise":
-                _raise(call, decision)
+                _raise(decision)
             return denial_text(self.name, decision.reasons)
         arguments = call.arguments()
         if arguments != args:
@@ -201,7 +201,7 @@ class _Guard:
             return run.output(result)
         except ActionDenied as refusal:
             if self.on_deny == "raise":
-                _raise(call, decision, refusal)
+                _raise(decision, refusal)
             return denial_text(self.name, refusal.reasons)
 
 

@@ -47,7 +47,7 @@ from execgate.integrations._common import (
     denial_text,
     who_and_why,
 )
-from execgate.pipeline import Run, raise_if_blocked
+from execgate.pipeline import Run, blocked_error
 
 if TYPE_CHECKING:
     from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapToolExecuteHandler
@@ -122,7 +122,7 @@ class ExecgateCapability(AbstractCapability[Any]):
         decision = await self.gate.pipeline.aauthorize(pending)
         if decision.blocked:
             if self.on_deny == "raise":
-                raise_if_blocked(decision)
+                raise blocked_error(decision)
             raise self._refuse(call.tool_name, decision, decision.reasons)
         with Run(pending, decision) as run:
             result = await handler(pending.arguments())
