@@ -463,7 +463,8 @@ impl Call {
             None if self.decision.allowed => self.take_limits(),
             None => None,
         };
-        let start = std::time::Instant::now();
+        // Recording is part of the decision's duration (no clock read without a log).
+        let start = gate.log.as_ref().map(|_| std::time::Instant::now());
         if let Some(log) = &gate.log {
             // A decision that cannot be recorded is a deny: no tool runs on an
             // authorization the log does not hold.
@@ -515,10 +516,12 @@ impl Call {
                 history_entry(&name, self.decision.allowed, &self.time(), &digest),
             );
         }
-        let decision = Arc::make_mut(&mut self.decision);
-        decision.duration_ns = decision
-            .duration_ns
-            .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if let Some(start) = start {
+            let decision = Arc::make_mut(&mut self.decision);
+            decision.duration_ns = decision
+                .duration_ns
+                .saturating_add(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
         Ok(&self.decision)
     }
 

@@ -86,11 +86,11 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// Starts bounding builtins on this thread: `timeout` from now, at most
-    /// `max_memory` bytes of builtin output.
-    pub fn enter(timeout: Duration, max_memory: u64) -> Self {
+    /// Starts bounding builtins on this thread: `timeout` from `start`, at
+    /// most `max_memory` bytes of builtin output.
+    pub fn enter(start: Instant, timeout: Duration, max_memory: u64) -> Self {
         let budget = Budget {
-            start: Instant::now(),
+            start,
             timeout,
             max_memory,
             used: 0,
@@ -221,7 +221,7 @@ fn guarded<const I: usize>(
     };
     let Some(budget) = BUDGET.with(Cell::get) else {
         // No evaluation scope (never the case for the gate): apply the default bound.
-        let _scope = Scope::enter(Duration::MAX, DEFAULT_MAX_MEMORY);
+        let _scope = Scope::enter(Instant::now(), Duration::MAX, DEFAULT_MAX_MEMORY);
         return guarded::<I>(span, params, args, strict);
     };
     check_time(&budget, name)?;

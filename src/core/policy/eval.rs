@@ -133,24 +133,22 @@ impl Policy {
     /// finishes after its deadline is a `limit` deny whatever it returned.
     pub fn evaluate(&self, input: &Value) -> Evaluation {
         let start = Instant::now();
-        let scope = Scope::enter(self.options.timeout, self.options.max_memory);
+        let scope = Scope::enter(start, self.options.timeout, self.options.max_memory);
         let outcome = match self.run_vm(input, false) {
             Err(f) if f.kind == FailureKind::Undefined && scope.exceeded().is_none() => {
                 Err(self.diagnose(input, f))
             }
             other => other,
         };
+        let duration = start.elapsed();
         let outcome = match (outcome, scope.exceeded()) {
             (_, Some(why)) => Err(self.exceeded(why)),
             (Err(f), None) if f.kind == FailureKind::Limit => Err(f),
-            (_, None) if start.elapsed() > self.options.timeout => Err(self.late()),
+            (_, None) if duration > self.options.timeout => Err(self.late()),
             (other, None) => other,
         };
         drop(scope);
-        Evaluation {
-            outcome,
-            duration: start.elapsed(),
-        }
+        Evaluation { outcome, duration }
     }
 
     /// The failure for a builtin stopped by a bound.
