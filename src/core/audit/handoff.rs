@@ -282,6 +282,7 @@ mod tests {
         let dir = tempdir();
         let path = dir.join("log");
         std::fs::write(&path, b"first\nsecond line\n").unwrap();
+        const LEN: u64 = 18;
         let key = SigningKey::generate();
         let file = OpenOptions::new()
             .read(true)
@@ -290,8 +291,17 @@ mod tests {
             .unwrap();
         let id = identity(&file);
         let digest = hex::encode([7u8; 32]);
-        leave(&file, &note_key(&key), id, 19, 2, &digest, b"second line\n").unwrap();
-        let head = vouched(&file, &note_key(&key), id, 19);
+        leave(
+            &file,
+            &note_key(&key),
+            id,
+            LEN,
+            2,
+            &digest,
+            b"second line\n",
+        )
+        .unwrap();
+        let head = vouched(&file, &note_key(&key), id, LEN);
         assert_eq!(
             head,
             Some(Head {
@@ -301,26 +311,44 @@ mod tests {
         );
         // Another key, another file, another length.
         let other = SigningKey::generate();
-        assert_eq!(vouched(&file, &note_key(&other), id, 19), None);
-        assert_eq!(vouched(&file, &note_key(&key), (id.0, id.1 + 1), 19), None);
-        assert_eq!(vouched(&file, &note_key(&key), id, 18), None);
+        assert_eq!(vouched(&file, &note_key(&other), id, LEN), None);
+        assert_eq!(vouched(&file, &note_key(&key), (id.0, id.1 + 1), LEN), None);
+        assert_eq!(vouched(&file, &note_key(&key), id, LEN - 1), None);
         // A note naming another line than the last one.
-        leave(&file, &note_key(&key), id, 19, 2, &digest, b"second lime\n").unwrap();
-        assert_eq!(vouched(&file, &note_key(&key), id, 19), None);
+        leave(
+            &file,
+            &note_key(&key),
+            id,
+            LEN,
+            2,
+            &digest,
+            b"second lime\n",
+        )
+        .unwrap();
+        assert_eq!(vouched(&file, &note_key(&key), id, LEN), None);
         // The note's bytes changed (here: the seq), or cut short.
-        leave(&file, &note_key(&key), id, 19, 2, &digest, b"second line\n").unwrap();
+        leave(
+            &file,
+            &note_key(&key),
+            id,
+            LEN,
+            2,
+            &digest,
+            b"second line\n",
+        )
+        .unwrap();
         let mut note = raw_note(&path);
         assert_eq!(note.len(), NOTE_LEN);
         note[25] ^= 1;
         set_raw_note(&path, &note);
-        assert_eq!(vouched(&file, &note_key(&key), id, 19), None);
+        assert_eq!(vouched(&file, &note_key(&key), id, LEN), None);
         note[25] ^= 1;
         set_raw_note(&path, &note[..NOTE_LEN - 1]);
-        assert_eq!(vouched(&file, &note_key(&key), id, 19), None);
+        assert_eq!(vouched(&file, &note_key(&key), id, LEN), None);
         set_raw_note(&path, &note);
-        assert!(vouched(&file, &note_key(&key), id, 19).is_some());
+        assert!(vouched(&file, &note_key(&key), id, LEN).is_some());
         remove_note(&path);
-        assert_eq!(vouched(&file, &note_key(&key), id, 19), None);
+        assert_eq!(vouched(&file, &note_key(&key), id, LEN), None);
     }
 
     /// Each writer leaves a note for the head it wrote, and the other one
@@ -447,8 +475,14 @@ mod tests {
         intruder.close().unwrap();
         assert!(!raw_note(&path).is_empty(), "the intruder left a note");
         assert_eq!(vouched_at(&path, &key), None);
-        assert_eq!(b.append(body(3)).unwrap().seq(), 4);
-        assert_eq!(recovery_causes(&path), ["unverified_head"]);
+        // The intruder recorded that it could not vouch for our head (seq 2)
+        // before its own record (seq 3); we record the same of its record.
+        assert_eq!(b.append(body(3)).unwrap().seq(), 5);
+        assert_eq!(
+            recovery_causes(&path),
+            ["unverified_head", "unverified_head"]
+        );
+        assert_eq!(last_record(&path).payload()["n"], 3);
         let failure = verify_log(&path, &keyring(&key)).unwrap().failure.unwrap();
         assert_eq!(failure.line, 2);
         assert!(failure.reason.contains("unknown key"), "{}", failure.reason);
