@@ -364,3 +364,50 @@ def test_verify_reports_progress(tmp_path: pathlib.Path, key: SigningKey) -> Non
     r = execgate.verify_log(path, key.verify_key, progress=lambda d, t: seen.append((d, t)))
     size = path.stat().st_size
     assert r.ok and seen and seen[-1] == (size, size)
+
+
+NOTE = "user.execgate.head"
+
+
+@pytest.mark.parametrize("how", ["appended", "note-replayed", "same-length-line"])
+def test_forgery_after_another_writers_hand_off_note_is_caught(
+    tmp_path: pathlib.Path, key: SigningKey, how: str
+) -> None:
+    """Two writers on one log (as two processes): the one that lets the lock go
+    leaves a MAC'd note naming the head, and the other trusts the head by it.
+    A forged record after a genuine note, a genuine note put back over a forged
+    record, or the last line replaced by a same-length forgery under its note:
+    the other writer verifies the head, and records that it could not."""
+    path = tmp_path / "log.jsonl"
+    with (
+        execgate.Gate(POLICY, audit=AuditLog(path, key)) as first,
+        execgate.Gate(POLICY, audit=AuditLog(path, key)) as second,
+    ):
+        assert first.check("ok").allowed
+        try:
+            older = os.getxattr(path, NOTE)
+        except OSError:
+            pytest.skip("no user extended attributes here")
+        assert first.check("ok").allowed
+        note = os.getxattr(path, NOTE)
+        assert len(note) == len(older) and note != older
+        if how == "same-length-line":
+            data = bytearray(path.read_bytes())
+            at = data.rindex(b'"sig":"') + 7  # a character of the last signature
+            data[at] = ord("B") if data[at] == ord("A") else ord("A")
+            with path.open("r+b") as f:
+                f.write(bytes(data))
+            os.setxattr(path, NOTE, note)
+            forged_line = 2
+        else:
+            with path.open("ab") as f:
+                f.write(envelope(chained_forgery(path)))
+            if how == "note-replayed":
+                os.setxattr(path, NOTE, older)
+            forged_line = 3
+        assert second.check("ok").allowed
+    recovery = payload_of(lines(path)[forged_line])
+    assert recovery["kind"] == "recovery", recovery
+    assert recovery["recovered"]["cause"] == "unverified_head"
+    r = execgate.verify_log(path, key.verify_key)
+    assert not r.ok and r.line == forged_line, (r.line, r.reason)

@@ -3,6 +3,8 @@
 //! - [`writer`]: [`AuditLog`], which appends records under a thread mutex and
 //!   an exclusive `flock`, and notices what happened to its file since it last
 //!   held the lock (another writer, truncation, replacement, unlinking).
+//! - [`handoff`]: the MAC'd note a writer leaves on the file as it lets the
+//!   lock go, so the next process trusts the head without verifying it.
 //! - [`recovery`]: the linear tail scan, moving a torn tail aside, and the
 //!   signed `recovery` records that name what a writer found instead of
 //!   silently starting or extending a chain it cannot vouch for.
@@ -24,6 +26,7 @@
 //! - a writer never chains onto a record it cannot verify without first
 //!   writing a signed `recovery` record that names it.
 
+mod handoff;
 mod links;
 mod parse;
 mod reader;

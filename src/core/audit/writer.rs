@@ -19,6 +19,10 @@
 //! another process must not chain onto a head whose next record is still
 //! being signed, so processes take turns per batch of at most
 //! [`MAX_BATCH`] records, while this process's threads sign together.
+//!
+//! A writer that wrote records leaves a hand-off note as it lets the file
+//! lock go, so the next process trusts the head by a MAC instead of parsing
+//! and verifying it (see [`super::handoff`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -31,7 +35,8 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
-use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail};
+use super::handoff;
+use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail, Tail};
 use super::state::{fold_range, rebuild, search_limit, StateFold};
 use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
 use crate::core::decision::now_rfc3339;
@@ -71,9 +76,14 @@ struct State {
     /// changed the file.
     known_len: Option<u64>,
     /// The file's change time (ctime, seconds and nanoseconds) when this
-    /// writer last read or wrote it: the same length with another change time
-    /// means the file was written in place (see [`Inner::sync_head`]).
+    /// writer last read it or let the lock go after writing: the same length
+    /// with another change time means the file was written in place (see
+    /// [`Inner::sync_head`]).
     known_ctime: Option<(i64, i64)>,
+    /// The last line this writer wrote (with its `'\n'`) while it is the
+    /// file's last line as this writer knows it: the hand-off note it leaves
+    /// names it.
+    last_line: Option<Vec<u8>>,
     /// Device and inode of the file this writer holds.
     identity: (u64, u64),
     /// `seq` ranges of this writer's unsigned records not yet sealed by one of
@@ -97,6 +107,8 @@ pub(super) struct Inner {
     path: Option<PathBuf>,
     key: SigningKey,
     verify_key: VerifyKey,
+    /// The MAC key of hand-off notes (derived from `key`).
+    handoff_key: [u8; 32],
     options: AuditOptions,
     state: Mutex<State>,
     /// Signalled when a record is written (or fails) and when none is in flight.
@@ -170,6 +182,7 @@ impl AuditLog {
             st.identity = (meta.dev(), meta.ino());
             let lock = FileLock::acquire(&file, path)?;
             inner.sync_head(&mut st, &file)?;
+            inner.hand_off(&mut st, &file);
             drop(lock);
             st.file = Some(Arc::new(file));
         }
@@ -340,6 +353,7 @@ impl Inner {
         Arc::new(Self {
             path,
             verify_key: key.verify_key(),
+            handoff_key: key.derive(handoff::KEY_PURPOSE),
             key,
             options,
             state: Mutex::new(State {
@@ -354,6 +368,7 @@ impl Inner {
                 head: None,
                 known_len,
                 known_ctime: None,
+                last_line: None,
                 identity: (0, 0),
                 pending: Vec::new(),
                 unsigned: 0,
@@ -577,13 +592,36 @@ impl Inner {
         if st.failed.take().is_some() {
             self.refold(st);
         }
-        if let Some(file) = &st.file {
+        if let Some(file) = st.file.clone() {
+            self.hand_off(st, &file);
             // Closing the descriptor would release it too; an error here
             // leaves nothing to undo.
             let _ = file.unlock();
         }
         st.locked = false;
         st.batch = 0;
+    }
+
+    /// Before the file lock is let go: after writing, leaves the hand-off
+    /// note for the next writer (see [`super::handoff`]) and remembers the
+    /// change time this writer's writes and the note left.
+    fn hand_off(&self, st: &mut State, file: &File) {
+        let Some(line) = st.last_line.take() else {
+            return;
+        };
+        if let (Some(len), Some(digest)) = (st.known_len, &st.written.1) {
+            // Best effort: without a note the next writer verifies the head.
+            let _ = handoff::leave(
+                file,
+                &self.handoff_key,
+                st.identity,
+                len,
+                st.written.0,
+                digest,
+                &line,
+            );
+        }
+        note_own_change(st, file);
     }
 
     /// The fold took every record as it was chained, so after a failed write
@@ -646,7 +684,8 @@ impl Inner {
         }
         let written = line.len() as u64;
         st.known_len = Some(start.saturating_add(written));
-        note_own_change(st, file);
+        // The change time is taken once the lock is let go (`hand_off`).
+        st.last_line = Some(line);
         if seal == Seal::State {
             st.state_bytes = written;
             st.bytes_since_state = 0;
@@ -771,6 +810,7 @@ impl Inner {
         st.identity = (dev, ino);
         st.known_len = Some(0);
         st.known_ctime = Some(changed);
+        st.last_line = None;
         let name = archive
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -838,6 +878,7 @@ impl Inner {
             st.since_state = rebuilt.folded;
             st.rebuilt_from = rebuilt.from_seq;
             st.fold = Some(fold.clone());
+            self.hand_off(&mut st, &file);
             Ok(())
         })();
         result?;
@@ -893,7 +934,18 @@ impl Inner {
             return Ok(());
         }
         let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
-        let tail = scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?;
+        // Another writer's note vouches for the head: nothing to parse or
+        // verify (not for a file written in place, whose lines are re-linked).
+        let vouched = (!in_place)
+            .then(|| handoff::vouched(file, &self.handoff_key, st.identity, len))
+            .flatten();
+        let tail = match vouched {
+            Some(_) => Tail {
+                good_len: len,
+                last: None,
+            },
+            None => scan_tail(file, len).map_err(|e| io_error(path, "cannot read", e))?,
+        };
         let mut notes: Vec<Body> = Vec::new();
         let mut rewritten = false;
         if in_place {
@@ -944,8 +996,13 @@ impl Inner {
                 })?)
             }
         };
-        let found_seq = head.as_ref().map_or(0, Receipt::seq);
-        let found_digest = head.as_ref().map(|h| h.digest().to_string());
+        let (found_seq, found_digest) = match vouched {
+            Some(v) => (v.seq, Some(v.digest)),
+            None => (
+                head.as_ref().map_or(0, Receipt::seq),
+                head.as_ref().map(|h| h.digest().to_string()),
+            ),
+        };
         // Shorter than this writer left it: records it wrote or saw are gone.
         if let Some((known, seq, digest)) = &expected {
             if tail.good_len < *known {
@@ -1011,6 +1068,7 @@ impl Inner {
         st.seq = found_seq;
         st.head = found_digest.clone();
         st.written = (found_seq, found_digest);
+        st.last_line = None;
         st.known_len = Some(tail.good_len);
         st.known_ctime = (tail.good_len == len).then(|| ctime(&meta));
         for body in notes {
