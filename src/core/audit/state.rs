@@ -47,6 +47,14 @@ pub trait StateFold: Send + Sync {
     /// Replaces the state with a snapshot; `Err` (and nothing replaced) when
     /// it is malformed.
     fn restore(&self, state: &Json) -> std::result::Result<(), String>;
+    /// Takes one record as its payload's JSON bytes (folding a log's records
+    /// on open). By default they are parsed into a map and [`StateFold::fold`]
+    /// takes it; a fold may read only what it counts, as strictly.
+    fn fold_json(&self, payload: &[u8]) {
+        if let Ok(map) = serde_json::from_slice::<Map<String, Json>>(payload) {
+            self.fold(&map);
+        }
+    }
     /// Forgets everything.
     fn reset(&self);
     /// Whether a record with this body may be appended now, given the fold
@@ -176,6 +184,7 @@ pub(super) fn fold_range(
     dup.seek(SeekFrom::Start(from))?;
     let mut reader = BufReader::with_capacity(1 << 20, dup.take(to - from));
     let mut line = Vec::with_capacity(4096);
+    let mut payload = Vec::with_capacity(4096);
     let mut n = 0u64;
     loop {
         line.clear();
@@ -196,24 +205,28 @@ pub(super) fn fold_range(
             break; // an incomplete last line is not a record
         }
         n += 1;
-        if let Some(payload) = payload_of(&line) {
-            fold.fold(&payload);
+        if decode_payload(&line, &mut payload) {
+            fold.fold_json(&payload);
         }
     }
     Ok(n)
 }
 
-/// The payload of an envelope line, without the canonical-form and signature
-/// checks (the ledger counts what the log says; `verify` judges it).
-pub(super) fn payload_of(line: &[u8]) -> Option<Map<String, Json>> {
+/// Decodes the payload of an envelope line into `out` (a buffer reused
+/// across lines), without the canonical-form and signature checks (the
+/// ledger counts what the log says; `verify` judges it). `false` when the
+/// line is not an envelope with a base64 payload.
+pub(super) fn decode_payload(line: &[u8], out: &mut Vec<u8>) -> bool {
     #[derive(Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
         payload: Cow<'a, str>,
     }
-    let env: Envelope<'_> = serde_json::from_slice(line).ok()?;
-    let bytes = B64.decode(env.payload.as_bytes()).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    out.clear();
+    let Ok(env) = serde_json::from_slice::<Envelope<'_>>(line) else {
+        return false;
+    };
+    B64.decode_vec(env.payload.as_bytes(), out).is_ok()
 }
 
 #[cfg(test)]
