@@ -351,7 +351,7 @@ mod tests {
             r#"{"key": "b", "limit": 100, "cost": -1}"#,
             r#"[{"key": "b", "limit": 100, "cost": 1}, 7]"#,
         ])
-        .prop_map(str::to_string)
+        .prop_map(|s| s.to_string())
     }
 
     /// Keys, some written with escapes, some the ledger does not read.
@@ -425,7 +425,7 @@ mod tests {
                 format!("{{{}}}", members.join(",")).into_bytes()
             });
         let damage = prop_oneof![
-            4 => Just(None),
+            4 => Just(None::<(prop::sample::Index, Option<u8>)>),
             1 => (any::<prop::sample::Index>(), Just(None::<u8>)).prop_map(Some),
             1 => (any::<prop::sample::Index>(), any::<u8>().prop_map(Some)).prop_map(Some),
         ];

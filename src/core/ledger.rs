@@ -135,7 +135,6 @@ pub struct Ledger {
 }
 
 /// One decision record, as the ledger replays it.
-#[derive(Debug, PartialEq)]
 struct Replayed<'a> {
     session: Cow<'a, str>,
     entry: Value,

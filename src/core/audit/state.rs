@@ -15,6 +15,12 @@
 //! Without one within a bounded distance from the end, it folds the whole
 //! file forwards (in bounded memory) as before snapshots existed.
 //!
+//! Folding is the cost of opening that grows with the distance to the last
+//! snapshot, so each record after it is read as cheaply as it can be: its
+//! payload is base64-decoded into one buffer reused across records and
+//! handed to [`StateFold::fold_json`] as bytes, which the ledger reads
+//! without building a JSON map (see [`crate::core::counted`]).
+//!
 //! Why a crash cannot reset a budget: a snapshot is only a summary of the
 //! records before it, never the only place a spend is written. A torn state
 //! record is a torn tail like any other (moved aside on open), and the
@@ -47,14 +53,11 @@ pub trait StateFold: Send + Sync {
     /// Replaces the state with a snapshot; `Err` (and nothing replaced) when
     /// it is malformed.
     fn restore(&self, state: &Json) -> std::result::Result<(), String>;
-    /// Takes one record as its payload's JSON bytes (folding a log's records
-    /// on open). By default they are parsed into a map and [`StateFold::fold`]
-    /// takes it; a fold may read only what it counts, as strictly.
-    fn fold_json(&self, payload: &[u8]) {
-        if let Ok(map) = serde_json::from_slice::<Map<String, Json>>(payload) {
-            self.fold(&map);
-        }
-    }
+    /// Takes one record as its payload's JSON bytes (the records a log holds,
+    /// folded on open): the same as parsing them into a map and passing it to
+    /// [`StateFold::fold`] (nothing when they are not a JSON object), but a
+    /// fold may read only what it counts, as strictly, and build no map.
+    fn fold_json(&self, payload: &[u8]);
     /// Forgets everything.
     fn reset(&self);
     /// Whether a record with this body may be appended now, given the fold
