@@ -35,6 +35,9 @@ decision := {"allow": true, "obligations": {
 }}
 """
 
+# `AuditLog`'s default `state_every` (used when `--state-every` is not given).
+DEFAULT_STATE_EVERY = 10_000
+
 CHILD = r"""
 import json, resource, sys, time, execgate
 def rss():
@@ -67,7 +70,7 @@ else:
 """
 
 
-def audit_log(path: pathlib.Path, keyfile: pathlib.Path, every: int | None):  # noqa: ANN201
+def audit_log(path: pathlib.Path, keyfile: pathlib.Path, every: int | None):
     import execgate
 
     key = execgate.SigningKey.from_pem(keyfile)
@@ -152,8 +155,14 @@ def measure(
         size = path.stat().st_size
         print(
             json.dumps(
-                {"log": label, "records": n, "bytes": size, "folded": after_last_state(path),
-                 "what": what, **res}
+                {
+                    "log": label,
+                    "records": n,
+                    "bytes": size,
+                    "folded": after_last_state(path),
+                    "what": what,
+                    **res,
+                }
             ),
             flush=True,
         )
@@ -185,7 +194,7 @@ def main() -> None:
         if args.worst:
             worst = d / f"worst-{n}{suffix}.jsonl"
             if not worst.exists():
-                make_worst(path, worst, keyfile, every or 10_000, n)
+                make_worst(path, worst, keyfile, every or DEFAULT_STATE_EVERY, n)
             measure("worst", worst, keyfile, n, str(every or ""), False)
 
 

@@ -299,7 +299,6 @@ impl<'de> Deserialize<'de> for Limits<'de> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -484,9 +483,18 @@ mod tests {
             br#"{"kind": "decision", "x": [1,]}"#,
         ] {
             assert!(by_map(refused).is_none());
-            assert_eq!(Counted::from_json(refused), None, "{}", String::from_utf8_lossy(refused));
+            assert_eq!(
+                Counted::from_json(refused),
+                None,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
         }
-        let deep = format!(r#"{{"kind": "decision", "x": {}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            r#"{{"kind": "decision", "x": {}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         assert!(by_map(deep.as_bytes()).is_none());
         assert_eq!(Counted::from_json(deep.as_bytes()), None);
         let read = Counted::from_json(
