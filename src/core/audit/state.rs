@@ -36,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use super::recovery::Backwards;
 use super::MAX_RECORD_BYTES;
@@ -238,7 +238,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     use super::super::{verify_log, AuditLog, AuditOptions};
     use super::*;
