@@ -21,6 +21,7 @@
 //! A rate check is O(log n) in the calls inside the window: each window is
 //! kept sorted by time, and the count is one binary search.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
@@ -28,6 +29,8 @@ use regorus::Value;
 use serde_json::{json, Value as Json};
 
 use super::audit::StateFold;
+use super::counted::Counted;
+use super::obligation::limits_of;
 use super::receipt::Fields;
 
 /// Default number of history entries kept per session, for policies that
@@ -133,7 +136,7 @@ pub struct Ledger {
 
 /// One decision record, as the ledger replays it.
 struct Replayed<'a> {
-    session: &'a str,
+    session: Cow<'a, str>,
     entry: Value,
     limits: Option<(Vec<Rate>, Vec<Budget>, f64)>,
 }
@@ -330,9 +333,14 @@ impl Ledger {
     /// Replays a decision record from the log (on open): history, and the
     /// limits of allowed decisions, as of the record's time.
     pub fn replay(&self, payload: &dyn Fields) {
-        let Some(r) = replayed(payload) else { return };
+        self.replay_counted(Counted::from_fields(payload));
+    }
+
+    /// Replays a record as [`Counted`] read it.
+    fn replay_counted(&self, record: Counted<'_>) {
+        let Some(r) = replayed(record) else { return };
         let mut inner = self.inner.lock();
-        self.record_locked(&mut inner, r.session, r.entry);
+        self.record_locked(&mut inner, &r.session, r.entry);
         if let Some((rates, budgets, now)) = r.limits {
             Self::apply(&mut inner, &rates, &budgets, now);
         }
@@ -341,8 +349,8 @@ impl Ledger {
     /// Replays a decision record's history only (a retry whose limits the
     /// call it repeats already took).
     pub fn replay_history(&self, payload: &dyn Fields) {
-        if let Some(r) = replayed(payload) {
-            self.record(r.session, r.entry);
+        if let Some(r) = replayed(Counted::from_fields(payload)) {
+            self.record(&r.session, r.entry);
         }
     }
 
@@ -491,6 +499,14 @@ impl StateFold for Ledger {
         self.replay(payload);
     }
 
+    /// Reads only what the ledger counts, straight from the bytes (opening a
+    /// gate folds up to `state_every` records this way).
+    fn fold_json(&self, payload: &[u8]) {
+        if let Some(record) = Counted::from_json(payload) {
+            self.replay_counted(record);
+        }
+    }
+
     fn snapshot(&self) -> Json {
         Ledger::snapshot(self)
     }
@@ -506,7 +522,7 @@ impl StateFold for Ledger {
     /// An allowed decision is admitted only if every limit it takes still
     /// holds over this fold (the records of every writer of the log).
     fn admits(&self, body: &dyn Fields) -> Result<(), String> {
-        match replayed(body).and_then(|r| r.limits) {
+        match replayed(Counted::from_fields(body)).and_then(|r| r.limits) {
             Some((rates, budgets, now)) => self.check(&rates, &budgets, now),
             None => Ok(()),
         }
@@ -529,40 +545,34 @@ pub fn budget_refusal(b: &Budget, spent: f64) -> String {
     )
 }
 
-/// What a decision record means to the ledger, or `None` for other records.
-fn replayed(payload: &dyn Fields) -> Option<Replayed<'_>> {
-    if payload.field("kind").and_then(Json::as_str) != Some("decision") {
+/// What a decision record means to the ledger, or `None` for other records:
+/// the one place the ledger's reading of a record lives (whether it comes
+/// from a record being written or from the log's bytes, see [`Counted`]).
+fn replayed(record: Counted<'_>) -> Option<Replayed<'_>> {
+    if record.kind.as_deref() != Some("decision") {
         return None;
     }
-    let str_at = |outer: &str, inner: &str| {
-        payload
-            .field(outer)
-            .and_then(|v| v.get(inner))
-            .and_then(Json::as_str)
-            .unwrap_or("")
-    };
-    let session = str_at("context", "session");
-    let time = str_at("context", "time");
-    let allowed = payload.field("decision").and_then(Json::as_str) == Some("allow");
+    let time = record.time.as_deref().unwrap_or("");
+    let allowed = record.decision.as_deref() == Some("allow");
     let entry = history_entry(
-        str_at("action", "name"),
+        record.name.as_deref().unwrap_or(""),
         allowed,
         time,
-        str_at("action", "args_sha256"),
+        record.args_sha256.as_deref().unwrap_or(""),
     );
     let limits = if allowed {
         let now = chrono::DateTime::parse_from_rfc3339(time)
             .map(|t| t.timestamp_micros() as f64 / 1e6)
             .unwrap_or(0.0);
-        payload
-            .field("obligations")
-            .and_then(|ob| super::obligation::limits(ob).ok())
+        record
+            .obligations
+            .and_then(|ob| limits_of(ob.rate.as_deref(), ob.budget.as_deref()).ok())
             .map(|(r, b)| (r, b, now))
     } else {
         None
     };
     Some(Replayed {
-        session,
+        session: record.session.unwrap_or_default(),
         entry,
         limits,
     })

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod audit;
 pub mod bundle;
+pub mod counted;
 pub mod decision;
 pub mod error;
 pub mod gate;

@@ -131,11 +131,19 @@ impl Obligations {
 /// Only the rate and budget obligations of a recorded decision (the ledger
 /// replays them on open), by the same rules as [`Obligations::parse`].
 pub fn limits(value: &Json) -> Result<(Vec<Rate>, Vec<Budget>), String> {
-    let rates = match value.get("rate") {
+    limits_of(value.get("rate"), value.get("budget"))
+}
+
+/// [`limits`] from the `rate` and `budget` members (`None` when absent).
+pub fn limits_of(
+    rate_member: Option<&Json>,
+    budget_member: Option<&Json>,
+) -> Result<(Vec<Rate>, Vec<Budget>), String> {
+    let rates = match rate_member {
         Some(v) => each(v, "rate", rate)?,
         None => Vec::new(),
     };
-    let budgets = match value.get("budget") {
+    let budgets = match budget_member {
         Some(v) => each(v, "budget", budget)?,
         None => Vec::new(),
     };

@@ -15,6 +15,12 @@
 //! Without one within a bounded distance from the end, it folds the whole
 //! file forwards (in bounded memory) as before snapshots existed.
 //!
+//! Folding is the cost of opening that grows with the distance to the last
+//! snapshot, so each record after it is read as cheaply as it can be: its
+//! payload is base64-decoded into one buffer reused across records and
+//! handed to [`StateFold::fold_json`] as bytes, which the ledger reads
+//! without building a JSON map (see [`crate::core::counted`]).
+//!
 //! Why a crash cannot reset a budget: a snapshot is only a summary of the
 //! records before it, never the only place a spend is written. A torn state
 //! record is a torn tail like any other (moved aside on open), and the
@@ -30,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use super::recovery::Backwards;
 use super::MAX_RECORD_BYTES;
@@ -47,6 +53,11 @@ pub trait StateFold: Send + Sync {
     /// Replaces the state with a snapshot; `Err` (and nothing replaced) when
     /// it is malformed.
     fn restore(&self, state: &Json) -> std::result::Result<(), String>;
+    /// Takes one record as its payload's JSON bytes (the records a log holds,
+    /// folded on open): the same as parsing them into a map and passing it to
+    /// [`StateFold::fold`] (nothing when they are not a JSON object), but a
+    /// fold may read only what it counts, as strictly, and build no map.
+    fn fold_json(&self, payload: &[u8]);
     /// Forgets everything.
     fn reset(&self);
     /// Whether a record with this body may be appended now, given the fold
@@ -176,6 +187,7 @@ pub(super) fn fold_range(
     dup.seek(SeekFrom::Start(from))?;
     let mut reader = BufReader::with_capacity(1 << 20, dup.take(to - from));
     let mut line = Vec::with_capacity(4096);
+    let mut payload = Vec::with_capacity(4096);
     let mut n = 0u64;
     loop {
         line.clear();
@@ -196,24 +208,28 @@ pub(super) fn fold_range(
             break; // an incomplete last line is not a record
         }
         n += 1;
-        if let Some(payload) = payload_of(&line) {
-            fold.fold(&payload);
+        if decode_payload(&line, &mut payload) {
+            fold.fold_json(&payload);
         }
     }
     Ok(n)
 }
 
-/// The payload of an envelope line, without the canonical-form and signature
-/// checks (the ledger counts what the log says; `verify` judges it).
-pub(super) fn payload_of(line: &[u8]) -> Option<Map<String, Json>> {
+/// Decodes the payload of an envelope line into `out` (a buffer reused
+/// across lines), without the canonical-form and signature checks (the
+/// ledger counts what the log says; `verify` judges it). `false` when the
+/// line is not an envelope with a base64 payload.
+pub(super) fn decode_payload(line: &[u8], out: &mut Vec<u8>) -> bool {
     #[derive(Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
         payload: Cow<'a, str>,
     }
-    let env: Envelope<'_> = serde_json::from_slice(line).ok()?;
-    let bytes = B64.decode(env.payload.as_bytes()).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    out.clear();
+    let Ok(env) = serde_json::from_slice::<Envelope<'_>>(line) else {
+        return false;
+    };
+    B64.decode_vec(env.payload.as_bytes(), out).is_ok()
 }
 
 #[cfg(test)]
@@ -222,7 +238,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     use super::super::{verify_log, AuditLog, AuditOptions};
     use super::*;
