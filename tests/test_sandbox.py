@@ -134,10 +134,27 @@ def test_filesystem_rules_hold_even_as_root(tmp_path: pathlib.Path) -> None:
 
 
 def _listener() -> tuple[socket.socket, int]:
+    """A host listener that accepts (and closes) connections until it is closed.
+
+    The accepting thread polls, so it ends when the test closes the socket instead of
+    staying blocked in accept() on a descriptor number a later test reuses.
+    """
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
-    threading.Thread(target=lambda: [srv.accept() for _ in range(4)], daemon=True).start()
+    srv.settimeout(0.1)
+
+    def serve() -> None:
+        while srv.fileno() != -1:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed by the test
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
     return srv, srv.getsockname()[1]
 
 
