@@ -158,25 +158,16 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
 
-    use serde_json::{json, Map, Value as Json};
+    use serde_json::json;
 
+    use super::super::test_support::{self, body, keyring};
     use super::super::{verify_log, AuditLog, AuditOptions};
     use super::*;
-    use crate::core::keys::{Keyring, SigningKey};
+    use crate::core::keys::SigningKey;
     use crate::core::receipt::Receipt;
 
     fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("execgate-handoff-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn body(n: u64) -> Map<String, Json> {
-        let mut m = Map::new();
-        m.insert("kind".into(), json!("decision"));
-        m.insert("decision".into(), json!("deny"));
-        m.insert("n".into(), json!(n));
-        m
+        test_support::tempdir("handoff")
     }
 
     fn identity(file: &File) -> (u64, u64) {
@@ -261,12 +252,6 @@ mod tests {
                     .to_string()
             })
             .collect()
-    }
-
-    fn keyring(key: &SigningKey) -> Keyring {
-        let mut k = Keyring::new();
-        k.add(key.verify_key());
-        k
     }
 
     /// A writer (`b`) that last looked at the file when it was empty: it

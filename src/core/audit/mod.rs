@@ -32,6 +32,8 @@ mod parse;
 mod reader;
 mod recovery;
 mod state;
+#[cfg(test)]
+mod test_support;
 mod unsealed;
 mod verify;
 mod writer;

@@ -240,15 +240,14 @@ mod tests {
 
     use serde_json::{json, Map};
 
+    use super::super::test_support;
     use super::super::{verify_log, AuditLog, AuditOptions};
     use super::*;
     use crate::core::keys::{Keyring, SigningKey};
     use crate::core::ledger::Ledger;
 
     fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("execgate-state-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        test_support::tempdir("state")
     }
 
     fn options(state_every: u64) -> AuditOptions {

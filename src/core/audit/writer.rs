@@ -1178,28 +1178,12 @@ fn json_map(value: Json) -> Map<String, Json> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{self, body, keyring};
     use super::super::verify_log;
     use super::*;
-    use crate::core::keys::Keyring;
-
-    fn body(n: u64) -> Map<String, Json> {
-        let mut m = Map::new();
-        m.insert("kind".into(), json!("decision"));
-        m.insert("decision".into(), json!("deny"));
-        m.insert("n".into(), json!(n));
-        m
-    }
-
-    fn keyring(key: &SigningKey) -> Keyring {
-        let mut k = Keyring::new();
-        k.add(key.verify_key());
-        k
-    }
 
     fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("execgate-audit-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        test_support::tempdir("audit")
     }
 
     fn checkpoints(every: u64) -> AuditOptions {
