@@ -197,7 +197,7 @@ mod tests {
                 buf.len(),
             )
         };
-        buf.truncate(usize::try_from(got).unwrap());
+        buf.truncate(usize::try_from(got).unwrap_or(0));
         buf
     }
 
@@ -254,12 +254,37 @@ mod tests {
             .collect()
     }
 
-    /// A writer (`b`) that last looked at the file when it was empty: it
-    /// reads whatever head the file has when it next appends.
+    /// Records the warm-up of [`two_writers`] writes.
+    const WARM: u64 = 2;
+
+    /// Two writers that have each seen the other's records, so both leave
+    /// notes; `b` wrote the last one of the [`WARM`] records before.
     fn two_writers(path: &Path, key: &SigningKey) -> (AuditLog, AuditLog) {
         let b = AuditLog::open(path, key.clone(), AuditOptions::default()).unwrap();
         let a = AuditLog::open(path, key.clone(), AuditOptions::default()).unwrap();
+        a.append(body(100)).unwrap();
+        assert!(raw_note(path).is_empty(), "a writer alone leaves no note");
+        b.append(body(101)).unwrap();
+        assert!(vouched_at(path, key).is_some(), "b has seen a's record");
         (a, b)
+    }
+
+    /// A writer alone on its file leaves no note (nobody would read it), even
+    /// when another process opened the log and never wrote.
+    #[test]
+    fn a_lone_writer_leaves_no_note() {
+        let dir = tempdir();
+        let path = dir.join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        let reader = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        for n in 0..5 {
+            log.append(body(n)).unwrap();
+        }
+        log.close().unwrap();
+        reader.close().unwrap();
+        assert!(raw_note(&path).is_empty());
+        assert!(verify_log(&path, &keyring(&key)).unwrap().ok());
     }
 
     #[test]
@@ -347,7 +372,7 @@ mod tests {
         for n in 0..10 {
             let log = if n % 2 == 0 { &a } else { &b };
             let r = log.append(body(n)).unwrap();
-            assert_eq!(r.seq(), n + 1);
+            assert_eq!(r.seq(), WARM + n + 1);
             let head = vouched_at(&path, &key).expect("a note for the head");
             assert_eq!((head.seq, head.digest.as_str()), (r.seq(), r.digest()));
         }
@@ -355,7 +380,7 @@ mod tests {
         b.close().unwrap();
         let report = verify_log(&path, &keyring(&key)).unwrap();
         assert!(report.ok(), "{:?}", report.failure);
-        assert_eq!((report.records, report.recoveries), (10, 0));
+        assert_eq!((report.records, report.recoveries), (WARM + 10, 0));
     }
 
     /// What a note trusts: the key holder's word for the line it names. A
@@ -382,13 +407,14 @@ mod tests {
                     &note_key(&key),
                     identity(&file),
                     len,
-                    2,
+                    forged.seq(),
                     forged.digest(),
                     line.as_bytes(),
                 )
                 .unwrap();
             }
-            assert_eq!(b.append(body(3)).unwrap().seq(), if noted { 3 } else { 4 });
+            let seq = b.append(body(3)).unwrap().seq();
+            assert_eq!(seq, WARM + if noted { 3 } else { 4 });
             let causes = recovery_causes(&path);
             if noted {
                 assert!(causes.is_empty(), "{causes:?}");
@@ -414,10 +440,10 @@ mod tests {
             let newer = raw_note(&path);
             append_forged(&path);
             set_raw_note(&path, if replay == 0 { &older } else { &newer });
-            assert_eq!(b.append(body(4)).unwrap().seq(), 5);
+            assert_eq!(b.append(body(4)).unwrap().seq(), WARM + 5);
             assert_eq!(recovery_causes(&path), ["unverified_head"]);
             let failure = verify_log(&path, &keyring(&key)).unwrap().failure.unwrap();
-            assert_eq!(failure.line, 3, "{}", failure.reason);
+            assert_eq!(failure.line, WARM + 3, "{}", failure.reason);
         }
     }
 
@@ -439,10 +465,10 @@ mod tests {
         bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
         std::fs::write(&path, &bytes).unwrap();
         set_raw_note(&path, &note);
-        assert_eq!(b.append(body(3)).unwrap().seq(), 4);
+        assert_eq!(b.append(body(3)).unwrap().seq(), WARM + 4);
         assert_eq!(recovery_causes(&path), ["unverified_head"]);
         let failure = verify_log(&path, &keyring(&key)).unwrap().failure.unwrap();
-        assert_eq!(failure.line, 2, "{}", failure.reason);
+        assert_eq!(failure.line, WARM + 2, "{}", failure.reason);
     }
 
     /// A writer with another key leaves its own note (MAC'd with its own
@@ -454,22 +480,37 @@ mod tests {
         let key = SigningKey::generate();
         let (a, b) = two_writers(&path, &key);
         a.append(body(1)).unwrap();
-        let intruder =
-            AuditLog::open(&path, SigningKey::generate(), AuditOptions::default()).unwrap();
-        intruder.append(body(2)).unwrap();
+        let other = SigningKey::generate();
+        let intruder = AuditLog::open(&path, other.clone(), AuditOptions::default()).unwrap();
+        let theirs = intruder.append(body(2)).unwrap();
         intruder.close().unwrap();
-        assert!(!raw_note(&path).is_empty(), "the intruder left a note");
+        // The note it leaves once it has seen another writer's records.
+        let file = File::open(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = format!("{}\n", text.lines().last().unwrap());
+        let len = text.len() as u64;
+        leave(
+            &file,
+            &note_key(&other),
+            identity(&file),
+            len,
+            theirs.seq(),
+            theirs.digest(),
+            line.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(vouched_at(&path, &other).map(|h| h.seq), Some(theirs.seq()));
         assert_eq!(vouched_at(&path, &key), None);
-        // The intruder recorded that it could not vouch for our head (seq 2)
-        // before its own record (seq 3); we record the same of its record.
-        assert_eq!(b.append(body(3)).unwrap().seq(), 5);
+        // The intruder recorded that it could not vouch for our head
+        // before its own record; we record the same of its record.
+        assert_eq!(b.append(body(3)).unwrap().seq(), WARM + 5);
         assert_eq!(
             recovery_causes(&path),
             ["unverified_head", "unverified_head"]
         );
         assert_eq!(last_record(&path).payload()["n"], 3);
         let failure = verify_log(&path, &keyring(&key)).unwrap().failure.unwrap();
-        assert_eq!(failure.line, 2);
+        assert_eq!(failure.line, WARM + 2);
         assert!(failure.reason.contains("unknown key"), "{}", failure.reason);
     }
 
@@ -489,9 +530,9 @@ mod tests {
         }
         assert!(recovery_causes(&path).is_empty());
         append_forged(&path);
-        assert_eq!(a.append(body(9)).unwrap().seq(), 7);
+        assert_eq!(a.append(body(9)).unwrap().seq(), WARM + 7);
         assert_eq!(recovery_causes(&path), ["unverified_head"]);
         let failure = verify_log(&path, &keyring(&key)).unwrap().failure.unwrap();
-        assert_eq!(failure.line, 5, "{}", failure.reason);
+        assert_eq!(failure.line, WARM + 5, "{}", failure.reason);
     }
 }

@@ -84,6 +84,10 @@ struct State {
     /// file's last line as this writer knows it: the hand-off note it leaves
     /// names it.
     last_line: Option<Vec<u8>>,
+    /// This writer has found the file changed by another writer since it
+    /// opened it: from then on it leaves hand-off notes. A lone writer leaves
+    /// none, so it pays nothing for them.
+    shared: bool,
     /// Device and inode of the file this writer holds.
     identity: (u64, u64),
     /// `seq` ranges of this writer's unsigned records not yet sealed by one of
@@ -369,6 +373,7 @@ impl Inner {
                 known_len,
                 known_ctime: None,
                 last_line: None,
+                shared: false,
                 identity: (0, 0),
                 pending: Vec::new(),
                 unsigned: 0,
@@ -603,13 +608,14 @@ impl Inner {
     }
 
     /// Before the file lock is let go: after writing, leaves the hand-off
-    /// note for the next writer (see [`super::handoff`]) and remembers the
-    /// change time this writer's writes and the note left.
+    /// note for the next writer (see [`super::handoff`]) once another writer
+    /// has been seen, and remembers the change time this writer's writes and
+    /// the note left.
     fn hand_off(&self, st: &mut State, file: &File) {
         let Some(line) = st.last_line.take() else {
             return;
         };
-        if let (Some(len), Some(digest)) = (st.known_len, &st.written.1) {
+        if let (true, Some(len), Some(digest)) = (st.shared, st.known_len, &st.written.1) {
             // Best effort: without a note the next writer verifies the head.
             let _ = handoff::leave(
                 file,
@@ -934,6 +940,8 @@ impl Inner {
             return Ok(());
         }
         let expected = st.known_len.map(|known| (known, st.seq, st.head.clone()));
+        // The file changed under this writer: someone else writes it too.
+        st.shared |= expected.is_some();
         // Another writer's note vouches for the head: nothing to parse or
         // verify (not for a file written in place, whose lines are re-linked).
         let vouched = (!in_place)
