@@ -197,8 +197,32 @@ mod tests {
                 buf.len(),
             )
         };
-        buf.truncate(usize::try_from(got).unwrap_or(0));
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{e}");
+            return Vec::new();
+        }
+        buf.truncate(usize::try_from(got).unwrap());
         buf
+    }
+
+    /// Leaves, with `key`, a note naming the file's last line as the record
+    /// `(seq, digest)`, as a writer holding that key would.
+    fn leave_for_last_line(path: &Path, key: &SigningKey, seq: u64, digest: &str) {
+        let file = File::open(path).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let line = format!("{}\n", text.lines().last().unwrap());
+        let len = text.len() as u64;
+        leave(
+            &file,
+            &note_key(key),
+            identity(&file),
+            len,
+            seq,
+            digest,
+            line.as_bytes(),
+        )
+        .unwrap();
     }
 
     fn set_raw_note(path: &Path, note: &[u8]) {
@@ -397,21 +421,8 @@ mod tests {
             a.append(body(1)).unwrap();
             append_forged(&path);
             if noted {
-                let file = File::open(&path).unwrap();
-                let text = std::fs::read_to_string(&path).unwrap();
-                let line = format!("{}\n", text.lines().last().unwrap());
                 let forged = last_record(&path);
-                let len = text.len() as u64;
-                leave(
-                    &file,
-                    &note_key(&key),
-                    identity(&file),
-                    len,
-                    forged.seq(),
-                    forged.digest(),
-                    line.as_bytes(),
-                )
-                .unwrap();
+                leave_for_last_line(&path, &key, forged.seq(), forged.digest());
             }
             let seq = b.append(body(3)).unwrap().seq();
             assert_eq!(seq, WARM + if noted { 3 } else { 4 });
@@ -485,20 +496,7 @@ mod tests {
         let theirs = intruder.append(body(2)).unwrap();
         intruder.close().unwrap();
         // The note it leaves once it has seen another writer's records.
-        let file = File::open(&path).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let line = format!("{}\n", text.lines().last().unwrap());
-        let len = text.len() as u64;
-        leave(
-            &file,
-            &note_key(&other),
-            identity(&file),
-            len,
-            theirs.seq(),
-            theirs.digest(),
-            line.as_bytes(),
-        )
-        .unwrap();
+        leave_for_last_line(&path, &other, theirs.seq(), theirs.digest());
         assert_eq!(vouched_at(&path, &other).map(|h| h.seq), Some(theirs.seq()));
         assert_eq!(vouched_at(&path, &key), None);
         // The intruder recorded that it could not vouch for our head
