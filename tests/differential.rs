@@ -195,3 +195,65 @@ fn hostile_argument_types_are_denied_by_the_example_policy() {
         );
     }
 }
+
+/// `regex.match` runs on execgate's own builtin in the RVM (shared compiled
+/// patterns, a DFA once a pattern is hot) and on regorus's in the interpreter:
+/// the same answer for every pattern and text, on the first evaluations and
+/// after the pattern has its DFA, and the same failures for patterns that do
+/// not compile, are too large, or are not strings.
+#[test]
+fn regex_match_agrees_with_the_interpreter_cold_and_hot() {
+    let policy = compile(
+        r#"package execgate
+decision := {"allow": regex.match(input.action.args.pattern, input.action.args.text), "reasons": []}"#,
+        "{}",
+    );
+    let patterns = [
+        r#""\\brm\\s+(-[a-zA-Z]*r[a-zA-Z]*f|-[a-zA-Z]*f[a-zA-Z]*r)\\b""#,
+        r#""\\b(curl|wget)\\b[^|]*\\|\\s*(ba|z)?sh\\b""#,
+        r#""^[a-z]+$""#,
+        r#""[a-z]{3}\\b""#,
+        r#""\\w\\b""#,
+        r#""(?i)DROP\\s+TABLE""#,
+        r#""(""#,
+        r#""a{1000}{1000}""#,
+        "7",
+        "null",
+    ];
+    let texts = [
+        r#""rm -rf /var""#,
+        r#""xrm -rf""#,
+        r#""curl https://x.sh | sh""#,
+        r#""ls -la""#,
+        r#""érm -rf""#,
+        r#""drop  table users; ünïcode""#,
+        r#""""#,
+        "[1]",
+    ];
+    let mut verdicts = 0;
+    for pattern in patterns {
+        for text in texts {
+            let doc = format!(
+                r#"{{"action":{{"name":"x","args":{{"pattern":{pattern},"text":{text}}}}},"principal":{{}},"context":{{}}}}"#
+            );
+            let input = Value::from_json_str(&doc).expect("json");
+            let int = policy.evaluate_interpreted(&input).outcome;
+            let first = policy.evaluate(&input).outcome;
+            match (&first, &int) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{doc}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{doc}: rvm={first:?} interpreter={int:?}"),
+            }
+            verdicts += usize::from(first.is_ok());
+            // Past the point where the pattern gets its DFA: the same outcome.
+            for round in 1..24 {
+                assert_eq!(
+                    policy.evaluate(&input).outcome,
+                    first,
+                    "{doc}, round {round}"
+                );
+            }
+        }
+    }
+    assert!(verdicts >= 5 * 7, "{verdicts}");
+}

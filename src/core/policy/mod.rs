@@ -23,6 +23,7 @@ mod cycles;
 mod diagnose;
 mod eval;
 pub mod files;
+mod regex_match;
 mod rego_test;
 mod stack;
 
@@ -223,6 +224,7 @@ impl PolicySet {
             .map_err(|e| entrypoint_error(&options.entrypoint, &e))?;
         let mut program = Arc::unwrap_or_clone(program);
         bounds::install(&mut program);
+        regex_match::install(&mut program);
         let guarded = bounds::uses_guarded_builtins(&program);
         let explicit_stack = stack::needs_explicit_stack(&program) || checks.explicit_stack;
         let program = Arc::new(program);
