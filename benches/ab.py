@@ -243,12 +243,14 @@ def compared(
     sizes: Sizes,
     scenarios_of: Callable[[ModuleType, str], dict[str, list[Call]]],
     width: int,
-) -> tuple[dict[str, ModuleType], dict[str, Stats]]:
-    """Both builds' scenarios run in interleaved rounds, their table printed."""
+) -> tuple[dict[str, ModuleType], dict[str, Stats], dict[str, list[int]]]:
+    """Both builds' scenarios run in interleaved rounds, their table printed;
+    also the samples (sample i is input i % len(CASES))."""
     modules = {role: importlib.import_module(name) for role, name in names.items()}
     both = {k: v for role, m in modules.items() for k, v in scenarios_of(m, role).items()}
     denied = (*DENIED, *(m.ActionDenied for m in modules.values()))
-    stats = {k: Stats.of(v) for k, v in interleaved(both, sizes, denied=denied).items()}
+    samples = interleaved(both, sizes, denied=denied)
+    stats = {k: Stats.of(v) for k, v in samples.items()}
     print(
         f"same process, {sizes.iterations:,} calls per scenario in {sizes.rounds} "
         f"interleaved rounds, cycling {len(CASES)} inputs of the example policy"
@@ -256,11 +258,11 @@ def compared(
     print(f"  {'':<{width}}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}")
     for name, s in stats.items():
         print(f"  {name:<{width}}{s.p50:>10.2f}{s.p99:>10.2f}{s.mean:>10.2f}")
-    return modules, stats
+    return modules, stats, samples
 
 
 def receipts(names: dict[str, str], into: Path, sizes: Sizes) -> None:
-    modules, stats = compared(names, sizes, lambda m, role: receipt_scenarios(m, role, into), 38)
+    modules, stats, _ = compared(names, sizes, lambda m, role: receipt_scenarios(m, role, into), 38)
     print(f"  {'p50 ratios':<38}{'baseline':>9}{'candidate':>10}")
     for what, over in (
         ("check + signed receipt", "gate.check"),
@@ -278,13 +280,26 @@ def receipts(names: dict[str, str], into: Path, sizes: Sizes) -> None:
 
 
 def timed(names: dict[str, str], sizes: Sizes) -> None:
-    _, stats = compared(names, sizes, scenarios, 28)
+    _, stats, samples = compared(names, sizes, scenarios, 28)
     for what in ("gate.check", "guarded call"):
         old, new = stats[f"baseline {what}"], stats[f"candidate {what}"]
         print(
             f"  {what}: candidate / baseline = {new.p50 / old.p50:.3f} (p50), "
             f"{new.mean / old.mean:.3f} (mean)"
         )
+    # By action, because the mix hides that only shell.exec runs the regexes.
+    n = len(CASES)
+    print(f"  {'p50 ratio by action':<28}{'gate.check':>11}{'guarded':>9}")
+    for action in dict.fromkeys(c.action for c in CASES):
+        inputs = [i for i, c in enumerate(CASES) if c.action == action]
+        ratios = []
+        for what in ("gate.check", "guarded call"):
+            old, new = (
+                Stats.of([t for i in inputs for t in samples[f"{role} {what}"][i::n]])
+                for role in ROLES
+            )
+            ratios.append(new.p50 / old.p50)
+        print(f"  {action + f' ({len(inputs)} inputs)':<28}{ratios[0]:>11.3f}{ratios[1]:>9.3f}")
 
 
 def _count(module_name: str, scenario: str, calls: int) -> None:
