@@ -150,11 +150,11 @@ const GUARDED: &[(&str, Estimator)] = &[
     ("yaml.unmarshal", est_encode),
 ];
 
+/// A builtin as regorus calls it.
+pub(super) type BuiltinFn = fn(&Span, &[Ref<Expr>], &[Value], bool) -> anyhow::Result<Value>;
+
 /// One guard function per entry of [`GUARDED`], by index (builtins are plain
 /// function pointers, so the index is a const parameter).
-/// A builtin as regorus calls it.
-type BuiltinFn = fn(&Span, &[Ref<Expr>], &[Value], bool) -> anyhow::Result<Value>;
-
 const GUARDS: [BuiltinFn; 28] = [
     guarded::<0>,
     guarded::<1>,
@@ -188,13 +188,27 @@ const GUARDS: [BuiltinFn; 28] = [
 
 /// Replaces the guarded builtins of a compiled program with their guards.
 pub fn install(program: &mut Program) {
+    replace_builtins(program, |name| {
+        let g = GUARDED.iter().position(|(n, _)| *n == name)?;
+        GUARDS.get(g).copied()
+    });
+}
+
+/// Puts `with(name)`, where it gives one, in the compiled program's slot of
+/// each builtin the program calls.
+pub(super) fn replace_builtins(program: &mut Program, with: impl Fn(&str) -> Option<BuiltinFn>) {
     for (i, info) in program.builtin_info_table.iter().enumerate() {
-        if let Some(g) = GUARDED.iter().position(|(n, _)| *n == info.name) {
-            if let (Some(slot), Some(guard)) = (program.resolved_builtins.get_mut(i), GUARDS.get(g))
-            {
-                slot.0 = *guard;
-            }
+        if let (Some(f), Some(slot)) = (with(&info.name), program.resolved_builtins.get_mut(i)) {
+            slot.0 = f;
         }
+    }
+}
+
+/// regorus's own implementation of a builtin, which a replacement calls.
+pub(super) fn regorus_builtin(name: &str) -> anyhow::Result<BuiltinFn> {
+    match BUILTINS.get(name) {
+        Some(&(original, _)) => Ok(original),
+        None => anyhow::bail!("internal error: builtin {name} is not available"),
     }
 }
 
@@ -216,9 +230,7 @@ fn guarded<const I: usize>(
     let Some(&(name, estimate)) = GUARDED.get(I) else {
         anyhow::bail!("internal error: no guarded builtin {I}");
     };
-    let Some(&(original, _)) = BUILTINS.get(name) else {
-        anyhow::bail!("internal error: builtin {name} is not available");
-    };
+    let original = regorus_builtin(name)?;
     let Some(budget) = BUDGET.with(Cell::get) else {
         // No evaluation scope (never the case for the gate): apply the default bound.
         let _scope = Scope::enter(Instant::now(), Duration::MAX, DEFAULT_MAX_MEMORY);

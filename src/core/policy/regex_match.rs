@@ -35,8 +35,10 @@ use regex::{Regex, RegexBuilder};
 use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::Input;
 use regorus::rvm::Program;
-use regorus::unstable::{Expr, Ref, Span, BUILTINS};
+use regorus::unstable::{Expr, Ref, Span};
 use regorus::Value;
+
+use super::bounds::{regorus_builtin, replace_builtins, BuiltinFn};
 
 const NAME: &str = "regex.match";
 /// Patterns kept compiled (regorus's own cache keeps 256 too).
@@ -54,7 +56,7 @@ struct Compiled {
     pattern: Box<str>,
     regex: Regex,
     uses: AtomicU32,
-    /// None once built: the pattern's DFA would pass the caps.
+    /// Set once the pattern is hot: `None` when its DFA would pass the caps.
     dfa: OnceLock<Option<dense::DFA<Vec<u32>>>>,
 }
 
@@ -138,21 +140,14 @@ fn regex_match(
             return Ok(Value::Bool(re.is_match(text)));
         }
     }
-    let Some(&(original, _)) = BUILTINS.get(NAME) else {
-        anyhow::bail!("internal error: builtin {NAME} is not available");
-    };
-    original(span, params, args, strict)
+    regorus_builtin(NAME)?(span, params, args, strict)
 }
 
 /// Puts this `regex.match` in the compiled program in place of regorus's.
 pub(super) fn install(program: &mut Program) {
-    for (i, info) in program.builtin_info_table.iter().enumerate() {
-        if info.name == NAME {
-            if let Some(slot) = program.resolved_builtins.get_mut(i) {
-                slot.0 = regex_match;
-            }
-        }
-    }
+    replace_builtins(program, |name| {
+        (name == NAME).then_some(regex_match as BuiltinFn)
+    });
 }
 
 #[cfg(test)]
