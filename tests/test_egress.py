@@ -129,6 +129,12 @@ def gate(tmp_path: pathlib.Path, upstream: Upstream) -> Iterator[execgate.Gate]:
         yield g
 
 
+def logged(gate: execgate.Gate) -> pathlib.Path:
+    """The gate's log, once the completions of the calls so far are written."""
+    gate.flush()
+    return gate.test_log  # type: ignore[attr-defined,no-any-return]
+
+
 def records(path: pathlib.Path) -> list[dict[str, Any]]:
     return [
         execgate.Receipt.from_json(line).payload
@@ -178,7 +184,7 @@ def test_a_denied_request_never_arrives_and_the_tool_sees_403_with_the_reason(
     assert done.stdout.endswith(b"\n403")
     assert reason.encode() in done.stdout
     assert upstream.received == []
-    (denied,) = decisions(gate.test_log, "net.request")  # type: ignore[attr-defined]
+    (denied,) = decisions(logged(gate), "net.request")
     assert denied["decision"] == "deny" and reason in denied["reasons"]
 
 
@@ -202,7 +208,7 @@ def test_an_email_and_a_card_in_a_json_body_arrive_masked(
     assert sent["n"] == 1
     assert int(got.headers["content-length"]) == len(got.body)
     # The log never holds the body: not raw, not in the decision.
-    assert "alice@example.com" not in gate.test_log.read_text()  # type: ignore[attr-defined]
+    assert "alice@example.com" not in logged(gate).read_text()
 
 
 def test_the_policy_sees_only_the_bodys_digest(tmp_path: pathlib.Path, upstream: Upstream) -> None:
@@ -257,7 +263,7 @@ except OSError as e:
     none = curl(gate, "--noproxy", "*", f"http://127.0.0.1:{upstream.port}/direct")
     assert none.exit_code != 0
     assert upstream.received == []
-    assert decisions(gate.test_log, "net.request") == []  # type: ignore[attr-defined]
+    assert decisions(logged(gate), "net.request") == []
 
 
 def test_the_log_holds_one_decision_per_request_linked_to_the_tool_call(
@@ -268,7 +274,7 @@ def test_the_log_holds_one_decision_per_request_linked_to_the_tool_call(
         ["sh", "-c", f"curl -sS {url}/a; curl -sS {url}/b; curl -sS {url}/admin; true"], sandbox=BOX
     )
     assert done.ok, done.stderr
-    log = gate.test_log  # type: ignore[attr-defined]
+    log = logged(gate)
     (tool,) = decisions(log, "shell.exec")
     requests = decisions(log, "net.request")
     assert [r["decision"] for r in requests] == ["allow", "allow", "deny"]
@@ -294,7 +300,7 @@ def test_connect_to_an_allowed_host_and_port_is_tunnelled_without_inspection(
     assert done.ok, done.stderr
     assert done.stdout == b"hello from upstream"
     assert [r.path for r in upstream.received] == ["/tunnelled"]
-    log = gate.test_log  # type: ignore[attr-defined]
+    log = logged(gate)
     (req,) = decisions(log, "net.request")
     assert req["decision"] == "allow"
     (outcome,) = [
@@ -316,7 +322,7 @@ for target in ["127.0.0.1:22", "example.com:443"]:
     done = python(gate, script)
     assert done.ok, done.stderr
     assert done.stdout.decode().splitlines() == ["HTTP/1.1 403 ", "HTTP/1.1 403 "]
-    reasons = [r["reasons"] for r in decisions(gate.test_log, "net.request")]  # type: ignore[attr-defined]
+    reasons = [r["reasons"] for r in decisions(logged(gate), "net.request")]
     assert reasons == [
         ["port 22 is not allowed"],
         ["host example.com is not allowed", "port 443 is not allowed"],
@@ -393,7 +399,7 @@ def test_hostile_requests_are_refused_undecided_and_never_forwarded(
     answer = raw(gate, message.replace(b"{port}", str(upstream.port).encode()))
     assert answer.split()[1] == status, answer
     assert upstream.received == []
-    assert decisions(gate.test_log, "net.request") == []  # type: ignore[attr-defined]
+    assert decisions(logged(gate), "net.request") == []
 
 
 def test_a_slow_loris_client_is_cut_off_undecided(upstream: Upstream) -> None:
@@ -470,7 +476,7 @@ def test_numeric_host_forms_are_decided_as_the_address_they_reach(
     for host in ("2130706433", "0x7f.1", "127.1"):
         answer = raw(gate, f"GET http://{host}:{port}/n HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert answer.split()[1] == "200", answer
-    verdicts = {r["decision"] for r in decisions(gate.test_log, "net.request")}  # type: ignore[attr-defined]
+    verdicts = {r["decision"] for r in decisions(logged(gate), "net.request")}
     assert verdicts == {"allow"}  # the policy allows the host "127.0.0.1" only
     assert len(upstream.received) == 3
 
@@ -511,7 +517,7 @@ def test_a_finding_in_a_binary_body_refuses_the_request(
     answer = raw(gate, message)
     assert answer.split()[1] == "403", answer
     assert upstream.received == []
-    (d,) = decisions(gate.test_log, "net.request")  # type: ignore[attr-defined]
+    (d,) = decisions(logged(gate), "net.request")
     assert d["decision"] == "deny" and d["error"] == "obligation"
 
 
@@ -606,7 +612,7 @@ print(c.sock is not None)
     assert lines[2] == "200 hello from upstream None"
     assert lines[3] == "True"  # the same connection throughout
     assert [r.path for r in upstream.received] == ["/a", "/b"]
-    verdicts = [r["decision"] for r in decisions(gate.test_log, "net.request")]  # type: ignore[attr-defined]
+    verdicts = [r["decision"] for r in decisions(logged(gate), "net.request")]
     assert verdicts == ["allow", "deny", "allow"]
 
 
@@ -644,7 +650,7 @@ def test_an_encoded_or_dotted_path_is_decided_as_the_server_reads_it(
     answer = raw(gate, message.encode())
     assert answer.split()[1] == "403", answer
     assert upstream.received == []
-    (d,) = decisions(gate.test_log, "net.request")  # type: ignore[attr-defined]
+    (d,) = decisions(logged(gate), "net.request")
     assert any(r.startswith("path /admin") for r in d["reasons"]), d["reasons"]
 
 
@@ -655,7 +661,7 @@ def test_an_ambiguous_path_is_refused_undecided(
     message = f"GET http://127.0.0.1:{upstream.port}{path} HTTP/1.1\r\nHost: x\r\n\r\n"
     assert raw(gate, message.encode()).split()[1] == "400"
     assert upstream.received == []
-    assert decisions(gate.test_log, "net.request") == []  # type: ignore[attr-defined]
+    assert decisions(logged(gate), "net.request") == []
 
 
 def test_the_forwarded_path_is_the_decided_one(gate: execgate.Gate, upstream: Upstream) -> None:

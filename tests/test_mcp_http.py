@@ -25,6 +25,7 @@ from mcp_stack import (  # noqa: E402
     records,
     run,
     text,
+    verified,
 )
 
 
@@ -132,9 +133,7 @@ def test_http_approval_without_elicitation_capability_fails_closed(gateway):
 
 
 def test_http_log_verifies(gateway):
-    report = execgate.verify_log(str(gateway["log"]), [gateway["key"].verify_key])
-    assert report.ok, report.reason
-    assert report.unfinished_count == 0
+    report = verified(gateway["log"], gateway["key"])
     assert report.completions == report.allowed
 
 
@@ -316,8 +315,7 @@ def test_http_hostile_requests_never_crash_or_pass(tmp_path):
             assert raw.seen() == ["slow"]
         finally:
             raw.close()
-        report = execgate.verify_log(str(stack["log"]), [stack["key"].verify_key])
-    assert report.ok and report.unfinished_count == 0
+        report = verified(stack["log"], stack["key"])
     assert report.allowed == report.completions == 2  # slow and calls
     assert report.denied == 0
 
@@ -361,8 +359,7 @@ def test_http_client_disconnect_mid_call(tmp_path):
             assert stack["proxy"].poll() is None  # the relay keeps serving
         finally:
             raw.close()
-        report = execgate.verify_log(str(stack["log"]), [stack["key"].verify_key])
-    assert report.ok and report.unfinished_count == 0
+        verified(stack["log"], stack["key"])
 
 
 def test_http_client_gone_while_asked_is_a_recorded_denial(tmp_path):
@@ -421,8 +418,7 @@ def test_http_upstream_crash_mid_call_is_recorded_failed(tmp_path):
     [completion] = [r for r in records(log) if r["kind"] == "completion"]
     assert completion["outcome"]["status"] == "error"
     assert completion["outcome"]["error_type"] == "upstream_failed"
-    report = execgate.verify_log(str(log), [key.verify_key])
-    assert report.ok and report.unfinished_count == 0
+    verified(log, key)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from execgate import telemetry
-from execgate._core import Decision, Receipt, __version__
+from execgate._core import Decision, __version__
 from execgate._core import Gate as NativeGate
 
 # Decisions take microseconds; a slow one (an audit fsync, a remote store)
@@ -127,9 +127,9 @@ class Instruments:
         )
 
     @staticmethod
-    def tool_ended(span: Span, error: str | None, completion: Receipt | None) -> None:
+    def tool_ended(span: Span, error: str | None, completion: str | None) -> None:
         if completion is not None:
-            span.set_attribute("execgate.completion.id", completion.id)
+            span.set_attribute("execgate.completion.id", completion)
         if error is not None:
             span.set_attribute("error.type", error)
             span.set_status(Status(StatusCode.ERROR, error))

@@ -90,8 +90,9 @@ def _policy_spec(policy: PolicyLike, data: DataLike | None) -> dict[str, Any]:
     return {"sources": sources, "paths": paths, "data": data_dicts, "data_files": data_files}
 
 
-# Logs opened through a Gate are closed at interpreter exit, so checkpoint-mode
-# records get their final checkpoint and batch-mode records their fsync.
+# Logs a Gate writes to are closed at interpreter exit, so queued completion
+# records are written, checkpoint-mode records get their final checkpoint and
+# batch-mode records their fsync.
 _open_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
 
 
@@ -119,6 +120,7 @@ def _audit_log(
     if isinstance(audit, AuditLog):
         if key is not None:
             raise TypeError("pass the key to AuditLog(...) or to Gate(key=...), not both")
+        _open_logs.add(audit)
         return audit
     if key is None:
         if audit is not None:
@@ -582,6 +584,14 @@ class Gate:
         """Where shipping to PostgreSQL (``ship_to``) stands: the last seq
         shipped, the lag, the last error (None without ``ship_to``)."""
         return self._shipper.status if self._shipper is not None else None
+
+    def flush(self) -> None:
+        """Waits until the completion records of the calls that returned are
+        written to the audit log (a guarded call returns before its completion
+        record is written unless the log's durability is ``"always"``).
+        Raises AuditLogError when one could not be written."""
+        if self._log is not None:
+            self._log.flush()
 
     def close(self) -> None:
         """Stops bundle polling; flushes and closes the audit log (sealing

@@ -27,7 +27,7 @@ use super::gate::{input_document, Current, Gate};
 use super::ledger::{history_entry, Budget, Rate};
 use super::obligation::{ApprovalSpec, Obligations, RedactRule};
 use super::policy::EvalFailure;
-use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome, Receipt};
+use super::receipt::{completion_body, decision_body, value_sha256, Approval, Outcome};
 use super::state::{HistoryWrite, SharedState};
 
 /// What an entry point can do with a call beyond deciding it. An obligation
@@ -753,8 +753,10 @@ impl Call {
     }
 
     /// Records what happened when the tool ran (once), linked to the decision
-    /// receipt; returns the completion receipt when the gate keeps a log.
-    pub fn complete(&mut self, outcome: &Outcome) -> Result<Option<Receipt>> {
+    /// receipt; returns the completion record's id when the gate keeps a log.
+    /// The record is written after this returns unless the log's durability
+    /// is `Always` (see `AuditLog::append_later`).
+    pub fn complete(&mut self, outcome: &Outcome) -> Result<Option<String>> {
         match self.stage {
             Stage::Authorized => self.runnable()?,
             Stage::Decided => {
@@ -771,7 +773,8 @@ impl Call {
         self.stage = Stage::Completed;
         match (&self.gate.log, &self.decision.receipt) {
             (Some(log), Some(authorization)) => {
-                Ok(Some(log.append(completion_body(authorization, outcome)?)?))
+                let body = completion_body(authorization, outcome)?;
+                Ok(Some(log.append_later(body)?))
             }
             _ => Ok(None),
         }

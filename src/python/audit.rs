@@ -81,9 +81,17 @@ impl PyAuditLog {
         })
     }
 
-    /// Seals pending checkpoint-mode records, syncs and closes. Idempotent.
+    /// Writes the completion records still queued, seals pending
+    /// checkpoint-mode records, syncs and closes. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| self.inner.close())?)
+    }
+
+    /// Waits until the completion records queued so far are written (a
+    /// guarded call returns before its completion is written unless the
+    /// durability is "always"). Raises AuditLogError when one could not be.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.flush())?)
     }
 
     /// Closes this file's part of the chain: renames it to

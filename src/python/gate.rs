@@ -672,7 +672,8 @@ impl PyCall {
     }
 
     /// Records what happened when the tool ran (once). Returns the
-    /// completion receipt when the gate keeps a log.
+    /// completion record's id when the gate keeps a log (the record is
+    /// written after this returns unless the log's durability is "always").
     #[pyo3(signature = (status, duration_ns=0, output=None, error_type=None, extra=None))]
     fn complete(
         &self,
@@ -682,7 +683,7 @@ impl PyCall {
         output: Option<Bound<'_, PyAny>>,
         error_type: Option<String>,
         extra: Option<Bound<'_, PyDict>>,
-    ) -> PyResult<Option<PyReceipt>> {
+    ) -> PyResult<Option<String>> {
         // Without a receipt nothing is recorded: skip digesting the output.
         let recorded = self.state.lock().call.decision().receipt.is_some();
         if !recorded {
@@ -691,10 +692,7 @@ impl PyCall {
             return Ok(None);
         }
         let outcome = outcome(status, duration_ns, output.as_ref(), error_type, extra)?;
-        py.detach(|| {
-            let receipt = self.state.lock().call.complete(&outcome)?;
-            Ok(receipt.map(|inner| PyReceipt { inner }))
-        })
+        py.detach(|| Ok(self.state.lock().call.complete(&outcome)?))
     }
 }
 

@@ -27,6 +27,7 @@
 //!   writing a signed `recovery` record that names it.
 
 mod handoff;
+mod later;
 mod links;
 mod parse;
 mod reader;

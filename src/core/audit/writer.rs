@@ -36,6 +36,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::handoff;
+use super::later::Later;
 use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail, Tail};
 use super::state::{fold_range, rebuild, search_limit, StateFold};
 use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
@@ -117,6 +118,8 @@ pub(super) struct Inner {
     state: Mutex<State>,
     /// Signalled when a record is written (or fails) and when none is in flight.
     progress: Condvar,
+    /// Records to append after their call returned (see [`super::later`]).
+    later: Later,
 }
 
 /// A hash-chained, signed, append-only log. Cheap to share (`Arc` inside).
@@ -234,6 +237,31 @@ impl AuditLog {
         self.inner.append(&body.into())
     }
 
+    /// Appends `body` after the caller has gone on (see [`super::later`]):
+    /// returns the id its record will have. With `Durability::Always`, or in
+    /// memory, appends it now. Fails when an earlier queued record could not
+    /// be written, or the log is closed.
+    pub fn append_later(&self, body: Body) -> Result<String> {
+        if self.inner.options.durability == Durability::Always || self.inner.path.is_none() {
+            return self.append(body).map(|r| r.id().to_string());
+        }
+        let id = new_id();
+        self.inner
+            .later()
+            .push(&self.inner, body, id.clone())
+            .map_err(|why| io_error(self.inner.path_for_errors(), "cannot append", why))?;
+        Ok(id)
+    }
+
+    /// Waits until every record [`AuditLog::append_later`] queued is written;
+    /// fails when one could not be.
+    pub fn flush(&self) -> Result<()> {
+        self.inner
+            .later()
+            .flush()
+            .map_err(|why| io_error(self.inner.path_for_errors(), "cannot append", why))
+    }
+
     /// Like [`AuditLog::append`], but first asks the attached fold whether
     /// the record is admitted ([`StateFold::admits`]), under the file lock
     /// and after folding what other writers appended: a decision that takes
@@ -241,7 +269,7 @@ impl AuditLog {
     /// record in the file, so processes sharing one log share its limits
     /// exactly. `Ok(Err(reason))`: refused, nothing written.
     pub fn append_admitted(&self, body: &Body) -> Result<std::result::Result<Receipt, String>> {
-        self.inner.append_checked(body, true)
+        self.inner.append_checked(body, true, None)
     }
 
     /// Keeps `fold` in step with the log's records and writes it out in
@@ -278,9 +306,15 @@ impl AuditLog {
         self.inner.state.lock().rebuilt_from
     }
 
-    /// Seals pending checkpoint-mode records, syncs, and closes the file.
-    /// Later appends fail. Safe to call twice.
+    /// Writes the records [`AuditLog::append_later`] queued, seals pending
+    /// checkpoint-mode records, syncs, and closes the file. Later appends
+    /// fail. Safe to call twice.
     pub fn close(&self) -> Result<()> {
+        let queued = self
+            .inner
+            .later()
+            .stop()
+            .map_err(|why| io_error(self.inner.path_for_errors(), "cannot append", why));
         if let Some((stop, handle)) = self.ticker.lock().take() {
             drop(stop);
             let _ = handle.join();
@@ -288,9 +322,9 @@ impl AuditLog {
         let mut st = self.inner.state.lock();
         self.inner.drain(&mut st);
         if st.closed {
-            return Ok(());
+            return queued;
         }
-        let result = self.inner.seal_and_sync(&mut st);
+        let result = queued.and(self.inner.seal_and_sync(&mut st));
         st.closed = true;
         st.file = None;
         // Appends waiting for a turn see the log closed.
@@ -386,6 +420,7 @@ impl Inner {
                 bytes_since_state: 0,
             }),
             progress: Condvar::new(),
+            later: Later::default(),
         })
     }
 
@@ -394,8 +429,17 @@ impl Inner {
     }
 
     fn append(&self, body: &Body) -> Result<Receipt> {
-        self.append_checked(body, false)?
+        self.append_as(body, None)
+    }
+
+    /// Appends `body` as a record with `id` (else a new one).
+    pub(super) fn append_as(&self, body: &Body, id: Option<String>) -> Result<Receipt> {
+        self.append_checked(body, false, id)?
             .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))
+    }
+
+    pub(super) fn later(&self) -> &Later {
+        &self.later
     }
 
     fn closed_error(&self) -> CoreError {
@@ -409,7 +453,15 @@ impl Inner {
         &self,
         body: &Body,
         admit: bool,
+        id: Option<String>,
     ) -> Result<std::result::Result<Receipt, String>> {
+        if id.is_none() {
+            // A queued record that failed fails the next record appended
+            // for a caller (not the writer thread's own next one).
+            if let Some(why) = self.later.take_failure() {
+                return Err(io_error(self.path_for_errors(), "cannot append", why));
+            }
+        }
         let mut st = self.state.lock();
         // After a failed write, the records in flight must fail before the
         // chain continues from the file's real head.
@@ -419,7 +471,7 @@ impl Inner {
         if st.closed {
             return Err(self.closed_error());
         }
-        let unsigned = match self.reserve(&mut st, body, Seal::Mode, admit)? {
+        let unsigned = match self.reserve(&mut st, body, Seal::Mode, admit, id)? {
             Ok(unsigned) => unsigned,
             Err(reason) => return Ok(Err(reason)),
         };
@@ -477,7 +529,7 @@ impl Inner {
     ) -> Result<Receipt> {
         self.drain(st);
         let unsigned = self
-            .reserve(st, body, seal, false)?
+            .reserve(st, body, seal, false, None)?
             .map_err(|reason| io_error(self.path_for_errors(), "cannot append", reason))?;
         let seq = unsigned.seq();
         let sealed = unsigned.seal(self.signs(seal).then_some(&self.key));
@@ -495,6 +547,7 @@ impl Inner {
         body: &Body,
         seal: Seal,
         admit: bool,
+        id: Option<String>,
     ) -> Result<std::result::Result<Unsigned, String>> {
         if let Some(file) = st.file.clone() {
             if !st.locked {
@@ -513,7 +566,7 @@ impl Inner {
                     return Ok(Err(reason));
                 }
             }
-            let unsigned = self.prepare(st, body, seal)?;
+            let unsigned = self.prepare(st, body, seal, id)?;
             let bound = unsigned.envelope_len_bound() as u64 + 1;
             if bound > MAX_RECORD_BYTES {
                 return Err(io_error(
@@ -660,7 +713,7 @@ impl Inner {
     /// Chains, signs and writes one record at once (the file lock held, no
     /// record in flight): the recovery records [`Inner::sync_head`] writes.
     fn write_now(&self, st: &mut State, file: &File, body: &Body, seal: Seal) -> Result<()> {
-        let unsigned = self.prepare(st, body, seal)?;
+        let unsigned = self.prepare(st, body, seal, None)?;
         self.advance_chain(st, &unsigned, seal);
         if let Some(fold) = &st.fold {
             fold.fold(body);
@@ -702,9 +755,10 @@ impl Inner {
         Ok(())
     }
 
-    /// The record's canonical payload: `body` with the chain fields.
-    fn prepare(&self, st: &State, body: &Body, seal: Seal) -> Result<Unsigned> {
-        let id = uuid::Uuid::now_v7().to_string();
+    /// The record's canonical payload: `body` with the chain fields (its
+    /// `id` given, or a new one).
+    fn prepare(&self, st: &State, body: &Body, seal: Seal, id: Option<String>) -> Result<Unsigned> {
+        let id = id.unwrap_or_else(new_id);
         let seq = st.seq + 1;
         let mut chain = Body::new();
         chain
@@ -1149,6 +1203,11 @@ impl Inner {
     }
 }
 
+/// A record's id: a UUIDv7 (time-ordered).
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Unsealed records after `seq` are not this writer's to seal any more (cut
 /// from the file, replaced, or never written): its checkpoints must not seal
 /// them, and their seq numbers may be reused.
@@ -1328,7 +1387,7 @@ mod tests {
             .map(|n| {
                 let body = Body::from(body(n));
                 inner
-                    .reserve(&mut st, &body, Seal::Mode, false)
+                    .reserve(&mut st, &body, Seal::Mode, false, None)
                     .unwrap()
                     .unwrap()
             })

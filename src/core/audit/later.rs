@@ -1,0 +1,251 @@
+//! Records appended after the call that made them has returned
+//! ([`super::AuditLog::append_later`]): a guarded call's completion record.
+//!
+//! The caller gets its record's id at once; one writer thread per log takes
+//! the queue in order and appends each record through the same path as any
+//! other append (chained, signed as the mode says, written under the file
+//! lock), so nothing about the log's format or its verification changes:
+//! only when the record is written.
+//!
+//! - **Order.** Queued records are written in the order they were queued;
+//!   other records may come between them. Each completion follows its
+//!   decision, which was written before the tool ran.
+//! - **Flushing.** [`super::AuditLog::flush`] waits until every record queued
+//!   before it is written; `close()` (and so a `Gate`'s close and Python's
+//!   exit) flushes before its last checkpoint and sync.
+//! - **Crashes.** A process killed before the writer thread got to a record
+//!   loses it: the call shows in `verify`'s `unfinished` (authorized, never
+//!   completed), as a call killed mid-run does. At most [`MAX_QUEUED`]
+//!   records wait; a caller that finds the queue full waits for room.
+//! - **Failures.** A queued record that cannot be written fails the next
+//!   append of any kind (so the next decision is denied with
+//!   `error="audit"`, naming it), the next `append_later`, `flush` or
+//!   `close`: once, for each failure.
+//!
+//! With `durability="always"` a record is on disk before the call returns,
+//! so `append_later` appends at once, as does a log kept in memory.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::writer::Inner;
+use crate::core::receipt::{Body, Fields};
+
+/// Records queued and not yet written, at most.
+pub const MAX_QUEUED: usize = 1024;
+
+#[derive(Default)]
+struct Queue {
+    /// Bodies and the ids their records take.
+    items: VecDeque<(Body, String)>,
+    /// The writer thread holds a record taken from `items` and not yet
+    /// written.
+    writing: bool,
+    /// Why the first queued record since the last report could not be
+    /// written.
+    failed: Option<String>,
+    /// The thread is to write what is queued and end.
+    stop: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The queue and its writer thread.
+#[derive(Default)]
+pub(super) struct Later {
+    queue: Mutex<Queue>,
+    /// Signalled when a record is queued, written or failed, and on stop.
+    changed: Condvar,
+}
+
+impl Later {
+    /// Queues `body` (its record to have `id`), starting the writer thread
+    /// on first use; waits while the queue is full.
+    pub(super) fn push(&self, inner: &Arc<Inner>, body: Body, id: String) -> Result<(), String> {
+        let mut q = self.queue.lock();
+        if let Some(why) = q.failed.take() {
+            return Err(why);
+        }
+        if q.stop {
+            return Err("the log is closed".into());
+        }
+        if q.thread.is_none() {
+            let inner = Arc::clone(inner);
+            let thread = std::thread::Builder::new()
+                .name("execgate-audit-later".into())
+                .spawn(move || inner.later().run(&inner))
+                .map_err(|e| format!("cannot start the log's writer thread: {e}"))?;
+            q.thread = Some(thread);
+        }
+        while q.items.len() >= MAX_QUEUED && !q.stop {
+            self.changed.wait(&mut q);
+        }
+        q.items.push_back((body, id));
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The writer thread: appends queued records in order until stopped,
+    /// then what is left.
+    fn run(&self, inner: &Inner) {
+        let mut q = self.queue.lock();
+        loop {
+            let Some((body, id)) = q.items.pop_front() else {
+                if q.stop {
+                    return;
+                }
+                self.changed.wait(&mut q);
+                continue;
+            };
+            q.writing = true;
+            // A panic would leave `writing` set and flush waiting: it is
+            // reported as this record's failure instead.
+            let written = parking_lot::MutexGuard::unlocked(&mut q, || {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    inner.append_as(&body, Some(id))
+                })) {
+                    Ok(appended) => appended.map(drop).map_err(|e| e.to_string()),
+                    Err(_) => Err("the log's writer thread panicked".to_string()),
+                }
+            });
+            q.writing = false;
+            if let Err(e) = written {
+                let kind = body.field("kind").and_then(|k| k.as_str()).unwrap_or("a");
+                q.failed.get_or_insert(format!(
+                    "a {kind} record queued earlier could not be written: {e}"
+                ));
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Takes the failure of a queued record, if one is to be reported.
+    pub(super) fn take_failure(&self) -> Option<String> {
+        self.queue.lock().failed.take()
+    }
+
+    /// Waits until every record queued so far is written (or failed).
+    pub(super) fn flush(&self) -> Result<(), String> {
+        let mut q = self.queue.lock();
+        while (!q.items.is_empty() || q.writing) && q.thread.is_some() {
+            self.changed.wait(&mut q);
+        }
+        q.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// Writes what is queued and ends the writer thread; later pushes fail.
+    pub(super) fn stop(&self) -> Result<(), String> {
+        let thread = {
+            let mut q = self.queue.lock();
+            q.stop = true;
+            self.changed.notify_all();
+            q.thread.take()
+        };
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                return Err("the log's writer thread panicked".into());
+            }
+        }
+        self.take_failure().map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{body, keyring, tempdir};
+    use super::super::{verify_log, AuditLog, AuditOptions, Durability};
+    use super::MAX_QUEUED;
+    use crate::core::keys::SigningKey;
+    use crate::core::receipt::Receipt;
+
+    fn records(path: &std::path::Path) -> Vec<Receipt> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| Receipt::from_line(l.as_bytes()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn queued_records_are_written_in_order_with_the_ids_given() {
+        let path = tempdir("later").join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        log.append(body(0)).unwrap();
+        // More than the queue holds: the caller waits for room, nothing is lost.
+        let n = MAX_QUEUED as u64 + 200;
+        let ids: Vec<String> = (1..=n)
+            .map(|i| log.append_later(body(i).into()).unwrap())
+            .collect();
+        log.flush().unwrap();
+        let written = records(&path);
+        assert_eq!(written.len() as u64, n + 1);
+        let got: Vec<&str> = written[1..].iter().map(|r| r.id()).collect();
+        assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        for (i, r) in written.iter().enumerate() {
+            assert_eq!(r.payload()["n"], i as u64);
+        }
+        let report = verify_log(&path, &keyring(&key)).unwrap();
+        assert!(report.ok(), "{:?}", report.failure);
+    }
+
+    #[test]
+    fn close_writes_what_is_queued_and_later_appends_fail() {
+        let path = tempdir("later").join("log.jsonl");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        for i in 0..50 {
+            log.append_later(body(i).into()).unwrap();
+        }
+        log.close().unwrap();
+        assert_eq!(records(&path).len(), 50);
+        let e = log.append_later(body(50).into()).unwrap_err().to_string();
+        assert!(e.contains("closed"), "{e}");
+        assert_eq!(records(&path).len(), 50);
+    }
+
+    #[test]
+    fn durability_always_and_memory_append_at_once() {
+        let path = tempdir("later").join("log.jsonl");
+        let options = AuditOptions {
+            durability: Durability::Always,
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&path, SigningKey::generate(), options).unwrap();
+        let id = log.append_later(body(1).into()).unwrap();
+        // On disk before append_later returned: no flush.
+        assert_eq!(records(&path)[0].id(), id);
+        let memory = AuditLog::in_memory(SigningKey::generate(), AuditOptions::default());
+        assert!(!memory.append_later(body(1).into()).unwrap().is_empty());
+        assert_eq!(memory.seq(), 1);
+    }
+
+    #[test]
+    fn a_queued_record_that_fails_is_reported_once() {
+        let dir = tempdir("later");
+        let path = dir.join("log.jsonl");
+        let log = AuditLog::open(&path, SigningKey::generate(), AuditOptions::default()).unwrap();
+        log.append(body(0)).unwrap();
+        // The path no longer names the writer's file: its appends fail.
+        std::fs::rename(&path, dir.join("moved")).unwrap();
+        log.append_later(body(1).into()).unwrap();
+        let e = log.flush().unwrap_err().to_string();
+        assert!(
+            e.contains("a decision record queued earlier could not be written")
+                && e.contains("unlinked or moved away"),
+            "{e}"
+        );
+        log.flush().unwrap(); // reported once
+                              // Each queued failure is reported again (by flush, and by close).
+        log.append_later(body(2).into()).unwrap();
+        let e = log.flush().unwrap_err().to_string();
+        assert!(e.contains("queued earlier"), "{e}");
+        log.append_later(body(3).into()).unwrap();
+        let e = log.close().unwrap_err().to_string();
+        assert!(e.contains("queued earlier"), "{e}");
+        assert_eq!(records(&dir.join("moved")).len(), 1);
+    }
+}
