@@ -7,6 +7,12 @@
 //! lock), so nothing about the log's format or its verification changes:
 //! only when the record is written.
 //!
+//! - **Waking.** A caller never wakes the writer thread while it is busy or
+//!   was busy lately: it looks at the queue every [`POLL`], so a burst of
+//!   calls costs the callers no system call (waking a thread that sleeps on
+//!   another CPU costs the waker more than the record's signature saves it).
+//!   After [`PARK_AFTER`] with nothing to write it sleeps until a record
+//!   comes; `flush` and `close` wake it at once.
 //! - **Order.** Queued records are written in the order they were queued;
 //!   other records may come between them. Each completion follows its
 //!   decision, which was written before the tool ran.
@@ -14,7 +20,7 @@
 //!   before it is written; `close()` (and so a `Gate`'s close and Python's
 //!   exit) flushes before its last checkpoint and sync.
 //! - **Crashes.** A process killed before the writer thread got to a record
-//!   loses it: the call shows in `verify`'s `unfinished` (authorized, never
+//!   (about [`POLL`] after the call returned, in a burst) loses it: the call shows in `verify`'s `unfinished` (authorized, never
 //!   completed), as a call killed mid-run does. At most [`MAX_QUEUED`]
 //!   records wait; a caller that finds the queue full waits for room.
 //! - **Failures.** A queued record that cannot be written fails the next
@@ -29,6 +35,7 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -37,6 +44,13 @@ use crate::core::receipt::{Body, Fields};
 
 /// Records queued and not yet written, at most.
 pub const MAX_QUEUED: usize = 1024;
+
+/// How often the writer thread looks at the queue while records come.
+pub const POLL: Duration = Duration::from_millis(1);
+
+/// After this long with nothing to write, the writer thread sleeps until a
+/// record is queued (and the caller queuing it wakes it).
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct Queue {
@@ -50,6 +64,8 @@ struct Queue {
     failed: Option<String>,
     /// The thread is to write what is queued and end.
     stop: bool,
+    /// The writer thread sleeps until woken (see [`PARK_AFTER`]).
+    parked: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -84,7 +100,9 @@ impl Later {
             self.changed.wait(&mut q);
         }
         q.items.push_back((body, id));
-        self.changed.notify_all();
+        if q.parked {
+            self.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -92,12 +110,19 @@ impl Later {
     /// then what is left.
     fn run(&self, inner: &Inner) {
         let mut q = self.queue.lock();
+        let mut busy = Instant::now();
         loop {
             let Some((body, id)) = q.items.pop_front() else {
                 if q.stop {
                     return;
                 }
-                self.changed.wait(&mut q);
+                if busy.elapsed() < PARK_AFTER {
+                    self.changed.wait_for(&mut q, POLL);
+                } else {
+                    q.parked = true;
+                    self.changed.wait(&mut q);
+                    q.parked = false;
+                }
                 continue;
             };
             q.writing = true;
@@ -118,6 +143,7 @@ impl Later {
                     "a {kind} record queued earlier could not be written: {e}"
                 ));
             }
+            busy = Instant::now();
             self.changed.notify_all();
         }
     }
@@ -130,6 +156,7 @@ impl Later {
     /// Waits until every record queued so far is written (or failed).
     pub(super) fn flush(&self) -> Result<(), String> {
         let mut q = self.queue.lock();
+        self.changed.notify_all(); // the writer thread need not wait for its next look
         while (!q.items.is_empty() || q.writing) && q.thread.is_some() {
             self.changed.wait(&mut q);
         }
@@ -157,9 +184,10 @@ impl Later {
 mod tests {
     use super::super::test_support::{body, keyring, tempdir};
     use super::super::{verify_log, AuditLog, AuditOptions, Durability};
-    use super::MAX_QUEUED;
+    use super::{MAX_QUEUED, PARK_AFTER};
     use crate::core::keys::SigningKey;
     use crate::core::receipt::Receipt;
+    use std::time::{Duration, Instant};
 
     fn records(path: &std::path::Path) -> Vec<Receipt> {
         std::fs::read_to_string(path)
@@ -190,6 +218,30 @@ mod tests {
         }
         let report = verify_log(&path, &keyring(&key)).unwrap();
         assert!(report.ok(), "{:?}", report.failure);
+    }
+
+    #[test]
+    fn the_writer_thread_takes_records_without_a_flush_busy_or_parked() {
+        let path = tempdir("later").join("log.jsonl");
+        let log = AuditLog::open(&path, SigningKey::generate(), AuditOptions::default()).unwrap();
+        let written_within = |n: usize, limit: Duration| {
+            let start = Instant::now();
+            while records(&path).len() < n {
+                assert!(
+                    start.elapsed() < limit,
+                    "{n} records not written in {limit:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        log.append_later(body(0).into()).unwrap();
+        written_within(1, Duration::from_secs(5));
+        log.append_later(body(1).into()).unwrap(); // the thread looks again within POLL
+        written_within(2, Duration::from_secs(5));
+        std::thread::sleep(PARK_AFTER * 3); // now it sleeps until woken
+        log.append_later(body(2).into()).unwrap();
+        written_within(3, Duration::from_secs(5));
+        log.close().unwrap();
     }
 
     #[test]
