@@ -689,3 +689,31 @@ def test_a_completion_that_cannot_be_written_fails_flush_and_the_next_call(
         tool()
     r = execgate.verify_log(tmp_path / "moved.jsonl", key.verify_key)
     assert r.ok and r.allowed == 1 and len(r.unfinished) == 1, r.reason
+
+
+def test_a_forked_child_writes_its_own_completions(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    """After a fork the log's writer thread is the parent's alone: the child's
+    completions are written by a thread of its own, its close does not wait
+    for the parent's thread, and the parent goes on after it."""
+    path = tmp_path / "log.jsonl"
+    gate = execgate.Gate(POLICY, audit=AuditLog(path, key))
+    tool = gate.guard(action="ok")(lambda who: who)
+    assert tool("parent") == "parent"
+    gate.flush()
+    time.sleep(0.2)  # the writer thread parks (holding no lock) before the fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            if tool("child") == "child":
+                gate.close()
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tool("parent again") == "parent again"
+    gate.close()
+    r = verify(path, key)
+    assert r.ok, (r.line, r.reason)
+    assert (r.allowed, r.completions, r.unfinished) == (3, 3, [])

@@ -27,6 +27,8 @@
 //!   append of any kind (so the next decision is denied with
 //!   `error="audit"`, naming it), the next `append_later`, `flush` or
 //!   `close`: once, for each failure.
+//! - **Fork.** The child of a `fork` starts a writer thread of its own on its
+//!   first record; what was queued at the fork is the parent's to write.
 //!
 //! With `durability="always"` a record is on disk before the call returns,
 //! so `append_later` appends at once, as does a log kept in memory.
@@ -64,9 +66,57 @@ struct Queue {
     failed: Option<String>,
     /// The thread is to write what is queued and end.
     stop: bool,
+    thread: Option<Thread>,
     /// The writer thread sleeps until woken (see [`PARK_AFTER`]).
     parked: bool,
-    thread: Option<JoinHandle<()>>,
+}
+
+/// A log's background thread, and the process that started it.
+pub(super) struct Thread {
+    handle: JoinHandle<()>,
+    pid: u32,
+}
+
+impl Thread {
+    pub(super) fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<Self> {
+        let handle = std::thread::Builder::new().name(name.into()).spawn(run)?;
+        Ok(Self {
+            handle,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Whether the thread runs in this process: in the child of a `fork`,
+    /// the parent's threads do not.
+    fn here(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
+    /// Waits for the thread to end; false if it panicked. In a fork's child
+    /// there is nothing to wait for (nor to detach: the handle is forgotten).
+    pub(super) fn join(self) -> bool {
+        if !self.here() {
+            std::mem::forget(self.handle);
+            return true;
+        }
+        self.handle.join().is_ok()
+    }
+}
+
+impl Queue {
+    /// The queue as this process sees it. In the child of a `fork` the
+    /// writer thread and the records queued are the parent's (which writes
+    /// them): the child forgets both and starts its own thread on its first
+    /// record.
+    fn mine(&mut self) -> &mut Self {
+        if let Some(thread) = self.thread.take_if(|t| !t.here()) {
+            thread.join();
+            self.items.clear();
+            self.writing = false;
+            self.parked = false;
+        }
+        self
+    }
 }
 
 /// The queue and its writer thread.
@@ -81,7 +131,8 @@ impl Later {
     /// Queues `body` (its record to have `id`), starting the writer thread
     /// on first use; waits while the queue is full.
     pub(super) fn push(&self, inner: &Arc<Inner>, body: Body, id: String) -> Result<(), String> {
-        let mut q = self.queue.lock();
+        let mut guard = self.queue.lock();
+        let q = guard.mine();
         if let Some(why) = q.failed.take() {
             return Err(why);
         }
@@ -90,15 +141,14 @@ impl Later {
         }
         if q.thread.is_none() {
             let inner = Arc::clone(inner);
-            let thread = std::thread::Builder::new()
-                .name("execgate-audit-later".into())
-                .spawn(move || inner.later().run(&inner))
+            let thread = Thread::spawn("execgate-audit-later", move || inner.later().run(&inner))
                 .map_err(|e| format!("cannot start the log's writer thread: {e}"))?;
             q.thread = Some(thread);
         }
-        while q.items.len() >= MAX_QUEUED && !q.stop {
-            self.changed.wait(&mut q);
+        while guard.items.len() >= MAX_QUEUED && !guard.stop {
+            self.changed.wait(&mut guard);
         }
+        let q = &mut *guard;
         q.items.push_back((body, id));
         if q.parked {
             self.changed.notify_all();
@@ -156,6 +206,7 @@ impl Later {
     /// Waits until every record queued so far is written (or failed).
     pub(super) fn flush(&self) -> Result<(), String> {
         let mut q = self.queue.lock();
+        q.mine();
         self.changed.notify_all(); // the writer thread need not wait for its next look
         while (!q.items.is_empty() || q.writing) && q.thread.is_some() {
             self.changed.wait(&mut q);
@@ -167,12 +218,12 @@ impl Later {
     pub(super) fn stop(&self) -> Result<(), String> {
         let thread = {
             let mut q = self.queue.lock();
-            q.stop = true;
+            q.mine().stop = true;
             self.changed.notify_all();
             q.thread.take()
         };
         if let Some(thread) = thread {
-            if thread.join().is_err() {
+            if !thread.join() {
                 return Err("the log's writer thread panicked".into());
             }
         }

@@ -36,7 +36,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
 use super::handoff;
-use super::later::Later;
+use super::later::{Later, Thread};
 use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail, Tail};
 use super::state::{fold_range, rebuild, search_limit, StateFold};
 use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
@@ -125,7 +125,7 @@ pub(super) struct Inner {
 /// A hash-chained, signed, append-only log. Cheap to share (`Arc` inside).
 pub struct AuditLog {
     inner: Arc<Inner>,
-    ticker: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    ticker: Mutex<Option<(mpsc::Sender<()>, Thread)>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -347,15 +347,13 @@ impl AuditLog {
         };
         let (tx, rx) = mpsc::channel::<()>();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let spawned = std::thread::Builder::new()
-            .name("execgate-audit".into())
-            .spawn(move || {
-                // A message or a disconnect both mean stop.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.tick();
-                }
-            });
+        let spawned = Thread::spawn("execgate-audit", move || {
+            // A message or a disconnect both mean stop.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.tick();
+            }
+        });
         if let Ok(handle) = spawned {
             *self.ticker.lock() = Some((tx, handle));
         }
