@@ -26,10 +26,11 @@ use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use regorus::Value;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 use super::audit::StateFold;
 use super::counted::Counted;
+use super::jcs;
 use super::obligation::limits_of;
 use super::receipt::Fields;
 
@@ -359,37 +360,44 @@ impl Ledger {
         *self.inner.lock() = Inner::default();
     }
 
-    /// The ledger as JSON (the `state` of a `state` record):
-    /// `{"v": 1, "sessions": [[session, calls, [[action, decision, time,
-    /// args_sha256], ...]], ...] (least recently active first), "rates":
-    /// [[key, window_seconds, [time, ...]], ...], "budgets": [[key, spent],
-    /// ...]}`, keys as the ledger keeps them (pseudonyms), times in seconds
-    /// since the epoch. Rates and budgets are sorted by key.
-    pub fn snapshot(&self) -> Json {
+    /// The ledger as canonical JSON (RFC 8785), appended to `out`: the
+    /// `state` of a `state` record, written straight from the ledger (no
+    /// JSON tree: a large ledger's snapshot costs its bytes, not a tree
+    /// several times their size). `{"budgets": [[key, spent], ...], "rates":
+    /// [[key, window_seconds, [time, ...]], ...], "sessions": [[session,
+    /// calls, [[action, decision, time, args_sha256], ...]], ...] (least
+    /// recently active first), "v": 1}`, keys as the ledger keeps them
+    /// (pseudonyms), times in seconds since the epoch; rates and budgets
+    /// sorted by key. Fails (and `out` is as it was) on a number JSON has
+    /// no form for.
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) -> crate::core::error::Result<()> {
+        let start = out.len();
+        let written = self.write_snapshot_at(out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    fn write_snapshot_at(&self, out: &mut Vec<u8>) -> crate::core::error::Result<()> {
         let inner = self.inner.lock();
-        let mut sessions: Vec<(&String, &Session)> = inner.sessions.iter().collect();
-        sessions.sort_by_key(|(_, s)| s.last);
-        let field = |v: &Value, k: &str| -> Json {
-            json!(v[k].as_string().map(|s| s.to_string()).unwrap_or_default())
+        // Array elements, comma-separated.
+        let sep = |out: &mut Vec<u8>, i: usize| {
+            if i > 0 {
+                out.push(b',');
+            }
         };
-        let sessions: Vec<Json> = sessions
-            .into_iter()
-            .map(|(key, s)| {
-                let history: Vec<Json> = s
-                    .history
-                    .iter()
-                    .map(|e| {
-                        json!([
-                            field(e, "action"),
-                            field(e, "decision"),
-                            field(e, "time"),
-                            field(e, "args_sha256")
-                        ])
-                    })
-                    .collect();
-                json!([key, s.calls, history])
-            })
-            .collect();
+        let mut budgets: Vec<(&String, &f64)> = inner.spent.iter().collect();
+        budgets.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend_from_slice(b"{\"budgets\":[");
+        for (i, (key, spent)) in budgets.into_iter().enumerate() {
+            sep(out, i);
+            out.push(b'[');
+            jcs::write_str(out, key);
+            out.push(b',');
+            jcs::write_f64(out, *spent)?;
+            out.push(b']');
+        }
         let latest = inner.latest;
         let mut rates: Vec<(&String, &Window)> = inner
             .rates
@@ -397,21 +405,50 @@ impl Ledger {
             .filter(|(_, w)| w.used(latest, w.window) > 0 || latest == 0.0)
             .collect();
         rates.sort_by(|a, b| a.0.cmp(b.0));
-        let rates: Vec<Json> = rates
-            .into_iter()
-            .map(|(k, w)| json!([k, w.window, w.times.iter().collect::<Vec<_>>()]))
-            .collect();
-        let mut budgets: Vec<(&String, &f64)> = inner.spent.iter().collect();
-        budgets.sort_by(|a, b| a.0.cmp(b.0));
-        json!({
-            "v": STATE_VERSION,
-            "sessions": sessions,
-            "rates": rates.into_iter().collect::<Vec<_>>(),
-            "budgets": budgets.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-        })
+        out.extend_from_slice(b"],\"rates\":[");
+        for (i, (key, w)) in rates.into_iter().enumerate() {
+            sep(out, i);
+            out.push(b'[');
+            jcs::write_str(out, key);
+            out.push(b',');
+            jcs::write_f64(out, w.window)?;
+            out.extend_from_slice(b",[");
+            for (j, t) in w.times.iter().enumerate() {
+                sep(out, j);
+                jcs::write_f64(out, *t)?;
+            }
+            out.extend_from_slice(b"]]");
+        }
+        let mut sessions: Vec<(&String, &Session)> = inner.sessions.iter().collect();
+        sessions.sort_by_key(|(_, s)| s.last);
+        out.extend_from_slice(b"],\"sessions\":[");
+        for (i, (key, session)) in sessions.into_iter().enumerate() {
+            sep(out, i);
+            out.push(b'[');
+            jcs::write_str(out, key);
+            out.push(b',');
+            jcs::write_u64(out, session.calls);
+            out.extend_from_slice(b",[");
+            for (j, entry) in session.history.iter().enumerate() {
+                sep(out, j);
+                for (k, field) in ["action", "decision", "time", "args_sha256"]
+                    .iter()
+                    .enumerate()
+                {
+                    out.push(if k == 0 { b'[' } else { b',' });
+                    jcs::write_str(out, entry[*field].as_string().map_or("", |s| s.as_ref()));
+                }
+                out.push(b']');
+            }
+            out.extend_from_slice(b"]]");
+        }
+        out.extend_from_slice(b"],\"v\":");
+        jcs::write_u64(out, STATE_VERSION);
+        out.push(b'}');
+        Ok(())
     }
 
-    /// Replaces the ledger's contents with a [`Ledger::snapshot`]. On any
+    /// Replaces the ledger's contents with a snapshot ([`Ledger::write_snapshot`]). On any
     /// malformed part, nothing is replaced and the reason is returned.
     pub fn restore(&self, state: &Json) -> Result<(), String> {
         let bad = |what: &str| format!("malformed state snapshot: {what}");
@@ -507,8 +544,8 @@ impl StateFold for Ledger {
         }
     }
 
-    fn snapshot(&self) -> Json {
-        Ledger::snapshot(self)
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> crate::core::error::Result<()> {
+        Ledger::write_snapshot(self, out)
     }
 
     fn restore(&self, state: &Json) -> Result<(), String> {
@@ -596,6 +633,7 @@ pub fn history_entry(action: &str, allowed: bool, time: &str, args_sha256: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn rate(key: &str, limit: u64, window: f64) -> [Rate; 1] {
         [Rate {
@@ -740,6 +778,43 @@ mod tests {
 
     /// `cargo test --release --lib -- --ignored rate_check_cost --nocapture`:
     /// a check with 300,000 calls in the window against one with 10.
+    #[test]
+    fn the_snapshot_is_written_canonical() {
+        let ledger = Ledger::new(3);
+        for (i, session) in ["s\"1\\\u{1}", "é-session", "\u{1F600}", "a"]
+            .iter()
+            .enumerate()
+        {
+            let time = format!("2026-12-0{}T00:00:00Z", i + 1);
+            ledger.record(session, history_entry("fs.read\n", i % 2 == 0, &time, "ab"));
+        }
+        ledger
+            .take(&rate("r\u{7f}", 10, 0.25), &[], 1.0e21 + 0.5)
+            .unwrap();
+        ledger.take(&rate("k", 10, 100.0), &[], 60.123).unwrap();
+        let b = |key: &str, cost: f64| Budget {
+            key: key.into(),
+            limit: 1.0e300,
+            cost,
+        };
+        ledger
+            .take(&[], &[b("€", 0.1), b("b", 1e-7)], 61.0)
+            .unwrap();
+        let mut bytes = b"prefix".to_vec();
+        ledger.write_snapshot(&mut bytes).unwrap();
+        let written = &bytes[b"prefix".len()..];
+        let parsed: Json = serde_json::from_slice(written).unwrap();
+        assert_eq!(jcs::to_vec(&parsed).unwrap(), written);
+        assert_eq!(parsed["v"], STATE_VERSION);
+        assert_eq!(parsed["sessions"].as_array().unwrap().len(), 4);
+        // A number JSON cannot hold fails the snapshot and leaves `out` alone.
+        ledger.inner.lock().spent.insert("nan".into(), f64::NAN);
+        let mut out = b"prefix".to_vec();
+        assert!(ledger.write_snapshot(&mut out).is_err());
+        assert_eq!(out, b"prefix");
+        assert_eq!(ledger.snapshot(), Json::Null);
+    }
+
     #[test]
     #[ignore = "a measurement"]
     fn rate_check_cost() {

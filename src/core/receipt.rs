@@ -473,6 +473,18 @@ impl Body {
         Ok(self.push_canonical(key, start))
     }
 
+    /// Sets `key` to the canonical JSON `write` appends (which must append
+    /// one canonical value, or fail leaving the bytes as they were).
+    pub fn set_canonical_with(
+        &mut self,
+        key: &'static str,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<&mut Self> {
+        let start = self.canonical.len();
+        write(&mut self.canonical)?;
+        Ok(self.push_canonical(key, start))
+    }
+
     fn push_canonical(&mut self, key: &'static str, start: usize) -> &mut Self {
         let end = self.canonical.len();
         self.members
@@ -495,6 +507,8 @@ impl Body {
             .collect();
         // Stable: of equal keys the one set last ends up last.
         members.sort_by(|a, b| jcs::cmp_utf16(a.0, b.0));
+        // One allocation, not a doubling series (a `state` record is megabytes).
+        out.reserve(self.canonical.len() + more.canonical.len() + 32 * members.len());
         out.push(b'{');
         let mut first = true;
         for (i, (key, member, canonical)) in members.iter().enumerate() {

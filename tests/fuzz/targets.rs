@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use execgate::core::audit::{verify_log, ChainVerifier};
+use execgate::core::audit::{verify_log, ChainVerifier, StateFold};
 use execgate::core::keys::{Keyring, SigningKey};
 use execgate::core::receipt::{canonical_json, Receipt};
 

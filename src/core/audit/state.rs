@@ -48,8 +48,18 @@ use crate::core::receipt::{Fields, Receipt};
 pub trait StateFold: Send + Sync {
     /// Takes one record (every kind; a fold ignores what it does not count).
     fn fold(&self, payload: &dyn Fields);
-    /// The state as JSON, for a `state` record.
-    fn snapshot(&self) -> Json;
+    /// Appends the state's canonical JSON (RFC 8785), for a `state` record;
+    /// on an error `out` is as it was.
+    fn write_snapshot(&self, out: &mut Vec<u8>) -> crate::core::error::Result<()>;
+    /// The state as JSON ([`StateFold::write_snapshot`] parsed; `Null` when
+    /// it cannot be written).
+    fn snapshot(&self) -> Json {
+        let mut bytes = Vec::new();
+        self.write_snapshot(&mut bytes)
+            .ok()
+            .and_then(|()| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Json::Null)
+    }
     /// Replaces the state with a snapshot; `Err` (and nothing replaced) when
     /// it is malformed.
     fn restore(&self, state: &Json) -> std::result::Result<(), String>;

@@ -779,9 +779,14 @@ impl Inner {
             // Also after the head was re-read, with no record in flight: the
             // fold holds every record before this one, and `offset` is where
             // this one starts.
-            let state = st.fold.as_ref().map(|f| f.snapshot()).unwrap_or(Json::Null);
             chain
-                .set_canonical("state", &state)?
+                .set_canonical_with("state", |out| match &st.fold {
+                    Some(fold) => fold.write_snapshot(out),
+                    None => {
+                        out.extend_from_slice(b"null");
+                        Ok(())
+                    }
+                })?
                 .set_u64("offset", st.known_len.unwrap_or(0));
         }
         Unsigned::new(body, &chain, id, seq)

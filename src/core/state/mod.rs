@@ -40,6 +40,7 @@ use regorus::Value;
 use serde_json::{json, Map, Value as Json};
 use sha2::Sha256;
 
+use super::audit::StateFold;
 use super::error::{CoreError, Result};
 use super::keys::Keyring;
 use super::ledger::{budget_refusal, history_entry, rate_refusal, Budget, Ledger, Rate};
