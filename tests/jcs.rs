@@ -77,10 +77,12 @@ proptest! {
     }
 
     #[test]
-    fn utf16_order_is_the_order_of_code_units(a in text(), b in text()) {
-        prop_assert_eq!(
-            jcs::cmp_utf16(&a, &b),
-            a.encode_utf16().collect::<Vec<_>>().cmp(&b.encode_utf16().collect::<Vec<_>>())
-        );
+    fn members_sort_in_the_order_of_utf16_code_units(keys in prop::collection::vec(text(), 0..8)) {
+        // Indices ride along: the sort is stable for equal keys too.
+        let mut sorted: Vec<(String, usize)> = keys.iter().cloned().zip(0..).collect();
+        jcs::sort_members(&mut sorted, |(k, _)| k);
+        let mut expected = sorted.clone();
+        expected.sort_by_key(|(k, i)| (k.encode_utf16().collect::<Vec<_>>(), *i));
+        prop_assert_eq!(sorted, expected);
     }
 }

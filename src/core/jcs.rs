@@ -17,8 +17,6 @@
 //!   by name, the rest as lowercase `\u00xx`);
 //! - object members sorted by the UTF-16 code units of their keys.
 
-use std::cmp::Ordering;
-
 use regorus::Value;
 use serde_json::{Map, Value as Json};
 
@@ -28,14 +26,16 @@ fn not_canonical(why: impl std::fmt::Display) -> CoreError {
     CoreError::Signature(format!("cannot canonicalize: {why}"))
 }
 
-/// Compares two keys as RFC 8785 orders object members: by UTF-16 code units.
-pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
-    if !needs_utf16_order(a) && !needs_utf16_order(b) {
-        // Below U+E000 the UTF-8 byte order, the code point order and the
-        // UTF-16 order agree.
-        return a.as_bytes().cmp(b.as_bytes());
+/// Sorts `items` stably into the order RFC 8785 gives object members, by
+/// `key`: UTF-16 code units. Whether any key needs that (a character at
+/// U+E000 or above) is checked once; below it the UTF-8 byte order, the code
+/// point order and the UTF-16 order agree, and bytes are compared.
+pub fn sort_members<T>(items: &mut [T], key: impl Fn(&T) -> &str) {
+    if items.iter().any(|item| needs_utf16_order(key(item))) {
+        items.sort_by(|a, b| key(a).encode_utf16().cmp(key(b).encode_utf16()));
+    } else {
+        items.sort_by(|a, b| key(a).as_bytes().cmp(key(b).as_bytes()));
     }
-    a.encode_utf16().cmp(b.encode_utf16())
 }
 
 /// Whether `key` holds a character whose UTF-16 order differs from its byte
@@ -207,7 +207,7 @@ pub fn write_map(out: &mut Vec<u8>, map: &Map<String, Json>) -> Result<()> {
         }
     } else {
         let mut members: Vec<(&String, &Json)> = map.iter().collect();
-        members.sort_by(|a, b| cmp_utf16(a.0, b.0));
+        sort_members(&mut members, |m| m.0);
         for (i, (k, v)) in members.into_iter().enumerate() {
             member(out, i, k);
             write_json(out, v)?;
@@ -310,7 +310,7 @@ fn value_inner(
                 }
             }
             if !in_canonical_order(members.iter().map(|(k, _)| *k)) {
-                members.sort_by(|a, b| cmp_utf16(a.0, b.0));
+                sort_members(&mut members, |m| m.0);
             }
             out.push(b'{');
             for (i, (k, v)) in members.into_iter().enumerate() {

@@ -506,7 +506,7 @@ impl Body {
             )
             .collect();
         // Stable: of equal keys the one set last ends up last.
-        members.sort_by(|a, b| jcs::cmp_utf16(a.0, b.0));
+        jcs::sort_members(&mut members, |m| m.0);
         // One allocation, not a doubling series (a `state` record is megabytes).
         out.reserve(self.canonical.len() + more.canonical.len() + 32 * members.len());
         out.push(b'{');
