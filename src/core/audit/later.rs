@@ -20,9 +20,10 @@
 //!   before it is written; `close()` (and so a `Gate`'s close and Python's
 //!   exit) flushes before its last checkpoint and sync.
 //! - **Crashes.** A process killed before the writer thread got to a record
-//!   (about [`POLL`] after the call returned, in a burst) loses it: the call shows in `verify`'s `unfinished` (authorized, never
-//!   completed), as a call killed mid-run does. At most [`MAX_QUEUED`]
-//!   records wait; a caller that finds the queue full waits for room.
+//!   (about [`POLL`] after the call returned, in a burst) loses it: the
+//!   call shows in `verify`'s `unfinished` (authorized, never completed), as
+//!   a call killed mid-run does. At most [`MAX_QUEUED`] records wait; a
+//!   caller that finds the queue full waits for room.
 //! - **Failures.** A queued record that cannot be written fails the next
 //!   append of any kind (so the next decision is denied with
 //!   `error="audit"`, naming it), the next `append_later`, `flush` or
@@ -149,6 +150,10 @@ impl Later {
             self.changed.wait(&mut guard);
         }
         let q = &mut *guard;
+        if q.stop {
+            // Closed while this caller waited for room: the thread is gone.
+            return Err("the log is closed".into());
+        }
         q.items.push_back((body, id));
         if q.parked {
             self.changed.notify_all();
