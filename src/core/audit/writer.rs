@@ -30,7 +30,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
@@ -137,12 +137,31 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// How long a writer tries for the file lock before it sleeps in `flock`.
+const LOCK_SPIN: Duration = Duration::from_micros(100);
+
+/// Takes the exclusive `flock`. Another process holds it for a record or a
+/// few (tens of microseconds): trying again for [`LOCK_SPIN`] first spares
+/// waking a process asleep in flock(2), which on a virtual machine costs
+/// more than the wait.
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < LOCK_SPIN {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::yield_now(),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    file.lock()
+}
+
 /// Holds the exclusive file lock; released on drop.
 struct FileLock<'a>(&'a File);
 
 impl<'a> FileLock<'a> {
     fn acquire(file: &'a File, path: &Path) -> Result<Self> {
-        file.lock().map_err(|e| io_error(path, "cannot lock", e))?;
+        lock_exclusive(file).map_err(|e| io_error(path, "cannot lock", e))?;
         Ok(Self(file))
     }
 }
@@ -550,7 +569,7 @@ impl Inner {
         if let Some(file) = st.file.clone() {
             if !st.locked {
                 let path = self.path_for_errors();
-                file.lock().map_err(|e| io_error(path, "cannot lock", e))?;
+                lock_exclusive(&file).map_err(|e| io_error(path, "cannot lock", e))?;
                 st.locked = true;
                 if let Err(e) = self.sync_head(st, &file) {
                     self.unlock_if_idle(st);
