@@ -348,14 +348,23 @@ def test_sigkill_mid_append_loses_no_completed_record(
     assert side_files and any(s.read_bytes().startswith(b'{"payloadType"') for s in side_files)
 
 
-GUARDED_WRITER = textwrap.dedent(
+# A child script's start: a gate on the log at argv[2], signed with the key
+# in argv[1], with the durability argv[3].
+GATE_ON_LOG = textwrap.dedent(
     """
-    import os, sys, threading, execgate
+    import sys, execgate
     key = execgate.SigningKey.from_pem(sys.argv[1])
-    say = lambda *words: os.write(1, (" ".join(words) + "\\n").encode())  # one write per line
-    threads, calls = int(sys.argv[4]), int(sys.argv[5])
     log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
     gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
+    """
+)
+
+
+GUARDED_WRITER = GATE_ON_LOG + textwrap.dedent(
+    """
+    import os, threading
+    say = lambda *words: os.write(1, (" ".join(words) + "\\n").encode())  # one write per line
+    threads, calls = int(sys.argv[4]), int(sys.argv[5])
 
     def work(t):
         for c in range(calls):
@@ -446,12 +455,8 @@ def test_sigkill_at_every_step_of_guarded_calls(
 def test_durability_always_fsyncs_before_returning(tmp_path: pathlib.Path, key: SigningKey) -> None:
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
     key.to_pem(keyfile)
-    script = textwrap.dedent(
+    script = GATE_ON_LOG + textwrap.dedent(
         """
-        import sys, execgate
-        key = execgate.SigningKey.from_pem(sys.argv[1])
-        log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
-        gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
         for i in range(5):
             gate.check("ok")
             print("RETURNED", flush=True)
@@ -642,12 +647,8 @@ def test_plain_exit_writes_every_queued_completion(
     all, in order after their decisions."""
     keyfile, path = tmp_path / "k.pem", tmp_path / "log.jsonl"
     key.to_pem(keyfile)
-    script = textwrap.dedent(
+    script = GATE_ON_LOG + textwrap.dedent(
         """
-        import sys, execgate
-        key = execgate.SigningKey.from_pem(sys.argv[1])
-        log = execgate.AuditLog(sys.argv[2], key, durability=sys.argv[3])
-        gate = execgate.Gate('package execgate\\ndecision := true\\n', audit=log)
         tool = gate.guard(action="ok")(lambda i: i)
         assert [tool(i) for i in range(300)] == list(range(300))
         # no close(): the interpreter simply exits

@@ -387,14 +387,18 @@ impl Ledger {
                 out.push(b',');
             }
         };
-        let mut budgets: Vec<(&String, &f64)> = inner.spent.iter().collect();
-        budgets.sort_by(|a, b| a.0.cmp(b.0));
-        out.extend_from_slice(b"{\"budgets\":[");
-        for (i, (key, spent)) in budgets.into_iter().enumerate() {
+        // The i-th `[key, ...` entry of a list, up to the comma after the key.
+        let entry = |out: &mut Vec<u8>, i: usize, key: &str| {
             sep(out, i);
             out.push(b'[');
             jcs::write_str(out, key);
             out.push(b',');
+        };
+        let mut budgets: Vec<(&String, &f64)> = inner.spent.iter().collect();
+        budgets.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend_from_slice(b"{\"budgets\":[");
+        for (i, (key, spent)) in budgets.into_iter().enumerate() {
+            entry(out, i, key);
             jcs::write_f64(out, *spent)?;
             out.push(b']');
         }
@@ -407,10 +411,7 @@ impl Ledger {
         rates.sort_by(|a, b| a.0.cmp(b.0));
         out.extend_from_slice(b"],\"rates\":[");
         for (i, (key, w)) in rates.into_iter().enumerate() {
-            sep(out, i);
-            out.push(b'[');
-            jcs::write_str(out, key);
-            out.push(b',');
+            entry(out, i, key);
             jcs::write_f64(out, w.window)?;
             out.extend_from_slice(b",[");
             for (j, t) in w.times.iter().enumerate() {
@@ -423,20 +424,17 @@ impl Ledger {
         sessions.sort_by_key(|(_, s)| s.last);
         out.extend_from_slice(b"],\"sessions\":[");
         for (i, (key, session)) in sessions.into_iter().enumerate() {
-            sep(out, i);
-            out.push(b'[');
-            jcs::write_str(out, key);
-            out.push(b',');
+            entry(out, i, key);
             jcs::write_u64(out, session.calls);
             out.extend_from_slice(b",[");
-            for (j, entry) in session.history.iter().enumerate() {
+            for (j, call) in session.history.iter().enumerate() {
                 sep(out, j);
                 for (k, field) in ["action", "decision", "time", "args_sha256"]
                     .iter()
                     .enumerate()
                 {
                     out.push(if k == 0 { b'[' } else { b',' });
-                    jcs::write_str(out, entry[*field].as_string().map_or("", |s| s.as_ref()));
+                    jcs::write_str(out, call[*field].as_string().map_or("", |s| s.as_ref()));
                 }
                 out.push(b']');
             }
