@@ -694,27 +694,40 @@ def test_a_completion_that_cannot_be_written_fails_flush_and_the_next_call(
 
 def test_a_forked_child_writes_its_own_completions(tmp_path: pathlib.Path, key: SigningKey) -> None:
     """After a fork the log's writer thread is the parent's alone: the child's
-    completions are written by a thread of its own, its close does not wait
-    for the parent's thread, and the parent goes on after it."""
+    completions are written by a thread of its own, its flushes and close do
+    not wait for the parent's thread (nor wake it: with `parking_lot`'s locks
+    the parent's sleeping writer thread stayed in the child's wait queues and
+    the child hung at once), and the parent goes on after it."""
     path = tmp_path / "log.jsonl"
     gate = execgate.Gate(POLICY, audit=AuditLog(path, key))
     tool = gate.guard(action="ok")(lambda who: who)
     assert tool("parent") == "parent"
     gate.flush()
-    time.sleep(0.2)  # the writer thread parks (holding no lock) before the fork
+    time.sleep(0.2)  # the writer thread sleeps (holding no lock) at the fork
+    calls = 100
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
         code = 1
         try:
-            if tool("child") == "child":
-                gate.close()
-                code = 0
+            for i in range(calls):
+                assert tool("child") == "child"
+                if i % 2:
+                    gate.flush()
+                time.sleep(0.0005 * (i % 5))  # the child's writer busy, then idle
+            gate.close()
+            code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the log")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert tool("parent again") == "parent again"
     gate.close()
     r = verify(path, key)
     assert r.ok, (r.line, r.reason)
-    assert (r.allowed, r.completions, r.unfinished) == (3, 3, [])
+    assert (r.allowed, r.completions, r.unfinished) == (calls + 2, calls + 2, [])

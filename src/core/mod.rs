@@ -18,3 +18,4 @@ pub mod receipt;
 pub mod redact;
 pub mod sandbox;
 pub mod state;
+pub mod sync;

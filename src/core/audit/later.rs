@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crate::core::sync::{Condvar, Mutex, MutexGuard};
 
 use super::writer::Inner;
 use crate::core::receipt::{Body, Fields};
@@ -183,7 +183,7 @@ impl Later {
             q.writing = true;
             // A panic would leave `writing` set and flush waiting: it is
             // reported as this record's failure instead.
-            let written = parking_lot::MutexGuard::unlocked(&mut q, || {
+            let written = MutexGuard::unlocked(&mut q, || {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| {
                     inner.append_as(&body, Some(id))
                 })) {
