@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::sync::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use regorus::Value;
 
 use super::audit::{AuditLog, StateFold};

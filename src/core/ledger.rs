@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
-use crate::core::sync::Mutex;
+use parking_lot::Mutex;
 use regorus::Value;
 use serde_json::Value as Json;
 

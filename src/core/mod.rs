@@ -18,4 +18,3 @@ pub mod receipt;
 pub mod redact;
 pub mod sandbox;
 pub mod state;
-pub mod sync;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::core::sync::Mutex;
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use super::audit::PyVerifyReport;

@@ -29,18 +29,22 @@
 //!   `error="audit"`, naming it), the next `append_later`, `flush` or
 //!   `close`: once, for each failure.
 //! - **Fork.** The child of a `fork` starts a writer thread of its own on its
-//!   first record; what was queued at the fork is the parent's to write.
+//!   first record; what was queued at the fork is the parent's to write. The
+//!   queue's lock and condition variable are the standard library's, not
+//!   `parking_lot`'s: `parking_lot` keeps waiting threads in one table per
+//!   process, which a child inherits with the parent's writer thread asleep
+//!   in it, and the child's own waits and wake-ups then went to that thread
+//!   (which does not exist there) and hung; a futex keeps its waiters in the
+//!   kernel, so a child starts with none.
 //!
 //! With `durability="always"` a record is on disk before the call returns,
 //! so `append_later` appends at once, as does a log kept in memory.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use crate::core::sync::{Condvar, Mutex, MutexGuard};
 
 use super::writer::Inner;
 use crate::core::receipt::{Body, Fields};
@@ -128,11 +132,25 @@ pub(super) struct Later {
     changed: Condvar,
 }
 
+/// A panic while the queue is locked leaves it consistent (the writer
+/// thread catches its own): the lock is not treated as poisoned.
+type Guard<'a> = MutexGuard<'a, Queue>;
+
 impl Later {
+    fn lock(&self) -> Guard<'_> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, guard: Guard<'a>) -> Guard<'a> {
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Queues `body` (its record to have `id`), starting the writer thread
     /// on first use; waits while the queue is full.
     pub(super) fn push(&self, inner: &Arc<Inner>, body: Body, id: String) -> Result<(), String> {
-        let mut guard = self.queue.lock();
+        let mut guard = self.lock();
         let q = guard.mine();
         if let Some(why) = q.failed.take() {
             return Err(why);
@@ -147,7 +165,7 @@ impl Later {
             q.thread = Some(thread);
         }
         while guard.items.len() >= MAX_QUEUED && !guard.stop {
-            self.changed.wait(&mut guard);
+            guard = self.wait(guard);
         }
         let q = &mut *guard;
         if q.stop {
@@ -164,7 +182,7 @@ impl Later {
     /// The writer thread: appends queued records in order until stopped,
     /// then what is left.
     fn run(&self, inner: &Inner) {
-        let mut q = self.queue.lock();
+        let mut q = self.lock();
         let mut busy = Instant::now();
         loop {
             let Some((body, id)) = q.items.pop_front() else {
@@ -172,25 +190,28 @@ impl Later {
                     return;
                 }
                 if busy.elapsed() < PARK_AFTER {
-                    self.changed.wait_for(&mut q, POLL);
+                    q = match self.changed.wait_timeout(q, POLL) {
+                        Ok((q, _)) => q,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
                 } else {
                     q.parked = true;
-                    self.changed.wait(&mut q);
+                    q = self.wait(q);
                     q.parked = false;
                 }
                 continue;
             };
             q.writing = true;
+            drop(q);
             // A panic would leave `writing` set and flush waiting: it is
             // reported as this record's failure instead.
-            let written = MutexGuard::unlocked(&mut q, || {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    inner.append_as(&body, Some(id))
-                })) {
-                    Ok(appended) => appended.map(drop).map_err(|e| e.to_string()),
-                    Err(_) => Err("the log's writer thread panicked".to_string()),
-                }
-            });
+            let written = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                inner.append_as(&body, Some(id))
+            })) {
+                Ok(appended) => appended.map(drop).map_err(|e| e.to_string()),
+                Err(_) => Err("the log's writer thread panicked".to_string()),
+            };
+            q = self.lock();
             q.writing = false;
             if let Err(e) = written {
                 let kind = body.field("kind").and_then(|k| k.as_str()).unwrap_or("a");
@@ -205,16 +226,16 @@ impl Later {
 
     /// Takes the failure of a queued record, if one is to be reported.
     pub(super) fn take_failure(&self) -> Option<String> {
-        self.queue.lock().failed.take()
+        self.lock().failed.take()
     }
 
     /// Waits until every record queued so far is written (or failed).
     pub(super) fn flush(&self) -> Result<(), String> {
-        let mut q = self.queue.lock();
+        let mut q = self.lock();
         q.mine();
         self.changed.notify_all(); // the writer thread need not wait for its next look
         while (!q.items.is_empty() || q.writing) && q.thread.is_some() {
-            self.changed.wait(&mut q);
+            q = self.wait(q);
         }
         q.failed.take().map_or(Ok(()), Err)
     }
@@ -222,7 +243,7 @@ impl Later {
     /// Writes what is queued and ends the writer thread; later pushes fail.
     pub(super) fn stop(&self) -> Result<(), String> {
         let thread = {
-            let mut q = self.queue.lock();
+            let mut q = self.lock();
             q.mine().stop = true;
             self.changed.notify_all();
             q.thread.take()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::sync::Mutex;
+use parking_lot::Mutex;
 use regorus::rvm::vm::{ExecutionMode, RegoVM};
 use regorus::rvm::Program;
 use regorus::{Engine, Value};

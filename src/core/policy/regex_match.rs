@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 
-use crate::core::sync::Mutex;
+use parking_lot::Mutex;
 use regex::{Regex, RegexBuilder};
 use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::Input;

@@ -33,8 +33,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::core::sync::Mutex;
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use regorus::Value;
 use serde_json::{json, Map, Value as Json};
