@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -690,6 +691,48 @@ def test_a_completion_that_cannot_be_written_fails_flush_and_the_next_call(
         tool()
     r = execgate.verify_log(tmp_path / "moved.jsonl", key.verify_key)
     assert r.ok and r.allowed == 1 and len(r.unfinished) == 1, r.reason
+
+
+# The guarded tool a fork pool's workers inherit (set by the test below).
+_pool_tool = None
+
+
+def _pool_task(calls: int) -> int:
+    assert _pool_tool is not None
+    for _ in range(calls):
+        assert _pool_tool("worker") == "worker"
+    return os.getpid()
+
+
+@pytest.mark.parametrize("signing", ["record", "checkpoint"])
+def test_a_fork_pool_writes_one_valid_chain_through_the_log_it_inherited(
+    tmp_path: pathlib.Path, key: SigningKey, signing: str
+) -> None:
+    """`multiprocessing`'s fork workers write through their parent's log: each
+    reopens the file (an inherited descriptor shares the parent's `flock`, and
+    two workers chained onto one head: "seq 3 after 3"), makes ids of its own
+    (a copied generator gave two workers the same ids), and closes the log as
+    it exits past `atexit` (its completions written, its unsigned records
+    sealed by its own checkpoint)."""
+    global _pool_tool
+    path = tmp_path / "log.jsonl"
+    gate = execgate.Gate(POLICY, audit=AuditLog(path, key, signing=signing))
+    _pool_tool = gate.guard(action="ok")(lambda who: who)
+    assert _pool_tool("parent") == "parent"
+    gate.flush()
+    pool = multiprocessing.get_context("fork").Pool(2)
+    try:
+        # A worker that dies would leave map() waiting forever.
+        pool.map_async(_pool_task, [300] * 4, chunksize=1).get(timeout=120)
+    finally:
+        pool.close()  # the workers exit on their own (terminate() would kill them)
+        pool.join()
+        _pool_tool = None
+    assert _pool_tool is None
+    gate.close()
+    r = verify(path, key)
+    assert r.ok, (r.line, r.reason)
+    assert (r.allowed, r.completions, r.unfinished) == (1201, 1201, [])
 
 
 def test_a_forked_child_writes_its_own_completions(tmp_path: pathlib.Path, key: SigningKey) -> None:

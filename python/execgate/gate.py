@@ -109,6 +109,21 @@ def _close_open_logs() -> None:
         shipping.stop_all()
 
 
+def _in_forked_child() -> None:
+    # A multiprocessing worker ends with os._exit, past atexit, and its
+    # start-up drops the finalizers it inherited: have that start-up register
+    # one that closes the logs at the worker's exit.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(
+            _close_open_logs,
+            lambda _: util.Finalize(None, _close_open_logs, exitpriority=0),
+        )
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
+
+
 def _mapping(args: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return args if args is None or type(args) is dict else dict(args)
 

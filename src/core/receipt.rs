@@ -33,6 +33,25 @@ pub fn canonical_json(value: &Json) -> Result<Vec<u8>> {
     jcs::to_vec(value)
 }
 
+/// A new record (or sandboxed run) id: a UUIDv7, ordered by its
+/// millisecond, whose other 74 bits come from the operating system's random
+/// source for each id. Not `Uuid::now_v7`: its generator's state is memory
+/// that `fork` copies, and two children of one parent then made the same ids
+/// in the same millisecond (a log that verify rightly refused).
+pub fn new_id() -> String {
+    use rand_core::RngCore;
+    let mut random = [0u8; 10];
+    if rand_core::OsRng.try_fill_bytes(&mut random).is_err() {
+        return uuid::Uuid::now_v7().to_string(); // no random source: the crate's own
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     // `hex::encode` collects chars one at a time; a digest is always 64

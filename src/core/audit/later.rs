@@ -46,6 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::fork;
 use super::writer::Inner;
 use crate::core::receipt::{Body, Fields};
 
@@ -76,10 +77,11 @@ struct Queue {
     parked: bool,
 }
 
-/// A log's background thread, and the process that started it.
+/// A log's background thread, and the process that started it (its fork
+/// generation).
 pub(super) struct Thread {
     handle: JoinHandle<()>,
-    pid: u32,
+    generation: u64,
 }
 
 impl Thread {
@@ -87,14 +89,14 @@ impl Thread {
         let handle = std::thread::Builder::new().name(name.into()).spawn(run)?;
         Ok(Self {
             handle,
-            pid: std::process::id(),
+            generation: fork::generation(),
         })
     }
 
     /// Whether the thread runs in this process: in the child of a `fork`,
     /// the parent's threads do not.
     fn here(&self) -> bool {
-        self.pid == std::process::id()
+        self.generation == fork::generation()
     }
 
     /// Waits for the thread to end; false if it panicked. In a fork's child

@@ -26,6 +26,7 @@
 //! - a writer never chains onto a record it cannot verify without first
 //!   writing a signed `recovery` record that names it.
 
+mod fork;
 mod handoff;
 mod later;
 mod links;

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value as Json};
 
+use super::fork;
 use super::handoff;
 use super::later::{Later, Thread};
 use super::recovery::{first_broken_link, move_aside, recovery_body, scan_tail, Tail};
@@ -43,7 +44,7 @@ use super::{io_error, AuditOptions, Durability, Signing, MAX_RECORD_BYTES};
 use crate::core::decision::now_rfc3339;
 use crate::core::error::{CoreError, Result};
 use crate::core::keys::{SigningKey, VerifyKey};
-use crate::core::receipt::{Body, Receipt, Unsigned, FORMAT_VERSION};
+use crate::core::receipt::{new_id, Body, Receipt, Unsigned, FORMAT_VERSION};
 
 /// Records chained under one hold of the file lock, at most: further appends
 /// wait until they are written and the lock released, which bounds how long
@@ -70,6 +71,11 @@ struct State {
     /// in flight are done; the head went back to `written`.
     failed: Option<(u64, String)>,
     closed: bool,
+    /// Why the log closed when no one closed it (see [`Inner::adopt`]).
+    closed_why: Option<String>,
+    /// The fork generation this state is this process's in (see
+    /// [`super::fork`]).
+    generation: u64,
     seq: u64,
     head: Option<String>,
     /// File length after this writer's last read or write (`None` before the
@@ -156,6 +162,18 @@ fn lock_exclusive(file: &File) -> std::io::Result<()> {
     file.lock()
 }
 
+/// Opens the log file for appending and reading (with `create`, creating
+/// it, mode 0600), without following a symbolic link at `path`.
+fn open_log(path: &Path, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(create)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Holds the exclusive file lock; released on drop.
 struct FileLock<'a>(&'a File);
 
@@ -178,24 +196,17 @@ impl AuditLog {
     /// Opens (creating, mode 0600) the log at `path`, recovering a torn tail.
     /// A symbolic link at `path` is refused, not followed.
     pub fn open(path: &Path, key: SigningKey, options: AuditOptions) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    io_error(
-                        path,
-                        "cannot open",
-                        "the path is a symbolic link, which the log does not follow",
-                    )
-                } else {
-                    io_error(path, "cannot open", e)
-                }
-            })?;
+        let file = open_log(path, true).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io_error(
+                    path,
+                    "cannot open",
+                    "the path is a symbolic link, which the log does not follow",
+                )
+            } else {
+                io_error(path, "cannot open", e)
+            }
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| io_error(path, "cannot stat", e))?;
@@ -204,7 +215,7 @@ impl AuditLog {
         }
         let inner = Inner::new(Some(path.to_path_buf()), key, options, None);
         {
-            let mut st = inner.state.lock();
+            let mut st = inner.lock();
             st.identity = (meta.dev(), meta.ino());
             let lock = FileLock::acquire(&file, path)?;
             inner.sync_head(&mut st, &file)?;
@@ -309,20 +320,20 @@ impl AuditLog {
     /// writing the same log refuse to write (the path names another file)
     /// until they reopen it.
     pub fn rotate(&self) -> Result<PathBuf> {
-        let mut st = self.inner.state.lock();
+        let mut st = self.inner.lock();
         self.inner.rotate(&mut st)
     }
 
     /// The `seq` of the last record this writer wrote or read at the head
     /// (other processes' records show up once it next takes the lock).
     pub fn seq(&self) -> u64 {
-        self.inner.state.lock().seq
+        self.inner.lock().seq
     }
 
     /// The `seq` of the `state` record the attached fold was rebuilt from
     /// (`None`: rebuilt from the start of the file, or none attached).
     pub fn rebuilt_from(&self) -> Option<u64> {
-        self.inner.state.lock().rebuilt_from
+        self.inner.lock().rebuilt_from
     }
 
     /// Writes the records [`AuditLog::append_later`] queued, seals pending
@@ -338,7 +349,7 @@ impl AuditLog {
             drop(stop);
             let _ = handle.join();
         }
-        let mut st = self.inner.state.lock();
+        let mut st = self.inner.lock();
         self.inner.drain(&mut st);
         if st.closed {
             return queued;
@@ -419,6 +430,8 @@ impl Inner {
                 written: (0, None),
                 failed: None,
                 closed: false,
+                closed_why: None,
+                generation: fork::generation(),
                 seq: 0,
                 head: None,
                 known_len,
@@ -459,8 +472,62 @@ impl Inner {
         &self.later
     }
 
-    fn closed_error(&self) -> CoreError {
-        io_error(self.path_for_errors(), "cannot append", "the log is closed")
+    fn closed_error(&self, st: &State) -> CoreError {
+        let why = st.closed_why.as_deref().unwrap_or("the log is closed");
+        io_error(self.path_for_errors(), "cannot append", why)
+    }
+
+    /// The writer's state, this process's: in the child of a fork, first
+    /// [`Inner::adopt`]ed.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        let mut st = self.state.lock();
+        if st.generation != fork::generation() {
+            self.adopt(&mut st);
+        }
+        st
+    }
+
+    /// Makes a forked child's copy of the writer its own (see
+    /// [`super::fork`]): a file description of its own (so the file lock
+    /// excludes the parent), nothing of the parent's in flight, locked or
+    /// left to seal (the parent seals its records), and the head as last
+    /// written (the parent's later records are found under the lock, as
+    /// another writer's). A child that cannot reopen the file finds the log
+    /// closed, saying why.
+    fn adopt(&self, st: &mut State) {
+        st.generation = fork::generation();
+        st.locked = false;
+        st.in_flight = 0;
+        st.batch = 0;
+        st.failed = None;
+        (st.seq, st.head) = st.written.clone();
+        st.pending.clear();
+        st.unsigned = 0;
+        st.last_line = None;
+        st.shared = true;
+        let (Some(path), Some(_)) = (&self.path, &st.file) else {
+            return;
+        };
+        let reopened = open_log(path, false).and_then(|file| {
+            let meta = file.metadata()?;
+            if (meta.dev(), meta.ino()) == st.identity {
+                Ok(file)
+            } else {
+                Err(std::io::Error::other(
+                    "the path names another file than the one the parent wrote",
+                ))
+            }
+        });
+        match reopened {
+            Ok(file) => st.file = Some(Arc::new(file)),
+            Err(e) => {
+                st.file = None;
+                st.closed = true;
+                st.closed_why = Some(format!(
+                    "a forked process could not reopen the log it inherited: {e}"
+                ));
+            }
+        }
     }
 
     /// Chains `body` under the mutex, signs it outside, writes it in chain
@@ -479,14 +546,14 @@ impl Inner {
                 return Err(io_error(self.path_for_errors(), "cannot append", why));
             }
         }
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         // After a failed write, the records in flight must fail before the
         // chain continues from the file's real head.
         while !st.closed && (st.failed.is_some() || st.batch >= MAX_BATCH) {
             self.progress.wait(&mut st);
         }
         if st.closed {
-            return Err(self.closed_error());
+            return Err(self.closed_error(&st));
         }
         let unsigned = match self.reserve(&mut st, body, Seal::Mode, admit, id)? {
             Ok(unsigned) => unsigned,
@@ -932,7 +999,7 @@ impl Inner {
     /// from the last trusted `state` record and the records after it, under
     /// the file lock, and keeps it in step from then on.
     fn attach_state(&self, fold: Arc<dyn StateFold>) -> Result<Arc<dyn StateFold>> {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         self.drain(&mut st);
         if let Some(existing) = &st.fold {
             return Ok(existing.clone());
@@ -1199,7 +1266,7 @@ impl Inner {
     /// Periodic work: batch fsync and overdue checkpoints. Errors surface on
     /// the next append or on close, which fail closed.
     fn tick(&self) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         if st.closed {
             return;
         }
@@ -1219,17 +1286,13 @@ impl Inner {
             st.dirty = false;
             drop(st);
             if dup.sync_data().is_err() {
-                self.state.lock().dirty = true;
+                self.lock().dirty = true;
             }
         }
     }
 }
 
 /// A record's id: a UUIDv7 (time-ordered).
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 /// Unsealed records after `seq` are not this writer's to seal any more (cut
 /// from the file, replaced, or never written): its checkpoints must not seal
 /// them, and their seq numbers may be reused.

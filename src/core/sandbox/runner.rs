@@ -170,7 +170,7 @@ pub fn run(argv: &[String], sandbox: &Sandbox) -> Result<Completed> {
         None
     };
     let cgroups = if caps.cgroup {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = crate::core::receipt::new_id();
         // The process that clones the tool counts until the tool has started
         // (then it lowers the limit back; see `ToolExec::pids_max`).
         let processes = limits.processes.map(|n| n + u64::from(caps.pidns));
