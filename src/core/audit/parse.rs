@@ -7,7 +7,7 @@
 //! the CPU time of parsing in place, and more wall time; `benches/soak_verify.py`.)
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde_json::Value as Json;
@@ -121,11 +121,18 @@ fn read_chunk(
     chunk.end = None;
     while chunk.ends.len() < CHUNK_LINES && chunk.data.len() < CHUNK_BYTES {
         let start = chunk.data.len();
-        let n = (&mut *reader)
+        let mut n = (&mut *reader)
             .take(MAX_RECORD_BYTES + 1)
             .read_until(b'\n', &mut chunk.data)?;
         if n == 0 {
             break;
+        }
+        if chunk.data.last() != Some(&b'\n') && n as u64 <= MAX_RECORD_BYTES {
+            chunk.data.truncate(start);
+            n = reread_line(reader, n, &mut chunk.data)?;
+            if n == 0 {
+                break;
+            }
         }
         at.read += n as u64;
         at.line += 1;
@@ -142,6 +149,28 @@ fn read_chunk(
         chunk.ends.push(chunk.data.len());
     }
     Ok(())
+}
+
+/// The line of `n` bytes just read, which ended at the end of the file,
+/// read again under a shared `flock`: a writer appends under the exclusive
+/// one, so a live log read while a record is being written shows a part of
+/// it, and once the shared lock is held the line is whole, or torn for good
+/// (by a writer that crashed). Returns its length.
+fn reread_line(
+    reader: &mut BufReader<File>,
+    n: usize,
+    data: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let start = reader.stream_position()?.saturating_sub(n as u64);
+    reader.get_ref().lock_shared()?;
+    let line = reader.seek(SeekFrom::Start(start)).and_then(|_| {
+        (&mut *reader)
+            .take(MAX_RECORD_BYTES + 1)
+            .read_until(b'\n', data)
+    });
+    // Closing the file would release it too; nothing to undo.
+    let _ = reader.get_ref().unlock();
+    line
 }
 
 fn parse_chunk(chunk: &mut Chunk, keyring: &Keyring) -> Parsed {

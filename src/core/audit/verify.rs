@@ -729,4 +729,61 @@ mod tests {
         assert!(f.reason.contains("torn tail"), "{}", f.reason);
         assert_eq!(r.records, 1999);
     }
+
+    /// A reader that meets a line being written (the writer holds the log's
+    /// exclusive `flock` and has written part of it) waits for the writer and
+    /// reads the whole line: a live log is never reported torn.
+    #[test]
+    fn a_line_being_written_is_waited_for_not_reported_torn() {
+        use crate::core::audit::{AuditLog, AuditOptions};
+        use crate::core::keys::SigningKey;
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("execgate-verify-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let key = SigningKey::generate();
+        let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
+        for n in 0..3 {
+            let mut body = Map::new();
+            body.insert("kind".into(), Json::from("decision"));
+            body.insert("n".into(), Json::from(n));
+            log.append(body).unwrap();
+        }
+        log.close().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let last = whole[..whole.len() - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .unwrap()
+            + 1;
+        std::fs::write(&path, &whole[..last]).unwrap();
+        let mut ring = Keyring::new();
+        ring.add(key.verify_key());
+        // A writer holds the lock with half of the last line written.
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.lock().unwrap();
+        let half = last + (whole.len() - last) / 2;
+        writer.write_all(&whole[last..half]).unwrap();
+        let reader = {
+            let (path, ring) = (path.clone(), ring.clone());
+            std::thread::spawn(move || verify_log(&path, &ring).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !reader.is_finished(),
+            "the reader did not wait for the writer"
+        );
+        writer.write_all(&whole[half..]).unwrap();
+        writer.unlock().unwrap();
+        let r = reader.join().unwrap();
+        assert!(r.ok(), "{:?}", r.failure);
+        assert_eq!(r.records, 3);
+        // With no writer left, a part of a line is a torn tail.
+        std::fs::write(&path, &whole[..half]).unwrap();
+        let f = verify_log(&path, &ring).unwrap().failure.unwrap();
+        assert!(f.reason.contains("torn tail"), "{}", f.reason);
+    }
 }
