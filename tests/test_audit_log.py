@@ -728,7 +728,6 @@ def test_a_fork_pool_writes_one_valid_chain_through_the_log_it_inherited(
         pool.close()  # the workers exit on their own (terminate() would kill them)
         pool.join()
         _pool_tool = None
-    assert _pool_tool is None
     gate.close()
     r = verify(path, key)
     assert r.ok, (r.line, r.reason)
@@ -774,3 +773,41 @@ def test_a_forked_child_writes_its_own_completions(tmp_path: pathlib.Path, key: 
     r = verify(path, key)
     assert r.ok, (r.line, r.reason)
     assert (r.allowed, r.completions, r.unfinished) == (calls + 2, calls + 2, [])
+
+
+def test_a_forked_child_seals_its_records_in_time(tmp_path: pathlib.Path, key: SigningKey) -> None:
+    """The log's ticker thread is the parent's: a long-lived forked worker
+    (a pre-forking server's) starts its own on its first write, so its
+    checkpoint-mode records are sealed within the interval, not only when it
+    closes. The child here never closes: it is killed once it has waited."""
+    path = tmp_path / "log.jsonl"
+    log = AuditLog(
+        path, key, signing="checkpoint", checkpoint_every=10_000, checkpoint_interval=0.05
+    )
+    gate = execgate.Gate(POLICY, audit=log)
+    gate.check("ok")
+    deadline = time.monotonic() + 10
+    while verify(path, key).checkpoints < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the parent's record sealed by the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        for _ in range(3):
+            gate.check("ok")
+        os.write(write, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"x"
+        deadline = time.monotonic() + 10
+        while (r := verify(path, key)).checkpoints < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read)
+    assert r.ok, (r.line, r.reason)
+    assert (r.records, r.checkpoints) == (6, 2)  # 4 decisions, the parent's and the child's seal
+    gate.close()

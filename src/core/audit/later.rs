@@ -35,13 +35,18 @@
 //!   process, which a child inherits with the parent's writer thread asleep
 //!   in it, and the child's own waits and wake-ups then went to that thread
 //!   (which does not exist there) and hung; a futex keeps its waiters in the
-//!   kernel, so a child starts with none.
+//!   kernel, so a child starts with none. With nothing queued the writer
+//!   thread holds no lock at all (it looks at an atomic count and sleeps in
+//!   `park`), so a fork after `flush()` finds the queue's lock free; a fork
+//!   while a record is being queued or written may find it held, as with
+//!   any lock another thread holds at a fork.
 //!
 //! With `durability="always"` a record is on disk before the call returns,
 //! so `append_later` appends at once, as does a log kept in memory.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,8 +78,6 @@ struct Queue {
     /// The thread is to write what is queued and end.
     stop: bool,
     thread: Option<Thread>,
-    /// The writer thread sleeps until woken (see [`PARK_AFTER`]).
-    parked: bool,
 }
 
 /// A log's background thread, and the process that started it (its fork
@@ -82,6 +85,15 @@ struct Queue {
 pub(super) struct Thread {
     handle: JoinHandle<()>,
     generation: u64,
+}
+
+impl Queue {
+    /// Ends the writer thread's sleep, if it has one.
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.handle.thread().unpark();
+        }
+    }
 }
 
 impl Thread {
@@ -110,28 +122,17 @@ impl Thread {
     }
 }
 
-impl Queue {
-    /// The queue as this process sees it. In the child of a `fork` the
-    /// writer thread and the records queued are the parent's (which writes
-    /// them): the child forgets both and starts its own thread on its first
-    /// record.
-    fn mine(&mut self) -> &mut Self {
-        if let Some(thread) = self.thread.take_if(|t| !t.here()) {
-            thread.join();
-            self.items.clear();
-            self.writing = false;
-            self.parked = false;
-        }
-        self
-    }
-}
-
 /// The queue and its writer thread.
 #[derive(Default)]
 pub(super) struct Later {
     queue: Mutex<Queue>,
-    /// Signalled when a record is queued, written or failed, and on stop.
+    /// Signalled when a record is written or failed, and on stop.
     changed: Condvar,
+    /// Records queued and not yet taken, plus one once stopped: what the
+    /// writer thread looks at, without the lock, while it has nothing to do.
+    waiting: AtomicUsize,
+    /// The writer thread sleeps until unparked (see [`PARK_AFTER`]).
+    parked: AtomicBool,
 }
 
 /// A panic while the queue is locked leaves it consistent (the writer
@@ -149,11 +150,26 @@ impl Later {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The queue as this process sees it. In the child of a `fork` the
+    /// writer thread and the records queued are the parent's (which writes
+    /// them): the child forgets both and starts its own thread on its first
+    /// record.
+    fn mine<'a>(&self, q: &'a mut Queue) -> &'a mut Queue {
+        if let Some(thread) = q.thread.take_if(|t| !t.here()) {
+            thread.join();
+            q.items.clear();
+            q.writing = false;
+            self.waiting.store(usize::from(q.stop), Ordering::SeqCst);
+            self.parked.store(false, Ordering::SeqCst);
+        }
+        q
+    }
+
     /// Queues `body` (its record to have `id`), starting the writer thread
     /// on first use; waits while the queue is full.
     pub(super) fn push(&self, inner: &Arc<Inner>, body: Body, id: String) -> Result<(), String> {
         let mut guard = self.lock();
-        let q = guard.mine();
+        let q = self.mine(&mut guard);
         if let Some(why) = q.failed.take() {
             return Err(why);
         }
@@ -175,34 +191,42 @@ impl Later {
             return Err("the log is closed".into());
         }
         q.items.push_back((body, id));
-        if q.parked {
-            self.changed.notify_all();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            q.wake();
         }
         Ok(())
     }
 
     /// The writer thread: appends queued records in order until stopped,
-    /// then what is left.
+    /// then what is left. With nothing to do it takes no lock: it looks at
+    /// `waiting`, and sleeps in `park` (a futex of its own), so a process
+    /// that forks after a flush leaves no lock of the log held in the child.
     fn run(&self, inner: &Inner) {
-        let mut q = self.lock();
         let mut busy = Instant::now();
         loop {
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                if busy.elapsed() < PARK_AFTER {
+                    std::thread::park_timeout(POLL);
+                } else {
+                    self.parked.store(true, Ordering::SeqCst);
+                    // A record queued after this look unparks the thread (or
+                    // leaves the token that ends the next park at once).
+                    if self.waiting.load(Ordering::SeqCst) == 0 {
+                        std::thread::park();
+                    }
+                    self.parked.store(false, Ordering::SeqCst);
+                }
+                continue;
+            }
+            let mut q = self.lock();
             let Some((body, id)) = q.items.pop_front() else {
                 if q.stop {
                     return;
                 }
-                if busy.elapsed() < PARK_AFTER {
-                    q = match self.changed.wait_timeout(q, POLL) {
-                        Ok((q, _)) => q,
-                        Err(poisoned) => poisoned.into_inner().0,
-                    };
-                } else {
-                    q.parked = true;
-                    q = self.wait(q);
-                    q.parked = false;
-                }
                 continue;
             };
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             q.writing = true;
             drop(q);
             // A panic would leave `writing` set and flush waiting: it is
@@ -213,7 +237,7 @@ impl Later {
                 Ok(appended) => appended.map(drop).map_err(|e| e.to_string()),
                 Err(_) => Err("the log's writer thread panicked".to_string()),
             };
-            q = self.lock();
+            let mut q = self.lock();
             q.writing = false;
             if let Err(e) = written {
                 let kind = body.field("kind").and_then(|k| k.as_str()).unwrap_or("a");
@@ -234,8 +258,7 @@ impl Later {
     /// Waits until every record queued so far is written (or failed).
     pub(super) fn flush(&self) -> Result<(), String> {
         let mut q = self.lock();
-        q.mine();
-        self.changed.notify_all(); // the writer thread need not wait for its next look
+        self.mine(&mut q).wake(); // the writer thread need not wait for its next look
         while (!q.items.is_empty() || q.writing) && q.thread.is_some() {
             q = self.wait(q);
         }
@@ -245,9 +268,14 @@ impl Later {
     /// Writes what is queued and ends the writer thread; later pushes fail.
     pub(super) fn stop(&self) -> Result<(), String> {
         let thread = {
-            let mut q = self.lock();
-            q.mine().stop = true;
-            self.changed.notify_all();
+            let mut guard = self.lock();
+            let q = self.mine(&mut guard);
+            if !q.stop {
+                q.stop = true;
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            q.wake();
+            self.changed.notify_all(); // callers waiting for room
             q.thread.take()
         };
         if let Some(thread) = thread {

@@ -6,9 +6,10 @@
 //! length. (Parsing on worker threads was measured slower on 2 cores: 1.6x
 //! the CPU time of parsing in place, and more wall time; `benches/soak_verify.py`.)
 
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
@@ -20,6 +21,8 @@ use crate::core::receipt::Receipt;
 /// Lines and bytes per chunk (a longer record makes a chunk of its own).
 pub(super) const CHUNK_LINES: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
+/// How long a reader waits for the writer of a line it found being written.
+const WRITER_WAIT: Duration = Duration::from_millis(if cfg!(test) { 500 } else { 10_000 });
 /// How often (in bytes read) the progress callback is called.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 
@@ -155,22 +158,41 @@ fn read_chunk(
 /// read again under a shared `flock`: a writer appends under the exclusive
 /// one, so a live log read while a record is being written shows a part of
 /// it, and once the shared lock is held the line is whole, or torn for good
-/// (by a writer that crashed). Returns its length.
+/// (by a writer that crashed). A holder that keeps the lock past
+/// [`WRITER_WAIT`] is not waited for: the line is read again as it stands.
+/// Returns its length.
 fn reread_line(
     reader: &mut BufReader<File>,
     n: usize,
     data: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     let start = reader.stream_position()?.saturating_sub(n as u64);
-    reader.get_ref().lock_shared()?;
+    let locked = lock_shared_within(reader.get_ref(), WRITER_WAIT)?;
     let line = reader.seek(SeekFrom::Start(start)).and_then(|_| {
         (&mut *reader)
             .take(MAX_RECORD_BYTES + 1)
             .read_until(b'\n', data)
     });
-    // Closing the file would release it too; nothing to undo.
-    let _ = reader.get_ref().unlock();
+    if locked {
+        // Closing the file would release it too; nothing to undo.
+        let _ = reader.get_ref().unlock();
+    }
     line
+}
+
+/// Takes a shared `flock` on `file` if it comes within `wait`.
+fn lock_shared_within(file: &File, wait: Duration) -> std::io::Result<bool> {
+    let start = Instant::now();
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(true),
+            Err(TryLockError::WouldBlock) if start.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 fn parse_chunk(chunk: &mut Chunk, keyring: &Keyring) -> Parsed {

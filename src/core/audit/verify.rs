@@ -781,8 +781,12 @@ mod tests {
         let r = reader.join().unwrap();
         assert!(r.ok(), "{:?}", r.failure);
         assert_eq!(r.records, 3);
-        // With no writer left, a part of a line is a torn tail.
+        // With no writer left, a part of a line is a torn tail; and so it is
+        // when a holder of the lock never lets go (not waited for forever).
         std::fs::write(&path, &whole[..half]).unwrap();
+        let f = verify_log(&path, &ring).unwrap().failure.unwrap();
+        assert!(f.reason.contains("torn tail"), "{}", f.reason);
+        writer.lock().unwrap();
         let f = verify_log(&path, &ring).unwrap().failure.unwrap();
         assert!(f.reason.contains("torn tail"), "{}", f.reason);
     }

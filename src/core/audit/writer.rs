@@ -28,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -132,6 +133,8 @@ pub(super) struct Inner {
 pub struct AuditLog {
     inner: Arc<Inner>,
     ticker: Mutex<Option<(mpsc::Sender<()>, Thread)>>,
+    /// The fork generation the ticker was started in (see [`AuditLog::ticking`]).
+    ticking_in: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -226,8 +229,9 @@ impl AuditLog {
         let log = Self {
             inner,
             ticker: Mutex::new(None),
+            ticking_in: AtomicU64::new(fork::generation()),
         };
-        log.start_ticker();
+        *log.ticker.lock() = log.spawn_ticker();
         Ok(log)
     }
 
@@ -238,6 +242,7 @@ impl AuditLog {
         Self {
             inner,
             ticker: Mutex::new(None),
+            ticking_in: AtomicU64::new(fork::generation()),
         }
     }
 
@@ -264,6 +269,7 @@ impl AuditLog {
     /// Appends a record with `body` and the chain fields; returns its receipt
     /// once it is written (and, with `Durability::Always`, synced).
     pub fn append(&self, body: impl Into<Body>) -> Result<Receipt> {
+        self.ticking();
         self.inner.append(&body.into())
     }
 
@@ -275,6 +281,7 @@ impl AuditLog {
         if self.inner.options.durability == Durability::Always || self.inner.path.is_none() {
             return self.append(body).map(|r| r.id().to_string());
         }
+        self.ticking();
         let id = new_id();
         self.inner
             .later()
@@ -299,6 +306,7 @@ impl AuditLog {
     /// record in the file, so processes sharing one log share its limits
     /// exactly. `Ok(Err(reason))`: refused, nothing written.
     pub fn append_admitted(&self, body: &Body) -> Result<std::result::Result<Receipt, String>> {
+        self.ticking();
         self.inner.append_checked(body, true, None)
     }
 
@@ -362,8 +370,9 @@ impl AuditLog {
         result
     }
 
-    /// Background fsync (batch durability) and checkpoint timer.
-    fn start_ticker(&self) {
+    /// Background fsync (batch durability) and checkpoint timer, if the
+    /// options need one.
+    fn spawn_ticker(&self) -> Option<(mpsc::Sender<()>, Thread)> {
         let batch = match self.inner.options.durability {
             Durability::Batch(d) => Some(d),
             _ => None,
@@ -372,9 +381,7 @@ impl AuditLog {
             Signing::Checkpoint { interval, .. } => Some(interval),
             Signing::Record => None,
         };
-        let Some(period) = [batch, checkpoint].into_iter().flatten().min() else {
-            return;
-        };
+        let period = [batch, checkpoint].into_iter().flatten().min()?;
         let (tx, rx) = mpsc::channel::<()>();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let spawned = Thread::spawn("execgate-audit", move || {
@@ -384,9 +391,28 @@ impl AuditLog {
                 inner.tick();
             }
         });
-        if let Ok(handle) = spawned {
-            *self.ticker.lock() = Some((tx, handle));
+        spawned.ok().map(|handle| (tx, handle))
+    }
+
+    /// In the child of a `fork` the ticker thread is the parent's: the
+    /// child's first append starts one of its own, so a long-lived forked
+    /// worker's batch fsyncs and `interval` checkpoints keep their time.
+    fn ticking(&self) {
+        let now = fork::generation();
+        if self.ticking_in.load(Ordering::Relaxed) == now || self.inner.path.is_none() {
+            return;
         }
+        let mut ticker = self.ticker.lock();
+        if self.ticking_in.swap(now, Ordering::Relaxed) == now {
+            return;
+        }
+        if let Some((stop, parents)) = ticker.take() {
+            // Nothing to stop or wait for here (the channel is the parent's
+            // thread's too).
+            std::mem::forget(stop);
+            parents.join();
+        }
+        *ticker = self.spawn_ticker();
     }
 }
 
