@@ -1318,7 +1318,6 @@ impl Inner {
     }
 }
 
-/// A record's id: a UUIDv7 (time-ordered).
 /// Unsealed records after `seq` are not this writer's to seal any more (cut
 /// from the file, replaced, or never written): its checkpoints must not seal
 /// them, and their seq numbers may be reused.
