@@ -28,7 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -127,6 +127,9 @@ pub(super) struct Inner {
     progress: Condvar,
     /// Records to append after their call returned (see [`super::later`]).
     later: Later,
+    /// A record was written since the ticker last found nothing to do: an
+    /// idle log's ticker takes no lock (so a fork finds none held by it).
+    tick_due: AtomicBool,
 }
 
 /// A hash-chained, signed, append-only log. Cheap to share (`Arc` inside).
@@ -477,6 +480,7 @@ impl Inner {
             }),
             progress: Condvar::new(),
             later: Later::default(),
+            tick_due: AtomicBool::new(false),
         })
     }
 
@@ -853,6 +857,7 @@ impl Inner {
         }
         let written = line.len() as u64;
         st.known_len = Some(start.saturating_add(written));
+        self.tick_due.store(true, Ordering::Relaxed);
         // The change time is taken once the lock is let go (`hand_off`).
         st.last_line = Some(line);
         if seal == Seal::State {
@@ -1292,6 +1297,9 @@ impl Inner {
     /// Periodic work: batch fsync and overdue checkpoints. Errors surface on
     /// the next append or on close, which fail closed.
     fn tick(&self) {
+        if !self.tick_due.load(Ordering::Relaxed) {
+            return;
+        }
         let mut st = self.lock();
         if st.closed {
             return;
@@ -1310,10 +1318,22 @@ impl Inner {
                 return;
             };
             st.dirty = false;
+            self.idle_unless_unsealed(&st);
             drop(st);
             if dup.sync_data().is_err() {
                 self.lock().dirty = true;
+                self.tick_due.store(true, Ordering::Relaxed);
             }
+            return;
+        }
+        self.idle_unless_unsealed(&st);
+    }
+
+    /// The ticker has nothing to do until the next record, unless records
+    /// wait for a checkpoint or an fsync (`st` held, as writes set it).
+    fn idle_unless_unsealed(&self, st: &State) {
+        if st.unsigned == 0 && !st.dirty {
+            self.tick_due.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -1372,6 +1392,47 @@ mod tests {
             },
             ..AuditOptions::default()
         }
+    }
+
+    /// The ticker of a log with nothing left to seal or sync takes no lock
+    /// (a fork then finds none of the log's held by it); a new record gives
+    /// it work again.
+    #[test]
+    fn an_idle_logs_ticker_takes_no_lock() {
+        let path = tempdir().join("log.jsonl");
+        let options = AuditOptions {
+            durability: Durability::Batch(Duration::from_secs(3600)),
+            signing: Signing::Checkpoint {
+                every: 1000,
+                interval: Duration::from_secs(3600),
+            },
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&path, SigningKey::generate(), options).unwrap();
+        log.append(body(1)).unwrap();
+        // What a ticker would do is done: sealed, not yet synced.
+        log.inner.write_checkpoint(&mut log.inner.lock()).unwrap();
+        let tick_while_locked = |log: &AuditLog| {
+            let held = log.inner.state.lock();
+            let inner = Arc::clone(&log.inner);
+            let (done, ticked) = mpsc::channel();
+            std::thread::spawn(move || {
+                inner.tick();
+                let _ = done.send(());
+            });
+            let finished = ticked.recv_timeout(Duration::from_millis(300)).is_ok();
+            drop(held);
+            finished
+        };
+        assert!(
+            !tick_while_locked(&log),
+            "a dirty log's tick needs the lock"
+        );
+        log.inner.tick(); // the fsync: nothing left
+        assert!(tick_while_locked(&log), "an idle log's tick took the lock");
+        log.append(body(2)).unwrap();
+        assert!(!tick_while_locked(&log));
+        log.close().unwrap();
     }
 
     #[test]
