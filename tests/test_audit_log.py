@@ -726,8 +726,15 @@ def test_a_fork_pool_writes_one_valid_chain_through_the_log_it_inherited(
         pool.map_async(_pool_task, [300] * 4, chunksize=1).get(timeout=120)
     finally:
         pool.close()  # the workers exit on their own (terminate() would kill them)
+        deadline = time.monotonic() + 60
+        while multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stuck = multiprocessing.active_children()
+        if stuck:
+            pool.terminate()
         pool.join()
         _pool_tool = None
+    assert not stuck, f"pool workers hung on the log at exit: {stuck}"
     gate.close()
     r = verify(path, key)
     assert r.ok, (r.line, r.reason)
