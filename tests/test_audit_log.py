@@ -51,6 +51,15 @@ def verify(path: pathlib.Path, key: SigningKey) -> execgate.VerifyReport:
     return execgate.verify_log(path, key.verify_key)
 
 
+def checkpointed(path: pathlib.Path, key: SigningKey, n: int) -> execgate.VerifyReport:
+    """The log's report once it holds `n` checkpoints (written in the
+    background), or after 10 s."""
+    deadline = time.monotonic() + 10
+    while (r := verify(path, key)).checkpoints < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return r
+
+
 def test_clean_log_verifies_with_counts(log: pathlib.Path, key: SigningKey) -> None:
     r = verify(log, key)
     assert r.ok, r.reason
@@ -232,12 +241,8 @@ def test_checkpoint_interval_seals_in_the_background(
     )
     gate = execgate.Gate(POLICY, audit=log)
     gate.check("ok")
-    deadline = time.monotonic() + 5
-    while (
-        execgate.verify_log(path, key.verify_key).checkpoints == 0 and time.monotonic() < deadline
-    ):
-        time.sleep(0.01)
-    assert execgate.verify_log(path, key.verify_key).ok
+    r = checkpointed(path, key, 1)
+    assert r.ok and r.checkpoints == 1, (r.reason, r.checkpoints)
     gate.close()
 
 
@@ -793,9 +798,7 @@ def test_a_forked_child_seals_its_records_in_time(tmp_path: pathlib.Path, key: S
     )
     gate = execgate.Gate(POLICY, audit=log)
     gate.check("ok")
-    deadline = time.monotonic() + 10
-    while verify(path, key).checkpoints < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the parent's record sealed by the parent
+    assert checkpointed(path, key, 1).checkpoints == 1  # the parent's record, by the parent
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
@@ -808,9 +811,7 @@ def test_a_forked_child_seals_its_records_in_time(tmp_path: pathlib.Path, key: S
     os.close(write)
     try:
         assert os.read(read, 1) == b"x"
-        deadline = time.monotonic() + 10
-        while (r := verify(path, key)).checkpoints < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        r = checkpointed(path, key, 2)
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
