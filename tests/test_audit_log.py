@@ -787,6 +787,38 @@ def test_a_forked_child_writes_its_own_completions(tmp_path: pathlib.Path, key: 
     assert (r.allowed, r.completions, r.unfinished) == (calls + 2, calls + 2, [])
 
 
+def test_a_forked_child_refuses_a_log_replaced_since_the_fork(
+    tmp_path: pathlib.Path, key: SigningKey
+) -> None:
+    """A child reopens the log by its path: if the path now names another
+    file (the log moved away and a file put in its place), the child writes
+    nothing there and denies, saying why; the moved log stays valid."""
+    path = tmp_path / "log.jsonl"
+    gate = execgate.Gate(POLICY, audit=AuditLog(path, key))
+    assert gate.check("ok").allowed
+    gate.flush()
+    path.rename(tmp_path / "moved.jsonl")
+    path.write_bytes(b"")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        d = gate.check("ok")
+        os.write(write, json.dumps([d.allowed, d.error, d.reasons]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        allowed, error, reasons = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert not allowed and error == "audit", reasons
+    assert "could not reopen the log it inherited" in reasons[0], reasons
+    assert "another file" in reasons[0], reasons
+    assert path.read_bytes() == b""
+    gate.close()
+    r = verify(tmp_path / "moved.jsonl", key)
+    assert r.ok and r.records == 1, (r.reason, r.records)
+
+
 def test_a_forked_child_seals_its_records_in_time(tmp_path: pathlib.Path, key: SigningKey) -> None:
     """The log's ticker thread is the parent's: a long-lived forked worker
     (a pre-forking server's) starts its own on its first write, so its
