@@ -647,13 +647,12 @@ fn check_record(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{body, keyring, tempdir};
     use super::*;
 
     #[test]
     fn arbitrary_bytes_never_verify_and_never_panic() {
-        let dir = std::env::temp_dir().join(format!("execgate-verify-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
+        let path = tempdir("verify").join("log");
         let ring = Keyring::new();
         for bytes in [
             &b""[..],
@@ -680,9 +679,7 @@ mod tests {
     fn first_failure_across_chunks_is_the_first_bad_line() {
         use crate::core::audit::{AuditLog, AuditOptions, Durability};
         use crate::core::keys::SigningKey;
-        let dir = std::env::temp_dir().join(format!("execgate-verify-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
+        let path = tempdir("verify").join("log");
         let key = SigningKey::generate();
         let options = AuditOptions {
             durability: Durability::None,
@@ -690,15 +687,10 @@ mod tests {
         };
         let log = AuditLog::open(&path, key.clone(), options).unwrap();
         for n in 0..2000 {
-            let mut body = Map::new();
-            body.insert("kind".into(), Json::from("decision"));
-            body.insert("decision".into(), Json::from("deny"));
-            body.insert("n".into(), Json::from(n));
-            log.append(body).unwrap();
+            log.append(body(n)).unwrap();
         }
         log.close().unwrap();
-        let mut ring = Keyring::new();
-        ring.add(key.verify_key());
+        let ring = keyring(&key);
         let whole = std::fs::read(&path).unwrap();
         assert!(verify_log(&path, &ring).unwrap().ok());
         let lines: Vec<&[u8]> = whole.split_inclusive(|b| *b == b'\n').collect();
@@ -738,16 +730,11 @@ mod tests {
         use crate::core::audit::{AuditLog, AuditOptions};
         use crate::core::keys::SigningKey;
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("execgate-verify-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
+        let path = tempdir("verify").join("log");
         let key = SigningKey::generate();
         let log = AuditLog::open(&path, key.clone(), AuditOptions::default()).unwrap();
         for n in 0..3 {
-            let mut body = Map::new();
-            body.insert("kind".into(), Json::from("decision"));
-            body.insert("n".into(), Json::from(n));
-            log.append(body).unwrap();
+            log.append(body(n)).unwrap();
         }
         log.close().unwrap();
         let whole = std::fs::read(&path).unwrap();
@@ -757,8 +744,7 @@ mod tests {
             .unwrap()
             + 1;
         std::fs::write(&path, &whole[..last]).unwrap();
-        let mut ring = Keyring::new();
-        ring.add(key.verify_key());
+        let ring = keyring(&key);
         // A writer holds the lock with half of the last line written.
         let mut writer = std::fs::OpenOptions::new()
             .append(true)
